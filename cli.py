@@ -1,0 +1,203 @@
+"""The ``affbench`` command line: parses options and calls the library, nothing more.
+
+Installed as ``affbench.cli`` (see setup.py). Imports of torch and friends happen inside the
+commands so that ``affbench --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from affbench import __version__
+from affbench.errors import AffbenchError
+
+# The shared prepare options, declared once.
+_CODECS = click.Choice(["png", "jpeg", "webp"])
+
+
+class _AffbenchGroup(click.Group):
+    """Turns the errors a user can cause into one sentence and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AffbenchError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted: finished work is kept; re-run the same command to resume.", err=True)
+            ctx.exit(130)
+
+
+def _not_built(what: str) -> None:
+    raise AffbenchError(f"{what} is not built yet in affbench {__version__}.")
+
+
+@click.group(cls=_AffbenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="affbench")
+def app() -> None:
+    """affbench: prepare facial-affect datasets, train and score encoders, export result tables.
+
+    \b
+    Typical use:
+      affbench prepare disfa /data/DISFA --out prepared/disfa
+      affbench run-benchmark --suite disfa-au --data prepared --out runs/disfa-au
+      affbench export runs/disfa-au --csv disfa-au.csv --wide
+    Try it end to end on generated sample data with `affbench demo`.
+    """
+
+
+# ----------------------------------------------------------------------------------------- prepare
+
+
+@app.group(cls=_AffbenchGroup)
+def prepare() -> None:
+    """Detect, align and crop faces from a raw dataset into Parquet shards with a manifest.
+
+    Re-running the same command resumes: finished units (videos, image folders) are skipped, and a
+    run with different preprocessing options into the same --out folder is refused.
+    """
+
+
+def _prepare_options(default_size: int):
+    def decorate(fn):
+        options = [
+            click.argument("root", type=click.Path(path_type=Path)),
+            click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                         help="Output folder for manifest.json and shards/ (created if missing)."),
+            click.option("--size", default=default_size, show_default=True, type=click.IntRange(16, 1024),
+                         help="Side of the square face crop in pixels."),
+            click.option("--codec", default="png", show_default=True, type=_CODECS,
+                         help="Image codec of the stored crops (PNG is lossless)."),
+            click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100),
+                         help="JPEG/WebP quality; ignored for PNG."),
+            click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+                         help="Parallel worker processes (joblib), one unit of work each."),
+            click.option("--device", default="auto", show_default=True,
+                         help="Where MTCNN runs: auto (CUDA when available), cpu or cuda[:N]."),
+            click.option("--rows-per-shard", default=1000, show_default=True, type=click.IntRange(1),
+                         help="Rows per Parquet shard file."),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+@prepare.command("disfa")
+@_prepare_options(default_size=256)
+def prepare_disfa(**options) -> None:
+    """DISFA: every left-camera frame, MTCNN-aligned, 256x256 crops, 12 AU intensities joined.
+
+    ROOT holds Videos_LeftCamera/, Video_RightCamera/ and ActionUnit_Labels/ as distributed.
+    """
+    _not_built("affbench prepare disfa")
+
+
+@prepare.command("caer-s")
+@_prepare_options(default_size=96)
+def prepare_caer_s(**options) -> None:
+    """CAER-S: every image under train/ and test/, MTCNN-aligned, 96x96 face crops, 7 classes.
+
+    ROOT holds train/<Class>/NNNN.png and test/<Class>/NNNN.png as distributed.
+    """
+    _not_built("affbench prepare caer-s")
+
+
+@prepare.command("affwild2")
+@_prepare_options(default_size=112)
+def prepare_affwild2(**options) -> None:
+    """Aff-Wild2 (ABAW3 release): the challenge's aligned 112x112 faces with AU, EXPR and VA labels.
+
+    ROOT holds cropped_aligned/<video>/NNNNN.jpg and the three *_Challenge annotation folders.
+    """
+    _not_built("affbench prepare affwild2")
+
+
+# ----------------------------------------------------------------------------------------- sample data
+
+
+@app.command("sample-data")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--datasets", "names", default="disfa,caer-s,affwild2", show_default=True,
+              help="Comma-separated datasets to generate.")
+@click.option("--frames", default=None, type=click.IntRange(4, 10000),
+              help="Frames per DISFA video / Aff-Wild2 video (default: small demo size).")
+def sample_data(directory: Path, names: str, frames: int | None) -> None:
+    """Write small, deterministic datasets in the exact on-disk layouts of DISFA, CAER-S and Aff-Wild2.
+
+    The faces are real (scikit-image's astronaut photograph and LFW crops), moved, rotated and
+    scaled frame by frame, so that MTCNN must find and align them; a few frames and images have
+    no face. Labels follow the documented pattern in affbench.pipelines.sample_data.
+    """
+    from affbench.pipelines import sample_data as generator
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    written = generator.write_sample_data(directory, datasets=chosen, frames=frames)
+    for name, root in written.items():
+        click.echo(f"{name:9s} {root}")
+
+
+# ----------------------------------------------------------------------------------------- benchmark
+
+
+@app.command("run-benchmark")
+@click.option("--suite", required=True, help="A suite name (see `affbench list suites`) or a suite TOML file.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Folder holding the prepared datasets (one sub-folder per dataset).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Run folder for results, checkpoints and plots; re-use it to resume.")
+def run_benchmark(suite: str, data: Path, out: Path) -> None:
+    """Train and score every encoder variant of a suite under the datasets' standard protocols."""
+    _not_built("affbench run-benchmark")
+
+
+@app.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--csv", "csv_path", required=True, type=click.Path(path_type=Path), help="CSV file to write.")
+@click.option("--wide/--long", default=False, show_default=True,
+              help="Paper-style table (encoders x metrics) or one row per metric value.")
+def export(run_dir: Path, csv_path: Path, wide: bool) -> None:
+    """Export a run folder's results to CSV and print them as a Markdown table."""
+    _not_built("affbench export")
+
+
+@app.command("demo")
+@click.option("--out", default=Path("affbench-demo"), show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the sample data, prepared shards, run and CSV.")
+def demo(out: Path) -> None:
+    """Run everything on generated sample data on the CPU: sample-data, prepare, benchmark, export."""
+    from affbench.pipelines import sample_data as generator
+
+    raw = out / "raw"
+    written = generator.write_sample_data(raw)
+    for name, root in written.items():
+        click.echo(f"sample data  {name:9s} {root}")
+    _not_built("the rest of `affbench demo` (prepare, run-benchmark, export)")
+
+
+# ----------------------------------------------------------------------------------------- list
+
+
+@app.command("list")
+@click.argument("what", type=click.Choice(["datasets", "encoders", "suites", "metrics"]))
+def list_(what: str) -> None:
+    """List what affbench knows: datasets, encoders, suites or metrics."""
+    if what == "datasets":
+        from affbench.pipelines import DATASETS
+
+        for spec in DATASETS.values():
+            click.echo(f"{spec.name:10s} {spec.description}")
+        return
+    _not_built(f"`affbench list {what}`")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app.main(args=argv, prog_name="affbench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
