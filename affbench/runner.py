@@ -1,0 +1,175 @@
+"""Run a pipeline's per-unit work, resumably, on joblib workers, and record it in the manifest.
+
+A pipeline turns a dataset into *units* (a video, an image folder) and gives a pure function that
+processes one unit: paths and settings in, shards on disk plus a :class:`UnitOutcome` out. This
+module decides which units still need work, runs them in this process or on joblib workers (loky
+locally; a Dask or Ray joblib backend spreads them over a cluster), records each outcome in the
+manifest the moment it arrives, and summarises the run.
+
+Because a unit's outcome is saved as soon as it finishes, a run stopped at any point (Ctrl-C, a
+kill, a crash) resumes with the same command and redoes only the units that had not finished.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from tqdm.auto import tqdm
+
+from affbench.shards import DatasetWriter, ShardInfo
+
+
+class Unit(Protocol):
+    """What the runner needs of a pipeline's unit: a unique key and an expected row count."""
+
+    key: str
+    size: int
+
+
+U = TypeVar("U", bound=Unit)
+
+
+@dataclass
+class UnitOutcome:
+    """What processing one unit produced."""
+
+    key: str
+    shards: list[ShardInfo] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    failed: bool = False  # the unit as a whole could not be processed; it is retried next run
+
+
+Tick = Callable[[int], None]
+
+
+def _no_tick(n: int) -> None:
+    pass
+
+
+def _run_one(process: Callable[[U, Tick], UnitOutcome], unit: U, tick: Tick = _no_tick) -> UnitOutcome:
+    """Call ``process`` so that one unit's crash becomes that unit's failure, not the run's."""
+    start = time.perf_counter()
+    try:
+        outcome = process(unit, tick)
+    except Exception as exc:  # noqa: BLE001 - recorded with its type and last frame, see below
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = f"{type(exc).__name__}: {exc} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        outcome = UnitOutcome(key=unit.key, failures=[{"unit": unit.key, "item": unit.key, "reason": reason}], failed=True)
+    outcome.stats.setdefault("seconds", round(time.perf_counter() - start, 3))
+    return outcome
+
+
+@dataclass
+class RunSummary:
+    """The numbers a person wants at the end of a prepare run."""
+
+    units_total: int
+    units_skipped: int
+    units_done: int = 0
+    units_failed: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.units_failed == 0
+
+    def add(self, outcome: UnitOutcome) -> None:
+        if outcome.failed:
+            self.units_failed += 1
+        else:
+            self.units_done += 1
+            self.rows += sum(s.rows for s in outcome.shards)
+        self.failures.extend(outcome.failures)
+        for key, value in outcome.stats.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seconds":
+                self.stats[key] = self.stats.get(key, 0) + value
+
+    def lines(self, item: str = "rows") -> list[str]:
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"units: {self.units_total} ({self.units_skipped} already done, {self.units_done} processed, "
+            f"{self.units_failed} failed)",
+            f"{item}: {self.rows} written in {self.seconds:.1f} s ({rate:.1f} {item}/s)",
+        ]
+        lines += [f"{key}: {value:g}" for key, value in sorted(self.stats.items())]
+        lines.append(f"failures: {len(self.failures)}")
+        lines += [f"  {f.get('item', f.get('unit'))}: {f['reason']}" for f in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more, listed in manifest.json")
+        return lines
+
+
+def run_units(
+    writer: DatasetWriter,
+    units: Sequence[U],
+    process: Callable[[U, Tick], UnitOutcome],
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    item: str = "frames",
+    backend: str | None = None,
+) -> RunSummary:
+    """Process every unfinished unit and record each outcome in ``writer``'s manifest.
+
+    Parameters
+    ----------
+    writer : DatasetWriter
+        The output folder; units it lists as done are skipped.
+    units : sequence of units
+        Each has a unique ``key`` and an expected ``size`` (rows) for the progress bar.
+    process : callable ``(unit, tick) -> UnitOutcome``
+        Must be picklable when ``workers > 1`` (a module-level function or a
+        :func:`functools.partial` of one). It writes the unit's shards itself (with
+        :class:`~affbench.shards.ShardWriter`) and may call ``tick(n)`` as rows are done.
+    workers : int
+        1 runs in this process; more runs units on joblib workers, one unit per task.
+    backend : str, optional
+        A joblib backend name (``"loky"`` by default; ``"dask"`` or ``"ray"`` once registered).
+    """
+    keys = [u.key for u in units]
+    if len(set(keys)) != len(keys):
+        raise ValueError("unit keys must be unique")
+    pending = [u for u in units if not writer.is_done(u.key)]
+    summary = RunSummary(units_total=len(units), units_skipped=len(units) - len(pending))
+    for unit in pending:
+        writer.start_unit(unit.key)
+
+    start = time.perf_counter()
+    total = sum(max(u.size, 0) for u in pending)
+    with tqdm(total=total, unit=item[:-1] if item.endswith("s") else item, disable=not progress,
+              dynamic_ncols=True, desc=writer.dataset) as bar:
+        if workers <= 1 or len(pending) <= 1:
+            for unit in pending:
+                before = bar.n
+                outcome = _run_one(process, unit, bar.update)
+                bar.update(max(unit.size - (bar.n - before), 0))
+                _record(writer, summary, outcome)
+        else:
+            from joblib import Parallel, delayed
+
+            jobs = Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered")
+            sizes = {u.key: u.size for u in pending}
+            for outcome in jobs(delayed(_run_one)(process, unit) for unit in pending):
+                bar.update(sizes[outcome.key])
+                _record(writer, summary, outcome)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _record(writer: DatasetWriter, summary: RunSummary, outcome: UnitOutcome) -> None:
+    writer.record_unit(
+        outcome.key,
+        shards=outcome.shards,
+        failures=outcome.failures,
+        stats=outcome.stats,
+        failed=outcome.failed,
+    )
+    summary.add(outcome)

@@ -1,0 +1,26 @@
+"""Shared fixtures. Everything is generated here; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Two cores are shared by the whole suite; more threads only add contention.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    """The three sample datasets (DISFA, CAER-S, Aff-Wild2 layouts), written once per session."""
+    from affbench.pipelines.sample_data import write_sample_data
+
+    return write_sample_data(tmp_path_factory.mktemp("sample-data"))
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """One MTCNN on the CPU for the whole session (loading it costs about a second)."""
+    from affbench.faces import FaceDetector
+
+    return FaceDetector(device="cpu")

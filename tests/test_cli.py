@@ -1,0 +1,74 @@
+"""The command line: help for every command, version, and one-sentence errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from affbench import __version__
+from affbench.cli import app
+
+
+def all_commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*prefix, name))
+
+
+COMMANDS = [path for path, _ in all_commands(app)]
+
+
+def test_the_command_tree_of_the_design():
+    assert {p[0] for p in COMMANDS} >= {"prepare", "run-benchmark", "export", "demo", "sample-data", "list"}
+    assert {p[1] for p in COMMANDS if p[0] == "prepare" and len(p) == 2} == {"disfa", "caer-s", "affwild2"}
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_every_command_and_option_has_help(path):
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    command = app
+    for name in path:
+        command = command.commands[name]
+    assert command.help and len(command.help.split()) >= 5
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{' '.join(path)} {param.opts[0]} has no help text"
+            assert param.opts[0] in result.output
+
+
+def test_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_list_datasets():
+    result = CliRunner().invoke(app, ["list", "datasets"])
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.splitlines()] == ["disfa", "caer-s", "affwild2"]
+
+
+def test_user_errors_are_one_sentence_without_traceback(tmp_path):
+    (tmp_path / "disfa").mkdir()
+    (tmp_path / "disfa" / "keep.txt").write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "affbench.cli", "sample-data", str(tmp_path), "--datasets", "disfa"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("Error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sample_data_command_writes_the_layouts(tmp_path):
+    result = CliRunner().invoke(app, ["sample-data", str(tmp_path), "--datasets", "affwild2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "affwild2" / "cropped_aligned").is_dir()
+    assert not (tmp_path / "disfa").exists()
