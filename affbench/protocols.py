@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,13 +46,6 @@ __all__ = [
 
 #: The three roles of a row in one fold; "val" is drawn from training rows.
 ROLES: tuple[str, ...] = ("train", "val", "test")
-#: Output keys of the encoders' forward dict, by task kind.
-OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
-    "au-detection": ("au",),
-    "au-intensity": ("au", "au_intensity"),
-    "expression": ("expression",),
-    "va": ("va",),
-}
 
 
 # ----------------------------------------------------------------------------------------- tasks
