@@ -319,3 +319,24 @@ def test_library_does_not_import_pipelines():
             "bad = [m for m in sys.modules if m.startswith('affbench.pipelines') or m.startswith('affbench.benchmarks')]; "
             "assert not bad, bad; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+# ----------------------------------------------------------------------------------------- tiny data (sample datasets)
+
+
+def test_tiny_caer_s_still_gets_one_validation_row_per_class():
+    # The sample dataset's shape: four training images per class, one of them faceless.
+    meta = pd.DataFrame({"split": ["train"] * 28 + ["test"] * 14,
+                         "expression": [c for c in range(7) for _ in range(4)] + [c for c in range(7) for _ in range(2)],
+                         "face_found": True})
+    meta.loc[4 * 4, "face_found"] = False  # train/Neutral
+    split = CAER_S.split_indices(meta, "expression")
+    assert sorted(meta.expression.iloc[split["val"]]) == list(range(7))  # 0.125 * 27 rounds up to 4 < 7 classes
+    assert len(split["train"]) == 20 and len(split["test"]) == 14
+
+
+def test_a_single_training_group_leaves_validation_empty_and_says_so(aff_meta):
+    only_one = aff_meta[aff_meta.subject.isin(["10-60-1280x720_left", "video7"])]
+    split = AFFWILD2.split_indices(only_one, "va")
+    assert split["val"].size == 0 and split["train"].size > 0
+    assert "no validation set" in split["validation"]["note"]
