@@ -192,6 +192,14 @@ def list_(what: str) -> None:
         for spec in DATASETS.values():
             click.echo(f"{spec.name:10s} {spec.description}")
         return
+    if what == "metrics":
+        from affbench.metrics import list_metrics
+
+        click.echo(f"{'name':16s} {'better':7s} {'task kinds':28s} description")
+        for spec in list_metrics():
+            better = "higher" if spec.higher_is_better else "lower"
+            click.echo(f"{spec.name:16s} {better:7s} {', '.join(spec.task_kinds):28s} {spec.description}")
+        return
     _not_built(f"`affbench list {what}`")
 
 

@@ -1,0 +1,765 @@
+"""Scores of the facial-affect literature: F1, accuracy, ICC, CCC, and the registry the harness reads.
+
+Every metric follows scikit-learn's shape, ``metric(y_true, y_pred, *, options)``: numpy in, a
+float out (an array with ``per_label=True``), higher is better. Two layouts are understood:
+
+* 2-D ``(n_samples, n_labels)``: one column per action unit or per regression target. Binary
+  metrics threshold probabilities at ``threshold``; every metric is computed per column and, unless
+  ``per_label=True``, averaged with a plain mean over columns (the AU literature's "mean F1").
+* 1-D ``(n_samples,)``: class labels (expression) or a single regression target.
+
+Degenerate input never yields a silent NaN and never crashes. The rule is the same everywhere:
+
+* **empty input** gives ``nan`` (there is nothing to score);
+* a statistic that is **0/0** (no positives at all for F1, no variance at all for ICC or CCC)
+  gives ``0.0``, "no evidence of agreement";
+* whenever the *truth* gives a metric nothing to measure (no positive in a binary column, a class
+  without samples, a constant target) the value is still computed as documented.
+
+Each of these cases emits a :class:`DegenerateMetricWarning`. Mismatched shapes raise
+``ValueError`` naming both shapes.
+
+:func:`evaluate` is the one entry point of the benchmark harness: it scores a task declared in
+:mod:`affbench.protocols` and returns a flat ``{"f1": ..., "f1/au6": ...}`` dictionary.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import accuracy_score, f1_score
+
+from affbench.errors import UnknownNameError
+
+if TYPE_CHECKING:  # torch is imported lazily: listing metrics must not pay for it
+    import torch
+
+    from affbench.protocols import TaskSpec
+
+__all__ = [
+    "TASK_KINDS",
+    "ICC_KINDS",
+    "DegenerateMetricWarning",
+    "MetricSpec",
+    "accuracy",
+    "f1",
+    "icc",
+    "icc_ratings",
+    "ccc",
+    "torch_ccc",
+    "ccc_loss",
+    "all_active_rate",
+    "any_active_rate",
+    "get_metric",
+    "list_metrics",
+    "evaluate",
+    "is_better",
+]
+
+#: The kinds of task a benchmark can pose; every TaskSpec has exactly one.
+TASK_KINDS: tuple[str, ...] = ("au-detection", "au-intensity", "expression", "va")
+#: The six intraclass correlations of Shrout & Fleiss (1979), as "case,raters".
+ICC_KINDS: tuple[str, ...] = ("1,1", "2,1", "3,1", "1,k", "2,k", "3,k")
+
+
+class DegenerateMetricWarning(UserWarning):
+    """A metric was asked to score input that makes it undefined or uninformative.
+
+    The metric still returns its documented value (``nan`` for empty input, ``0.0`` for a 0/0
+    statistic); the warning says which case occurred so that the number is not over-read.
+    """
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, DegenerateMetricWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------- input checks
+
+
+def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same shape; got y_true {y_true.shape} and y_pred {y_pred.shape}."
+        )
+    if y_true.ndim not in (1, 2):
+        raise ValueError(f"expected 1-D or 2-D input; got shape {y_true.shape}.")
+    return y_true, y_pred
+
+
+def _binary_truth(y_true: np.ndarray) -> np.ndarray:
+    values = np.unique(y_true)
+    if not np.isin(values, (0, 1)).all():
+        raise ValueError(
+            f"binary y_true must hold only 0 and 1; found {values[~np.isin(values, (0, 1))][:5].tolist()}."
+        )
+    return y_true.astype(np.int8)
+
+
+def _binarize(y_pred: np.ndarray, threshold: float) -> np.ndarray:
+    if y_pred.dtype.kind == "f" and np.isnan(y_pred).any():
+        raise ValueError("y_pred contains NaN.")
+    return (y_pred >= threshold).astype(np.int8)
+
+
+def _class_labels(y: np.ndarray, name: str) -> np.ndarray:
+    if y.dtype.kind == "f":
+        if np.isnan(y).any() or (y != np.round(y)).any():
+            raise ValueError(
+                f"1-D {name} holds class labels and must be whole numbers; pass per-label "
+                "probabilities as an (n_samples, n_labels) array instead."
+            )
+        return y.astype(np.int64)
+    return y
+
+
+def _float_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_pred = _pair(y_true, y_pred)
+    y_true, y_pred = y_true.astype(np.float64), y_pred.astype(np.float64)
+    if np.isnan(y_true).any() or np.isnan(y_pred).any():
+        raise ValueError("input contains NaN; mask unannotated entries out before scoring.")
+    return y_true, y_pred
+
+
+def _per_column(values: list[float], per_label: bool) -> float | np.ndarray:
+    """The per-label array, or its plain mean (``nan`` when there are no labels)."""
+    array = np.asarray(values, dtype=np.float64)
+    if per_label:
+        return array
+    return float(array.mean()) if array.size else float("nan")
+
+
+# ----------------------------------------------------------------------------------------- accuracy
+
+
+def accuracy(y_true, y_pred, *, per_label: bool = False, threshold: float = 0.5) -> float | np.ndarray:
+    """Fraction of correct predictions.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,) or (n_samples, n_labels)
+        Class labels (1-D), or 0/1 occurrences per label (2-D).
+    y_pred : array-like of the same shape
+        Predicted class labels (1-D), or per-label probabilities or 0/1 decisions (2-D), which
+        count as positive where ``y_pred >= threshold``.
+    per_label : bool, default=False
+        For 2-D input, return the accuracy of every column instead of their mean.
+    threshold : float, default=0.5
+        Decision threshold for 2-D input.
+
+    Returns
+    -------
+    float or ndarray of shape (n_labels,)
+        ``nan`` (with a :class:`DegenerateMetricWarning`) when there are no samples.
+
+    Examples
+    --------
+    >>> from affbench.metrics import accuracy
+    >>> accuracy([0, 2, 1, 1], [0, 2, 2, 1])
+    0.75
+    >>> accuracy([[1, 0], [0, 0]], [[0.9, 0.2], [0.7, 0.4]], per_label=True)
+    array([0.5, 1. ])
+    """
+    y_true, y_pred = _pair(y_true, y_pred)
+    if y_true.ndim == 1:
+        if y_true.size == 0:
+            _warn("accuracy of an empty input is undefined; returning nan.")
+            return np.array([]) if per_label else float("nan")
+        return float(accuracy_score(_class_labels(y_true, "y_true"), _class_labels(y_pred, "y_pred")))
+    truth, decided = _binary_truth(y_true), _binarize(y_pred, threshold)
+    if truth.shape[0] == 0:
+        _warn("accuracy of an empty input is undefined; returning nan for every label.")
+        return _per_column([float("nan")] * truth.shape[1], per_label)
+    values = [float(accuracy_score(truth[:, j], decided[:, j])) for j in range(truth.shape[1])]
+    return _per_column(values, per_label)
+
+
+# ----------------------------------------------------------------------------------------- F1
+
+
+def _binary_f1(truth: np.ndarray, decided: np.ndarray, zero_division: float, where: str) -> float:
+    if truth.size == 0:
+        _warn(f"F1 of an empty input{where} is undefined; returning nan.")
+        return float("nan")
+    if not truth.any():
+        if decided.any():
+            _warn(f"y_true has no positive sample{where}; F1 is 0 whatever the prediction.")
+        else:
+            _warn(f"neither y_true nor y_pred has a positive sample{where}; F1 is 0/0, returning {zero_division}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return float(f1_score(truth, decided, average="binary", zero_division=zero_division))
+
+
+def f1(
+    y_true,
+    y_pred,
+    *,
+    average: str | None = None,
+    per_label: bool = False,
+    threshold: float = 0.5,
+    labels: Sequence[int] | None = None,
+    zero_division: float = 0.0,
+) -> float | np.ndarray:
+    """F1 score: per-AU binary F1 averaged over AUs, or macro F1 over classes.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples, n_labels) or (n_samples,)
+        2-D: 0/1 occurrence of every label (AU). 1-D: class labels.
+    y_pred : array-like of the same shape
+        2-D: probabilities (or 0/1 decisions), positive where ``y_pred >= threshold``.
+        1-D: predicted class labels.
+    average : {None, "mean", "macro", "binary"}, default=None
+        2-D input: only ``None``/``"mean"`` (plain mean of per-label binary F1, which equals
+        scikit-learn's ``"macro"`` on indicator matrices). 1-D input: ``None``/``"macro"`` (unweighted
+        mean of per-class F1) or ``"binary"`` (F1 of class 1).
+    per_label : bool, default=False
+        Return the per-label (2-D) or per-class (1-D, macro) F1 values instead of their mean.
+    threshold : float, default=0.5
+        Decision threshold for 2-D input.
+    labels : sequence of int, optional
+        1-D macro input: the classes to average over. Give every class of the task so that a
+        class nobody predicted or annotated counts (as ``zero_division``); the default, as in
+        scikit-learn, uses the classes present in ``y_true`` or ``y_pred``.
+    zero_division : float, default=0.0
+        Value of F1 when a label has no positive in truth and prediction (0/0).
+
+    Returns
+    -------
+    float or ndarray
+        ``nan`` for empty input. A label without positives in ``y_true`` scores 0 (or
+        ``zero_division``) and emits a :class:`DegenerateMetricWarning`.
+
+    Examples
+    --------
+    >>> from affbench.metrics import f1
+    >>> y_true = [[1, 0], [1, 1], [0, 1], [0, 0]]
+    >>> y_prob = [[0.8, 0.1], [0.3, 0.9], [0.1, 0.6], [0.2, 0.7]]
+    >>> f1(y_true, y_prob, per_label=True)
+    array([0.66666667, 0.8       ])
+    >>> round(f1(y_true, y_prob), 4)
+    0.7333
+    >>> round(f1([0, 1, 2, 2], [0, 2, 2, 2], average="macro"), 4)
+    0.6
+    """
+    y_true, y_pred = _pair(y_true, y_pred)
+    if y_true.ndim == 2:
+        if average not in (None, "mean"):
+            raise ValueError(f"2-D (multilabel) input takes average=None or 'mean'; got {average!r}.")
+        truth, decided = _binary_truth(y_true), _binarize(y_pred, threshold)
+        values = [
+            _binary_f1(truth[:, j], decided[:, j], zero_division, f" in column {j}")
+            for j in range(truth.shape[1])
+        ]
+        return _per_column(values, per_label)
+
+    average = average or "macro"
+    if average not in ("macro", "binary"):
+        raise ValueError(f"1-D input takes average='macro' or 'binary'; got {average!r}.")
+    truth, predicted = _class_labels(y_true, "y_true"), _class_labels(y_pred, "y_pred")
+    if average == "binary":
+        if per_label:
+            raise ValueError("per_label=True needs average='macro' (one F1 per class).")
+        return _binary_f1(_binary_truth(truth), _binary_truth(predicted), zero_division, "")
+    classes = np.asarray(labels if labels is not None else np.union1d(truth, predicted), dtype=np.int64)
+    if truth.size == 0 or classes.size == 0:
+        _warn("macro F1 of an empty input is undefined; returning nan.")
+        return np.full(classes.size, np.nan) if per_label else float("nan")
+    absent = np.setdiff1d(classes, truth)
+    if absent.size:
+        _warn(f"classes {absent.tolist()} have no sample in y_true; their F1 counts as 0 in the macro mean.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        per_class = f1_score(truth, predicted, labels=classes, average=None, zero_division=zero_division)
+    return np.asarray(per_class, dtype=np.float64) if per_label else float(np.mean(per_class))
+
+
+# ----------------------------------------------------------------------------------------- ICC
+
+
+def _icc_from_mean_squares(kind: str, n: int, k: int, bms: float, wms: float, jms: float, ems: float):
+    """Numerator and denominator of one Shrout-Fleiss form (Shrout & Fleiss 1979, Table 2)."""
+    if kind == "1,1":
+        return bms - wms, bms + (k - 1) * wms
+    if kind == "2,1":
+        return bms - ems, bms + (k - 1) * ems + k * (jms - ems) / n
+    if kind == "3,1":
+        return bms - ems, bms + (k - 1) * ems
+    if kind == "1,k":
+        return bms - wms, bms
+    if kind == "2,k":
+        return bms - ems, bms + (jms - ems) / n
+    return bms - ems, bms  # "3,k"
+
+
+def icc_ratings(ratings, *, kind: str = "3,1") -> float:
+    """Intraclass correlation of an (n_targets, k_raters) table, any of the six Shrout-Fleiss forms.
+
+    With ``BMS`` the between-targets, ``JMS`` the between-raters, ``WMS`` the within-target and
+    ``EMS`` the residual mean square of the two-way ANOVA:
+
+    ====== ==================================================== ====================================
+    kind   formula                                              model
+    ====== ==================================================== ====================================
+    "1,1"  (BMS - WMS) / (BMS + (k-1) WMS)                      one-way random, single rater
+    "2,1"  (BMS - EMS) / (BMS + (k-1) EMS + k (JMS - EMS) / n)  two-way random, absolute agreement
+    "3,1"  (BMS - EMS) / (BMS + (k-1) EMS)                      two-way mixed, consistency
+    "1,k"  (BMS - WMS) / BMS                                    mean of k raters
+    "2,k"  (BMS - EMS) / (BMS + (JMS - EMS) / n)                mean of k raters
+    "3,k"  (BMS - EMS) / BMS                                    mean of k raters (Cronbach's alpha)
+    ====== ==================================================== ====================================
+
+    Parameters
+    ----------
+    ratings : array-like of shape (n_targets, k_raters)
+        One rating per target and rater; no missing values.
+    kind : {"1,1", "2,1", "3,1", "1,k", "2,k", "3,k"}, default="3,1"
+        The form; "3,1" is the one used for AU intensity.
+
+    Returns
+    -------
+    float
+        ``nan`` with fewer than two targets, ``0.0`` when the denominator is zero (no variance
+        left to explain); both with a :class:`DegenerateMetricWarning`.
+
+    Examples
+    --------
+    The worked example of Shrout & Fleiss (1979): 6 targets rated by 4 judges.
+
+    >>> from affbench.metrics import icc_ratings
+    >>> table = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+    >>> round(icc_ratings(table, kind="3,1"), 2)
+    0.71
+    >>> round(icc_ratings(table, kind="2,1"), 2)
+    0.29
+    """
+    if kind not in ICC_KINDS:
+        raise ValueError(f"unknown ICC kind {kind!r}; valid kinds are {', '.join(ICC_KINDS)}.")
+    x = np.asarray(ratings, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"ratings must be a 2-D (n_targets, k_raters) table; got shape {x.shape}.")
+    n, k = x.shape
+    if k < 2:
+        raise ValueError(f"ICC needs at least two raters (columns); got shape {x.shape}.")
+    if np.isnan(x).any():
+        raise ValueError("ratings contain NaN; mask unannotated entries out before scoring.")
+    if n == 0:
+        _warn("ICC of an empty input is undefined; returning nan.")
+        return float("nan")
+    if n < 2:
+        _warn(f"ICC needs at least two targets; got {n}; returning nan.")
+        return float("nan")
+    grand = x.mean()
+    ss_total = float(((x - grand) ** 2).sum())
+    ss_targets = k * float(((x.mean(axis=1) - grand) ** 2).sum())
+    ss_raters = n * float(((x.mean(axis=0) - grand) ** 2).sum())
+    ss_error = max(ss_total - ss_targets - ss_raters, 0.0)  # rounding can make it a hair negative
+    bms = ss_targets / (n - 1)
+    jms = ss_raters / (k - 1)
+    wms = max(ss_total - ss_targets, 0.0) / (n * (k - 1))
+    ems = ss_error / ((n - 1) * (k - 1))
+    numerator, denominator = _icc_from_mean_squares(kind, n, k, bms, wms, jms, ems)
+    # Relative to the data's own scale, so that a constant table at 1e6 is as degenerate as one at 0.
+    scale = float((x**2).mean()) + 1.0
+    if abs(denominator) <= 1e-12 * scale:
+        _warn(f"ICC({kind}) is 0/0 (no variance between or within targets); returning 0.0.")
+        return 0.0
+    return float(numerator / denominator)
+
+
+def icc(y_true, y_pred, *, kind: str = "3,1", per_label: bool = False) -> float | np.ndarray:
+    """Intraclass correlation between truth and prediction, taken as two raters of every sample.
+
+    The AU-intensity convention (FACTS: "ICC(3,1) with k = 2 raters, per AU over all test frames,
+    then the mean"): for 2-D input every column is scored on its own.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_samples,) or (n_samples, n_labels)
+    kind : str, default="3,1"
+        Any form accepted by :func:`icc_ratings`.
+    per_label : bool, default=False
+        For 2-D input, return the ICC of every column instead of their mean.
+
+    Returns
+    -------
+    float or ndarray of shape (n_labels,)
+        See :func:`icc_ratings` for degenerate input; a constant ``y_true`` also warns.
+
+    Examples
+    --------
+    >>> from affbench.metrics import icc
+    >>> round(icc([0, 1, 2, 3, 4], [0, 1, 2, 3, 5]), 4)
+    0.9677
+    >>> icc([[0, 1], [1, 2], [2, 2]], [[0, 1], [1, 2], [2, 2]], per_label=True)
+    array([1., 1.])
+    """
+    y_true, y_pred = _float_pair(y_true, y_pred)
+    if y_true.ndim == 1:
+        return _icc_pair(y_true, y_pred, kind, "")
+    values = [_icc_pair(y_true[:, j], y_pred[:, j], kind, f" in column {j}") for j in range(y_true.shape[1])]
+    return _per_column(values, per_label)
+
+
+def _icc_pair(truth: np.ndarray, predicted: np.ndarray, kind: str, where: str) -> float:
+    if truth.size and np.ptp(truth) == 0:
+        _warn(f"y_true is constant{where}; the ICC measures nothing about the prediction's ranking.")
+    return icc_ratings(np.column_stack([truth, predicted]), kind=kind)
+
+
+# ----------------------------------------------------------------------------------------- CCC
+
+
+def _ccc_1d(x: np.ndarray, y: np.ndarray, where: str) -> float:
+    if x.size == 0:
+        _warn(f"CCC of an empty input{where} is undefined; returning nan.")
+        return float("nan")
+    mean_x, mean_y = x.mean(), y.mean()
+    var_x, var_y = x.var(), y.var()  # population statistics (ddof=0), as in the ABAW code
+    covariance = ((x - mean_x) * (y - mean_y)).mean()
+    denominator = var_x + var_y + (mean_x - mean_y) ** 2
+    if denominator <= 1e-15 * (1.0 + mean_x**2):
+        _warn(f"CCC is 0/0{where} (truth and prediction are the same constant); returning 0.0.")
+        return 0.0
+    if var_x == 0:
+        _warn(f"y_true is constant{where}; CCC can only be 0 or undefined.")
+    return float(2.0 * covariance / denominator)
+
+
+def ccc(y_true, y_pred, *, per_label: bool = False) -> float | np.ndarray:
+    """Lin's (1989) concordance correlation coefficient, with population statistics.
+
+    ``CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))**2)`` with ``ddof=0``. It is
+    Pearson's correlation shrunk by any difference in location or scale, so 1 means exact agreement.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_samples,) or (n_samples, n_labels)
+        For 2-D input (e.g. valence and arousal) every column is scored on its own.
+    per_label : bool, default=False
+        For 2-D input, return the CCC of every column instead of their mean (the ABAW VA score).
+
+    Returns
+    -------
+    float or ndarray of shape (n_labels,)
+        ``nan`` for empty input; ``0.0`` when truth and prediction are the same constant (0/0);
+        both, and a constant ``y_true``, emit a :class:`DegenerateMetricWarning`.
+
+    Examples
+    --------
+    >>> from affbench.metrics import ccc
+    >>> ccc([0.1, 0.4, -0.3, 0.8], [0.1, 0.4, -0.3, 0.8])
+    1.0
+    >>> round(ccc([0.1, 0.4, -0.3, 0.8], [0.2, 0.5, -0.2, 0.9]), 4)
+    0.9701
+    """
+    y_true, y_pred = _float_pair(y_true, y_pred)
+    if y_true.ndim == 1:
+        return _ccc_1d(y_true, y_pred, "")
+    values = [_ccc_1d(y_true[:, j], y_pred[:, j], f" in column {j}") for j in range(y_true.shape[1])]
+    return _per_column(values, per_label)
+
+
+def torch_ccc(y_true: torch.Tensor, y_pred: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """Differentiable CCC over the batch dimension (dim 0), one value per column.
+
+    Same definition as :func:`ccc` (population statistics); ``eps`` in the denominator keeps the
+    gradient finite for a constant batch. CCC is symmetric, so the argument order does not matter.
+
+    Parameters
+    ----------
+    y_true, y_pred : torch.Tensor of shape (batch,) or (batch, n_targets)
+    eps : float, default=1e-8
+
+    Returns
+    -------
+    torch.Tensor of shape () or (n_targets,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from affbench.metrics import torch_ccc
+    >>> x = torch.tensor([0.1, 0.4, -0.3, 0.8])
+    >>> round(float(torch_ccc(x, x + 0.1)), 4)
+    0.9701
+    """
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same shape; got y_true {tuple(y_true.shape)} "
+            f"and y_pred {tuple(y_pred.shape)}."
+        )
+    mean_true, mean_pred = y_true.mean(dim=0), y_pred.mean(dim=0)
+    var_true = ((y_true - mean_true) ** 2).mean(dim=0)
+    var_pred = ((y_pred - mean_pred) ** 2).mean(dim=0)
+    covariance = ((y_true - mean_true) * (y_pred - mean_pred)).mean(dim=0)
+    return 2.0 * covariance / (var_true + var_pred + (mean_true - mean_pred) ** 2 + eps)
+
+
+def ccc_loss(y_true: torch.Tensor, y_pred: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """Training loss ``1 - CCC``, averaged over columns: (1 - CCC_V + 1 - CCC_A) / 2 for VA.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from affbench.metrics import ccc_loss
+    >>> target = torch.tensor([[0.1, -0.2], [0.5, 0.3], [-0.4, 0.0]])
+    >>> float(ccc_loss(target, target.clone())) < 1e-6
+    True
+    """
+    return (1.0 - torch_ccc(y_true, y_pred, eps=eps)).mean()
+
+
+# ----------------------------------------------------------------------------------------- AU co-activation
+
+
+def _active_rows(y_true, y_pred, columns: Sequence[int] | None, threshold: float) -> np.ndarray:
+    y_pred = np.asarray(y_pred)
+    if y_true is not None and np.asarray(y_true).shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same shape; got y_true {np.asarray(y_true).shape} "
+            f"and y_pred {y_pred.shape}."
+        )
+    if y_pred.ndim != 2:
+        raise ValueError(f"y_pred must be (n_samples, n_labels); got shape {y_pred.shape}.")
+    chosen = list(range(y_pred.shape[1])) if columns is None else list(columns)
+    return _binarize(y_pred[:, chosen], threshold)
+
+
+def all_active_rate(y_true, y_pred, *, columns: Sequence[int] | None = None, threshold: float = 0.5) -> float:
+    """Fraction of samples whose predicted AUs in ``columns`` are all active.
+
+    The thesis' Table 6 ("AU6 and AU12" on CAER-S Happy images, whose AUs are assumed to be 6+12):
+    a sample counts as right when every listed AU is predicted. ``y_true`` is only checked for
+    shape (it may be ``None``): the expected AUs are the ``columns`` themselves.
+
+    Examples
+    --------
+    >>> from affbench.metrics import all_active_rate
+    >>> probs = [[0.9, 0.8, 0.1], [0.9, 0.2, 0.1], [0.6, 0.7, 0.9]]
+    >>> round(all_active_rate(None, probs, columns=[0, 1]), 4)
+    0.6667
+    """
+    active = _active_rows(y_true, y_pred, columns, threshold)
+    if active.shape[0] == 0:
+        _warn("all_active_rate of an empty input is undefined; returning nan.")
+        return float("nan")
+    return float(active.all(axis=1).mean())
+
+
+def any_active_rate(y_true, y_pred, *, columns: Sequence[int] | None = None, threshold: float = 0.5) -> float:
+    """Fraction of samples with at least one predicted AU of ``columns`` active (Table 6, "AU6 or AU12").
+
+    Examples
+    --------
+    >>> from affbench.metrics import any_active_rate
+    >>> probs = [[0.9, 0.8, 0.1], [0.1, 0.2, 0.9], [0.6, 0.2, 0.9]]
+    >>> round(any_active_rate(None, probs, columns=[0, 1]), 4)
+    0.6667
+    """
+    active = _active_rows(y_true, y_pred, columns, threshold)
+    if active.shape[0] == 0:
+        _warn("any_active_rate of an empty input is undefined; returning nan.")
+        return float("nan")
+    return float(active.any(axis=1).mean())
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One registered metric.
+
+    ``per_label``: the function takes ``per_label=True`` on (n, n_labels) input and :func:`evaluate`
+    reports it per label (``"f1/au6"``) and as the mean (``"f1"``). ``per_class``: on class labels it
+    takes ``labels=`` and ``per_label=True`` and is reported per class too.
+    """
+
+    name: str
+    function: Callable[..., Any]
+    higher_is_better: bool
+    task_kinds: tuple[str, ...]
+    description: str
+    per_label: bool = True
+    per_class: bool = False
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+
+
+def _register(spec: MetricSpec) -> None:
+    unknown = set(spec.task_kinds) - set(TASK_KINDS)
+    assert not unknown, f"{spec.name}: unknown task kinds {unknown}"
+    _REGISTRY[spec.name] = spec
+
+
+for _spec in (
+    MetricSpec("accuracy", accuracy, True, ("au-detection", "expression"),
+               "Fraction of correct predictions; per AU and their mean for AU detection."),
+    MetricSpec("f1", f1, True, ("au-detection", "expression"),
+               "AU detection: mean of per-AU binary F1 (sigmoid >= 0.5); expression: macro F1.",
+               per_class=True),
+    MetricSpec("icc", icc, True, ("au-intensity",),
+               "ICC(3,1) of Shrout & Fleiss between truth and prediction, per AU, then the mean."),
+    MetricSpec("ccc", ccc, True, ("au-intensity", "va"),
+               "Lin's concordance correlation (population statistics), per target, then the mean."),
+    MetricSpec("all_active_rate", all_active_rate, True, ("au-detection",),
+               "Fraction of samples whose predicted AUs in the given columns are all active (AU6 and AU12).",
+               per_label=False),
+    MetricSpec("any_active_rate", any_active_rate, True, ("au-detection",),
+               "Fraction of samples with any predicted AU of the given columns active (AU6 or AU12).",
+               per_label=False),
+):
+    _register(_spec)
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The registered metric called ``name``; :class:`~affbench.errors.UnknownNameError` otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError("metric", name, _REGISTRY) from None
+
+
+def list_metrics(task_kind: str | None = None) -> list[MetricSpec]:
+    """Every registered metric (those applying to ``task_kind`` when given), by name."""
+    if task_kind is not None and task_kind not in TASK_KINDS:
+        raise UnknownNameError("task kind", task_kind, TASK_KINDS)
+    return [s for _, s in sorted(_REGISTRY.items()) if task_kind is None or task_kind in s.task_kinds]
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+def _as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape == shape:
+        return mask
+    if mask.shape == shape[:1]:
+        return np.broadcast_to(mask[:, None], shape) if len(shape) == 2 else mask
+    raise ValueError(f"mask must have shape {shape} or ({shape[0]},); got {mask.shape}.")
+
+
+def _metric_options(task: TaskSpec, name: str) -> dict[str, Any]:
+    options = dict(task.metric_options.get(name, {}))
+    # Option "labels" on multi-label tasks names columns; the functions take their positions.
+    if "labels" in options and name in ("all_active_rate", "any_active_rate"):
+        options["columns"] = [task.label_names.index(label) for label in options.pop("labels")]
+    return options
+
+
+def evaluate(task: TaskSpec, y_true, y_score, *, mask=None) -> dict[str, float]:
+    """Score one task's predictions with every metric the task declares, as one flat dictionary.
+
+    Parameters
+    ----------
+    task : affbench.protocols.TaskSpec
+        The task: its kind, labels and metric names (see :mod:`affbench.protocols`).
+    y_true : ndarray
+        Targets as returned by ``Protocol.targets``: (n, n_labels) for AU and VA tasks, (n,) class
+        indices for expression.
+    y_score : ndarray
+        The model output for the task, after the task's activation: probabilities (sigmoid) for
+        AU detection, raw values for AU intensity and VA, class scores (n, n_classes) or class
+        indices (n,) for expression.
+    mask : ndarray of bool, optional
+        True where ``y_true`` is annotated: the shape of ``y_true`` or one flag per row. Entries
+        outside the mask are left out of that label's metric only.
+
+    Returns
+    -------
+    dict[str, float]
+        The mean over labels under the metric's name (``"f1"``, ``"icc"``, ``"ccc"``) and, for
+        per-label metrics, one value per label (``"f1/au6"``, ``"ccc/valence"``); per class for
+        macro F1 of expression tasks (``"f1/happy"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from affbench.protocols import TaskSpec
+    >>> from affbench.metrics import evaluate
+    >>> task = TaskSpec(name="va", kind="va", label_columns=("valence", "arousal"), output_key="va",
+    ...                 n_outputs=2, label_names=("valence", "arousal"), metrics=("ccc",),
+    ...                 primary_metric="ccc")
+    >>> truth = np.array([[0.1, 0.2], [0.4, -0.1], [-0.3, 0.5], [0.8, 0.0]])
+    >>> scores = evaluate(task, truth, truth)
+    >>> sorted(scores), scores["ccc"]
+    (['ccc', 'ccc/arousal', 'ccc/valence'], 1.0)
+    """
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    results: dict[str, float] = {}
+    if task.kind == "expression":
+        if y_true.ndim != 1:
+            raise ValueError(f"expression targets must be 1-D class indices; got shape {y_true.shape}.")
+        if y_score.ndim == 2:
+            if y_score.shape != (y_true.shape[0], task.n_outputs):
+                raise ValueError(
+                    f"class scores must have shape ({y_true.shape[0]}, {task.n_outputs}); got {y_score.shape}."
+                )
+            y_score = y_score.argmax(axis=1)
+        _pair(y_true, y_score)
+        keep = _as_mask(mask, y_true.shape)
+        truth, predicted = y_true[keep], y_score[keep]
+        classes = list(range(task.n_outputs))
+        for name in task.metrics:
+            spec = get_metric(name)
+            options = _metric_options(task, name)
+            if spec.per_class:
+                values = spec.function(truth, predicted, labels=classes, per_label=True, **options)
+                results[name] = float(np.mean(values)) if truth.size else float("nan")
+                results.update({f"{name}/{label}": float(v) for label, v in zip(task.label_names, values)})
+            else:
+                results[name] = float(spec.function(truth, predicted, **options))
+        return results
+
+    if y_true.ndim != 2 or y_true.shape[1] != len(task.label_names):
+        raise ValueError(
+            f"{task.name} targets must have shape (n, {len(task.label_names)}); got {y_true.shape}."
+        )
+    _pair(y_true, y_score)
+    if task.kind == "au-detection" and y_score.size and (y_score.min() < 0 or y_score.max() > 1):
+        raise ValueError(
+            f"{task.name} scores must be probabilities in [0, 1] (apply the sigmoid to logits); "
+            f"got values in [{y_score.min():.3g}, {y_score.max():.3g}]."
+        )
+    keep = _as_mask(mask, y_true.shape)
+    for name in task.metrics:
+        spec = get_metric(name)
+        options = _metric_options(task, name)
+        if spec.per_label:
+            # Each column on its own annotated rows, kept 2-D so that the function sees a label column.
+            values = []
+            for j, label in enumerate(task.label_names):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DegenerateMetricWarning)
+                    values.append(float(spec.function(y_true[keep[:, j], j:j + 1], y_score[keep[:, j], j:j + 1],
+                                                      per_label=True, **options)[0]))
+                for warning in caught:  # name the label instead of "column 0" of the one-column slice
+                    text = str(warning.message).replace(" in column 0", "")
+                    warnings.warn(f"{task.name} {name}/{label}: {text}", warning.category, stacklevel=2)
+            results[name] = float(np.mean(values)) if values else float("nan")
+            results.update({f"{name}/{label}": v for label, v in zip(task.label_names, values)})
+        else:
+            rows = keep.all(axis=1)
+            results[name] = float(spec.function(y_true[rows], y_score[rows], **options))
+    return results
+
+
+def is_better(name: str, candidate: float, incumbent: float | None) -> bool:
+    """Whether ``candidate`` beats ``incumbent`` on metric ``name`` (nan never wins); for model selection."""
+    if candidate is None or math.isnan(candidate):
+        return False
+    if incumbent is None or math.isnan(incumbent):
+        return True
+    spec = get_metric(name.split("/", 1)[0])
+    return candidate > incumbent if spec.higher_is_better else candidate < incumbent
