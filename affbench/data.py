@@ -643,11 +643,13 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 4,
+    persistent: bool = True,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader that decodes in ``num_workers`` processes (kept alive across epochs)."""
+    """A DataLoader that decodes in ``num_workers`` processes (kept alive across epochs when
+    ``persistent``)."""
     options: dict[str, Any] = {}
     if num_workers > 0:
-        options.update(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=_worker_init)
+        options.update(persistent_workers=persistent, prefetch_factor=prefetch_factor, worker_init_fn=_worker_init)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -194,8 +194,6 @@ class TaskData:
         True where ``y`` is annotated; same shape as ``y``.
     rows : dict
         ``"train"``, ``"val"``, ``"test"``: row positions (any may be empty).
-    intensities : ndarray, optional
-        Raw AU intensities (n_rows, n_aus) for heatmap targets, when they differ from ``y``.
     """
 
     spec: Any
@@ -226,6 +224,14 @@ def check_compatible(task_spec, encoder_spec) -> None:
             f"Encoder {encoder_spec.name!r} outputs {heads[key]} {key} values but task {task_spec.name!r} "
             f"has {task_spec.n_outputs}; set the encoder's head size in the suite."
         )
+    aus = getattr(encoder_spec, "aus", None)
+    if key == "au" and aus is not None and all(str(n).startswith("au") for n in task_spec.label_names):
+        names = tuple(f"au{a}" for a in aus)
+        if names != tuple(task_spec.label_names):
+            raise AffbenchError(
+                f"Encoder {encoder_spec.name!r} predicts {', '.join(names)} but task {task_spec.name!r} scores "
+                f"{', '.join(task_spec.label_names)}; set the encoder's AUs to the task's, in the same order."
+            )
     if task_spec.kind == "au-intensity" and encoder_spec.au_output != "intensities":
         raise AffbenchError(
             f"Encoder {encoder_spec.name!r} outputs AU {encoder_spec.au_output}, not intensities, so it cannot "
@@ -382,13 +388,18 @@ class IntensityLoss(_Loss):
             m = mask[keep].float()
             return (((pred - y[keep].float()) ** 2) * m).sum() / m.sum().clamp_min(1.0)
         predicted = outputs["heatmaps"].float()
+        spec = self.encoder_spec
         points = batch["points"].to(predicted.device)
-        target, weight = self._fan.heatmap_targets(
-            points, y.float(), mask, spec=self.encoder_spec, sigma=self.sigma, size=predicted.shape[-1]
-        )
-        error = ((predicted - target) ** 2) * weight
-        keep_f = keep.float().view(-1, *([1] * (error.dim() - 1)))
-        return (error * keep_f).sum() / (weight * keep_f).expand_as(error).sum().clamp_min(1.0)
+        usable = keep & torch.isfinite(points).flatten(1).all(dim=1)
+        if not usable.any():
+            return None
+        au_points = self._fan.au_points(points[usable], spec.aus)
+        # Unannotated AUs get no target and no weight (their two heatmaps leave the loss).
+        intensities = torch.where(mask[usable], y[usable].float().clamp_min(0.0), 0.0)
+        target = self._fan.heatmap_targets(au_points, intensities, spec.heatmap_size, spec.input_size, sigma=self.sigma)
+        weight = mask[usable].float().repeat_interleave(2, dim=1)[..., None, None]
+        error = ((predicted[usable] - target) ** 2) * weight
+        return error.sum() / (weight.sum() * spec.heatmap_size**2).clamp_min(1.0)
 
 
 LOSSES = {
@@ -496,6 +507,19 @@ def _forward(model, images: torch.Tensor, encoder_spec, device: torch.device, ch
         return model(x)
 
 
+def evaluation_loader(
+    images: ShardImages, rows: np.ndarray, *, batch_size: int, num_workers: int, device: torch.device,
+    persistent: bool = True,
+) -> torch.utils.data.DataLoader:
+    """A deterministic loader over ``rows`` in table order (each row group is read once)."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64), kind="stable")
+    sampler = RowGroupBatchSampler(rows, images.row_groups, batch_size, shuffle=False)
+    loader = make_loader(images.with_mode(train=False), sampler, num_workers=num_workers,
+                         pin_memory=device_of(device).type == "cuda", persistent=persistent)
+    loader.generator = torch.Generator().manual_seed(0)  # never draw from the global generator
+    return loader
+
+
 def predict(
     model: torch.nn.Module,
     images: ShardImages,
@@ -508,10 +532,12 @@ def predict(
     keys: Sequence[str] | None = None,
     progress: bool = False,
     description: str = "predict",
+    loader: torch.utils.data.DataLoader | None = None,
 ) -> dict[str, np.ndarray]:
     """Model outputs (float32 numpy) for ``rows``, in the order of ``rows``.
 
-    ``keys`` limits which outputs are kept (heatmaps are large).
+    ``keys`` limits which outputs are kept (heatmaps are large). ``loader`` reuses one made by
+    :func:`evaluation_loader` for the same rows (its workers stay alive between calls).
     """
     device = device_of(device)
     rows = np.asarray(rows, dtype=np.int64)
@@ -519,10 +545,9 @@ def predict(
     if len(rows) == 0:
         return {}
     order = np.argsort(rows, kind="stable")  # table order reads each row group once
-    sampler = RowGroupBatchSampler(rows[order], images.row_groups, batch_size, shuffle=False)
-    loader = make_loader(images.with_mode(train=False), sampler, num_workers=num_workers,
-                         pin_memory=device.type == "cuda")
-    loader.generator = torch.Generator().manual_seed(0)  # never draw from the global generator
+    if loader is None:
+        loader = evaluation_loader(images, rows, batch_size=batch_size, num_workers=num_workers, device=device,
+                                   persistent=False)
     channels_last = device.type == "cuda"
     was_training = model.training
     model.eval()
@@ -661,6 +686,8 @@ def fit(
 
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
     eval_batch = settings.eval_batch_size or 2 * settings.batch_size
+    val_loader = (evaluation_loader(images, val_rows, batch_size=eval_batch, num_workers=workers, device=device)
+                  if len(val_rows) else None)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -699,7 +726,7 @@ def fit(
         if len(val_rows):
             outputs = predict(model, images, val_rows, encoder_spec=encoder_spec, device=device,
                               batch_size=eval_batch, num_workers=workers,
-                              keys={t.spec.output_key for t in tasks}, progress=False)
+                              keys={t.spec.output_key for t in tasks}, progress=False, loader=val_loader)
             val_metrics = score_tasks(tasks, "val", outputs, val_rows, encoder_spec)
             score = selection_score(tasks, val_metrics)
             entry["val"] = val_metrics
