@@ -147,7 +147,8 @@ class Suite:
         for experiment in self.experiments:
             if experiment.id == experiment_id:
                 return experiment
-        raise UnknownNameError(f"experiment of suite {self.name}", experiment_id, [e.id for e in self.experiments])
+        raise AffbenchError(f"Suite {self.name} has no experiment {experiment_id!r}; its experiments are: "
+                            f"{', '.join(e.id for e in self.experiments)}.")
 
 
 def list_suites() -> list[tuple[str, str, Path]]:
@@ -276,7 +277,8 @@ def _resolve_references(suite: Suite) -> None:
     for i, experiment in enumerate(suite.experiments):
         source = experiment.init or experiment.evaluate
         if source is not None and source.experiment not in by_id:
-            raise UnknownNameError(f"experiment of suite {suite.name}", source.experiment, by_id)
+            raise AffbenchError(f"Experiment {experiment.id!r} refers to {source.experiment!r}, which suite "
+                                f"{suite.name} does not declare; its experiments are: {', '.join(by_id)}.")
         if experiment.evaluate is not None:
             origin = by_id[experiment.evaluate.experiment]
             if origin.is_evaluation:
@@ -426,7 +428,7 @@ def make_plan(
     known = sorted({e.encoder for e in suite.experiments})
     for name in encoders or ():
         if name not in known:
-            raise UnknownNameError(f"encoder of suite {suite.name}", name, known)
+            raise AffbenchError(f"Suite {suite.name} has no encoder {name!r}; its encoders are: {', '.join(known)}.")
     overrides: dict[str, Any] = {}
     if epochs is not None:
         overrides["epochs"] = int(epochs)
@@ -640,7 +642,8 @@ class _Runner:
         wanted = []
         for cls in derived.classes:
             if cls.lower() not in names:
-                raise UnknownNameError(f"class of {prepared.dataset} {derived.source_task}", cls, source.label_names)
+                raise AffbenchError(f"{prepared.dataset} {derived.source_task} has no class {cls!r}; its classes are: "
+                                    f"{', '.join(source.label_names)}.")
             wanted.append(names.index(cls.lower()))
         candidates = np.asarray(split[derived.role], dtype=np.int64)
         keep = candidates[np.isin(y_source[candidates], wanted) & mask_source[candidates]]
