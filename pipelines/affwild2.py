@@ -169,7 +169,7 @@ def find_layout(root: str | os.PathLike, annotations: str | os.PathLike | None =
         )
     challenges = {task: _one(c, hits[c]) for task, (c, _) in CHALLENGES.items()}
 
-    image_hits = _search(root, [IMAGE_DIR])
+    image_hits = {IMAGE_DIR: [root]} if root.name == IMAGE_DIR else _search(root, [IMAGE_DIR])
     if IMAGE_DIR not in image_hits:
         raise DataLayoutError(f"Could not find the {IMAGE_DIR} image folder within {SEARCH_DEPTH} levels under {root}.")
     images = _one(IMAGE_DIR, image_hits[IMAGE_DIR])
@@ -372,7 +372,7 @@ def process_video(settings: Settings, unit: Video, tick: Tick) -> UnitOutcome:
         return UnitOutcome(unit.key, failures=[{"unit": unit.key, "item": folder_rel, "reason": reason}], failed=True)
     present = {e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")}
     names = [image_name(frame) for frame in range(unit.size)]
-    if present and not present & set(names):
+    if present and names and not present & set(names):
         reason = f"none of the {len(present)} files in {folder_rel} is named like {image_name(0)}"
         return UnitOutcome(unit.key, failures=[{"unit": unit.key, "item": folder_rel, "reason": reason}], failed=True)
 
@@ -470,7 +470,7 @@ def prepare(
     settings = Settings(
         root=str(layout.root.resolve()),
         images=str(layout.images.resolve()),
-        out=str(Path(out)),
+        out=str(Path(out).resolve()),
         size=size,
         codec=codec,
         quality=quality,

@@ -190,7 +190,8 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
     schema = make_schema(LABEL_FIELDS)
     suffix = IMAGE_CODECS[settings.codec]
     ids = sample_ids(unit)
-    chunk = max(64, 4 * settings.detector.batch_size)
+    # Enough images for full batches of the common size, few enough for a lively progress bar.
+    chunk = max(32, 2 * settings.detector.batch_size)
     stats = {"images": 0, "faces_found": 0, "no_face": 0, "several_faces": 0, "unreadable": 0}
     failures: list[dict[str, str]] = []
     with ShardWriter(settings.out, unit.key, schema, rows_per_shard=settings.rows_per_shard) as writer:
@@ -292,7 +293,7 @@ def prepare(
         detector, device = face_detector.settings, face_detector.device
     settings = Settings(
         root=str(Path(root).resolve()),
-        out=str(Path(out)),
+        out=str(Path(out).resolve()),
         size=size,
         codec=codec,
         quality=quality,
