@@ -314,7 +314,7 @@ class Settings:
             "size": self.size,
             "codec": self.codec,
             "quality": self.quality if self.codec != "png" else None,
-            "keep_original_jpeg": self.codec == "jpeg",
+            "keep_original_jpeg": self.codec == "jpeg" and self.size == IMAGE_SIZE,
             "resize_interpolation": {"shrink": "INTER_AREA", "enlarge": "INTER_CUBIC"},
             "aus": list(AUS),
             "expression_classes": list(EXPRESSIONS),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def find_image_folders(root: str | os.PathLike) -> tuple[list[ImageFolder], list
 def sample_ids(unit: ImageFolder) -> list[str]:
     """Stable ids ``caer-s/train/Angry/0001``; the suffix stays only where two files share a stem."""
     stems = [os.path.splitext(name)[0] for name in unit.files]
-    shared = {s for s in stems if stems.count(s) > 1}
+    shared = {stem for stem, count in Counter(stems).items() if count > 1}
     return [
         f"{DATASET}/{unit.key}/{name if stem in shared else stem}" for name, stem in zip(unit.files, stems)
     ]
