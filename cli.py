@@ -61,7 +61,11 @@ def prepare() -> None:
     """
 
 
-def _prepare_options(default_size: int, default_codec: str = "png", codec_help: str = "Image codec of the stored crops (PNG is lossless)."):
+def _prepare_options(
+    default_size: int,
+    default_codec: str = "png",
+    codec_help: str = "Image codec of the stored crops (PNG is lossless).",
+):
     def decorate(fn):
         options = [
             click.argument("root", type=click.Path(path_type=Path)),
