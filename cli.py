@@ -71,7 +71,11 @@ def prepare() -> None:
     """
 
 
-def _prepare_options(default_size: int):
+def _prepare_options(
+    default_size: int,
+    default_codec: str = "png",
+    codec_help: str = "Image codec of the stored crops (PNG is lossless).",
+):
     def decorate(fn):
         options = [
             click.argument("root", type=click.Path(path_type=Path)),
@@ -79,8 +83,7 @@ def _prepare_options(default_size: int):
                          help="Output folder for manifest.json and shards/ (created if missing)."),
             click.option("--size", default=default_size, show_default=True, type=click.IntRange(16, 1024),
                          help="Side of the square face crop in pixels."),
-            click.option("--codec", default="png", show_default=True, type=_CODECS,
-                         help="Image codec of the stored crops (PNG is lossless)."),
+            click.option("--codec", default=default_codec, show_default=True, type=_CODECS, help=codec_help),
             click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100),
                          help="JPEG/WebP quality; ignored for PNG."),
             click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
@@ -107,24 +110,69 @@ def prepare_disfa(**options) -> None:
     _not_built("affbench prepare disfa")
 
 
+def _finish_prepare(summary, out: Path, item: str) -> None:
+    """Print the run summary; exit non-zero while the output folder lists any failure."""
+    from affbench.shards import read_manifest
+
+    for line in summary.lines(item):
+        click.echo(line)
+    totals = read_manifest(out)["totals"]
+    if totals["failures"] or totals["units_failed"]:
+        earlier = totals["failures"] - len(summary.failures)
+        note = f" ({earlier} from earlier runs)" if earlier > 0 else ""
+        click.echo(
+            f"{out / 'manifest.json'} lists {totals['failures']} failure(s){note}: "
+            "see its 'failures'; failed units are retried when the same command is run again.",
+            err=True,
+        )
+        sys.exit(1)
+
+
 @prepare.command("caer-s")
 @_prepare_options(default_size=96)
-def prepare_caer_s(**options) -> None:
+@click.option("--select", default="largest", show_default=True, type=click.Choice(["largest", "prob"]),
+              help="Which face to keep where MTCNN finds several: the largest box or the most confident.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Images of one size per MTCNN call (recorded in the manifest); larger batches pay off on a GPU.")
+def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
+                   rows_per_shard: int, select: str, batch_size: int) -> None:
     """CAER-S: every image under train/ and test/, MTCNN-aligned, 96x96 face crops, 7 classes.
 
-    ROOT holds train/<Class>/NNNN.png and test/<Class>/NNNN.png as distributed.
+    ROOT holds train/<Class>/NNNN.png and test/<Class>/NNNN.png as distributed (the anger folder is
+    Angry in train and Anger in test; both are class 0). Every image becomes one row; images
+    without a face keep their row with face_found false, and unreadable images are listed in the
+    manifest's failures (the command then exits with status 1). The face box and landmarks are
+    kept in source pixels for context crops. The validation split is made at load time.
     """
-    _not_built("affbench prepare caer-s")
+    from affbench.faces import DetectorSettings
+    from affbench.pipelines import caer_s
+
+    summary = caer_s.prepare(root, out, size=size, codec=codec, quality=quality, select=select,
+                             detector=DetectorSettings(batch_size=batch_size), device=device,
+                             workers=workers, rows_per_shard=rows_per_shard)
+    _finish_prepare(summary, out, "images")
 
 
 @prepare.command("affwild2")
-@_prepare_options(default_size=112)
-def prepare_affwild2(**options) -> None:
+@_prepare_options(default_size=112, default_codec="jpeg",
+                  codec_help="Image codec; jpeg at --size 112 stores the challenge's JPEG bytes unchanged.")
+@click.option("--annotations", type=click.Path(path_type=Path), default=None,
+              help="Folder holding the *_Challenge annotation folders, where they are not under ROOT.")
+def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
+                     rows_per_shard: int, annotations: Path | None) -> None:
     """Aff-Wild2 (ABAW3 release): the challenge's aligned 112x112 faces with AU, EXPR and VA labels.
 
-    ROOT holds cropped_aligned/<video>/NNNNN.jpg and the three *_Challenge annotation folders.
+    ROOT holds cropped_aligned/<video>/NNNNN.jpg and the three *_Challenge annotation folders (found
+    anywhere under ROOT, or under --annotations). One row per annotated frame (00001.jpg is frame
+    0), with per-task split columns split_au, split_expr and split_va. The faces are aligned
+    already: no detector runs (--device is not used), and a frame without an image keeps its row
+    with face_found false.
     """
-    _not_built("affbench prepare affwild2")
+    from affbench.pipelines import affwild2
+
+    summary = affwild2.prepare(root, out, annotations=annotations, size=size, codec=codec, quality=quality,
+                               workers=workers, rows_per_shard=rows_per_shard)
+    _finish_prepare(summary, out, "frames")
 
 
 # ----------------------------------------------------------------------------------------- sample data

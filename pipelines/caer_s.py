@@ -1,11 +1,37 @@
-"""CAER-S (Lee et al. 2019): layout, classes and split facts (see shared FACTS.md).
+"""CAER-S (Lee et al. 2019): layout, classes and split facts (see shared FACTS.md), and ``prepare``.
 
 Layout: ``ROOT/train/<Class>/NNNN.png`` and ``ROOT/test/<Class>/NNNN.png``; no validation folder.
 Reported quirk: the anger folder is ``Angry`` in train and ``Anger`` in test; both map to Anger.
+
+:func:`prepare` turns every image into one row: MTCNN finds the faces, one is kept (the largest or
+the most confident, ``select``), and it is aligned onto the shared 5-point template
+(:class:`affbench.faces.AlignmentTemplate`) and cropped to ``size`` x ``size``. The face box and the
+five landmarks are stored in source-image pixels, so that a context stream (EmotiRAM's) can cut
+its own crop from the source image later without detecting again. An image without a face keeps
+its row with ``face_found`` false; an image that cannot be read keeps one too and is listed, with
+its reason, in the manifest's failures.
+
+The work unit is one image folder (``train/Angry``). The validation split is not made here: the
+loader holds out a seeded, stratified fraction of ``train`` (``DEFAULT_VALIDATION_FRACTION``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from affbench.errors import DataLayoutError
+from affbench.faces import AlignmentTemplate, DetectorSettings, FaceDetector, align_face, resolve_device, select_face
+from affbench.runner import RunSummary, Tick, UnitOutcome, run_units
+from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, encode_image, make_schema
+
+DATASET = "caer-s"
 CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
 #: Folder name -> class index; both spellings of anger are real.
 FOLDER_TO_CLASS: dict[str, int] = {**{name: i for i, name in enumerate(CLASSES)}, "Angry": 0}
@@ -13,3 +39,288 @@ SPLITS: tuple[str, ...] = ("train", "test")
 #: Public EmotiRAM/CAER-Net code holds out this fraction of train, with a fixed seed, for validation.
 DEFAULT_VALIDATION_FRACTION = 0.125
 DEFAULT_VALIDATION_SEED = 0
+
+DEFAULT_SIZE = 96
+SELECTIONS: tuple[str, ...] = ("largest", "prob")
+#: Files with these suffixes (any case) are images; CAER-S itself ships PNG only.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LABEL_FIELDS: tuple[pa.Field, ...] = (pa.field("expression", pa.int8()),)
+
+NOTES = {
+    "rows": "one row per image file under train/ and test/; split = train or test",
+    "expression": "class index into expression_classes; the folders Angry (train) and Anger (test) are both 0",
+    "subject": "null: CAER-S names no subjects (the stills come from TV shows)",
+    "validation": "not made at prepare time; the loader holds out a seeded, stratified fraction of train",
+    "box_landmarks": "MTCNN box (x1, y1, x2, y2) and 5 landmarks in source-image pixels, for context crops",
+    "face_found": "false for images without a detected face and for unreadable images (listed in failures); "
+    "those rows have no image, box or landmarks",
+}
+
+
+# ----------------------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """One unit of work: the images of one class folder of one split."""
+
+    split: str
+    folder: str
+    label: int
+    files: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.folder}"
+
+    @property
+    def size(self) -> int:
+        return len(self.files)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def find_image_folders(root: str | os.PathLike) -> tuple[list[ImageFolder], list[str]]:
+    """The class folders under ``root/train`` and ``root/test``, and the files that are not images.
+
+    Raises :class:`~affbench.errors.DataLayoutError` where ``root`` lacks a split folder or holds a
+    folder that names no CAER-S class.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataLayoutError(f"The CAER-S root {root} is not a folder.")
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if missing:
+        raise DataLayoutError(
+            f"{root} has no {' or '.join(f'{s}/' for s in missing)} folder; pass the CAER-S root that "
+            "holds train/<Class>/ and test/<Class>/."
+        )
+    by_lower = {name.lower(): index for name, index in FOLDER_TO_CLASS.items()}
+    units: list[ImageFolder] = []
+    ignored: list[str] = []
+    for split in SPLITS:
+        for entry in sorted(os.scandir(root / split), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            if not entry.is_dir():
+                ignored.append(f"{split}/{entry.name}")
+                continue
+            label = by_lower.get(entry.name.lower())
+            if label is None:
+                raise DataLayoutError(
+                    f"{root / split / entry.name} is not a CAER-S class folder; expected one of "
+                    f"{', '.join(sorted(FOLDER_TO_CLASS))}."
+                )
+            names = sorted(e.name for e in os.scandir(entry.path) if e.is_file())
+            files = tuple(n for n in names if _is_image(n))
+            ignored += [f"{split}/{entry.name}/{n}" for n in names if not _is_image(n) and not n.startswith(".")]
+            units.append(ImageFolder(split, entry.name, label, files))
+    if not any(u.files for u in units):
+        raise DataLayoutError(f"{root} holds no images under train/<Class>/ or test/<Class>/.")
+    return units, ignored
+
+
+def sample_ids(unit: ImageFolder) -> list[str]:
+    """Stable ids ``caer-s/train/Angry/0001``; the suffix stays only where two files share a stem."""
+    stems = [os.path.splitext(name)[0] for name in unit.files]
+    shared = {stem for stem, count in Counter(stems).items() if count > 1}
+    return [
+        f"{DATASET}/{unit.key}/{name if stem in shared else stem}" for name, stem in zip(unit.files, stems)
+    ]
+
+
+# ----------------------------------------------------------------------------------------- work
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one worker needs to process a unit (picklable, so joblib can send it)."""
+
+    root: str
+    out: str
+    size: int = DEFAULT_SIZE
+    codec: str = "png"
+    quality: int = 95
+    select: str = "largest"
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    template: AlignmentTemplate = field(default_factory=AlignmentTemplate)
+    device: str = "cpu"
+    rows_per_shard: int = 1000
+
+    def parameters(self) -> dict:
+        """The preprocessing parameters a manifest records (and a resumed run must repeat)."""
+        return {
+            "size": self.size,
+            "codec": self.codec,
+            "quality": self.quality if self.codec != "png" else None,
+            "select": self.select,
+            "detector": self.detector.describe(),
+            "alignment": self.template.describe(self.size),
+            "expression_classes": list(CLASSES),
+            "folder_to_class": dict(sorted(FOLDER_TO_CLASS.items())),
+        }
+
+
+# One MTCNN per process and setting: loading it costs about a second, a unit may be small.
+_DETECTORS: dict[tuple[DetectorSettings, str], FaceDetector] = {}
+
+
+def _detector(settings: DetectorSettings, device: str) -> FaceDetector:
+    key = (settings, device)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = FaceDetector(settings=settings, device=device)
+    return _DETECTORS[key]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    if not data:
+        raise ValueError("the file is empty")
+    try:
+        return decode_image(data)
+    except ValueError:
+        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
+
+
+def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOutcome:
+    """Detect, select, align and crop the face of every image of one folder; write its shards."""
+    root = Path(settings.root)
+    detector = _detector(settings.detector, settings.device)
+    schema = make_schema(LABEL_FIELDS)
+    suffix = IMAGE_CODECS[settings.codec]
+    ids = sample_ids(unit)
+    # Enough images for full batches of the common size, few enough for a lively progress bar.
+    chunk = max(32, 2 * settings.detector.batch_size)
+    stats = {"images": 0, "faces_found": 0, "no_face": 0, "several_faces": 0, "unreadable": 0}
+    failures: list[dict[str, str]] = []
+    with ShardWriter(settings.out, unit.key, schema, rows_per_shard=settings.rows_per_shard) as writer:
+        for start in range(0, unit.size, chunk):
+            names = unit.files[start : start + chunk]
+            images: list[np.ndarray | None] = []
+            for name in names:
+                source = f"{unit.key}/{name}"
+                try:
+                    images.append(_read_rgb(root / source))
+                except (OSError, ValueError) as exc:
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    failures.append({"unit": unit.key, "item": source, "reason": f"unreadable image: {reason}"})
+                    images.append(None)
+            readable = [i for i, rgb in enumerate(images) if rgb is not None]
+            detections = dict(zip(readable, detector.detect([images[i] for i in readable])))
+            for i, name in enumerate(names):
+                rgb, faces = images[i], detections.get(i, [])
+                face = select_face(faces, settings.select)
+                row = {
+                    "sample_id": ids[start + i],
+                    "dataset": DATASET,
+                    "subject": None,
+                    "source": f"{unit.key}/{name}",
+                    "frame": None,
+                    "split": unit.split,
+                    "face_found": face is not None,
+                    "expression": unit.label,
+                }
+                if face is not None:
+                    crop, _ = align_face(rgb, face.landmarks, settings.size, settings.template)
+                    row |= {
+                        "image": {
+                            "bytes": encode_image(crop, settings.codec, quality=settings.quality),
+                            "path": ids[start + i].split("/", 1)[1] + suffix,
+                        },
+                        "width": settings.size,
+                        "height": settings.size,
+                        "det_score": face.score,
+                        "box": face.box.tolist(),
+                        "landmarks": face.landmarks.reshape(-1).tolist(),
+                    }
+                writer.write(row)
+                stats["images"] += 1
+                stats["unreadable"] += rgb is None
+                stats["faces_found"] += face is not None
+                stats["no_face"] += rgb is not None and face is None
+                stats["several_faces"] += len(faces) > 1
+            tick(len(names))
+    return UnitOutcome(unit.key, writer.shards, failures=failures, stats=stats)
+
+
+def prepare(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    size: int = DEFAULT_SIZE,
+    codec: str = "png",
+    quality: int = 95,
+    select: str = "largest",
+    detector: DetectorSettings | None = None,
+    template: AlignmentTemplate | None = None,
+    device: str = "auto",
+    workers: int = 1,
+    rows_per_shard: int = 1000,
+    progress: bool = True,
+    backend: str | None = None,
+    face_detector: FaceDetector | None = None,
+) -> RunSummary:
+    """Prepare CAER-S under ``root`` into ``out``; resumes a folder made with the same parameters.
+
+    Parameters
+    ----------
+    root : path
+        The CAER-S root holding ``train/<Class>/`` and ``test/<Class>/``.
+    out : path
+        Output folder (``manifest.json`` + ``shards/``).
+    size : int
+        Side of the aligned square face crop.
+    select : {"largest", "prob"}
+        Which face to keep where MTCNN finds several: the largest box or the highest probability.
+    face_detector : FaceDetector, optional
+        An MTCNN already loaded (used in this process when ``workers`` is 1; its settings win).
+
+    Returns
+    -------
+    RunSummary
+        Counts, images/s and the failures of this run; the manifest holds those of every run.
+
+    Examples
+    --------
+    >>> summary = prepare("/data/CAER-S", "prepared/caer-s", workers=4)  # doctest: +SKIP
+    >>> summary.ok                                                          # doctest: +SKIP
+    True
+    """
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown face selection {select!r}; use one of {SELECTIONS}")
+    if face_detector is not None:
+        detector, device = face_detector.settings, face_detector.device
+    settings = Settings(
+        root=str(Path(root).resolve()),
+        out=str(Path(out).resolve()),
+        size=size,
+        codec=codec,
+        quality=quality,
+        select=select,
+        detector=detector or DetectorSettings(),
+        template=template or AlignmentTemplate(),
+        device=resolve_device(device),
+        rows_per_shard=rows_per_shard,
+    )
+    units, ignored = find_image_folders(root)
+    if face_detector is not None:
+        _DETECTORS[(settings.detector, settings.device)] = face_detector
+    writer = DatasetWriter(
+        out,
+        dataset=DATASET,
+        parameters=settings.parameters(),
+        schema=make_schema(LABEL_FIELDS),
+        protocol=None,
+        info={
+            "root": settings.root,
+            "device": settings.device,
+            "images_per_folder": {u.key: u.size for u in units},
+            "ignored_files": {"count": len(ignored), "examples": ignored[:20]},
+            "notes": NOTES,
+        },
+    )
+    process = functools.partial(process_folder, settings)
+    return run_units(writer, units, process, workers=workers, progress=progress, item="images", backend=backend)
+
