@@ -312,7 +312,7 @@ def prepare(
         dataset=DATASET,
         parameters=settings.parameters(),
         schema=make_schema(LABEL_FIELDS),
-        protocol=None,
+        protocol=_protocol(),
         info={
             "root": settings.root,
             "device": settings.device,
@@ -324,3 +324,10 @@ def prepare(
     process = functools.partial(process_folder, settings)
     return run_units(writer, units, process, workers=workers, progress=progress, item="images", backend=backend)
 
+
+def _protocol() -> dict:
+    """The evaluation protocol the harness reads back from the manifest (imported here, not at the
+    top: ``affbench.pipelines.protocols`` imports this module)."""
+    from affbench.pipelines.protocols import PROTOCOLS
+
+    return PROTOCOLS[DATASET].to_dict()

@@ -52,7 +52,9 @@ def test_one_row_per_annotated_frame_with_zero_based_frames(sample_data, prepare
     assert (row["width"], row["height"], row["split"]) == (112, 112, None)
     assert manifest["parameters"]["keep_original_jpeg"] is True
     assert manifest["totals"]["rows"] == len(expected) and manifest["failures"] == []
-    assert manifest["protocol"] is None
+    from affbench.pipelines.protocols import PROTOCOLS
+
+    assert manifest["protocol"] == PROTOCOLS["affwild2"].to_dict()  # the harness reads it back from here
 
 
 def test_labels_follow_the_files_with_markers_and_absent_tasks(prepared):

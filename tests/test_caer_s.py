@@ -98,7 +98,9 @@ def test_every_image_is_one_row_with_its_split_and_class(caer_root, prepared):
         assert (row["dataset"], row["subject"], row["frame"]) == ("caer-s", None, None)
     assert manifest["parameters"]["expression_classes"] == ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
     assert manifest["info"]["ignored_files"] == {"count": 1, "examples": ["train/README.txt"]}
-    assert manifest["protocol"] is None
+    from affbench.pipelines.protocols import PROTOCOLS
+
+    assert manifest["protocol"] == PROTOCOLS["caer-s"].to_dict()  # the harness reads it back from here
 
 
 def test_a_faceless_image_keeps_its_row(prepared):
