@@ -632,8 +632,9 @@ class RowGroupBatchSampler(torch.utils.data.Sampler):
 
 def _worker_init(_worker_id: int) -> None:
     # Each worker decodes one batch at a time; extra threads would only fight over the cores.
+    # (OpenCV's pool is switched off in the parent before the fork, see make_loader: tearing down
+    # an inherited pool in the child waits forever on the parent's threads.)
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def make_loader(
@@ -644,11 +645,21 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_factor: int = 4,
     persistent: bool = True,
+    seed: int = 0,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader that decodes in ``num_workers`` processes (kept alive across epochs when
-    ``persistent``)."""
+    ``persistent``).
+
+    The loader draws its worker seeds from its own generator (``seed``), never from torch's global
+    one, so that creating a loader does not shift the random stream of the training itself (a
+    resumed run then sees the same dropout masks as an uninterrupted one).
+    """
     options: dict[str, Any] = {}
     if num_workers > 0:
+        # A forked worker inherits OpenCV's thread pool without its threads; using (or resizing)
+        # it there deadlocks. With one thread OpenCV keeps no pool, in this process or the workers;
+        # the workers are the parallelism.
+        cv2.setNumThreads(1)
         options.update(persistent_workers=persistent, prefetch_factor=prefetch_factor, worker_init_fn=_worker_init)
     return torch.utils.data.DataLoader(
         dataset,
@@ -656,6 +667,7 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=identity_collate,
         pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
         **options,
     )
 

@@ -514,10 +514,8 @@ def evaluation_loader(
     """A deterministic loader over ``rows`` in table order (each row group is read once)."""
     rows = np.sort(np.asarray(rows, dtype=np.int64), kind="stable")
     sampler = RowGroupBatchSampler(rows, images.row_groups, batch_size, shuffle=False)
-    loader = make_loader(images.with_mode(train=False), sampler, num_workers=num_workers,
-                         pin_memory=device_of(device).type == "cuda", persistent=persistent)
-    loader.generator = torch.Generator().manual_seed(0)  # never draw from the global generator
-    return loader
+    return make_loader(images.with_mode(train=False), sampler, num_workers=num_workers,
+                       pin_memory=device_of(device).type == "cuda", persistent=persistent)
 
 
 def predict(
@@ -658,11 +656,13 @@ def fit(
         drop_last=True, max_batches=settings.max_steps,
     )
     workers = choose_workers(device, settings.num_workers)
-    loader = make_loader(images.with_mode(train=True), sampler, num_workers=workers, pin_memory=device.type == "cuda")
-    # The loader draws worker seeds from its own generator, never from the global one, so that a
-    # resumed run sees the same random stream (dropout) as an uninterrupted one.
-    loader.generator = torch.Generator().manual_seed(settings.seed)
+    loader = make_loader(images.with_mode(train=True), sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                         seed=settings.seed)
     channels_last = device.type == "cuda"
+    if device.type == "cuda":
+        # Fixed input sizes: let cuDNN pick its fastest kernels. Runs stay seeded, but on a GPU
+        # they are not bit-identical (autotuning, atomic adds); on the CPU they are.
+        torch.backends.cudnn.benchmark = True
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -738,7 +738,9 @@ class _Runner:
                              "au_output": model.spec.au_output, "family": model.spec.family},
             "device": self.device_text, "git_commit": self.commit, "affbench_version": __version__,
             "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
-            "wall_seconds": round(time.perf_counter() - started + (result.train_seconds if result.resumed_from else 0), 3),
+            # This process's time plus that of the epochs an earlier, interrupted run finished.
+            "wall_seconds": round(time.perf_counter() - started
+                                  + sum(h.get("seconds", 0.0) for h in result.history[: result.resumed_from or 0]), 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json_atomic(done, summary)
@@ -770,7 +772,8 @@ class _Runner:
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "evaluate",
             "metrics": test, "validation_metrics": {},
-            "n": {t.name: {r: int(len(t.rows[r])) for r in ("train", "val", "test")} for t in tasks},
+            # Nothing was trained here: the model's own training rows are in the source job's records.
+            "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
             "validation_split": {t.name: splits[t.name].get("derived") for t in tasks},
             "test_groups": {t.name: splits[t.name].get("test_groups") for t in tasks},

@@ -357,3 +357,12 @@ def test_cli_run_export_and_list(tmp_path, prepared_root):
     result = runner.invoke(app, ["run-benchmark", "--suite", "nope", "--data", str(prepared_root), "--out", str(run_dir)])
     assert result.exit_code != 0 and "Unknown suite 'nope'; valid suites are: abaw3" in result.output
     assert "Traceback" not in result.output
+
+
+def test_demo_stops_with_one_sentence_where_a_prepare_pipeline_is_missing(monkeypatch, tmp_path):
+    import affbench.pipelines.disfa as disfa_pipeline
+    from affbench.cli import _demo_prepare
+
+    monkeypatch.delattr(disfa_pipeline, "prepare", raising=False)
+    with pytest.raises(AffbenchError, match=r"affbench demo stops at the prepare step: the disfa prepare pipeline is not built yet"):
+        _demo_prepare("disfa", tmp_path / "raw", tmp_path / "out", "cpu")
