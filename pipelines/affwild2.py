@@ -486,12 +486,14 @@ def prepare(
         },
         "notes": NOTES,
     }
+    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
+
     writer = DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(annotations_sha256),
         schema=make_schema(LABEL_FIELDS),
-        protocol=None,
+        protocol=protocol_for(DATASET).to_dict(),
         info=info,
     )
     process = functools.partial(process_video, settings)

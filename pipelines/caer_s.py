@@ -307,12 +307,14 @@ def prepare(
     units, ignored = find_image_folders(root)
     if face_detector is not None:
         _DETECTORS[(settings.detector, settings.device)] = face_detector
+    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
+
     writer = DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(),
         schema=make_schema(LABEL_FIELDS),
-        protocol=None,
+        protocol=protocol_for(DATASET).to_dict(),
         info={
             "root": settings.root,
             "device": settings.device,
