@@ -25,7 +25,7 @@ from affbench.encoders.registry import (
 from affbench.encoders.weights import LoadReport, load_checkpoint
 
 # Importing the family modules registers their variants, in the order the seeds present them.
-from affbench.encoders import caer, fan  # noqa: E402,F401  isort: skip
+from affbench.encoders import caer, fan, megraph, inception, vgg  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Encoder",

@@ -233,21 +233,25 @@ def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadRepor
 
 
 def load_au_checkpoint(
-    model: Encoder, path, *, source: str, prefix: str, map_keys=None,
+    model: Encoder, path, *, source: str, prefix: str, submodule: Encoder | None = None,
     missing_ok=(), unexpected_ok=(), mismatch_ok=(),
 ) -> LoadReport:
     """Start an emotion model from the checkpoint of the AU model it is built on.
 
-    The checkpoint's keys (after ``map_keys``, the AU family's hook) get ``prefix`` and are loaded
-    where name and shape match. Model keys under ``missing_ok`` (the new emotion head) may be absent;
+    The checkpoint's keys (renamed by ``submodule``'s key-mapping hook when the AU model is a
+    submodule, whose documented gaps then apply too) get ``prefix`` and are loaded where name and
+    shape match. Model keys under ``missing_ok`` (the new emotion head) may be absent;
     keys under ``mismatch_ok`` may differ in shape and then keep their fresh initialisation, which
     is warned about and written into ``model.spec.init``. Anything else raises one AffbenchError.
     """
     path = Path(path).expanduser().resolve()
     state = read_state_dict(path)
     layout = "affbench"
-    if map_keys is not None:
-        state, layout = map_keys(state)
+    if submodule is not None:
+        state, layout = submodule.map_checkpoint_keys(state)
+        sub_missing, sub_unexpected = submodule.expected_checkpoint_gaps(layout)
+        missing_ok = tuple(missing_ok) + tuple(prefix + p for p in sub_missing)
+        unexpected_ok = tuple(unexpected_ok) + tuple(prefix + p for p in sub_unexpected)
     state = {prefix + key: value for key, value in state.items()}
     loadable, found, fresh_ok, dropped_ok = match_state(
         model, state, missing_ok=missing_ok, unexpected_ok=unexpected_ok, mismatch_ok=mismatch_ok
