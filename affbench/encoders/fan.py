@@ -212,9 +212,11 @@ class SemanticCorrespondence(nn.Module):
         b, c, h, w = x.shape
         nodes = x.flatten(2)  # (B, C, HW): one node per channel
         k = min(self.k, c)
-        with torch.no_grad():
-            squared = (nodes * nodes).sum(-1)
-            distance = squared.unsqueeze(2) - 2 * nodes @ nodes.transpose(1, 2) + squared.unsqueeze(1)
+        # Distances in float32 even under mixed precision: squared norms of H*W values overflow fp16.
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            flat = nodes.float()
+            squared = (flat * flat).sum(-1)
+            distance = squared.unsqueeze(2) - 2 * flat @ flat.transpose(1, 2) + squared.unsqueeze(1)
             neighbours = distance.topk(k, dim=-1, largest=False).indices  # (B, C, k), self included
         weight = self.edge_conv.weight.flatten(1)  # (HW_out, 2*HW_in)
         w_centre, w_offset = weight.chunk(2, dim=1)
