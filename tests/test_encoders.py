@@ -78,6 +78,36 @@ def test_unknown_name_and_bad_options_are_one_sentence_errors():
         create_encoder("emotiram-f", pretrained="imagenet")
 
 
+def test_bare_decorator_registers_a_factory_and_specs_it_on_the_meta_device(monkeypatch):
+    from affbench.encoders import Encoder, register_encoder, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    built_on = []
+
+    class Probe(Encoder):
+        def __init__(self, n_classes):
+            super().__init__()
+            self.spec = EncoderSpec(
+                name="probe-net", family="test", input_size=8, mean=(0.5,) * 3, std=(0.5,) * 3,
+                heads={"expression": n_classes}, au_output=None, options={"n_classes": n_classes},
+            )
+            self.fc = nn.Linear(3, n_classes)
+            built_on.append(self.fc.weight.device.type)
+
+        def forward(self, images):
+            return {"expression": self.fc(images.mean(dim=(2, 3)))}
+
+    @register_encoder
+    def probe_net(*, n_classes: int = 3, pretrained=None):
+        """A test-only encoder."""
+        return Probe(n_classes)
+
+    assert "probe-net" in list_encoders()
+    assert get_encoder_spec("probe-net", n_classes=5).heads == {"expression": 5}
+    assert built_on == ["meta"]
+    assert create_encoder("probe-net")(torch.zeros(2, 3, 8, 8))["expression"].shape == (2, 3)
+
+
 def test_spec_follows_options_without_building():
     assert get_encoder_spec("vggface", task="va").heads == {"va": 2}
     assert get_encoder_spec("vggface", task="expression", n_classes=7).heads == {"expression": 7}

@@ -126,16 +126,21 @@ class Encoder(nn.Module):
         return (), ()
 
 
-_REGISTRY: dict[str, tuple[Callable[..., Encoder], Callable[[str, dict], EncoderSpec], str]] = {}
+_REGISTRY: dict[str, tuple[Callable[..., Encoder], Callable[[str, dict], EncoderSpec] | None, str]] = {}
 
 
-def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], EncoderSpec], name: str | None = None):
+def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], EncoderSpec] | None = None,
+                     name: str | None = None):
     """Register an encoder factory under ``name`` (default: the function name with ``_`` -> ``-``).
+
+    Usable bare (``@register_encoder``) or with arguments (``@register_encoder(spec=...)``).
 
     Parameters
     ----------
-    spec : callable
-        ``spec(name, options) -> EncoderSpec``; must not build the network.
+    spec : callable, optional
+        ``spec(name, options) -> EncoderSpec``; must not build the network. Without it,
+        :func:`get_encoder_spec` builds the variant on the meta device (no memory, no weights) and
+        reads ``model.spec``; every built-in variant gives one.
     name : str, optional
         Registry name.
 
@@ -198,9 +203,12 @@ def get_encoder_spec(name: str, **options) -> EncoderSpec:
     >>> get_encoder_spec("vggface", task="va").heads
     {'va': 2}
     """
-    _, spec_fn, _ = _lookup(name)
+    factory, spec_fn, _ = _lookup(name)
     resolved = resolve_options(name, options)
     architecture = {k: v for k, v in resolved.items() if k not in WEIGHT_OPTIONS}
+    if spec_fn is None:
+        with torch.device("meta"):
+            return factory(**architecture).spec
     return spec_fn(name, architecture)
 
 
