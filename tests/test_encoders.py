@@ -167,9 +167,9 @@ def test_variant_forward_backward_and_checkpoint_round_trip(name, tmp_path):
     assert set(outputs) == set(spec.heads)
     for key, size in spec.heads.items():
         if key == "heatmaps":
-            maps = side // 4
-            assert outputs[key].shape == (2, size, maps, maps)
-            assert maps == spec.heatmap_size or spec.input_size != side
+            assert side == spec.input_size  # heatmap models are built for one input size
+            assert outputs[key].shape == (2, size, spec.heatmap_size, spec.heatmap_size)
+            assert spec.heatmap_size == side // 4
         else:
             assert outputs[key].shape == (2, size)
         assert torch.isfinite(outputs[key]).all()
@@ -586,3 +586,34 @@ def test_smm_loads_an_abaw3_checkpoint(tmp_path):
     # The paper's heads have no bias: the public code's biases do not fit them.
     with pytest.raises(AffbenchError, match="unexpected"):
         create_encoder("smm-emotionnet", pretrained=path)
+
+
+def test_inceptionv3_mtl_reads_the_abaw3_baseline_partly(tmp_path):
+    torch.manual_seed(0)
+    template = create_encoder("inceptionv3-mtl")
+    state = {}
+    for key, value in template.trunk.state_dict().items():
+        name, rest = key.split(".", 1)
+        state[f"backbone_CNN.{trunks.INCEPTION_TO_MIXED_6E.index(name)}.{rest}"] = torch.randn_like(value) if value.is_floating_point() else value
+    # The public Baseline_Model: tasks AU, EXPR, VA; per-AU 768x16 branches for AU, one for EXPR and VA.
+    for au in range(12):
+        state[f"emotion_metric_modules.0.{au}.0.weight"] = torch.randn(16, 768)
+        state[f"emotion_metric_modules.0.{au}.0.bias"] = torch.randn(16)
+    state["emotion_classifiers.0.fc.weight"], state["emotion_classifiers.0.fc.bias"] = torch.randn(12, 16), torch.randn(12)
+    for index, classes in ((1, 8), (2, 2)):
+        state[f"emotion_metric_modules.{index}.0.weight"] = torch.randn(16, 768)
+        state[f"emotion_metric_modules.{index}.0.bias"] = torch.randn(16)
+        state[f"emotion_classifiers.{index}.weight"] = torch.randn(classes, 16)
+        state[f"emotion_classifiers.{index}.bias"] = torch.randn(classes)
+    path = tmp_path / "baseline.ckpt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(AffbenchError, match="au_branch"):
+        create_encoder("inceptionv3-mtl", pretrained=path)
+    model = create_encoder("inceptionv3-mtl")
+    with pytest.warns(UserWarning, match="Partial load"):
+        report = load_checkpoint(model, path, partial=True)
+    assert report.layout == "ABAW3 baseline"
+    assert torch.equal(model.expression_branch[0].weight, state["emotion_metric_modules.1.0.weight"])
+    assert torch.equal(model.va_branch[2].bias, state["emotion_classifiers.2.bias"])
+    assert torch.equal(model.trunk.Conv2d_1a_3x3.conv.weight, state["backbone_CNN.0.conv.weight"])
+    assert "au_branch.0.weight" in model.spec.init

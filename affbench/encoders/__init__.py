@@ -10,6 +10,22 @@ Every variant is built by ``create_encoder(name, **options)``; ``model.spec`` (a
 ``heatmaps`` for the heatmap models. Families: :mod:`.caer` (EmotiRAM-f), :mod:`.fan` (Fan et al.,
 EmotiRAM-FAU), :mod:`.megraph` (ME-GraphAU, EmotiRAM-FAU-ME-Graph), :mod:`.inception`
 (SMM-EmotionNet, InceptionV3 multitask) and :mod:`.vgg` (VGG-Face).
+
+What a training harness needs to know:
+
+- Normalise with ``model.spec.mean`` / ``model.spec.std`` of the *built* model (loading VGG-Face
+  weights changes them) and resize crops to ``spec.input_size``.
+- ``spec.au_output`` says what ``au`` holds: "logits" (use a sigmoid / BCE-with-logits),
+  "probabilities" (ME-GraphAU's cosine scores, already in [0, 1]) or "intensities" (0-5, the
+  heatmap models, which are trained on ``heatmaps`` with MSE, not on ``au``).
+- Heatmap models (fan-au, emotiram-fau) give ``model.heatmap_targets(landmarks5, intensities,
+  image_size=crop_side)``: Gaussian targets for the ``heatmaps`` output from the five aligned
+  landmarks in crop pixels and the AU intensities in ``spec.aus`` order (see
+  :func:`affbench.encoders.fan.au_points` for the point rule).
+- ``create_encoder(spec.name, **spec.options)`` rebuilds an architecture; ``pretrained=PATH`` (or
+  :func:`load_checkpoint`) loads a state dict saved from it. emotiram-fau / emotiram-fau-megraph take
+  ``au_checkpoint=PATH`` of a fan-au / megraph-au model to start from.
+- ``spec.init`` says in words how the weights were initialised; record it with every result.
 """
 
 from affbench.encoders.registry import (

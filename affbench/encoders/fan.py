@@ -268,6 +268,8 @@ class _HeatmapEncoder(Encoder):
 
     def au_points(self, landmarks5, *, image_size: int | None = None):
         """This model's AU points (input pixels) from 5 landmarks given in pixels of ``image_size``."""
+        if not isinstance(landmarks5, torch.Tensor):
+            landmarks5 = np.asarray(landmarks5, dtype=np.float64)
         scale = 1.0 if image_size is None else self.spec.input_size / image_size
         return au_points(landmarks5 * scale, self.spec.aus)
 

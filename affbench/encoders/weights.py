@@ -219,7 +219,7 @@ def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadRepor
         raise AffbenchError(
             f"Checkpoint {path} does not fit encoder {model.spec.name!r} with options {model.spec.options}: "
             + "; ".join(problems)
-            + " (pass partial=True to load only what matches)."
+            + " (load_checkpoint(model, path, partial=True) loads only what matches)."
         )
     model.load_state_dict(loadable, strict=False)
     report = LoadReport(
