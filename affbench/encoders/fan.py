@@ -16,6 +16,14 @@ neighbours. The 1x1 convolution is evaluated exactly but cheaply as W_c x_i + W_
 (W_c - W_d) x_i + W_d x_j, computing each node's two products once instead of once per edge.
 Because a node's feature is its spatial map, the SCC weights' shapes depend on the input size (at
 256: 512->256, 2048->1024, 8192->4096 values, the widths of the reference's conv1/conv2/conv3).
+The public TensorFlow code (EvelynFan/FAU) reshapes its NHWC tensors to (C, H*W) without a
+transpose, so there a "node" is a block of consecutive memory: at 256, one position's 256 channels in
+SCC1, eight neighbouring positions in SCC2, one image row in SCC3. The weights have the same shapes
+either way; affbench builds the paper's channel graph.
+
+Heatmap targets follow the code's scale rather than the paper's formula: the paper writes
+I / (2 pi sigma^2) exp(...); the code renders 255 * I * exp(...) and reads intensity = max / 255.
+Here the target is I * exp(-d^2 / (2 sigma^2)), so an AU's intensity is its heatmap maximum itself.
 
 **emotiram-fau** -- Masur (2022): the same network with 10 heatmap points (the BP4D model: AU6,
 AU10, AU12, AU14, AU17) on a 96x96 face, giving 10x24x24 = 5760 values, flattened into an FC
