@@ -248,6 +248,17 @@ def list_(what: str) -> None:
             better = "higher" if spec.higher_is_better else "lower"
             click.echo(f"{spec.name:16s} {better:7s} {', '.join(spec.task_kinds):28s} {spec.description}")
         return
+    if what == "encoders":
+        from affbench.encoders import count_parameters, get_encoder_spec, list_encoders
+
+        click.echo(f"{'name':22s} {'family':10s} {'input':>5s}  {'heads':36s} {'params':>12s}")
+        for name in list_encoders():
+            spec = get_encoder_spec(name)
+            heads = " ".join(f"{key}={size}" for key, size in spec.heads.items())
+            click.echo(
+                f"{name:22s} {spec.family:10s} {spec.input_size:5d}  {heads:36s} {count_parameters(name):12,d}"
+            )
+        return
     _not_built(f"`affbench list {what}`")
 
 
