@@ -330,6 +330,12 @@ def shared_detector(settings: DetectorSettings = DetectorSettings(), device: str
     return _SHARED[key]
 
 
+def _moved(before: np.ndarray, after: np.ndarray) -> float:
+    """How far a box's corners moved, as a fraction of its side."""
+    side = max(float(before[2] - before[0]), float(before[3] - before[1]), 1e-6)
+    return float(np.abs(np.asarray(after[:4]) - np.asarray(before[:4])).max()) / side
+
+
 def select_face(faces: Sequence[Face], strategy: str = "largest", previous: Face | None = None) -> Face | None:
     """Pick one face: the one nearest ``previous`` when given, else the largest or most confident."""
     if not faces:
@@ -353,17 +359,19 @@ class TrackerSettings:
     ``detect_max_side``: full detections run on a copy of the frame downscaled so that its longer
     side is at most this many pixels (0: full size); ``DetectorSettings.min_face_size`` is then
     counted in that copy's pixels. The landmarks always come from O-Net on full-resolution crops.
-    ``refine_passes``: O-Net passes per frame, each starting from the box the previous pass
-    regressed (the first from the last frame's box). ``redetect_every``: run the full cascade on
-    every N-th frame even while tracking holds (0: only when tracking is lost).
+    ``refine_passes``: at most this many O-Net passes per frame, each starting from the box the
+    pass before regressed (the first from the last frame's box); another pass runs only while the
+    box still moves by more than ``refine_tolerance`` of its side. ``redetect_every``: run the full
+    cascade on every N-th frame even while tracking holds (0: only when tracking is lost).
     """
 
     detect_max_side: int = 384
     refine_passes: int = 2
+    refine_tolerance: float = 0.03
     redetect_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.detect_max_side < 0 or self.refine_passes < 1 or self.redetect_every < 0:
+        if self.detect_max_side < 0 or self.refine_passes < 1 or self.refine_tolerance < 0 or self.redetect_every < 0:
             raise ValueError(f"invalid tracker settings {self}")
 
     def describe(self) -> dict:
@@ -421,10 +429,18 @@ class FaceTracker:
         return inside and min(x2 - x1, y2 - y1) >= 12 and np.all(np.isfinite(face.landmarks))
 
     def _refine(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[Face | None]:
+        """O-Net passes, each from the box the pass before regressed, until the box moves less
+        than ``refine_tolerance`` of its size (the face is where O-Net was looking)."""
         faces = self.detector.refine(frames, boxes)
+        starts = [np.asarray(b, dtype=np.float64) for b in boxes]
         for _ in range(self.settings.refine_passes - 1):
-            again = [f.box if f is not None else b for f, b in zip(faces, boxes)]
-            faces = self.detector.refine(frames, again)
+            again = [i for i, (f, b) in enumerate(zip(faces, starts)) if f is not None and _moved(b, f.box) > self.settings.refine_tolerance]
+            if not again:
+                break
+            redone = self.detector.refine([frames[i] for i in again], [faces[i].box for i in again])
+            for i, face in zip(again, redone):
+                starts[i] = faces[i].box
+                faces[i] = face
         return faces
 
     def _downscale(self, frame: np.ndarray) -> tuple[np.ndarray, float]:

@@ -294,7 +294,7 @@ def prepare_video(unit: DisfaVideo, tick: Tick, *, out_dir: str, settings: Prepa
     counts = {"frames": 0, "faces_found": 0, "no_face": 0, "tracked": 0, "detected": 0, "several_faces": 0}
     base = {"dataset": DATASET, "subject": unit.subject, "source": unit.video, "split": None}
     try:
-        with VideoReader(root / unit.video, prefetch=2 * detector.settings.batch_size) as video, ShardWriter(
+        with VideoReader(root / unit.video, prefetch=8) as video, ShardWriter(
             out_dir, unit.key, label_schema(), rows_per_shard=settings.rows_per_shard
         ) as writer:
             since_tick = 0

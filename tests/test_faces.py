@@ -132,4 +132,4 @@ def test_tracker_settings_are_validated_and_described():
     with pytest.raises(ValueError):
         TrackerSettings(refine_passes=0)
     described = TrackerSettings().describe()
-    assert {"detect_max_side", "refine_passes", "redetect_every", "method"} <= set(described)
+    assert {"detect_max_side", "refine_passes", "refine_tolerance", "redetect_every", "method"} <= set(described)
