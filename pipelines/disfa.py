@@ -28,7 +28,8 @@ folder are on a shared file system::
     client = Client("scheduler:8786")                  # registers joblib's "dask" backend
     prepare(root, out, workers=64, backend="dask")     # or backend="ray" after ray.util.joblib.register_ray()
 
-Each worker loads MTCNN once and uses CUDA when ``device`` resolves to it.
+Each worker process loads MTCNN once and, with ``device="auto"``, uses its own GPU where it has
+one; each unit's stats record the device it ran on.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
             except VideoError:
                 size = 0  # the unit fails with the reason when it is processed
             units.append(DisfaVideo(
-                key=f"{subject}/{cam}", size=size, subject=subject, camera=cam, root=str(root),
+                key=f"{subject}/{cam}", size=size, subject=subject, camera=cam, root=str(root.resolve()),
                 video=f"{CAMERA_DIRS[cam]}/{video}", labels=labels,
             ))
     return units
@@ -361,7 +362,9 @@ def prepare(
     units = find_videos(root, camera)
     for unit in {u.subject: u for u in units}.values():  # malformed labels stop the run before any work
         read_labels([Path(unit.root) / p for p in unit.labels])
-    device = resolve_device(settings.device)
+    # Locally the device is settled here, so that a missing GPU is one clear error up front; on a
+    # cluster backend each worker resolves it (the unit stats record where each video ran).
+    device = resolve_device(settings.device) if backend in (None, "loky") else settings.device
     settings = dataclasses.replace(settings, device=device)
     writer = DatasetWriter(
         out,
@@ -372,6 +375,7 @@ def prepare(
         info={"root": str(Path(root).resolve()), "device": device, "rows_per_shard": settings.rows_per_shard,
               "videos": len(units)},
     )
-    process = functools.partial(prepare_video, out_dir=str(out), settings=settings)
+    # Absolute paths: a worker elsewhere (Dask, Ray) does not share this process's directory.
+    process = functools.partial(prepare_video, out_dir=str(Path(out).resolve()), settings=settings)
     summary = run_units(writer, units, process, workers=workers, progress=progress, item="frames", backend=backend)
     return summary, writer

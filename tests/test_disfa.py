@@ -307,3 +307,14 @@ def test_units_carry_the_camera_in_their_key(sample_data):
     assert {u.size for u in units if u.subject == "SN010"} == {23}
     assert disfa.sample_id("SN001", "left", 123) == "disfa/SN001/000123"
     assert disfa.sample_id("SN001", "right", 123) == "disfa/SN001/right/000123"
+
+
+def test_asking_for_cuda_without_a_gpu_is_one_sentence(sample_data, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001"])
+    result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert result.exit_code == 1 and "PyTorch sees no CUDA GPU" in result.output
+    assert not (tmp_path / "o").exists()

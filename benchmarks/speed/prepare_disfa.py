@@ -54,9 +54,14 @@ def sample_root(work: Path, frames: int) -> Path:
     return folder / "disfa"
 
 
-def baseline(video: Path, frames: int, size: int = 256) -> dict:
-    """The naive loop: decode, MTCNN.detect on the full frame, align, encode; one process."""
+def baseline(video: Path, frames: int, size: int = 256, threads: int | None = None) -> dict:
+    """The naive loop: decode, MTCNN.detect on the full frame, align, encode; one process with
+    ``threads`` PyTorch threads (None: PyTorch's default, one per core)."""
+    import torch
     from facenet_pytorch import MTCNN
+
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
 
     settings = DetectorSettings()
     mtcnn = MTCNN(min_face_size=settings.min_face_size, thresholds=list(settings.thresholds),
@@ -82,7 +87,9 @@ def baseline(video: Path, frames: int, size: int = 256) -> dict:
         crops.append(crop)
     seconds = time.perf_counter() - start
     capture.release()
-    return {"frames": len(landmarks), "seconds": seconds, "fps": len(landmarks) / seconds,
+    used = torch.get_num_threads()
+    torch.set_num_threads(default_threads)
+    return {"frames": len(landmarks), "seconds": seconds, "fps": len(landmarks) / seconds, "threads": used,
             "landmarks": landmarks, "crops": crops}
 
 
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("affbench-speed"), help="folder for sample data and outputs")
     parser.add_argument("--frames", type=int, default=300, help="frames per sample video (the long videos)")
-    parser.add_argument("--short-frames", type=int, default=24, help="frames per video for the memory comparison")
+    parser.add_argument("--short-frames", type=int, default=60, help="frames per video for the memory comparison")
     parser.add_argument("--baseline-frames", type=int, default=100, help="frames the baseline processes")
     parser.add_argument("--workers", type=int, default=2, help="affbench worker processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
@@ -153,14 +160,18 @@ def main(argv: list[str] | None = None) -> dict:
     long_root = sample_root(args.work, args.frames)
     short_root = sample_root(args.work, args.short_frames)
 
-    base = baseline(long_root / VIDEO, args.baseline_frames)
+    # The baseline gets its better thread setting: PyTorch's default (one thread per core) wins
+    # on a quiet machine, one thread when other processes keep the cores busy.
+    tries = [baseline(long_root / VIDEO, args.baseline_frames, threads=t) for t in (None, 1)]
+    base = max(tries, key=lambda b: b["fps"])
     fast = run_prepare(long_root, args.work / "out-long", args.workers)
     memory_short = run_prepare(short_root, args.work / "out-short-1w", 1)
     memory_long = run_prepare(long_root, args.work / "out-long-1w", 1)
     result = {
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
-        "baseline": {"frames": base["frames"], "fps": round(base["fps"], 2)},
+        "baseline": {"frames": base["frames"], "fps": round(base["fps"], 2), "torch_threads": base["threads"],
+                     "fps_by_threads": {t["threads"]: round(t["fps"], 2) for t in tries}},
         "affbench": {k: round(v, 2) for k, v in fast.items()} | {"workers": args.workers},
         "ratio_end_to_end": round(fast["fps"] / base["fps"], 2),
         "ratio_in_run": round(fast["in_run_fps"] / base["fps"], 2),
@@ -174,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {os.cpu_count()} cores, load average before {result['load_average_before']}, "
           f"after {result['load_average_after']}")
     print(f"baseline (per-frame MTCNN.detect on full frames, 1 process): {base['fps']:.2f} frames/s "
-          f"over {base['frames']} frames")
+          f"over {base['frames']} frames (torch threads: frames/s {result['baseline']['fps_by_threads']})")
     print(f"affbench prepare disfa --workers {args.workers}: {fast['fps']:.2f} frames/s end to end "
           f"({fast['frames']} frames in {fast['seconds']:.1f} s), {fast['in_run_fps']:.2f} frames/s in the run")
     print(f"ratio: {result['ratio_end_to_end']:.1f}x end to end, {result['ratio_in_run']:.1f}x in the run")
