@@ -133,24 +133,25 @@ class VideoReader:
                 continue
             yield index, (cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if self.rgb else bgr)
 
+    def _put(self, buffer: queue.Queue, item: object) -> bool:
+        """Wait for room in the buffer unless the reader is being closed."""
+        while not self._stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _fill(self, buffer: queue.Queue) -> None:
         try:
             for item in self._decode():
-                while not self._stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                if not self._put(buffer, item):
+                    return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             self._error = exc
         finally:
-            while not self._stop.is_set():
-                try:
-                    buffer.put(_END, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            self._put(buffer, _END)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self._started:
