@@ -90,7 +90,7 @@ def _prepare_options(default_size: int):
 @prepare.command("disfa")
 @_prepare_options(default_size=256)
 @click.option("--camera", default="left", show_default=True, type=click.Choice(["left", "right", "both"]),
-              help="Which camera's videos to prepare; with both, right-camera ids carry '/right/'.")
+              help="Which camera's videos to prepare (right-camera sample ids carry '/right/').")
 def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, quality: int, workers: int,
                   device: str, rows_per_shard: int) -> None:
     """DISFA: every left-camera frame, MTCNN-aligned, 256x256 crops, 12 AU intensities joined.
@@ -98,7 +98,8 @@ def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, qua
     ROOT holds Videos_LeftCamera/, Video_RightCamera/ and ActionUnit_Labels/ as distributed. Every
     frame becomes one row (face_found=false where no face is found), joined to the AU label files
     by line order. Videos that cannot be read or are truncated are listed in manifest.json's
-    failures and make the command exit non-zero once the other videos are done.
+    failures and make the command exit non-zero once the other videos are done. Each video runs
+    in one process with one PyTorch thread: use --workers N to keep N cores busy.
     """
     from affbench.pipelines import disfa
 
