@@ -102,12 +102,31 @@ def _prepare_options(
 
 @prepare.command("disfa")
 @_prepare_options(default_size=256)
-def prepare_disfa(**options) -> None:
+@click.option("--camera", default="left", show_default=True, type=click.Choice(["left", "right", "both"]),
+              help="Which camera's videos to prepare (right-camera sample ids carry '/right/').")
+def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, quality: int, workers: int,
+                  device: str, rows_per_shard: int) -> None:
     """DISFA: every left-camera frame, MTCNN-aligned, 256x256 crops, 12 AU intensities joined.
 
-    ROOT holds Videos_LeftCamera/, Video_RightCamera/ and ActionUnit_Labels/ as distributed.
+    ROOT holds Videos_LeftCamera/, Video_RightCamera/ and ActionUnit_Labels/ as distributed. Every
+    frame becomes one row (face_found=false where no face is found), joined to the AU label files
+    by line order. Videos that cannot be read or are truncated are listed in manifest.json's
+    failures and make the command exit non-zero once the other videos are done. Each video runs
+    in one process with one PyTorch thread: use --workers N to keep N cores busy.
     """
-    _not_built("affbench prepare disfa")
+    from affbench.pipelines import disfa
+
+    settings = disfa.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
+                                     rows_per_shard=rows_per_shard)
+    summary, writer = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers)
+    for line in summary.lines("frames"):
+        click.echo(line)
+    mismatches = [r.stats["length_mismatch"] for _, r in sorted(writer.units.items()) if "length_mismatch" in r.stats]
+    for line in mismatches:
+        click.echo(f"length mismatch: {line}")
+    click.echo(f"manifest: {writer.path}")
+    if not summary.ok:
+        raise click.exceptions.Exit(1)
 
 
 def _finish_prepare(summary, out: Path, item: str) -> None:
@@ -372,6 +391,17 @@ def list_(what: str) -> None:
         for spec in list_metrics():
             better = "higher" if spec.higher_is_better else "lower"
             click.echo(f"{spec.name:16s} {better:7s} {', '.join(spec.task_kinds):28s} {spec.description}")
+        return
+    if what == "encoders":
+        from affbench.encoders import count_parameters, get_encoder_spec, list_encoders
+
+        click.echo(f"{'name':22s} {'family':10s} {'input':>5s}  {'heads':36s} {'params':>12s}")
+        for name in list_encoders():
+            spec = get_encoder_spec(name)
+            heads = " ".join(f"{key}={size}" for key, size in spec.heads.items())
+            click.echo(
+                f"{name:22s} {spec.family:10s} {spec.input_size:5d}  {heads:36s} {count_parameters(name):12,d}"
+            )
         return
     if what == "suites":
         from affbench.benchmarks.harness import list_suites

@@ -12,10 +12,15 @@ kill, a crash) resumes with the same command and redoes only the units that had 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from tqdm.auto import tqdm
@@ -157,11 +162,108 @@ def run_units(
 
             jobs = Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered")
             sizes = {u.key: u.size for u in pending}
-            for outcome in jobs(delayed(_run_one)(process, unit) for unit in pending):
-                bar.update(sizes[outcome.key])
-                _record(writer, summary, outcome)
+            with _ProgressBoard(writer.out_dir, bar, sizes, enabled=progress) as board:
+                calls = (delayed(_run_one)(process, unit, board.tick_for(unit.key)) for unit in pending)
+                for outcome in jobs(calls):
+                    board.finished(outcome.key)
+                    _record(writer, summary, outcome)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+class _FileTick:
+    """A picklable ``tick`` for a worker process: it keeps the unit's running count in a small file
+    in the output folder, which the main process polls. A file works wherever the worker can write
+    the unit's shards (loky, or Dask/Ray workers on a shared file system); where it cannot, progress
+    simply arrives when the unit finishes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.count = 0
+        self._written_at = 0.0
+
+    def __call__(self, n: int) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now - self._written_at < 0.3:
+            return
+        self._written_at = now
+        try:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(str(self.count))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+class _ProgressBoard:
+    """The main process's side of :class:`_FileTick`: a thread that adds the workers' counts of
+    unfinished units to the bar (finished units count their full size)."""
+
+    PREFIX = ".progress-"
+
+    def __init__(self, out_dir: Path, bar, sizes: Mapping[str, int], *, enabled: bool = True):
+        self.bar = bar
+        self.sizes = dict(sizes)
+        self.enabled = enabled
+        self.done: set[str] = set()
+        self.done_rows = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.folder: Path | None = None
+        if enabled:
+            for stale in Path(out_dir).glob(f"{self.PREFIX}*"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            self.folder = Path(tempfile.mkdtemp(prefix=self.PREFIX, dir=out_dir))
+        self._names = {key: f"{i:06d}" for i, key in enumerate(self.sizes)}
+        self._thread = threading.Thread(target=self._poll, name="progress", daemon=True)
+
+    def __enter__(self) -> _ProgressBoard:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def tick_for(self, key: str) -> Tick:
+        if self.folder is None:
+            return _no_tick
+        return _FileTick(str(self.folder / self._names[key]))
+
+    def finished(self, key: str) -> None:
+        with self._lock:
+            self.done.add(key)
+            self.done_rows += max(self.sizes.get(key, 0), 0)
+            self._show(self._running())
+
+    def _running(self) -> int:
+        if self.folder is None:
+            return 0
+        running = 0
+        for key, name in self._names.items():
+            if key in self.done:
+                continue
+            try:
+                running += min(int((self.folder / name).read_text() or 0), max(self.sizes[key], 0))
+            except (OSError, ValueError):
+                continue
+        return running
+
+    def _show(self, running: int) -> None:
+        target = min(self.done_rows + running, self.bar.total or 0)
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                self._show(self._running())
 
 
 def _record(writer: DatasetWriter, summary: RunSummary, outcome: UnitOutcome) -> None:

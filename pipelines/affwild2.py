@@ -486,21 +486,16 @@ def prepare(
         },
         "notes": NOTES,
     }
+    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
+
     writer = DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(annotations_sha256),
         schema=make_schema(LABEL_FIELDS),
-        protocol=_protocol(),
+        protocol=protocol_for(DATASET).to_dict(),
         info=info,
     )
     process = functools.partial(process_video, settings)
     return run_units(writer, videos, process, workers=workers, progress=progress, item="frames", backend=backend)
 
-
-def _protocol() -> dict:
-    """The evaluation protocol the harness reads back from the manifest (imported here, not at the
-    top: ``affbench.pipelines.protocols`` imports this module)."""
-    from affbench.pipelines.protocols import PROTOCOLS
-
-    return PROTOCOLS[DATASET].to_dict()

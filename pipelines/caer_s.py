@@ -307,12 +307,14 @@ def prepare(
     units, ignored = find_image_folders(root)
     if face_detector is not None:
         _DETECTORS[(settings.detector, settings.device)] = face_detector
+    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
+
     writer = DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(),
         schema=make_schema(LABEL_FIELDS),
-        protocol=_protocol(),
+        protocol=protocol_for(DATASET).to_dict(),
         info={
             "root": settings.root,
             "device": settings.device,
@@ -324,10 +326,3 @@ def prepare(
     process = functools.partial(process_folder, settings)
     return run_units(writer, units, process, workers=workers, progress=progress, item="images", backend=backend)
 
-
-def _protocol() -> dict:
-    """The evaluation protocol the harness reads back from the manifest (imported here, not at the
-    top: ``affbench.pipelines.protocols`` imports this module)."""
-    from affbench.pipelines.protocols import PROTOCOLS
-
-    return PROTOCOLS[DATASET].to_dict()

@@ -7,9 +7,56 @@ Layout::
     ROOT/ActionUnit_Labels/SN001/SN001_au1.txt          one "frame,intensity" line per frame
 
 Label line i belongs to video frame i (0-based); the printed frame number's base is not trusted.
+
+Preparing (``affbench prepare disfa``)
+--------------------------------------
+:func:`find_videos` checks the layout and lists one :class:`DisfaVideo` unit per video and camera;
+:func:`prepare_video` turns one of them into shards, and :func:`prepare` runs it over every
+unfinished video with :func:`affbench.runner.run_units`. Every frame becomes one row, ``frame``
+0-based, with the 12 AU intensities of the label lines at the same position (``-1`` past the end of
+a label file); frames without a face keep their row with ``face_found=False`` and no image.
+``sample_id`` is ``disfa/SN001/000123`` for the left camera and ``disfa/SN001/right/000123`` for the
+right one, so ``--camera both`` keeps ids unique and left-camera ids stay the same whichever cameras
+were prepared.
+
+Scaling out: :func:`prepare_video` is pure (a unit and settings in, shards on disk and a
+:class:`~affbench.runner.UnitOutcome` out; it reads only its own video and label files and writes
+only its own shards), so any joblib backend can run it. On a cluster where ROOT and the output
+folder are on a shared file system::
+
+    from dask.distributed import Client
+    client = Client("scheduler:8786")                  # registers joblib's "dask" backend
+    prepare(root, out, workers=64, backend="dask")     # or backend="ray" after ray.util.joblib.register_ray()
+
+Each worker process loads MTCNN once and, with ``device="auto"``, uses its own GPU where it has
+one; each unit's stats record the device it ran on.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from affbench.errors import DataLayoutError
+from affbench.faces import (
+    AlignmentTemplate,
+    DetectorSettings,
+    FaceTracker,
+    TrackerSettings,
+    face_crop_columns,
+    resolve_device,
+    shared_detector,
+)
+from affbench.runner import RunSummary, Tick, UnitOutcome, run_units
+from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
+from affbench.video import VideoError, VideoReader, probe_video
 
 #: The 12 annotated AUs, in label-column order.
 AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
@@ -53,3 +100,282 @@ def video_path(camera: str, subject: str) -> str:
 def label_path(subject: str, au: int) -> str:
     """The label file of one AU of ``subject``, relative to ROOT."""
     return f"{LABEL_DIR}/{subject}/{subject}_au{au}.txt"
+
+CAMERAS = ("left", "right")
+AU_COLUMNS: tuple[str, ...] = tuple(f"au{au}" for au in AUS)
+MISSING = -1  # label value of a frame that has no line in an AU's label file
+DATASET = "disfa"
+
+
+def label_schema() -> pa.Schema:
+    """Schema v1 with the 12 AU intensity columns (int8, -1 = no label line for this frame)."""
+    return make_schema([pa.field(c, pa.int8()) for c in AU_COLUMNS])
+
+
+def sample_id(subject: str, camera: str, frame: int) -> str:
+    """``disfa/SN001/000123`` (left camera) or ``disfa/SN001/right/000123``."""
+    camera_part = "" if camera == "left" else f"/{camera}"
+    return f"{DATASET}/{subject}{camera_part}/{frame:06d}"
+
+
+# ----------------------------------------------------------------------------------------- labels
+
+
+def read_label_file(path: str | Path) -> np.ndarray:
+    """The intensities of one ``SNxxx_auN.txt`` file in line order, as int8.
+
+    Line i is frame i; the frame number printed on the line is ignored (its base is not trusted).
+    Blank lines at the end are ignored; any other line that is not ``frame,intensity`` with an
+    intensity 0-5 is an error naming the file and line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DataLayoutError(f"AU label file {path} is missing.") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    values = np.empty(len(lines), dtype=np.int8)
+    for number, line in enumerate(lines, start=1):
+        parts = [p for p in re.split(r"[,\s]+", line.strip()) if p]
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            value = float(parts[1])
+            if value != int(value) or not 0 <= value <= MAX_INTENSITY:
+                raise ValueError
+        except ValueError:
+            raise DataLayoutError(
+                f"{path} line {number} is {line.strip()!r}, not 'frame,intensity' with an intensity 0-{MAX_INTENSITY}."
+            ) from None
+        values[number - 1] = int(value)
+    return values
+
+
+def read_labels(paths: Sequence[str | Path]) -> tuple[np.ndarray, list[int]]:
+    """All AU files of one subject (in ``AUS`` order) as a (frames, 12) int8 table padded with -1
+    where a file is shorter than the longest, and each file's line count."""
+    columns = [read_label_file(p) for p in paths]
+    lengths = [len(c) for c in columns]
+    table = np.full((max(lengths, default=0), len(columns)), MISSING, dtype=np.int8)
+    for j, column in enumerate(columns):
+        table[: len(column), j] = column
+    return table, lengths
+
+
+# ----------------------------------------------------------------------------------------- units
+
+
+@dataclass(frozen=True)
+class DisfaVideo:
+    """One unit of work: a subject's video from one camera with its 12 label files."""
+
+    key: str  # "SN001/left": unique across cameras, names the unit's shards (SN001-left-00000.parquet)
+    size: int  # frames the container declares (0 when unknown), for the progress bar
+    subject: str
+    camera: str
+    root: str
+    video: str  # relative to root
+    labels: tuple[str, ...]  # relative to root, in AUS order
+
+
+_VIDEO_NAME = re.compile(r"^(Left|Right)Video(SN\d{3})_comp\.avi$", re.IGNORECASE)
+
+
+def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
+    """Check that ``root`` is a DISFA distribution and list its videos for ``camera``
+    (``left``, ``right`` or ``both``), with one clear :class:`DataLayoutError` where it is not."""
+    root = Path(root)
+    cameras = CAMERAS if camera == "both" else (camera,)
+    if any(c not in CAMERAS for c in cameras):
+        raise DataLayoutError(f"Unknown camera {camera!r}; use left, right or both.")
+    if not root.is_dir():
+        raise DataLayoutError(f"{root} is not a DISFA root: the folder does not exist.")
+    needed = [CAMERA_DIRS[c] for c in cameras] + [LABEL_DIR]
+    missing = [f"{d}/" for d in needed if not (root / d).is_dir()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise DataLayoutError(f"{root} is not a DISFA root: {' and '.join(missing)} {verb} missing.")
+    units = []
+    for cam in cameras:
+        folder = root / CAMERA_DIRS[cam]
+        subjects = sorted(
+            m.group(2).upper()
+            for p in folder.iterdir()
+            if (m := _VIDEO_NAME.match(p.name)) and m.group(1).lower() == cam and p.is_file()
+        )
+        if not subjects:
+            raise DataLayoutError(
+                f"{folder} holds no {CAMERA_PREFIX[cam]}VideoSNnnn_comp.avi videos, so {root} is not a DISFA root."
+            )
+        for subject in subjects:
+            video = _existing_name(folder, video_path(cam, subject).split("/", 1)[1])
+            labels = tuple(label_path(subject, au) for au in AUS)
+            absent = [p for p in labels if not (root / p).is_file()]
+            if absent:
+                more = f" (and {len(absent) - 1} more of its label files)" if len(absent) > 1 else ""
+                raise DataLayoutError(f"AU label file {root / absent[0]} is missing{more}.")
+            try:
+                size = probe_video(folder / video).frames or 0
+            except VideoError:
+                size = 0  # the unit fails with the reason when it is processed
+            units.append(DisfaVideo(
+                key=f"{subject}/{cam}", size=size, subject=subject, camera=cam, root=str(root.resolve()),
+                video=f"{CAMERA_DIRS[cam]}/{video}", labels=labels,
+            ))
+    return units
+
+
+def _existing_name(folder: Path, name: str) -> str:
+    """The file's name as it is on disk (the pattern match is case-insensitive)."""
+    if (folder / name).is_file():
+        return name
+    return next(p.name for p in folder.iterdir() if p.name.lower() == name.lower())
+
+
+# ----------------------------------------------------------------------------------------- preparing
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Everything that decides the content of the shards (plus where MTCNN runs)."""
+
+    size: int = 256
+    codec: str = "png"
+    quality: int = 95
+    device: str = "auto"
+    rows_per_shard: int = 1000
+    torch_threads: int = 1  # per worker process; 0 leaves PyTorch's default
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    template: AlignmentTemplate = field(default_factory=AlignmentTemplate)
+
+    def __post_init__(self) -> None:
+        if self.codec not in IMAGE_CODECS:
+            raise ValueError(f"unknown codec {self.codec!r}")
+
+    def parameters(self, camera: str) -> dict:
+        """What the manifest records (and a resumed run must match)."""
+        crop = {"size": self.size, "codec": self.codec}
+        if self.codec != "png":
+            crop["quality"] = self.quality
+        return {
+            "camera": camera,
+            "crop": crop,
+            "detector": self.detector.describe(),
+            "tracker": self.tracker.describe(),
+            "alignment": self.template.describe(self.size),
+            "labels": {
+                "columns": list(AU_COLUMNS),
+                "values": f"intensity 0-{MAX_INTENSITY}, {MISSING} where the label file has no line for the frame",
+                "join": "label-file line i <-> video frame i (0-based); printed frame numbers are ignored",
+            },
+            "sample_id": "disfa/<subject>/<frame:06d> (left camera), disfa/<subject>/right/<frame:06d>",
+        }
+
+
+def prepare_video(unit: DisfaVideo, tick: Tick, *, out_dir: str, settings: PrepareSettings) -> UnitOutcome:
+    """Turn one DISFA video into shards under ``out_dir``: one row per decoded frame.
+
+    Pure: reads only the unit's video and label files, writes only the unit's shards, and returns
+    what happened (rows, faces found, the label join, any length mismatch) as a
+    :class:`~affbench.runner.UnitOutcome`. A video that cannot be opened or decodes fewer frames
+    than it declares is a failed unit (its shards removed): its frame indices cannot be trusted.
+    """
+    import torch
+
+    root = Path(unit.root)
+    labels, lengths = read_labels([root / p for p in unit.labels])
+    if settings.torch_threads > 0:
+        # Small O-Net passes gain nothing from more threads, and on a busy machine idle-spinning
+        # threads cost a lot: parallelism comes from one process per video (--workers).
+        torch.set_num_threads(settings.torch_threads)
+    detector = shared_detector(settings.detector, settings.device)
+    tracker = FaceTracker(detector, settings.tracker)
+    counts = {"frames": 0, "faces_found": 0, "no_face": 0, "tracked": 0, "detected": 0, "several_faces": 0}
+    base = {"dataset": DATASET, "subject": unit.subject, "source": unit.video, "split": None}
+    try:
+        with VideoReader(root / unit.video, prefetch=8) as video, ShardWriter(
+            out_dir, unit.key, label_schema(), rows_per_shard=settings.rows_per_shard
+        ) as writer:
+            since_tick = 0
+            for index, frame, result in tracker.follow(video):
+                row = {"sample_id": sample_id(unit.subject, unit.camera, index), **base, "frame": index}
+                row.update(face_crop_columns(frame, result.face, size=settings.size, template=settings.template,
+                                             codec=settings.codec, quality=settings.quality))
+                label_row = labels[index] if index < len(labels) else None
+                for j, column in enumerate(AU_COLUMNS):
+                    row[column] = int(label_row[j]) if label_row is not None else MISSING
+                writer.write(row)
+                counts["frames"] += 1
+                counts["faces_found"] += result.face is not None
+                counts["no_face"] += result.face is None
+                if result.method in ("tracked", "detected"):
+                    counts[result.method] += 1
+                counts["several_faces"] += result.candidates > 1
+                since_tick += 1
+                if since_tick == 16:
+                    tick(since_tick)
+                    since_tick = 0
+            tick(since_tick)
+            video.check_complete()
+    except VideoError as exc:
+        remove_unit_shards(out_dir, unit.key)
+        return UnitOutcome(key=unit.key, failed=True,
+                           failures=[{"unit": unit.key, "item": unit.video, "reason": str(exc)}])
+    frames = counts["frames"]
+    stats: dict = {**counts, "label_lines": max(lengths), "unlabeled_frames": max(0, frames - min(lengths)),
+                   "unused_label_lines": max(0, max(lengths) - frames), "device": detector.device}
+    mismatch = length_mismatch(unit, frames, lengths)
+    if mismatch:
+        stats["length_mismatch"] = mismatch
+    return UnitOutcome(key=unit.key, shards=writer.shards, stats=stats)
+
+
+def length_mismatch(unit: DisfaVideo, frames: int, lengths: Sequence[int]) -> str | None:
+    """A sentence when the video and its label files disagree in length, else None."""
+    if all(n == frames for n in lengths):
+        return None
+    if len(set(lengths)) == 1:
+        labels = f"its label files have {lengths[0]} lines"
+    else:
+        labels = "its label files have " + ", ".join(f"{c}: {n}" for c, n in zip(AU_COLUMNS, lengths)) + " lines"
+    return (f"{unit.video} has {frames} frames but {labels}; labels are joined by line order, "
+            f"frames without a line get {MISSING} and extra lines are unused")
+
+
+def prepare(
+    root: str | Path,
+    out: str | Path,
+    *,
+    camera: str = "left",
+    settings: PrepareSettings = PrepareSettings(),
+    workers: int = 1,
+    progress: bool = True,
+    backend: str | None = None,
+) -> tuple[RunSummary, DatasetWriter]:
+    """Prepare (or resume preparing) DISFA from ``root`` into ``out``.
+
+    Returns the run's summary and the output folder's writer (its ``units`` hold every video's
+    stats, including length mismatches of videos finished by earlier runs).
+    """
+    units = find_videos(root, camera)
+    for unit in {u.subject: u for u in units}.values():  # malformed labels stop the run before any work
+        read_labels([Path(unit.root) / p for p in unit.labels])
+    # Locally the device is settled here, so that a missing GPU is one clear error up front; on a
+    # cluster backend each worker resolves it (the unit stats record where each video ran).
+    device = resolve_device(settings.device) if backend in (None, "loky") else settings.device
+    settings = dataclasses.replace(settings, device=device)
+    writer = DatasetWriter(
+        out,
+        dataset=DATASET,
+        parameters=settings.parameters(camera),
+        schema=label_schema(),
+        protocol=None,  # the protocol declarations (pipelines/protocols.py) are wired in separately
+        info={"root": str(Path(root).resolve()), "device": device, "rows_per_shard": settings.rows_per_shard,
+              "videos": len(units)},
+    )
+    # Absolute paths: a worker elsewhere (Dask, Ray) does not share this process's directory.
+    process = functools.partial(prepare_video, out_dir=str(Path(out).resolve()), settings=settings)
+    summary = run_units(writer, units, process, workers=workers, progress=progress, item="frames", backend=backend)
+    return summary, writer

@@ -17,6 +17,7 @@ from affbench.errors import DataLayoutError, ParameterMismatchError
 from affbench.pipelines import affwild2
 from affbench.pipelines import sample_data as sd
 from affbench.pipelines.affwild2 import AnnotationError
+from affbench.protocols import Protocol
 from affbench.shards import ShardReader, decode_image
 
 AU_COLUMNS = ["au1", "au2", "au4", "au6", "au7", "au10", "au12", "au15", "au23", "au24", "au25", "au26"]
@@ -52,9 +53,10 @@ def test_one_row_per_annotated_frame_with_zero_based_frames(sample_data, prepare
     assert (row["width"], row["height"], row["split"]) == (112, 112, None)
     assert manifest["parameters"]["keep_original_jpeg"] is True
     assert manifest["totals"]["rows"] == len(expected) and manifest["failures"] == []
-    from affbench.pipelines.protocols import PROTOCOLS
-
-    assert manifest["protocol"] == PROTOCOLS["affwild2"].to_dict()  # the harness reads it back from here
+    protocol = Protocol.from_dict(manifest["protocol"])  # the harness reads it back from here
+    assert protocol.dataset == "affwild2"
+    assert sorted(protocol.tasks) == ["au-detection", "expression", "va"]
+    assert {t.split_column for t in protocol.tasks.values()} == {"split_au", "split_expr", "split_va"}
 
 
 def test_labels_follow_the_files_with_markers_and_absent_tasks(prepared):

@@ -1,0 +1,277 @@
+"""The encoder registry: one decorated factory per variant, one interface for all of them.
+
+A variant is registered by decorating its factory function::
+
+    @register_encoder(spec=my_family_spec)
+    def my_variant(*, n_classes=7, pretrained=None) -> Encoder:
+        ...
+
+The factory's keyword arguments are the variant's options; their defaults are the paper's
+settings. ``spec`` is a cheap function ``spec(name, options) -> EncoderSpec`` that computes the
+metadata from the resolved options without building a network, so that :func:`get_encoder_spec`
+can answer at once (input size, normalisation, heads) and the harness can plan before it builds.
+
+Every built model is an :class:`Encoder`: ``model.spec`` says what it is and how it was initialised,
+and ``model(images)`` returns a dict of task outputs (see :class:`EncoderSpec`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from affbench.errors import AffbenchError, UnknownNameError
+
+#: ImageNet statistics, used by every variant whose trunk comes from torchvision.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: What the ``au`` output of a variant holds.
+AU_OUTPUT_KINDS = ("logits", "probabilities", "intensities")
+
+#: Options every factory understands but that describe weights rather than architecture; they are
+#: left out of ``EncoderSpec.options`` so that ``create_encoder(spec.name, **spec.options)`` rebuilds
+#: the same architecture with fresh weights.
+WEIGHT_OPTIONS = ("pretrained", "au_checkpoint")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder variant is, without its weights.
+
+    Attributes
+    ----------
+    name : str
+        The registry name, e.g. ``"fan-au"``.
+    family : str
+        The model family (one module in ``affbench.encoders``), e.g. ``"fan"``.
+    input_size : int
+        Side of the square input the variant is built for; the harness resizes crops to it.
+    mean, std : tuple of 3 floats
+        Per-channel normalisation of RGB images scaled to [0, 1]:
+        ``images = (rgb01 - mean) / std`` before ``forward``.
+    heads : dict[str, int]
+        Output key -> size of its last dimension: ``au`` (n_aus), ``expression`` (n_classes),
+        ``va`` (2), and ``heatmaps`` (number of heatmap points) for the heatmap models.
+    au_output : {"logits", "probabilities", "intensities"} or None
+        What the ``au`` output holds: logits (apply a sigmoid), probabilities in [0, 1] already, or
+        intensities on the 0-5 FACS scale. None when the variant has no ``au`` head.
+    init : str
+        How the weights were initialised, in plain words: ``"random"``,
+        ``"imagenet (torchvision ResNet50_Weights.IMAGENET1K_V1) for the trunk; other layers random"``,
+        ``"checkpoint /path/x.pth (sha256 1a2b...)"``.
+    options : dict[str, Any]
+        The resolved architecture options (defaults filled in, weight options left out):
+        ``create_encoder(spec.name, **spec.options)`` rebuilds the same network.
+    aus : tuple of int or None
+        The FACS numbers the ``au`` head and the heatmap points stand for, where the architecture
+        fixes them (the heatmap models place two points per AU); None otherwise.
+    heatmap_size : int or None
+        Side of the square heatmaps for the heatmap models (a quarter of ``input_size``).
+    """
+
+    name: str
+    family: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    heads: dict[str, int]
+    au_output: str | None
+    init: str = "random"
+    options: dict[str, Any] = field(default_factory=dict)
+    aus: tuple[int, ...] | None = None
+    heatmap_size: int | None = None
+
+    def __post_init__(self):
+        if self.au_output is not None and self.au_output not in AU_OUTPUT_KINDS:
+            raise ValueError(f"au_output must be one of {AU_OUTPUT_KINDS} or None, got {self.au_output!r}")
+        if (self.au_output is None) != ("au" not in self.heads):
+            raise ValueError("au_output must be given exactly when the variant has an 'au' head")
+
+    def with_init(self, init: str) -> EncoderSpec:
+        """The same spec with another initialisation description."""
+        return dataclasses.replace(self, init=init)
+
+
+class Encoder(nn.Module):
+    """Base class of every registered variant.
+
+    Subclasses set ``self.spec`` in ``__init__`` and implement ``forward(images) -> dict``.
+    ``checkpoint_layouts`` and ``expected_checkpoint_gaps`` are the family's key-mapping hook used
+    by :func:`affbench.encoders.weights.load_checkpoint`.
+    """
+
+    spec: EncoderSpec
+
+    def map_checkpoint_keys(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+        """Rename the keys of a foreign checkpoint to this model's names.
+
+        Returns the renamed state and the name of the layout that was recognised (``"affbench"``
+        when the keys already are this model's own). Families that can read public checkpoints
+        override this.
+        """
+        return state, "affbench"
+
+    def expected_checkpoint_gaps(self, layout: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Key prefixes that may be missing from / left over in a checkpoint of ``layout``.
+
+        Returns ``(missing_ok, unexpected_ok)``. Anything else that does not match is an error.
+        """
+        return (), ()
+
+
+_REGISTRY: dict[str, tuple[Callable[..., Encoder], Callable[[str, dict], EncoderSpec] | None, str]] = {}
+
+
+def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], EncoderSpec] | None = None,
+                     name: str | None = None):
+    """Register an encoder factory under ``name`` (default: the function name with ``_`` -> ``-``).
+
+    Usable bare (``@register_encoder``) or with arguments (``@register_encoder(spec=...)``).
+
+    Parameters
+    ----------
+    spec : callable, optional
+        ``spec(name, options) -> EncoderSpec``; must not build the network. Without it,
+        :func:`get_encoder_spec` builds the variant on the meta device (no memory, no weights) and
+        reads ``model.spec``; every built-in variant gives one.
+    name : str, optional
+        Registry name.
+
+    Examples
+    --------
+    >>> from affbench.encoders import list_encoders
+    >>> "fan-au" in list_encoders()
+    True
+    """
+
+    def decorate(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        key = name or factory.__name__.replace("_", "-")
+        if key in _REGISTRY:
+            raise ValueError(f"encoder {key!r} is registered twice")
+        _REGISTRY[key] = (factory, spec, factory.__doc__.strip().splitlines()[0] if factory.__doc__ else "")
+        return factory
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def list_encoders() -> list[str]:
+    """Names of every registered encoder variant, in registration order."""
+    return list(_REGISTRY)
+
+
+def _lookup(name: str):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError("encoder", name, list_encoders()) from None
+
+
+def resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The factory's keyword arguments with defaults filled in; unknown options are a user error."""
+    factory, _, _ = _lookup(name)
+    parameters = inspect.signature(factory).parameters
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        valid = ", ".join(p for p in parameters)
+        raise AffbenchError(f"Encoder {name!r} has no option {unknown[0]!r}; its options are: {valid}.")
+    resolved = {key: p.default for key, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    resolved.update(options)
+    return resolved
+
+
+def get_encoder_spec(name: str, **options) -> EncoderSpec:
+    """Metadata of a variant (input size, normalisation, heads) without building the network.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_encoders`.
+    **options
+        The same options :func:`create_encoder` takes; head sizes change ``heads``.
+
+    Examples
+    --------
+    >>> get_encoder_spec("emotiram-f").heads
+    {'expression': 7}
+    >>> get_encoder_spec("vggface", task="va").heads
+    {'va': 2}
+    """
+    factory, spec_fn, _ = _lookup(name)
+    resolved = resolve_options(name, options)
+    architecture = {k: v for k, v in resolved.items() if k not in WEIGHT_OPTIONS}
+    if spec_fn is None:
+        with torch.device("meta"):
+            return factory(**architecture).spec
+    return spec_fn(name, architecture)
+
+
+def create_encoder(name: str, **options) -> Encoder:
+    """Build a registered encoder variant.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_encoders`.
+    **options
+        The variant's options: head sizes (``n_aus``, ``n_classes``, ...), ``pretrained`` (None,
+        ``"imagenet"`` or a checkpoint path) and variant-specific ones (see the factory docstrings
+        or ``affbench list encoders``).
+
+    Returns
+    -------
+    Encoder
+        ``model.spec`` describes it; ``model(images)`` returns a dict of task outputs.
+
+    Raises
+    ------
+    UnknownNameError
+        For a name no factory is registered under.
+    AffbenchError
+        For options the variant does not have or values it cannot take.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = create_encoder("emotiram-f").eval()
+    >>> model(torch.zeros(2, 3, 96, 96))["expression"].shape
+    torch.Size([2, 7])
+    """
+    factory, _, _ = _lookup(name)
+    resolved = resolve_options(name, options)
+    model = factory(**resolved)
+    if not isinstance(getattr(model, "spec", None), EncoderSpec):
+        raise TypeError(f"factory of {name!r} returned a model without an EncoderSpec")
+    return model
+
+
+def describe_encoder(name: str) -> str:
+    """The first line of the variant's factory docstring."""
+    return _lookup(name)[2]
+
+
+def count_parameters(name: str, **options) -> int:
+    """Number of parameters of a variant, counted on the meta device (no memory, no weights)."""
+    options = {k: v for k, v in options.items() if k not in WEIGHT_OPTIONS}
+    with torch.device("meta"):
+        model = create_encoder(name, **options)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_choice(name: str, option: str, value, choices) -> None:
+    """Raise the one-sentence error for an option value outside ``choices``."""
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise AffbenchError(f"Encoder {name!r}: option {option} must be one of {listed}, got {value!r}.")
+
+
+def check_positive(name: str, option: str, value) -> None:
+    """Raise the one-sentence error for a size option that is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AffbenchError(f"Encoder {name!r}: option {option} must be a positive integer, got {value!r}.")

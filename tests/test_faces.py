@@ -1,0 +1,135 @@
+"""affbench.faces: O-Net refinement, the video face tracker, face choice, crop columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from affbench.faces import (
+    AlignmentTemplate,
+    DetectorSettings,
+    FaceTracker,
+    TrackerSettings,
+    alignment_matrix,
+    face_crop_columns,
+    shared_detector,
+    transform_points,
+)
+from affbench.pipelines import sample_data as sd
+from affbench.shards import decode_image
+
+FRAMES = 24  # the motion of the sample DISFA videos: a full cycle in 24 frames, fast on purpose
+
+
+def disfa_frames(indices, subject=0):
+    return [sd.disfa_frame(subject, "left", i, FRAMES) for i in indices]
+
+
+def eye_error(a, b) -> float:
+    """Largest eye distance between two landmark sets, in source pixels."""
+    return float(np.linalg.norm(np.asarray(a)[:2] - np.asarray(b)[:2], axis=1).max())
+
+
+def crop_eye_shift(landmarks, reference, size=256) -> float:
+    """How far the reference eyes land from where the reference's own crop puts them, in pixels
+    of a crop aligned with ``landmarks`` (what a landmark difference means for the crops)."""
+    template = AlignmentTemplate()
+    ours = transform_points(alignment_matrix(landmarks, size, template), np.asarray(reference)[:2])
+    theirs = transform_points(alignment_matrix(reference, size, template), np.asarray(reference)[:2])
+    return float(np.linalg.norm(ours - theirs, axis=1).max())
+
+
+@pytest.fixture(scope="module")
+def reference(detector):
+    """Full-cascade MTCNN faces of frames 0-7 of the first sample subject (frame 5 has none)."""
+    frames = disfa_frames(range(8))
+    return frames, [faces[0] if faces else None for faces in detector.detect(frames)]
+
+
+def test_onet_refinement_from_a_displaced_box_finds_the_cascade_landmarks(detector, reference):
+    frames, faces = reference
+    face = faces[3]
+    w = face.box[2] - face.box[0]
+    displaced = face.box + np.array([0.12, -0.08, 0.12, -0.08]) * w  # as after a frame of motion
+    once = detector.refine([frames[3]], [displaced])[0]
+    twice = detector.refine([frames[3]], [once.box])[0]
+    assert twice.score > 0.95
+    assert eye_error(twice.landmarks, face.landmarks) < 3.0  # on a face about 200 px wide
+    assert eye_error(twice.landmarks, face.landmarks) < eye_error(displaced[:2].reshape(1, 2).repeat(2, 0), face.landmarks)
+
+
+def test_onet_rejects_a_box_without_a_face_and_skips_boxes_outside_the_image(detector, reference):
+    frames, faces = reference
+    empty = detector.refine([frames[5]], [faces[4].box])[0]  # frame 5 shows the empty scene
+    assert empty is not None and empty.score < detector.settings.thresholds[2]
+    assert detector.refine([frames[0]], [np.array([2000.0, 2000.0, 2100.0, 2100.0])]) == [None]
+
+
+def test_tracker_follows_the_face_with_cascade_quality_landmarks(detector, reference):
+    frames, faces = reference
+    tracker = FaceTracker(detector, TrackerSettings(redetect_every=0))
+    results = tracker.track(frames[:3]) + tracker.track(frames[3:])  # state carries across batches
+    assert [r.method for r in results] == ["detected"] + ["tracked"] * 4 + ["none"] + ["tracked"] * 2
+    # The sample moves fast (a full cycle in 24 frames); even so the tracked crops put the eyes
+    # within a few pixels of the full cascade's crops (measured against the known motion, the
+    # tracker's eyes are as close to the truth as the cascade's; see benchmarks/speed).
+    shifts = [crop_eye_shift(r.face.landmarks, f.landmarks) for r, f in zip(results, faces) if f is not None]
+    assert np.mean(shifts) < 2.0 and max(shifts) < 4.5
+    tracker.reset()
+    assert tracker.track(frames[6:7])[0].method == "detected"  # a new video starts from scratch
+
+
+def two_face_frames(n: int):
+    """The astronaut on the left moving slowly; from frame 1 a larger LFW face on the right."""
+    frames = []
+    for i in range(n):
+        canvas = sd.scene(480, 800, seed=7)
+        sd.paste_face(canvas, sd.astronaut_face(), (220 + 6 * i, 240), 0, 260)
+        if i > 0:
+            sd.paste_face(canvas, sd.lfw_face(sd.RELIABLE_LFW[0], size=220), (600, 250), 0, 330)
+        frames.append(canvas)
+    return frames
+
+
+def test_of_several_faces_the_one_of_the_previous_frame_is_kept(detector):
+    frames = two_face_frames(4)
+    # Re-detecting on every frame makes the cascade find both faces each time.
+    tracker = FaceTracker(detector, TrackerSettings(redetect_every=1))
+    results = tracker.track(frames)
+    assert [r.candidates for r in results] == [1, 2, 2, 2]
+    assert all(r.face.centre[0] < 400 for r in results)  # the astronaut throughout
+    fresh = FaceTracker(detector, TrackerSettings(redetect_every=1)).track(frames[1:2])[0]
+    assert fresh.candidates == 2 and fresh.face.centre[0] > 400  # no history: the largest face
+
+
+def test_full_detections_run_on_a_downscaled_copy(detector):
+    tracker = FaceTracker(detector, TrackerSettings(detect_max_side=384))
+    small, scale = tracker._downscale(np.zeros((768, 1024, 3), np.uint8))
+    assert small.shape == (288, 384, 3) and scale == pytest.approx(0.375)
+    untouched, one = FaceTracker(detector, TrackerSettings(detect_max_side=0))._downscale(small)
+    assert untouched is small and one == 1.0
+
+
+def test_crop_columns_with_and_without_a_face(reference):
+    frames, faces = reference
+    template = AlignmentTemplate()
+    columns = face_crop_columns(frames[0], faces[0], size=128, template=template, codec="png")
+    crop = decode_image(columns["image"])
+    assert crop.shape == (128, 128, 3) and columns["face_found"] is True
+    assert len(columns["landmarks"]) == 10 and len(columns["box"]) == 4
+    empty = face_crop_columns(frames[5], None, size=128, template=template)
+    assert empty["face_found"] is False
+    assert all(empty[k] is None for k in ("image", "width", "height", "det_score", "box", "landmarks"))
+
+
+def test_shared_detector_is_loaded_once_per_settings():
+    a = shared_detector(DetectorSettings(), "cpu")
+    assert shared_detector(DetectorSettings(), "cpu") is a
+    assert shared_detector(DetectorSettings(min_face_size=40), "cpu") is not a
+
+
+def test_tracker_settings_are_validated_and_described():
+    with pytest.raises(ValueError):
+        TrackerSettings(refine_passes=0)
+    described = TrackerSettings().describe()
+    assert {"detect_max_side", "refine_passes", "refine_tolerance", "redetect_every", "method"} <= set(described)
