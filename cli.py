@@ -364,10 +364,18 @@ def _demo_prepare(name: str, root: Path, out: Path, device: str) -> None:
             f"affbench demo stops at the prepare step: the {name} prepare pipeline is not built yet in "
             f"affbench {__version__}."
         )
-    options = {"progress": sys.stderr.isatty()}
-    if "device" in __import__("inspect").signature(prepare_fn).parameters:
-        options["device"] = "cpu" if device == "cpu" else "auto"
+    import inspect
+
+    parameters = inspect.signature(prepare_fn).parameters
+    options: dict = {"progress": sys.stderr.isatty()}
+    where = "cpu" if device == "cpu" else "auto"
+    if "device" in parameters:
+        options["device"] = where
+    elif "settings" in parameters and hasattr(module, "PrepareSettings"):
+        options["settings"] = module.PrepareSettings(device=where)
     summary = prepare_fn(root, out, **options)
+    if isinstance(summary, tuple):  # (summary, writer)
+        summary = summary[0]
     click.echo(f"prepared     {name:9s} {out}  ({summary.rows} new rows, {summary.units_skipped} unit(s) already done)")
 
 

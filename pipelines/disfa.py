@@ -366,12 +366,14 @@ def prepare(
     # cluster backend each worker resolves it (the unit stats record where each video ran).
     device = resolve_device(settings.device) if backend in (None, "loky") else settings.device
     settings = dataclasses.replace(settings, device=device)
+    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
+
     writer = DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(camera),
         schema=label_schema(),
-        protocol=None,  # the protocol declarations (pipelines/protocols.py) are wired in separately
+        protocol=protocol_for(DATASET).to_dict(),  # what the benchmark harness reads back
         info={"root": str(Path(root).resolve()), "device": device, "rows_per_shard": settings.rows_per_shard,
               "videos": len(units)},
     )

@@ -149,7 +149,11 @@ def test_manifest_records_template_detector_and_tracker(prepared):
     assert detector["factor"] == default.factor and "facenet-pytorch" in detector["detector"]
     assert {"detect_max_side", "refine_passes", "redetect_every"} <= set(parameters["tracker"])
     assert parameters["labels"]["columns"] == [f"au{au}" for au in disfa.AUS]
-    assert manifest["protocol"] is None and manifest["info"]["device"] == "cpu"
+    assert manifest["info"]["device"] == "cpu"
+    from affbench.protocols import Protocol
+
+    protocol = Protocol.from_dict(manifest["protocol"])  # the harness reads it back from here
+    assert protocol.dataset == "disfa" and protocol.folds == (1, 2, 3)
     assert sorted(manifest["units"]) == [f"{s}/left" for s in sorted(sd.DISFA_SUBJECTS)]
     assert manifest["failures"] == [] and manifest["totals"]["rows"] == 95
 
