@@ -34,6 +34,7 @@ results of other settings into an existing record.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -42,6 +43,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -697,7 +699,8 @@ class _Runner:
         for task in tasks:
             check_compatible(task.spec, spec)
         seed_everything(settings.seed)
-        model = create_encoder(experiment.encoder, **options)
+        with _warnings_to(self.log):
+            model = create_encoder(experiment.encoder, **options)
         images = self.images_for(prepared, model.spec, settings.augmentation)
         workdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(workdir / "job.json", {"key": job.key, "config": job.config, "suite": self.suite.name,
@@ -760,7 +763,8 @@ class _Runner:
             raise AffbenchError(f"Job {job.depends.key} has not finished; it must run before {job.key}.")
         prepared, tasks, splits = self.task_data(job)
         architecture = {k: v for k, v in experiment.options.items() if k not in WEIGHT_OPTIONS}
-        model = create_encoder(experiment.encoder, **architecture)
+        with _warnings_to(self.log):
+            model = create_encoder(experiment.encoder, **architecture)
         for task in tasks:
             check_compatible(task.spec, model.spec)
         model.load_state_dict(load_model_state(source_dir / "best.pt"))
@@ -826,6 +830,16 @@ class _Runner:
             }
             write_record(self.run_dir, record)
             report.cells_written += 1
+
+
+@contextlib.contextmanager
+def _warnings_to(log: Callable[[str], None]):
+    """Show warnings raised while building a model (e.g. weights that did not fit) as log lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        log(f"  note: {warning.message}")
 
 
 def run_benchmark(
