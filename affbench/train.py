@@ -644,6 +644,8 @@ def fit(
     device = device_of(device)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.glob(".*.tmp"):  # a checkpoint being written when the last run was killed
+        stale.unlink(missing_ok=True)
     encoder_spec = model.spec
     losses = build_losses(tasks, encoder_spec, settings, device)
     train_rows = np.unique(np.concatenate([t.rows["train"] for t in tasks]))

@@ -366,3 +366,42 @@ def test_demo_stops_with_one_sentence_where_a_prepare_pipeline_is_missing(monkey
     monkeypatch.delattr(disfa_pipeline, "prepare", raising=False)
     with pytest.raises(AffbenchError, match=r"affbench demo stops at the prepare step: the disfa prepare pipeline is not built yet"):
         _demo_prepare("disfa", tmp_path / "raw", tmp_path / "out", "cpu")
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, prepared_root):
+    """SIGKILL (no clean-up at all) in the middle of a cell, then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = write_suite(tmp_path, ONLY_F.replace("epochs = 2", "epochs = 12"))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-P", "-m", "affbench.cli", "run-benchmark", "--suite", str(suite), "--data",
+               str(prepared_root), "--out", str(run_dir), "--device", "cpu", "--no-plots"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    deadline = time.monotonic() + 240
+    checkpoint = None
+    while time.monotonic() < deadline and process.poll() is None:
+        found = list((run_dir / "jobs").glob("*/last.pt")) if (run_dir / "jobs").is_dir() else []
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.1)
+    assert checkpoint is not None, process.stderr.read().decode() if process.poll() is not None else "no checkpoint"
+    time.sleep(0.3)  # let it get into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (checkpoint.parent / "done.json").exists() and load_records(run_dir) == []
+
+    messages: list[str] = []
+    report = run_benchmark(suite, prepared_root, run_dir, device="cpu", progress=False, log=messages.append,
+                           epochs=None)
+    resumed = [m for m in messages if "resuming after epoch" in m]
+    assert len(resumed) == 1 and report.cells_written == 1
+    record = load_records(run_dir)[0]
+    assert record["resumed_from"] >= 1 and record["epochs"] == 12
+    assert not list(checkpoint.parent.glob(".*.tmp"))  # a half-written checkpoint never survives as one
