@@ -542,10 +542,13 @@ def face_crop_columns(
     template: AlignmentTemplate,
     codec: str = "png",
     quality: int = 95,
+    path: str | None = None,
 ) -> dict:
     """The face columns of a shard row (schema v1) for one image and its chosen face.
 
-    Without a face the row keeps ``face_found=False`` and nulls: no image, box or landmarks.
+    ``path`` is the name stored beside the image bytes (Hugging Face ``datasets`` shows it as the
+    image's file name). Without a face the row keeps ``face_found=False`` and nulls: no image, box
+    or landmarks.
     """
     from affbench.shards import encode_image
 
@@ -554,7 +557,7 @@ def face_crop_columns(
                 "det_score": None, "box": None, "landmarks": None}
     crop, _ = align_face(image, face.landmarks, size, template)
     return {
-        "image": {"bytes": encode_image(crop, codec, quality=quality), "path": None},
+        "image": {"bytes": encode_image(crop, codec, quality=quality), "path": path},
         "width": size,
         "height": size,
         "face_found": True,

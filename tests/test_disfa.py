@@ -21,6 +21,7 @@ from affbench.errors import AffbenchError, DataLayoutError
 from affbench.faces import AlignmentTemplate, DetectorSettings
 from affbench.pipelines import disfa
 from affbench.pipelines import sample_data as sd
+from affbench.protocols import Protocol
 from affbench.shards import ShardReader, decode_image
 
 SETTINGS = disfa.PrepareSettings(device="cpu")
@@ -149,7 +150,10 @@ def test_manifest_records_template_detector_and_tracker(prepared):
     assert detector["factor"] == default.factor and "facenet-pytorch" in detector["detector"]
     assert {"detect_max_side", "refine_passes", "redetect_every"} <= set(parameters["tracker"])
     assert parameters["labels"]["columns"] == [f"au{au}" for au in disfa.AUS]
-    assert manifest["protocol"] is None and manifest["info"]["device"] == "cpu"
+    assert manifest["info"]["device"] == "cpu"
+    protocol = Protocol.from_dict(manifest["protocol"])  # the harness reads it back from here
+    assert protocol.folds == (1, 2, 3)
+    assert protocol.tasks["au-detection"].label_columns == ("au1", "au2", "au4", "au6", "au9", "au12", "au25", "au26")
     assert sorted(manifest["units"]) == [f"{s}/left" for s in sorted(sd.DISFA_SUBJECTS)]
     assert manifest["failures"] == [] and manifest["totals"]["rows"] == 95
 
