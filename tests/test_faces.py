@@ -149,13 +149,14 @@ def test_similarity_transform_recovers_a_known_transform_whatever_the_weights():
 
 
 def test_weighted_fit_puts_the_heavy_points_on_the_template():
-    """A face with a longer nose-to-mouth than the template: with equal weights the least-squares
-    compromise moves the eyes off the template, with the default eye weights they stay on it."""
+    """A face whose nose and mouth sit 20 px lower than the template's (far more than real faces
+    differ): with equal weights the least-squares compromise moves the eyes 6-7 px off the
+    template, with the default eye weights they stay within 2 px."""
     template = AlignmentTemplate()
     target = template.points(256)
     face = target.copy()
     face[2:, 1] += 20.0  # nose and mouth 20 px lower than the template's
     equal = transform_points(similarity_transform(face, target), face)
     weighted = transform_points(alignment_matrix(face, 256, template), face)
-    assert eye_error(equal, target) > 4.0
-    assert eye_error(weighted, target) < 0.5
+    assert eye_error(equal, target) > 6.0
+    assert eye_error(weighted, target) < eye_error(equal, target) / 3 and eye_error(weighted, target) < 2.0
