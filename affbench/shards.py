@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -210,9 +210,7 @@ class ShardWriter:
         table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         self._buffer = []
         if self._writer is None:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.prefix}-", suffix=".tmp", dir=self.shard_dir)
-            os.close(fd)
-            self._tmp_path = Path(tmp)
+            self._tmp_path = _temporary_name(self.shard_dir, f".{self.prefix}-")
             self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression="zstd")
         self._writer.write_table(table, row_group_size=self.row_group_size)
         self._rows_in_shard += table.num_rows
@@ -254,7 +252,7 @@ def remove_unit_shards(dataset_dir: str | os.PathLike, unit: str) -> None:
     if not shard_dir.is_dir():
         return
     prefix = unit_prefix(unit)
-    pattern = re.compile(rf"^\.?{re.escape(prefix)}-(\d{{5}}{re.escape(SHARD_SUFFIX)}|.*\.tmp)$")
+    pattern = re.compile(rf"^(\.?{re.escape(prefix)}-\d{{5}}{re.escape(SHARD_SUFFIX)}|\.{re.escape(prefix)}-[0-9a-f]{{32}}\.tmp)$")
     for path in shard_dir.iterdir():
         if pattern.match(path.name):
             path.unlink(missing_ok=True)
@@ -310,12 +308,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _temporary_name(folder: Path, prefix: str) -> Path:
+    """A fresh hidden ``.tmp`` name in ``folder``. Unlike :func:`tempfile.mkstemp` the file is not
+    created here, so it gets the user's usual permissions (mkstemp's 0600 would survive the rename
+    and lock colleagues out of a shared dataset folder)."""
+    return folder / f"{prefix}{uuid.uuid4().hex}.tmp"
+
+
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
     if path.exists() and path.read_text() == text:
         return  # re-running a finished folder must not touch a single byte
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
+    tmp = _temporary_name(path.parent, f".{path.name}-")
+    with open(tmp, "x") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

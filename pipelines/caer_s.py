@@ -27,9 +27,16 @@ import numpy as np
 import pyarrow as pa
 
 from affbench.errors import DataLayoutError
-from affbench.faces import AlignmentTemplate, DetectorSettings, FaceDetector, align_face, resolve_device, select_face
+from affbench.faces import (
+    AlignmentTemplate,
+    DetectorSettings,
+    face_crop_columns,
+    resolve_device,
+    select_face,
+    shared_detector,
+)
 from affbench.runner import RunSummary, Tick, UnitOutcome, run_units
-from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, encode_image, make_schema
+from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, make_schema
 
 DATASET = "caer-s"
 CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
@@ -163,17 +170,6 @@ class Settings:
         }
 
 
-# One MTCNN per process and setting: loading it costs about a second, a unit may be small.
-_DETECTORS: dict[tuple[DetectorSettings, str], FaceDetector] = {}
-
-
-def _detector(settings: DetectorSettings, device: str) -> FaceDetector:
-    key = (settings, device)
-    if key not in _DETECTORS:
-        _DETECTORS[key] = FaceDetector(settings=settings, device=device)
-    return _DETECTORS[key]
-
-
 def _read_rgb(path: Path) -> np.ndarray:
     data = path.read_bytes()
     if not data:
@@ -187,7 +183,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOutcome:
     """Detect, select, align and crop the face of every image of one folder; write its shards."""
     root = Path(settings.root)
-    detector = _detector(settings.detector, settings.device)
+    detector = shared_detector(settings.detector, settings.device)
     schema = make_schema(LABEL_FIELDS)
     suffix = IMAGE_CODECS[settings.codec]
     ids = sample_ids(unit)
@@ -219,22 +215,11 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
                     "source": f"{unit.key}/{name}",
                     "frame": None,
                     "split": unit.split,
-                    "face_found": face is not None,
                     "expression": unit.label,
+                    **face_crop_columns(rgb, face, size=settings.size, template=settings.template,
+                                        codec=settings.codec, quality=settings.quality,
+                                        path=ids[start + i].split("/", 1)[1] + suffix),
                 }
-                if face is not None:
-                    crop, _ = align_face(rgb, face.landmarks, settings.size, settings.template)
-                    row |= {
-                        "image": {
-                            "bytes": encode_image(crop, settings.codec, quality=settings.quality),
-                            "path": ids[start + i].split("/", 1)[1] + suffix,
-                        },
-                        "width": settings.size,
-                        "height": settings.size,
-                        "det_score": face.score,
-                        "box": face.box.tolist(),
-                        "landmarks": face.landmarks.reshape(-1).tolist(),
-                    }
                 writer.write(row)
                 stats["images"] += 1
                 stats["unreadable"] += rgb is None
@@ -260,7 +245,6 @@ def prepare(
     rows_per_shard: int = 1000,
     progress: bool = True,
     backend: str | None = None,
-    face_detector: FaceDetector | None = None,
 ) -> RunSummary:
     """Prepare CAER-S under ``root`` into ``out``; resumes a folder made with the same parameters.
 
@@ -274,8 +258,6 @@ def prepare(
         Side of the aligned square face crop.
     select : {"largest", "prob"}
         Which face to keep where MTCNN finds several: the largest box or the highest probability.
-    face_detector : FaceDetector, optional
-        An MTCNN already loaded (used in this process when ``workers`` is 1; its settings win).
 
     Returns
     -------
@@ -290,8 +272,6 @@ def prepare(
     """
     if select not in SELECTIONS:
         raise ValueError(f"unknown face selection {select!r}; use one of {SELECTIONS}")
-    if face_detector is not None:
-        detector, device = face_detector.settings, face_detector.device
     settings = Settings(
         root=str(Path(root).resolve()),
         out=str(Path(out).resolve()),
@@ -305,8 +285,6 @@ def prepare(
         rows_per_shard=rows_per_shard,
     )
     units, ignored = find_image_folders(root)
-    if face_detector is not None:
-        _DETECTORS[(settings.detector, settings.device)] = face_detector
     from affbench.pipelines.protocols import protocol_for  # imports this module's facts
 
     writer = DatasetWriter(

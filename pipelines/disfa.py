@@ -300,9 +300,11 @@ def prepare_video(unit: DisfaVideo, tick: Tick, *, out_dir: str, settings: Prepa
         ) as writer:
             since_tick = 0
             for index, frame, result in tracker.follow(video):
-                row = {"sample_id": sample_id(unit.subject, unit.camera, index), **base, "frame": index}
+                sid = sample_id(unit.subject, unit.camera, index)
+                row = {"sample_id": sid, **base, "frame": index}
                 row.update(face_crop_columns(frame, result.face, size=settings.size, template=settings.template,
-                                             codec=settings.codec, quality=settings.quality))
+                                             codec=settings.codec, quality=settings.quality,
+                                             path=sid.split("/", 1)[1] + IMAGE_CODECS[settings.codec]))
                 label_row = labels[index] if index < len(labels) else None
                 for j, column in enumerate(AU_COLUMNS):
                     row[column] = int(label_row[j]) if label_row is not None else MISSING
@@ -373,7 +375,7 @@ def prepare(
         dataset=DATASET,
         parameters=settings.parameters(camera),
         schema=label_schema(),
-        protocol=protocol_for(DATASET).to_dict(),  # what the benchmark harness reads back
+        protocol=protocol_for(DATASET).to_dict(),
         info={"root": str(Path(root).resolve()), "device": device, "rows_per_shard": settings.rows_per_shard,
               "videos": len(units)},
     )

@@ -20,7 +20,7 @@ def sample_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def detector():
-    """One MTCNN on the CPU for the whole session (loading it costs about a second)."""
-    from affbench.faces import FaceDetector
+    """The MTCNN the pipelines share in this process (default settings, CPU), loaded once."""
+    from affbench.faces import DetectorSettings, shared_detector
 
-    return FaceDetector(device="cpu")
+    return shared_detector(DetectorSettings(), "cpu")

@@ -75,7 +75,6 @@ def caer_root(sample_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared(caer_root, detector, tmp_path_factory):
-    caer_s._DETECTORS[(detector.settings, "cpu")] = detector  # the session's MTCNN, loaded once
     out = tmp_path_factory.mktemp("prepared") / "caer-s"
     result = CliRunner().invoke(app, ["prepare", "caer-s", str(caer_root), "--out", str(out), "--device", "cpu"])
     rows = {r["source"]: r for r in ShardReader(out).iter_rows()}
@@ -136,13 +135,14 @@ def test_crops_are_aligned_96x96_and_boxes_landmarks_are_in_source_pixels(caer_r
     assert {c.shape for c in crops} == {(96, 96, 3)}
     assert all((r["width"], r["height"]) == (96, 96) for r in faces.values())
 
-    # MTCNN, run again on the crops, finds the eyes, nose and mouth where the template put them.
+    # MTCNN, run again on the crops, finds the eyes where the template put them; the nose and
+    # mouth follow each face's proportions (the fit weighs the eyes most), so they are only near.
     redetected = detector.detect(crops)
     for source, found in zip(faces, redetected):
         assert found, source
         best = max(found, key=lambda f: f.score)
         error = np.linalg.norm(best.landmarks - template.points(96), axis=1)
-        assert error.max() < 5.0, (source, error)
+        assert error[:2].max() < 3.0 and error.max() < 8.0, (source, error)
 
     # The stored landmarks are source pixels: aligning the source with them gives the crop again.
     for (source, row), crop in zip(faces.items(), crops):
@@ -169,7 +169,7 @@ def test_several_faces_keep_the_largest_or_the_most_confident(caer_root, prepare
     root = tmp_path / "CAER-S"
     write_png(root / TWO_FACES, two_face_scene())
     (root / "test").mkdir()
-    caer_s.prepare(root, tmp_path / "out", select="prob", progress=False, face_detector=detector)
+    caer_s.prepare(root, tmp_path / "out", select="prob", progress=False)
     (row,) = ShardReader(tmp_path / "out").iter_rows()
     assert np.allclose(row["box"], surest.box, atol=1e-3)
     assert row["det_score"] == pytest.approx(surest.score)
@@ -191,7 +191,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
 
     monkeypatch.setattr(caer_s, "_read_rgb", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        caer_s.prepare(root, out, progress=False, face_detector=detector)
+        caer_s.prepare(root, out, progress=False)
     assert calls == ["train/Angry/0001.png", "test/Anger/0001.png", "test/Happy/0002.png"]
     assert ShardReader(out).num_rows == 2
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
@@ -199,7 +199,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
 
     monkeypatch.setattr(caer_s, "_read_rgb", lambda path: (calls.append(path.name), read(path))[1])
     calls.clear()
-    summary = caer_s.prepare(root, out, progress=False, face_detector=detector)
+    summary = caer_s.prepare(root, out, progress=False)
     assert calls == ["0002.png"] and (summary.units_skipped, summary.units_done) == (2, 1)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*-A*.parquet")} == finished
     rows = {r["source"]: r for r in ShardReader(out).iter_rows(columns=["source", "expression", "face_found"])}
@@ -210,9 +210,9 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
     }
 
     with pytest.raises(ParameterMismatchError, match="size"):
-        caer_s.prepare(root, out, size=64, progress=False, face_detector=detector)
+        caer_s.prepare(root, out, size=64, progress=False)
     with pytest.raises(ParameterMismatchError, match="select"):
-        caer_s.prepare(root, out, select="prob", progress=False, face_detector=detector)
+        caer_s.prepare(root, out, select="prob", progress=False)
 
 
 def test_the_unit_work_pickles_for_joblib_workers_and_gives_the_same_rows(caer_root, prepared, detector, tmp_path):

@@ -21,6 +21,7 @@ from affbench.errors import AffbenchError, DataLayoutError
 from affbench.faces import AlignmentTemplate, DetectorSettings
 from affbench.pipelines import disfa
 from affbench.pipelines import sample_data as sd
+from affbench.protocols import Protocol
 from affbench.shards import ShardReader, decode_image
 
 SETTINGS = disfa.PrepareSettings(device="cpu")
@@ -123,6 +124,7 @@ def test_every_crop_of_every_subject_puts_the_eyes_in_the_same_place(prepared, d
     redetected = detector.detect(crops)
     assert all(len(faces) == 1 for faces in redetected)
     eyes = np.array([faces[0].landmarks[:2] for faces in redetected])
+    centres = {}
     for subject in sd.DISFA_SUBJECTS:
         mine = eyes[(found.subject == subject).to_numpy()]
         spread = np.linalg.norm(mine - np.median(mine, axis=0), axis=2)
@@ -131,9 +133,13 @@ def test_every_crop_of_every_subject_puts_the_eyes_in_the_same_place(prepared, d
         # full cascade itself is 2-4 px off the known truth on some frames.
         assert spread.mean() < 2.0, subject
         assert np.percentile(spread, 90) < 3.5 and spread.max() < 5.0, subject
-        # Where they sit differs by subject only by what a 5-point similarity fit to one
-        # template leaves over for that face's proportions.
-        assert np.abs(np.median(mine, axis=0) - template).max() < 6.0, subject
+        centres[subject] = np.median(mine, axis=0)
+        # Every subject's eyes sit on the template, whatever the face's proportions (the
+        # eye-weighted fit; with equal weights SN001's eyes land about 4 px low).
+        assert np.linalg.norm(centres[subject] - template, axis=1).max() < 3.0, subject
+    # ... and so at the same place for every subject.
+    gaps = [np.linalg.norm(centres[a] - centres[b], axis=1).max() for a in centres for b in centres]
+    assert max(gaps) < 2.5
 
 
 def test_manifest_records_template_detector_and_tracker(prepared):
@@ -150,10 +156,9 @@ def test_manifest_records_template_detector_and_tracker(prepared):
     assert {"detect_max_side", "refine_passes", "redetect_every"} <= set(parameters["tracker"])
     assert parameters["labels"]["columns"] == [f"au{au}" for au in disfa.AUS]
     assert manifest["info"]["device"] == "cpu"
-    from affbench.protocols import Protocol
-
     protocol = Protocol.from_dict(manifest["protocol"])  # the harness reads it back from here
-    assert protocol.dataset == "disfa" and protocol.folds == (1, 2, 3)
+    assert protocol.folds == (1, 2, 3)
+    assert protocol.tasks["au-detection"].label_columns == ("au1", "au2", "au4", "au6", "au9", "au12", "au25", "au26")
     assert sorted(manifest["units"]) == [f"{s}/left" for s in sorted(sd.DISFA_SUBJECTS)]
     assert manifest["failures"] == [] and manifest["totals"]["rows"] == 95
 

@@ -294,3 +294,17 @@ def test_hugging_face_datasets_reads_the_image_column_as_an_image(tmp_path, monk
     assert image.size == (32, 32)
     assert np.array_equal(np.asarray(image.convert("RGB")), face_image(1))
     assert ds[1]["au12"] == 1
+
+
+def test_outputs_get_the_usual_permissions_not_private_temp_ones(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "prepared"
+        run_units(open_writer(out), [ToyUnit("A")], toy_process(out, []), progress=False)
+    finally:
+        os.umask(umask)
+    for path in [out / "manifest.json", *(out / "shards").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
