@@ -24,7 +24,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +83,22 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A fresh hidden ``.tmp`` name next to ``path``, for writing it atomically.
+
+    Not :func:`tempfile.mkstemp`: its 0600 mode would survive the rename and lock colleagues out of
+    a shared run folder; a file created by ``open`` gets the user's usual permissions.
+    """
+    path = Path(path)
+    return path.parent / f".{path.name}-{uuid.uuid4().hex}.tmp"
+
+
 def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
+    tmp = temporary_path(path)
+    with open(tmp, "x") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -215,10 +225,8 @@ def markdown(records: Sequence[Mapping[str, Any]], *, per_label: bool = False, d
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``frame`` as CSV atomically (a killed export never leaves half a file)."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
     try:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, path)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -445,9 +444,10 @@ def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) ->
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
+    from affbench.results import temporary_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_path(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

@@ -112,3 +112,15 @@ def test_plots_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(AffbenchError, match=r"pip install 'affbench\[plots\]'"):
         results.plot_run(tmp_path)
+
+
+def test_records_and_csv_get_the_users_usual_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = results.write_record(tmp_path, RECORDS[0])
+        csv = results.write_csv(results.long_table(RECORDS), tmp_path / "out.csv")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644 and csv.stat().st_mode & 0o777 == 0o644
