@@ -336,8 +336,12 @@ def demo(out: Path, device: str) -> None:
     written = generator.write_sample_data(raw)
     for name, root in written.items():
         click.echo(f"sample data  {name:9s} {root}")
+    import torch
+
+    threads = torch.get_num_threads()
     for name in ("disfa", "caer-s", "affwild2"):
         _demo_prepare(name, written[name], prepared / name, device)
+    torch.set_num_threads(threads)  # a pipeline may narrow it for its detector; training wants them all
     click.echo(f"prepared     {prepared}  ({time.perf_counter() - started:.0f} s so far)")
     report = run("demo", prepared, run_dir, device=device, progress=sys.stderr.isatty(), log=click.echo)
     csv_path = out / "demo-results.csv"

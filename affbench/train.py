@@ -80,6 +80,9 @@ class TrainSettings:
         Clip the gradient norm to this value.
     heatmap_sigma : float
         Standard deviation in heatmap pixels of the Gaussian AU targets (Fan et al.: 2).
+    keep_weights : bool
+        Keep the selected weights (``best.pt``) after the cell is scored. False deletes them unless
+        another job of the run starts from or evaluates them (the demo: VGG-16 weighs 0.5 GB).
     guessed : tuple of str
         Names of the settings the source papers do not give (reported with every result).
     source : str
@@ -104,11 +107,12 @@ class TrainSettings:
     eval_batch_size: int | None = None
     grad_clip: float | None = None
     heatmap_sigma: float = 2.0
+    keep_weights: bool = True
     guessed: tuple[str, ...] = ()
     source: str = ""
 
     #: Settings that cannot change a trained model's weights or scores.
-    NON_RESULT_FIELDS = ("num_workers", "eval_batch_size", "guessed", "source")
+    NON_RESULT_FIELDS = ("num_workers", "eval_batch_size", "keep_weights", "guessed", "source")
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:

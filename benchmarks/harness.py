@@ -662,10 +662,20 @@ class _Runner:
 
     # -- models
 
+    def source_weights(self, job: Job) -> Path:
+        """The selected weights of the job ``job`` starts from or evaluates."""
+        path = self.job_dir(job.depends) / "best.pt"
+        if not path.is_file():
+            raise AffbenchError(
+                f"{job.key} needs the weights of {job.depends.key}, which were not kept (keep_weights = false); "
+                f"delete {self.job_dir(job.depends)} to train it again."
+            )
+        return path
+
     def encoder_options(self, job: Job) -> dict[str, Any]:
         options = dict(job.experiment.options)
         if job.experiment.init is not None:
-            options[job.experiment.init.option] = str(self.job_dir(job.depends) / "best.pt")
+            options[job.experiment.init.option] = str(self.source_weights(job))
         return options
 
     def images_for(self, prepared, encoder_spec, augmentation):
@@ -751,6 +761,8 @@ class _Runner:
         report.jobs_resumed += bool(result.resumed_from)
         self.write_records(job, summary, report)
         (workdir / "last.pt").unlink(missing_ok=True)  # the optimiser state is not needed once done
+        if not settings.keep_weights and not any(other.depends is job for other in self.plan.jobs):
+            (workdir / "best.pt").unlink(missing_ok=True)
 
     def evaluate_job(self, job: Job, report: RunReport) -> None:
         from affbench.encoders import create_encoder
@@ -767,7 +779,7 @@ class _Runner:
             model = create_encoder(experiment.encoder, **architecture)
         for task in tasks:
             check_compatible(task.spec, model.spec)
-        model.load_state_dict(load_model_state(source_dir / "best.pt"))
+        model.load_state_dict(load_model_state(self.source_weights(job)))
         images = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
         self.log(f"evaluate {job.depends.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,

@@ -267,6 +267,7 @@ def test_multitask_and_evaluation_only_cells(tmp_path, prepared_root):
     epochs = 1
     batch_size = 8
     num_workers = 0
+    keep_weights = false
 
     [tasks.happy]
     dataset = "caer-s"
@@ -315,6 +316,9 @@ def test_multitask_and_evaluation_only_cells(tmp_path, prepared_root):
     assert set(happy["metrics"]) == {"all_active_rate", "any_active_rate"}
     assert happy["metrics"]["all_active_rate"] <= happy["metrics"]["any_active_rate"]
     assert happy["init_from"]["experiment"] == "megraph"
+    # keep_weights = false: only the weights another cell evaluates survive the run.
+    kept = {p.parent.name.split("-fold")[0] for p in (run_dir / "jobs").glob("*/best.pt")}
+    assert kept == {"disfa-megraph-au-au-detection"}
 
 
 # ----------------------------------------------------------------------------------------- command line
