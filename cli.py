@@ -118,24 +118,23 @@ def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, qua
 
     settings = disfa.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
                                      rows_per_shard=rows_per_shard)
-    summary, writer = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers)
-    for line in summary.lines("frames"):
-        click.echo(line)
-    mismatches = [r.stats["length_mismatch"] for _, r in sorted(writer.units.items()) if "length_mismatch" in r.stats]
-    for line in mismatches:
-        click.echo(f"length mismatch: {line}")
-    click.echo(f"manifest: {writer.path}")
-    if not summary.ok:
-        raise click.exceptions.Exit(1)
+    summary = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers)
+    _finish_prepare(summary, out, "frames", notes=lambda manifest: [
+        f"length mismatch: {line}" for line in disfa.length_mismatches(manifest)])
 
 
-def _finish_prepare(summary, out: Path, item: str) -> None:
-    """Print the run summary; exit non-zero while the output folder lists any failure."""
+def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
+    """Print the run summary (and the dataset's ``notes(manifest)`` lines); exit non-zero while the
+    output folder lists any failure."""
     from affbench.shards import read_manifest
 
     for line in summary.lines(item):
         click.echo(line)
-    totals = read_manifest(out)["totals"]
+    manifest = read_manifest(out)
+    for line in notes(manifest) if notes else []:
+        click.echo(line)
+    click.echo(f"manifest: {out / 'manifest.json'}")
+    totals = manifest["totals"]
     if totals["failures"] or totals["units_failed"]:
         earlier = totals["failures"] - len(summary.failures)
         note = f" ({earlier} from earlier runs)" if earlier > 0 else ""

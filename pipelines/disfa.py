@@ -355,11 +355,11 @@ def prepare(
     workers: int = 1,
     progress: bool = True,
     backend: str | None = None,
-) -> tuple[RunSummary, DatasetWriter]:
+) -> RunSummary:
     """Prepare (or resume preparing) DISFA from ``root`` into ``out``.
 
-    Returns the run's summary and the output folder's writer (its ``units`` hold every video's
-    stats, including length mismatches of videos finished by earlier runs).
+    Returns the run's summary; the manifest's ``units`` hold every video's stats, including the
+    length mismatches of videos finished by earlier runs (:func:`length_mismatches`).
     """
     units = find_videos(root, camera)
     for unit in {u.subject: u for u in units}.values():  # malformed labels stop the run before any work
@@ -381,5 +381,10 @@ def prepare(
     )
     # Absolute paths: a worker elsewhere (Dask, Ray) does not share this process's directory.
     process = functools.partial(prepare_video, out_dir=str(Path(out).resolve()), settings=settings)
-    summary = run_units(writer, units, process, workers=workers, progress=progress, item="frames", backend=backend)
-    return summary, writer
+    return run_units(writer, units, process, workers=workers, progress=progress, item="frames", backend=backend)
+
+
+def length_mismatches(manifest: dict) -> list[str]:
+    """The video/label length mismatches a prepared folder's manifest records, one line each."""
+    return [unit["stats"]["length_mismatch"] for _, unit in sorted(manifest["units"].items())
+            if "length_mismatch" in unit["stats"]]

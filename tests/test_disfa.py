@@ -22,7 +22,7 @@ from affbench.faces import AlignmentTemplate, DetectorSettings
 from affbench.pipelines import disfa
 from affbench.pipelines import sample_data as sd
 from affbench.protocols import Protocol
-from affbench.shards import ShardReader, decode_image
+from affbench.shards import ShardReader, decode_image, read_manifest
 
 SETTINGS = disfa.PrepareSettings(device="cpu")
 
@@ -65,9 +65,10 @@ def expected_frames(subject: str) -> int:
 @pytest.fixture(scope="module")
 def prepared(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "disfa"
-    summary, writer = disfa.prepare(sample_data["disfa"], out, settings=SETTINGS, progress=False)
+    summary = disfa.prepare(sample_data["disfa"], out, settings=SETTINGS, progress=False)
+    manifest = read_manifest(out)
     table = ShardReader(out).table().to_pandas()
-    return out, summary, writer, table
+    return out, summary, manifest, table
 
 
 # ----------------------------------------------------------------------------------------- rows and labels
@@ -87,7 +88,7 @@ def test_every_frame_is_exactly_one_row(prepared):
 
 
 def test_labels_are_joined_by_line_order_including_the_short_video(prepared):
-    _, _, writer, table = prepared
+    _, _, manifest, table = prepared
     columns = [f"au{au}" for au in disfa.AUS]
     assert all(str(table[c].dtype) == "int8" for c in columns)
     for s, subject in enumerate(sd.DISFA_SUBJECTS):
@@ -95,10 +96,11 @@ def test_labels_are_joined_by_line_order_including_the_short_video(prepared):
         expected = [[sd.disfa_intensity(s, j, i) for j in range(12)] for i in rows.frame]
         assert rows[columns].to_numpy().tolist() == expected, subject
     # SN010: 23 frames, 24 label lines: the last line is unused, nothing is shifted, and it is reported.
-    stats = writer.units["SN010/left"].stats
+    stats = manifest["units"]["SN010/left"]["stats"]
     assert (stats["frames"], stats["label_lines"], stats["unused_label_lines"]) == (23, 24, 1)
     assert "23 frames" in stats["length_mismatch"] and "24 lines" in stats["length_mismatch"]
-    assert all("length_mismatch" not in writer.units[f"{s}/left"].stats for s in ("SN001", "SN003", "SN006"))
+    assert all("length_mismatch" not in manifest["units"][f"{s}/left"]["stats"] for s in ("SN001", "SN003", "SN006"))
+    assert disfa.length_mismatches(manifest) == [stats["length_mismatch"]]
 
 
 def test_frames_without_a_face_keep_their_row(prepared):
@@ -166,7 +168,7 @@ def test_manifest_records_template_detector_and_tracker(prepared):
 def test_rerunning_a_finished_folder_changes_no_byte(prepared, sample_data):
     out, _, _, _ = prepared
     before = tree_digest(out)
-    summary, _ = disfa.prepare(sample_data["disfa"], out, settings=SETTINGS, progress=False)
+    summary = disfa.prepare(sample_data["disfa"], out, settings=SETTINGS, progress=False)
     assert (summary.units_skipped, summary.units_done, summary.rows) == (4, 0, 0)
     assert tree_digest(out) == before
 
@@ -218,8 +220,8 @@ def test_both_cameras_keep_ids_unique_and_agree_with_a_single_camera_run(prepare
     reference, _, _, _ = prepared
     root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN010"])
     out = tmp_path / "both"
-    summary, writer = disfa.prepare(root, out, camera="both", settings=SETTINGS, workers=2, progress=False)
-    assert summary.ok and sorted(writer.units) == ["SN010/left", "SN010/right"]
+    summary = disfa.prepare(root, out, camera="both", settings=SETTINGS, workers=2, progress=False)
+    assert summary.ok and sorted(read_manifest(out)["units"]) == ["SN010/left", "SN010/right"]
     table = ShardReader(out).table(columns=["sample_id", "frame", "source", "au1", "au26"]).to_pandas()
     assert table.sample_id.is_unique and len(table) == 2 * 23
     right = table[table.source.str.startswith("Video_RightCamera/")]
