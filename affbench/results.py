@@ -276,6 +276,9 @@ def plot_curves(record: Mapping[str, Any], path: str | os.PathLike) -> Path | No
     losses = [c.get("train_loss") for c in curve]
     loss_axis.plot(epochs, [np.nan if v is None else v for v in losses], "o-", color="tab:blue", label="training loss")
     loss_axis.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axis.set_ylabel("training loss", color="tab:blue")
     metric_name = record.get("primary_metric") or "validation"
     values = [c.get("val") for c in curve]
