@@ -6,6 +6,7 @@ commands so that ``affbench --help`` answers at once.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,15 @@ class _AffbenchGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("\nInterrupted: finished work is kept; re-run the same command to resume.", err=True)
             ctx.exit(130)
+
+
+def _quiet_openmp() -> None:
+    """Let idle OpenMP threads sleep instead of spin (set before torch loads; the user's value wins).
+
+    Spinning threads fight DataLoader workers and other processes for the cores; on a busy 2-core
+    machine that made CPU convolutions about ten times slower.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _not_built(what: str) -> None:
@@ -216,33 +226,160 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
               help="Folder holding the prepared datasets (one sub-folder per dataset).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Run folder for results, checkpoints and plots; re-use it to resume.")
-def run_benchmark(suite: str, data: Path, out: Path) -> None:
-    """Train and score every encoder variant of a suite under the datasets' standard protocols."""
-    _not_built("affbench run-benchmark")
+@click.option("--encoders", default=None, help="Comma-separated encoders to run (and what they start from).")
+@click.option("--folds", default=None, help="Comma-separated folds to run, e.g. 1 or 1,3.")
+@click.option("--epochs", default=None, type=click.IntRange(1), help="Override every experiment's epochs.")
+@click.option("--max-steps", default=None, type=click.IntRange(1),
+              help="At most this many training steps per epoch (quick runs).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda[:N].")
+@click.option("--workers", "num_workers", default=None, type=click.IntRange(0, 256),
+              help="DataLoader worker processes per job (default: chosen by device).")
+@click.option("--plots/--no-plots", default=None,
+              help="Write training curves and per-AU bars (default: when matplotlib is installed).")
+def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
+                  max_steps: int | None, device: str, num_workers: int | None, plots: bool | None) -> None:
+    """Train and score every encoder variant of a suite under the datasets' standard protocols.
+
+    \b
+    Each (dataset, task, encoder, fold) cell writes one record under OUT/results/; checkpoints
+    live in OUT/jobs/. Run the same command again after an interruption: finished cells are
+    skipped and an unfinished one continues from its last finished epoch.
+    """
+    _quiet_openmp()
+    from affbench import results
+    from affbench.benchmarks.harness import run_benchmark as run
+
+    report = run(
+        suite, data, out,
+        encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
+        device=device, num_workers=num_workers, progress=sys.stderr.isatty(), log=click.echo,
+    )
+    click.echo(f"{report.cells_total} cell(s): {report.cells_skipped} already finished, "
+               f"{report.cells_written} written, in {report.seconds:.1f} s.")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    records = results.load_records(out, suite=report.suite)
+    click.echo("")
+    click.echo(results.markdown(records))
+    _maybe_plot(out, records, plots)
+
+
+def _split_names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _split_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise AffbenchError(f"--folds takes comma-separated fold numbers such as 1,2; got {text!r}.") from None
+
+
+def _maybe_plot(run_dir: Path, records, plots: bool | None) -> None:
+    """Plots when asked (an error without matplotlib), or by default when matplotlib is there."""
+    from affbench import results
+
+    if plots is False:
+        return
+    try:
+        written = results.plot_run(run_dir, records)
+    except AffbenchError:
+        if plots:
+            raise
+        click.echo("plots skipped: matplotlib is not installed (pip install 'affbench[plots]').")
+        return
+    click.echo(f"{len(written)} plot(s) in {run_dir / results.PLOTS_DIR}")
 
 
 @app.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--csv", "csv_path", required=True, type=click.Path(path_type=Path), help="CSV file to write.")
 @click.option("--wide/--long", default=False, show_default=True,
-              help="Paper-style table (encoders x metrics) or one row per metric value.")
-def export(run_dir: Path, csv_path: Path, wide: bool) -> None:
+              help="Paper-style table (encoders x metrics, mean and std over folds) or one row per metric value.")
+@click.option("--plots/--no-plots", default=None,
+              help="Write training curves and per-AU bars into RUN_DIR/plots (default: when matplotlib is installed).")
+def export(run_dir: Path, csv_path: Path, wide: bool, plots: bool | None) -> None:
     """Export a run folder's results to CSV and print them as a Markdown table."""
-    _not_built("affbench export")
+    from affbench import results
+
+    frame, table = results.export(run_dir, csv_path, wide=wide)
+    click.echo(table)
+    click.echo("")
+    click.echo(f"{len(frame)} row(s) written to {csv_path} ({'wide' if wide else 'long'} format).")
+    _maybe_plot(run_dir, results.load_records(run_dir), plots)
 
 
 @app.command("demo")
 @click.option("--out", default=Path("affbench-demo"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the sample data, prepared shards, run and CSV.")
-def demo(out: Path) -> None:
-    """Run everything on generated sample data on the CPU: sample-data, prepare, benchmark, export."""
+@click.option("--device", default="cpu", show_default=True, help="Where the demo trains: cpu, auto or cuda.")
+def demo(out: Path, device: str) -> None:
+    """Run everything on generated sample data: sample-data, prepare, benchmark, export.
+
+    \b
+    Every encoder variant is trained for a few steps on tiny sample datasets (real faces, exact
+    dataset layouts), so the numbers mean nothing; what the demo shows is the whole path working.
+    Re-running resumes: finished steps are skipped.
+    """
+    import time
+
+    _quiet_openmp()
+    from affbench import results
+    from affbench.benchmarks.harness import run_benchmark as run
     from affbench.pipelines import sample_data as generator
 
-    raw = out / "raw"
+    started = time.perf_counter()
+    raw, prepared, run_dir = out / "raw", out / "prepared", out / "run"
     written = generator.write_sample_data(raw)
     for name, root in written.items():
         click.echo(f"sample data  {name:9s} {root}")
-    _not_built("the rest of `affbench demo` (prepare, run-benchmark, export)")
+    import torch
+
+    threads = torch.get_num_threads()
+    for name in ("disfa", "caer-s", "affwild2"):
+        _demo_prepare(name, written[name], prepared / name, device)
+    torch.set_num_threads(threads)  # a pipeline may narrow it for its detector; training wants them all
+    click.echo(f"prepared     {prepared}  ({time.perf_counter() - started:.0f} s so far)")
+    report = run("demo", prepared, run_dir, device=device, progress=sys.stderr.isatty(), log=click.echo)
+    csv_path = out / "demo-results.csv"
+    frame, table = results.export(run_dir, csv_path, wide=True)
+    click.echo("")
+    click.echo(table)
+    click.echo("")
+    click.echo(f"{report.cells_total} cells ({report.cells_skipped} already finished); "
+               f"wide table in {csv_path}; run folder {run_dir}")
+    _maybe_plot(run_dir, results.load_records(run_dir), None)
+    click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+def _demo_prepare(name: str, root: Path, out: Path, device: str) -> None:
+    """Prepare one sample dataset with its pipeline's ``prepare`` (skipped when already done)."""
+    import importlib
+
+    from affbench.pipelines import DATASETS
+
+    module = importlib.import_module(f"affbench.pipelines.{DATASETS[name].module}")
+    prepare_fn = getattr(module, "prepare", None)
+    if prepare_fn is None:
+        raise AffbenchError(
+            f"affbench demo stops at the prepare step: the {name} prepare pipeline is not built yet in "
+            f"affbench {__version__}."
+        )
+    import inspect
+
+    parameters = inspect.signature(prepare_fn).parameters
+    options: dict = {"progress": sys.stderr.isatty()}
+    where = "cpu" if device == "cpu" else "auto"
+    if "device" in parameters:
+        options["device"] = where
+    elif "settings" in parameters and hasattr(module, "PrepareSettings"):
+        options["settings"] = module.PrepareSettings(device=where)
+    summary = prepare_fn(root, out, **options)
+    if isinstance(summary, tuple):  # (summary, writer)
+        summary = summary[0]
+    click.echo(f"prepared     {name:9s} {out}  ({summary.rows} new rows, {summary.units_skipped} unit(s) already done)")
 
 
 # ----------------------------------------------------------------------------------------- list
@@ -276,6 +413,12 @@ def list_(what: str) -> None:
             click.echo(
                 f"{name:22s} {spec.family:10s} {spec.input_size:5d}  {heads:36s} {count_parameters(name):12,d}"
             )
+        return
+    if what == "suites":
+        from affbench.benchmarks.harness import list_suites
+
+        for name, description, _ in list_suites():
+            click.echo(f"{name:12s} {description}")
         return
     _not_built(f"`affbench list {what}`")
 

@@ -1,0 +1,679 @@
+"""Torch data over prepared shards: label tables, row-group-aware batches, decoding in workers.
+
+A prepared dataset (``affbench.shards``) stores each face crop as encoded bytes in Parquet row
+groups. Reading one random row means reading (and decompressing) its whole row group, so a
+uniformly shuffled loader would read every row group once per *row*. This module shuffles at two
+levels instead: the order of row groups, then rows inside a window of a few row groups. A
+DataLoader worker keeps the row groups it has read in a small cache, so each row group is read a
+handful of times per epoch at most while batches stay well mixed.
+
+The pieces:
+
+* :func:`open_prepared` finds a dataset folder under ``--data``, checks that it is the dataset asked
+  for, and loads its label table (:class:`PreparedData`; no image bytes are read).
+* :class:`Augmentation` is the per-suite recipe (flip, crop, zoom, rotation, colour jitter); the
+  geometric part is one affine warp, which also moves landmark points for the heatmap models.
+* :class:`ShardImages` is a map-style dataset whose keys are ``(row, seed)`` pairs; its
+  ``__getitems__`` decodes a whole batch in the worker and returns uint8 tensors, so the main
+  process only normalises (on the GPU where there is one).
+* :class:`RowGroupBatchSampler` makes the batches, deterministically from a seed and the epoch,
+  whatever the number of workers; each sample carries its own augmentation seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from affbench.errors import AffbenchError
+from affbench.faces import AlignmentTemplate, alignment_matrix, transform_points
+from affbench.shards import MANIFEST_NAME, ShardReader, decode_image
+
+#: Columns every label table carries when the shards have them.
+META_COLUMNS = ("sample_id", "subject", "source", "frame", "split", "face_found")
+
+#: The five aligned landmarks, and their mirror images under a horizontal flip:
+#: left eye <-> right eye, nose stays, left mouth corner <-> right mouth corner.
+FLIP_POINT_ORDER = (1, 0, 2, 4, 3)
+
+
+# ----------------------------------------------------------------------------------------- folders
+
+
+@dataclass
+class PreparedData:
+    """One prepared dataset folder, with its label table loaded (no image bytes).
+
+    Attributes
+    ----------
+    folder : Path
+    dataset : str
+        ``manifest["dataset"]``.
+    manifest : dict
+    meta : pandas.DataFrame
+        One row per shard row, in shard order: the columns asked for.
+    fingerprint : str
+        A hash of the manifest's parameters and shard hashes: results record it, so that
+        re-prepared data is never mistaken for the data a result was made on.
+    """
+
+    folder: Path
+    dataset: str
+    manifest: dict[str, Any]
+    reader: ShardReader
+    meta: pd.DataFrame
+    fingerprint: str
+
+    @property
+    def protocol_dict(self) -> dict[str, Any]:
+        protocol = self.manifest.get("protocol")
+        if not protocol:
+            raise AffbenchError(
+                f"{self.folder} holds no evaluation protocol in its {MANIFEST_NAME}; re-run the prepare command."
+            )
+        return protocol
+
+    @property
+    def row_groups(self) -> np.ndarray:
+        """Row group of each row, numbered across all shards (for :class:`RowGroupBatchSampler`)."""
+        return _row_locations(self.reader)[3]
+
+
+def dataset_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """A short hash of what makes a prepared dataset what it is (parameters, protocol, shard content)."""
+    shards = sorted(
+        s["sha256"]
+        for unit in manifest.get("units", {}).values()
+        if unit.get("status") == "done"
+        for s in unit.get("shards", [])
+    )
+    blob = json.dumps(
+        {"dataset": manifest.get("dataset"), "parameters": manifest.get("parameters"),
+         "protocol": manifest.get("protocol"), "shards": shards},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def find_dataset_folder(data_root: str | os.PathLike, dataset: str, folder: str | None = None) -> Path:
+    """The folder of ``dataset`` under ``data_root`` (``data_root/<folder or dataset>``).
+
+    ``data_root`` may also be the dataset folder itself. The folder must hold a manifest whose
+    ``dataset`` is the one asked for; every other case ends in one clear sentence.
+    """
+    root = Path(data_root)
+    candidates = [root / (folder or dataset)]
+    if (root / MANIFEST_NAME).is_file():
+        candidates.append(root)
+    for candidate in candidates:
+        manifest_path = candidate / MANIFEST_NAME
+        if not manifest_path.is_file():
+            continue
+        try:
+            found = json.loads(manifest_path.read_text()).get("dataset")
+        except (OSError, json.JSONDecodeError):
+            raise AffbenchError(f"{manifest_path} is not a readable manifest; re-run the prepare command.") from None
+        if found == dataset:
+            return candidate
+        if candidate == candidates[0]:
+            raise AffbenchError(
+                f"{candidate} holds a prepared {found!r} dataset, not {dataset!r}; "
+                f"put the {dataset} shards in {root / (folder or dataset)}."
+            )
+    if not root.is_dir():
+        raise AffbenchError(f"The data folder {root} does not exist.")
+    raise AffbenchError(
+        f"No prepared {dataset} dataset in {root}: {candidates[0] / MANIFEST_NAME} is missing; "
+        f"run `affbench prepare {dataset} ROOT --out {candidates[0]}` first."
+    )
+
+
+def open_prepared(
+    data_root: str | os.PathLike,
+    dataset: str,
+    *,
+    columns: Sequence[str] = (),
+    folder: str | None = None,
+) -> PreparedData:
+    """Find, check and load the label table of one prepared dataset.
+
+    Parameters
+    ----------
+    data_root : path
+        The ``--data`` folder (one sub-folder per dataset) or the dataset folder itself.
+    dataset : str
+        ``disfa``, ``caer-s`` or ``affwild2`` (the manifest's ``dataset``).
+    columns : sequence of str
+        Label columns that must exist (a clear error names the missing ones); the base columns of
+        :data:`META_COLUMNS` and ``landmarks`` are loaded too where present.
+    """
+    path = find_dataset_folder(data_root, dataset, folder)
+    reader = ShardReader(path)
+    if not reader.shards:
+        raise AffbenchError(f"{path} has no finished shards yet; run its prepare command to the end.")
+    available = reader.columns
+    missing = [c for c in columns if c not in available]
+    if missing:
+        labels = [c for c in available if c not in META_COLUMNS and c not in
+                  ("dataset", "image", "width", "height", "det_score", "box", "landmarks")]
+        raise AffbenchError(
+            f"The {dataset} shards in {path} have no column(s) {', '.join(missing)}; "
+            f"their label columns are: {', '.join(labels) or 'none'}."
+        )
+    wanted = [c for c in (*META_COLUMNS, *columns) if c in available]
+    wanted = list(dict.fromkeys(wanted))
+    meta = reader.table(wanted).to_pandas()
+    return PreparedData(path, dataset, reader.manifest, reader, meta, dataset_fingerprint(reader.manifest))
+
+
+# ----------------------------------------------------------------------------------------- landmarks
+
+
+def alignment_from_parameters(parameters: Mapping[str, Any]) -> tuple[AlignmentTemplate, int] | None:
+    """The alignment template and crop size recorded in a manifest's parameters, if any.
+
+    Looks for the dictionary :meth:`affbench.faces.AlignmentTemplate.describe` writes (it has
+    ``face_scale`` and ``size``), wherever the pipeline nested it.
+    """
+    stack: list[Any] = [parameters]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if "face_scale" in item and "size" in item:
+                template = AlignmentTemplate(face_scale=float(item["face_scale"]), shift_y=float(item.get("shift_y", 0.0)))
+                return template, int(item["size"])
+            stack.extend(item.values())
+    return None
+
+
+def crop_landmarks(prepared: PreparedData) -> np.ndarray:
+    """The five landmarks of every row in crop pixels, shape (n, 5, 2); NaN where a row has none.
+
+    The shards keep landmarks in source pixels; the crop is a similarity transform of them that is
+    a pure function of the landmarks and the recorded template (``affbench.faces``), so it is
+    recomputed here rather than stored twice.
+    """
+    found = alignment_from_parameters(prepared.manifest.get("parameters", {}))
+    if found is None:
+        raise AffbenchError(
+            f"{prepared.folder}'s manifest records no alignment template, so landmark positions in the "
+            "crops cannot be recomputed (needed for heatmap targets)."
+        )
+    template, size = found
+    if "landmarks" not in prepared.reader.columns:
+        raise AffbenchError(f"The {prepared.dataset} shards have no landmarks column (needed for heatmap targets).")
+    raw = prepared.reader.table(["landmarks"]).column("landmarks").to_pylist()
+    out = np.full((len(raw), 5, 2), np.nan, dtype=np.float32)
+    for i, marks in enumerate(raw):
+        if marks is None:
+            continue
+        points = np.asarray(marks, dtype=np.float64).reshape(5, 2)
+        if not np.isfinite(points).all():
+            continue
+        out[i] = transform_points(alignment_matrix(points, size, template), points)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How training crops are perturbed, and how evaluation crops are framed.
+
+    Attributes
+    ----------
+    hflip : float
+        Probability of a horizontal flip (landmark points are mirrored with it).
+    crop : float
+        Training: side of a square crop at a random position, as a fraction of the stored crop
+        (ME-GraphAU: 224 of 256 = 0.875). 1.0 keeps the whole crop.
+    eval_crop : float
+        Evaluation: side of the centred crop (ME-GraphAU's centre crop: 0.875; most: 1.0).
+    scale : float
+        Random zoom: the crop side is multiplied by a factor in [1 - scale, 1 + scale].
+    rotate : float
+        Random rotation in degrees, in [-rotate, rotate].
+    brightness, contrast, saturation : float
+        Colour jitter strengths as torchvision's ColorJitter: factors in [1 - s, 1 + s].
+    hue : float
+        Hue shift as a fraction of the colour circle, in [-hue, hue] (at most 0.5).
+    jitter_p : float
+        Probability that the colour jitter is applied at all (SMM-EmotionNet: 0.8).
+    """
+
+    hflip: float = 0.0
+    crop: float = 1.0
+    eval_crop: float = 1.0
+    scale: float = 0.0
+    rotate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    jitter_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "jitter_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AffbenchError(f"augmentation.{name} is a probability in [0, 1]; got {getattr(self, name)}.")
+        for name in ("crop", "eval_crop"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise AffbenchError(f"augmentation.{name} is a fraction in (0, 1]; got {getattr(self, name)}.")
+        for name in ("scale", "brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise AffbenchError(f"augmentation.{name} must lie in [0, 1); got {getattr(self, name)}.")
+        if not 0.0 <= self.hue <= 0.5:
+            raise AffbenchError(f"augmentation.hue must lie in [0, 0.5]; got {self.hue}.")
+        if not 0.0 <= self.rotate <= 180.0:
+            raise AffbenchError(f"augmentation.rotate is in degrees, 0 to 180; got {self.rotate}.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Augmentation:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AffbenchError(
+                f"Unknown augmentation setting {unknown[0]!r}; the settings are: {', '.join(sorted(known))}."
+            )
+        try:
+            return cls(**{k: float(v) for k, v in data.items()})
+        except (TypeError, ValueError):
+            raise AffbenchError(f"Augmentation settings must be numbers; got {data}.") from None
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @property
+    def has_colour(self) -> bool:
+        return any((self.brightness, self.contrast, self.saturation, self.hue))
+
+
+def _geometry(
+    size: int, out: int, augmentation: Augmentation, train: bool, rng: np.random.Generator | None
+) -> tuple[np.ndarray, bool]:
+    """The affine matrix (2x3, pixel-index coordinates) from a ``size`` crop to an ``out`` input."""
+    if train:
+        assert rng is not None
+        side = augmentation.crop * size
+        if augmentation.scale:
+            side *= 1.0 + rng.uniform(-augmentation.scale, augmentation.scale)
+        slack = max(size - side, 0.0) / 2
+        centre = np.array([size / 2 + rng.uniform(-slack, slack), size / 2 + rng.uniform(-slack, slack)])
+        angle = math.radians(rng.uniform(-augmentation.rotate, augmentation.rotate)) if augmentation.rotate else 0.0
+        flip = bool(augmentation.hflip and rng.random() < augmentation.hflip)
+    else:
+        side = augmentation.eval_crop * size
+        centre = np.array([size / 2, size / 2])
+        angle, flip = 0.0, False
+    scale = out / side
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    linear = np.array([[cos, -sin], [sin, cos]])
+    if flip:
+        linear = np.array([[-1.0, 0.0], [0.0, 1.0]]) @ linear
+    # In continuous coordinates (pixel i covers [i, i+1)): out_c = L (src_c - centre) + out/2.
+    # Pixel-index coordinates are continuous ones minus one half, on both sides.
+    offset = linear @ (np.array([0.5, 0.5]) - centre) + out / 2 - 0.5
+    return np.hstack([linear, offset[:, None]]), flip
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, out: int) -> np.ndarray:
+    """Apply ``matrix`` with area-style prefiltering when it shrinks a lot (no aliasing)."""
+    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale < 0.75:
+        # Shrink with INTER_AREA first, then let the warp do the rest at about unit scale.
+        factor = min(1.0, scale * 1.25)
+        h, w = image.shape[:2]
+        small_w, small_h = max(1, round(w * factor)), max(1, round(h * factor))
+        image = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
+        fx, fy = small_w / w, small_h / h
+        # p_small_c = p_c * f  ->  in pixel-index coordinates: p_small = (p + 0.5) f - 0.5
+        to_small = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1.0]])
+        matrix = np.vstack([matrix, [0, 0, 1.0]]) @ np.linalg.inv(to_small)
+        matrix = matrix[:2]
+    if np.allclose(matrix, [[1, 0, 0], [0, 1, 0]]) and image.shape[:2] == (out, out):
+        return image
+    return cv2.warpAffine(image, matrix, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def _colour(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    if not augmentation.has_colour or rng.random() >= augmentation.jitter_p:
+        return image
+    img = image.astype(np.float32)
+    if augmentation.brightness:
+        img *= rng.uniform(1 - augmentation.brightness, 1 + augmentation.brightness)
+    if augmentation.contrast:
+        grey_mean = float((img @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
+        factor = rng.uniform(1 - augmentation.contrast, 1 + augmentation.contrast)
+        img = (img - grey_mean) * factor + grey_mean
+    if augmentation.saturation:
+        grey = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        factor = rng.uniform(1 - augmentation.saturation, 1 + augmentation.saturation)
+        img = (img - grey) * factor + grey
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    if augmentation.hue:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # OpenCV hue runs 0..179
+        shift = int(round(rng.uniform(-augmentation.hue, augmentation.hue) * 180))
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 180).astype(np.uint8)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return img
+
+
+def transform_crop(
+    image: np.ndarray,
+    out: int,
+    augmentation: Augmentation,
+    *,
+    train: bool,
+    seed: int = 0,
+    points: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frame (and, for training, augment) one RGB crop into an ``out`` x ``out`` input.
+
+    Returns the image (uint8, HxWx3) and, when ``points`` (k, 2) are given, the points in the
+    output image; a flip mirrors the five aligned landmarks so that "left eye" stays the left eye.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got shape {image.shape}")
+    size = image.shape[0]
+    if image.shape[1] != size:  # a non-square crop: frame its centre square
+        side = min(image.shape[:2])
+        y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+        image = image[y0 : y0 + side, x0 : x0 + side]
+        if points is not None:
+            points = points - np.array([x0, y0], dtype=np.float32)
+        size = side
+    rng = np.random.default_rng(seed) if train else None
+    matrix, flipped = _geometry(size, out, augmentation, train, rng)
+    result = _warp(image, matrix, out)
+    if train:
+        result = _colour(result, augmentation, rng)
+    moved = None
+    if points is not None:
+        moved = transform_points(matrix, points).astype(np.float32)
+        if flipped and len(moved) == len(FLIP_POINT_ORDER):
+            moved = moved[list(FLIP_POINT_ORDER)]
+    return np.ascontiguousarray(result), moved
+
+
+# ----------------------------------------------------------------------------------------- dataset
+
+
+def _row_locations(reader: ShardReader) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every row (in :meth:`ShardReader.table` order): shard index, row group, offset in it, and
+    a global row-group number."""
+    paths = reader.paths
+    shard_of, group_of, offset_of, global_group = [], [], [], []
+    counter = 0
+    for index, path in enumerate(paths):
+        metadata = pq.ParquetFile(path).metadata
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            shard_of.append(np.full(rows, index, np.int32))
+            group_of.append(np.full(rows, group, np.int32))
+            offset_of.append(np.arange(rows, dtype=np.int32))
+            global_group.append(np.full(rows, counter, np.int32))
+            counter += 1
+    if not shard_of:
+        empty = np.zeros(0, np.int32)
+        return paths, empty, empty, empty, empty
+    return paths, np.concatenate(shard_of), np.concatenate(group_of), np.concatenate(offset_of), np.concatenate(global_group)
+
+
+class ShardImages(torch.utils.data.Dataset):
+    """The crops of a prepared dataset, as model inputs.
+
+    Keys are ``(row, seed)`` pairs (see :class:`RowGroupBatchSampler`): ``row`` indexes the label
+    table (:attr:`PreparedData.meta`), ``seed`` drives that sample's augmentation, so the same
+    epoch gives the same pixels with any number of workers.
+
+    A batch is a dict: ``image`` uint8 (B, 3, S, S), ``row`` int64 (B,) and, when ``points`` were
+    given, ``points`` float32 (B, k, 2) in input pixels.
+
+    Parameters
+    ----------
+    folder : path
+        The prepared dataset folder.
+    input_size : int
+        Side of the model input.
+    augmentation : Augmentation
+    train : bool
+        Random augmentation (True) or the deterministic evaluation framing.
+    points : ndarray (n_rows, k, 2), optional
+        Per-row points in crop pixels (e.g. :func:`crop_landmarks`), moved along with the image.
+    cache_row_groups : int
+        Row groups each worker keeps decoded-from-Parquet (not image-decoded) in memory.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        input_size: int,
+        augmentation: Augmentation = Augmentation(),
+        *,
+        train: bool = False,
+        points: np.ndarray | None = None,
+        cache_row_groups: int = 16,
+    ):
+        self.folder = Path(folder)
+        reader = ShardReader(self.folder)
+        self._paths, self._shard, self._group, self._offset, self._global_group = _row_locations(reader)
+        self.input_size = int(input_size)
+        self.augmentation = augmentation
+        self.train = train
+        self.points = points
+        if points is not None and len(points) != len(self._shard):
+            raise ValueError(f"points has {len(points)} rows, the shards {len(self._shard)}")
+        self.cache_row_groups = max(1, int(cache_row_groups))
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._cache: OrderedDict[tuple[int, int], list[bytes | None]] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._shard)
+
+    @property
+    def row_groups(self) -> np.ndarray:
+        return self._global_group
+
+    def with_mode(self, *, train: bool) -> ShardImages:
+        """A copy that augments (train) or frames deterministically (evaluation), sharing no state."""
+        clone = object.__new__(ShardImages)
+        clone.__dict__.update(self.__dict__)
+        clone.train = train
+        clone._files, clone._cache = {}, OrderedDict()
+        return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"], state["_cache"] = {}, OrderedDict()  # open files never cross processes
+        return state
+
+    def _images_of(self, shard: int, group: int) -> list[bytes | None]:
+        if os.getpid() != self._pid:  # forked into a worker: start with no handles and no cache
+            self._files, self._cache, self._pid = {}, OrderedDict(), os.getpid()
+        key = (shard, group)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        handle = self._files.get(shard)
+        if handle is None:
+            handle = self._files[shard] = pq.ParquetFile(self._paths[shard])
+        column = handle.read_row_group(group, columns=["image"]).column("image").combine_chunks()
+        images = column.field("bytes").to_pylist()
+        self._cache[key] = images
+        while len(self._cache) > self.cache_row_groups:
+            self._cache.popitem(last=False)
+        return images
+
+    def _load(self, row: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        data = self._images_of(int(self._shard[row]), int(self._group[row]))[int(self._offset[row])]
+        if data is None:
+            raise ValueError(f"row {row} of {self.folder} has no image (face_found is false); it must not be sampled")
+        rgb = decode_image(data)
+        points = None if self.points is None else self.points[row]
+        return transform_crop(rgb, self.input_size, self.augmentation, train=self.train, seed=seed, points=points)
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        return self.__getitems__([key])
+
+    def __getitems__(self, keys: Sequence) -> dict[str, Any]:
+        rows = [int(k[0]) if isinstance(k, (tuple, list)) else int(k) for k in keys]
+        seeds = [int(k[1]) if isinstance(k, (tuple, list)) else 0 for k in keys]
+        # Rows of the same row group are decoded together so the cache is hit in a row.
+        order = sorted(range(len(rows)), key=lambda i: (self._shard[rows[i]], self._group[rows[i]]))
+        images = np.empty((len(rows), 3, self.input_size, self.input_size), np.uint8)
+        points = None if self.points is None else np.empty((len(rows), *self.points.shape[1:]), np.float32)
+        for i in order:
+            image, moved = self._load(rows[i], seeds[i])
+            images[i] = image.transpose(2, 0, 1)
+            if points is not None:
+                points[i] = moved
+        batch: dict[str, Any] = {"image": torch.from_numpy(images), "row": torch.as_tensor(rows, dtype=torch.int64)}
+        if points is not None:
+            batch["points"] = torch.from_numpy(points)
+        return batch
+
+
+def identity_collate(batch):
+    """``__getitems__`` already returns a batch."""
+    return batch
+
+
+class RowGroupBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``(row, seed)`` keys: row groups in random order, rows mixed within windows.
+
+    Parameters
+    ----------
+    rows : array of int
+        The rows to draw from (positions in the label table).
+    row_groups : array of int
+        Row group of every row of the table (:attr:`ShardImages.row_groups`).
+    batch_size : int
+    shuffle : bool
+        Training order (True) or table order (evaluation).
+    seed : int
+        With the epoch (:meth:`set_epoch`), fixes the order and the per-sample augmentation seeds.
+    window : int
+        Row groups whose rows are mixed together; more mixes better, costs more worker cache.
+    drop_last : bool
+        Drop a last, smaller batch (training: keeps batch statistics steady).
+    max_batches : int, optional
+        Stop after this many batches per epoch (``--max-steps``).
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        row_groups: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        window: int = 8,
+        drop_last: bool = False,
+        max_batches: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.groups = np.asarray(row_groups)[self.rows] if len(self.rows) else np.zeros(0, np.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.window = max(1, int(window))
+        self.drop_last = drop_last and len(self.rows) >= batch_size  # never drop everything
+        self.max_batches = max_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.rows) // self.batch_size if self.drop_last else math.ceil(len(self.rows) / self.batch_size)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def order(self) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's rows in batch order, and their augmentation seeds."""
+        if not self.shuffle:
+            return self.rows, np.zeros(len(self.rows), np.int64)
+        rng = np.random.default_rng([self.seed, self.epoch, 0x5EED])
+        unique_groups = np.unique(self.groups)
+        rng.shuffle(unique_groups)
+        chunks = []
+        for start in range(0, len(unique_groups), self.window):
+            members = self.rows[np.isin(self.groups, unique_groups[start : start + self.window])]
+            chunks.append(rng.permutation(members))
+        ordered = np.concatenate(chunks) if chunks else self.rows[:0]
+        seeds = rng.integers(0, 2**62, size=len(ordered), dtype=np.int64)
+        return ordered, seeds
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rows, seeds = self.order()
+        for b in range(len(self)):
+            chunk = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield list(zip(rows[chunk].tolist(), seeds[chunk].tolist()))
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker decodes one batch at a time; extra threads would only fight over the cores.
+    # (OpenCV's pool is switched off in the parent before the fork, see make_loader: tearing down
+    # an inherited pool in the child waits forever on the parent's threads.)
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: ShardImages,
+    sampler: RowGroupBatchSampler,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int = 4,
+    persistent: bool = True,
+    seed: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader that decodes in ``num_workers`` processes (kept alive across epochs when
+    ``persistent``).
+
+    The loader draws its worker seeds from its own generator (``seed``), never from torch's global
+    one, so that creating a loader does not shift the random stream of the training itself (a
+    resumed run then sees the same dropout masks as an uninterrupted one).
+    """
+    options: dict[str, Any] = {}
+    if num_workers > 0:
+        # A forked worker inherits OpenCV's thread pool without its threads; using (or resizing)
+        # it there deadlocks. With one thread OpenCV keeps no pool, in this process or the workers;
+        # the workers are the parallelism.
+        cv2.setNumThreads(1)
+        options.update(persistent_workers=persistent, prefetch_factor=prefetch_factor, worker_init_fn=_worker_init)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=identity_collate,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        **options,
+    )
+
+
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float normalised ``(x / 255 - mean) / std`` on the images' device."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float().div_(255.0) - mean_t) / std_t

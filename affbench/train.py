@@ -1,0 +1,807 @@
+"""Fit and score encoders: losses from the papers, model selection on validation, resumable epochs.
+
+One call of :func:`fit` trains one model on one or more tasks of one dataset (multi-task models such
+as SMM-EmotionNet learn AU, EXPR and VA together, each loss on the rows that task annotates), picks
+the epoch with the best validation score, and leaves in ``workdir``:
+
+* ``last.pt``: everything needed to continue after the last finished epoch (model, optimiser,
+  scheduler, random states, history), written atomically at the end of every epoch;
+* ``best.pt``: the selected weights (``{"model": state_dict, ...}``), loadable by
+  ``create_encoder(..., au_checkpoint=...)`` and by evaluation-only cells.
+
+Losses (summed over tasks, unweighted, as SMM-EmotionNet's eq. 7):
+
+* AU detection: binary cross-entropy with per-AU positive weights ``negatives / positives`` from the
+  training rows; on logits (``BCEWithLogits``) or, for models that output probabilities
+  (ME-GraphAU), the same weighted BCE on the probabilities, in float32;
+* AU intensity: mean squared error on the heatmaps for the heatmap models (Fan et al.), else on the
+  intensities;
+* expression: cross-entropy, optionally weighted by inverse class frequency in the training rows;
+* valence/arousal: ``(1 - CCC_V) + (1 - CCC_A)`` over the batch.
+
+Unannotated labels are masked out of their task's loss and metric only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from affbench.data import Augmentation, RowGroupBatchSampler, ShardImages, make_loader, normalise
+from affbench.errors import AffbenchError
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "step")
+CLASS_WEIGHTS = ("balanced", "none")
+POS_WEIGHTS = ("train", "none")
+
+
+# ----------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one model is trained; suites set these per experiment (``[training]`` tables).
+
+    Attributes
+    ----------
+    epochs, batch_size : int
+    optimizer : {"sgd", "rmsprop", "adam", "adamw"}
+    lr, weight_decay, momentum : float
+        ``momentum`` is used by SGD and RMSprop.
+    schedule : {"none", "cosine", "step"}
+        ``cosine`` anneals per step to 0 over all epochs; ``step`` divides the rate by
+        ``step_factor`` at each epoch of ``step_epochs``.
+    seed : int
+        Model initialisation, data order and augmentation all follow from it.
+    augmentation : Augmentation
+    class_weights : {"balanced", "none"}
+        Expression loss weights: inverse class frequency in the training rows, or none.
+    pos_weight : {"train", "none"}
+        AU loss positive weights: negatives / positives per AU in the training rows, or none.
+    max_steps : int, optional
+        At most this many training batches per epoch (quick runs).
+    num_workers : int, optional
+        DataLoader worker processes; None chooses by device. Does not change results.
+    eval_batch_size : int, optional
+        Batch size for validation and test (default: twice ``batch_size``). Does not change results.
+    grad_clip : float, optional
+        Clip the gradient norm to this value.
+    heatmap_sigma : float
+        Standard deviation in heatmap pixels of the Gaussian AU targets (Fan et al.: 2).
+    keep_weights : bool
+        Keep the selected weights (``best.pt``) after the cell is scored. False deletes them unless
+        another job of the run starts from or evaluates them (the demo: VGG-16 weighs 0.5 GB).
+    guessed : tuple of str
+        Names of the settings the source papers do not give (reported with every result).
+    source : str
+        Where the settings come from, in words.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "none"
+    step_epochs: tuple[int, ...] = ()
+    step_factor: float = 10.0
+    seed: int = 0
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    class_weights: str = "balanced"
+    pos_weight: str = "train"
+    max_steps: int | None = None
+    num_workers: int | None = None
+    eval_batch_size: int | None = None
+    grad_clip: float | None = None
+    heatmap_sigma: float = 2.0
+    keep_weights: bool = True
+    guessed: tuple[str, ...] = ()
+    source: str = ""
+
+    #: Settings that cannot change a trained model's weights or scores.
+    NON_RESULT_FIELDS = ("num_workers", "eval_batch_size", "keep_weights", "guessed", "source")
+
+    def __post_init__(self) -> None:
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                raise AffbenchError(message)
+
+        check(isinstance(self.epochs, int) and self.epochs >= 1, f"training.epochs must be a positive integer; got {self.epochs!r}.")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+              f"training.batch_size must be a positive integer; got {self.batch_size!r}.")
+        check(self.optimizer in OPTIMIZERS, f"Unknown optimizer {self.optimizer!r}; valid optimizers are: {', '.join(OPTIMIZERS)}.")
+        check(self.schedule in SCHEDULES, f"Unknown schedule {self.schedule!r}; valid schedules are: {', '.join(SCHEDULES)}.")
+        check(self.class_weights in CLASS_WEIGHTS,
+              f"training.class_weights must be one of {', '.join(CLASS_WEIGHTS)}; got {self.class_weights!r}.")
+        check(self.pos_weight in POS_WEIGHTS, f"training.pos_weight must be one of {', '.join(POS_WEIGHTS)}; got {self.pos_weight!r}.")
+        check(self.lr > 0, f"training.lr must be positive; got {self.lr}.")
+        check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be positive; got {self.max_steps}.")
+        check(self.num_workers is None or self.num_workers >= 0, f"num_workers must be 0 or more; got {self.num_workers}.")
+        object.__setattr__(self, "step_epochs", tuple(int(e) for e in self.step_epochs))
+        object.__setattr__(self, "guessed", tuple(self.guessed))
+        if isinstance(self.augmentation, Mapping):
+            object.__setattr__(self, "augmentation", Augmentation.from_dict(self.augmentation))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainSettings:
+        """Build from a suite's ``[training]`` table; unknown keys are an error naming the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AffbenchError(f"Unknown training setting {unknown[0]!r}; the settings are: {', '.join(sorted(known))}.")
+        values = dict(data)
+        for name in ("lr", "weight_decay", "momentum", "step_factor", "heatmap_sigma"):
+            if name in values:
+                values[name] = float(values[name])
+        if "grad_clip" in values and values["grad_clip"] is not None:
+            values["grad_clip"] = float(values["grad_clip"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise AffbenchError(f"Invalid training settings: {exc}.") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["augmentation"] = self.augmentation.to_dict()
+        data["step_epochs"] = list(self.step_epochs)
+        data["guessed"] = list(self.guessed)
+        return data
+
+    def result_dict(self) -> dict[str, Any]:
+        """The settings that determine the trained weights (for config hashes)."""
+        data = self.to_dict()
+        for name in self.NON_RESULT_FIELDS:
+            data.pop(name, None)
+        return data
+
+    def merged(self, overrides: Mapping[str, Any]) -> TrainSettings:
+        """These settings with some replaced (``augmentation`` is merged key by key)."""
+        if not overrides:
+            return self
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if key == "augmentation":
+                data["augmentation"] = {**data["augmentation"], **dict(value)}
+            else:
+                data[key] = value
+        return TrainSettings.from_dict(data)
+
+
+# ----------------------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class TaskData:
+    """One task's targets over the whole label table, and its rows per role.
+
+    Attributes
+    ----------
+    spec : affbench.protocols.TaskSpec
+    y : ndarray
+        Targets for every row of the label table: (n_rows, n_labels) float32, or (n_rows,) class
+        indices for expression.
+    mask : ndarray of bool
+        True where ``y`` is annotated; same shape as ``y``.
+    rows : dict
+        ``"train"``, ``"val"``, ``"test"``: row positions (any may be empty).
+    """
+
+    spec: Any
+    y: np.ndarray
+    mask: np.ndarray
+    rows: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def device_of(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def check_compatible(task_spec, encoder_spec) -> None:
+    """Raise one clear sentence when an encoder cannot be trained or scored on a task."""
+    key = task_spec.output_key
+    heads = dict(encoder_spec.heads)
+    if key not in heads:
+        raise AffbenchError(
+            f"Encoder {encoder_spec.name!r} has no {key!r} output (it has {', '.join(heads) or 'none'}), "
+            f"so it cannot be used for task {task_spec.name!r}."
+        )
+    if heads[key] != task_spec.n_outputs:
+        raise AffbenchError(
+            f"Encoder {encoder_spec.name!r} outputs {heads[key]} {key} values but task {task_spec.name!r} "
+            f"has {task_spec.n_outputs}; set the encoder's head size in the suite."
+        )
+    aus = getattr(encoder_spec, "aus", None)
+    if key == "au" and aus is not None and all(str(n).startswith("au") for n in task_spec.label_names):
+        names = tuple(f"au{a}" for a in aus)
+        if names != tuple(task_spec.label_names):
+            raise AffbenchError(
+                f"Encoder {encoder_spec.name!r} predicts {', '.join(names)} but task {task_spec.name!r} scores "
+                f"{', '.join(task_spec.label_names)}; set the encoder's AUs to the task's, in the same order."
+            )
+    if task_spec.kind == "au-intensity" and encoder_spec.au_output != "intensities":
+        raise AffbenchError(
+            f"Encoder {encoder_spec.name!r} outputs AU {encoder_spec.au_output}, not intensities, so it cannot "
+            f"be scored on the intensity task {task_spec.name!r}."
+        )
+
+
+def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
+    """Turn a model output into what :func:`affbench.metrics.evaluate` scores for a task.
+
+    AU detection gets probabilities (a sigmoid of logits; intensities map to ``I / (2 t)`` clipped
+    to [0, 1], so that 0.5 falls at the occurrence threshold ``t``); expression gets softmax
+    probabilities; intensities and VA stay as they are.
+    """
+    output = np.asarray(output, dtype=np.float64)
+    if task_spec.kind == "au-detection":
+        kind = encoder_spec.au_output if task_spec.output_key == "au" else "logits"
+        if kind == "logits":
+            return 1.0 / (1.0 + np.exp(-np.clip(output, -60, 60)))
+        if kind == "intensities":
+            threshold = task_spec.binarize_at or 1.0
+            return np.clip(output / (2.0 * threshold), 0.0, 1.0)
+        return np.clip(output, 0.0, 1.0)
+    if task_spec.kind == "expression":
+        shifted = output - output.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+    return output
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+class _Loss:
+    """One task's loss on a batch; ``rows`` index the full label table."""
+
+    def __init__(self, task: TaskData, encoder_spec, settings: TrainSettings, device: torch.device):
+        self.task = task
+        self.key = task.spec.output_key
+        self.device = device
+        train = task.rows["train"]
+        member = np.zeros(len(task.y), dtype=bool)
+        member[train] = True
+        self.member = torch.from_numpy(member).to(device)
+        self.y = torch.from_numpy(np.ascontiguousarray(task.y)).to(device)
+        self.mask = torch.from_numpy(np.ascontiguousarray(task.mask)).to(device)
+        self.describe = ""
+
+    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keep = self.member[rows]
+        return keep, self.y[rows], self.mask[rows]
+
+
+class AUDetectionLoss(_Loss):
+    def __init__(self, task, encoder_spec, settings, device):
+        super().__init__(task, encoder_spec, settings, device)
+        self.probabilities = encoder_spec.au_output == "probabilities" and self.key == "au"
+        if encoder_spec.au_output == "intensities" and self.key == "au":
+            raise AffbenchError(f"Encoder {encoder_spec.name!r} outputs AU intensities; train it on an intensity task.")
+        train = task.rows["train"]
+        y, mask = task.y[train], task.mask[train]
+        positives = (y * mask).sum(axis=0)
+        negatives = ((1 - y) * mask).sum(axis=0)
+        if settings.pos_weight == "train":
+            weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+        else:
+            weight = np.ones(y.shape[1])
+        self.pos_weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
+        form = "weighted BCE on probabilities" if self.probabilities else "BCE with logits"
+        self.describe = f"{form}, pos_weight = negatives/positives per label: {np.round(weight, 3).tolist()}"
+
+    def __call__(self, outputs, rows, batch):
+        keep, y, mask = self.select(rows)
+        if not keep.any():
+            return None
+        pred = outputs[self.key].float()[keep]
+        y, mask = y[keep].float(), mask[keep].float()
+        if self.probabilities:
+            p = pred.clamp(1e-6, 1 - 1e-6)
+            loss = -(self.pos_weight * y * torch.log(p) + (1 - y) * torch.log1p(-p))
+        else:
+            loss = F.binary_cross_entropy_with_logits(pred, y, pos_weight=self.pos_weight, reduction="none")
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class ExpressionLoss(_Loss):
+    def __init__(self, task, encoder_spec, settings, device):
+        super().__init__(task, encoder_spec, settings, device)
+        n_classes = task.spec.n_outputs
+        train = task.rows["train"]
+        classes = task.y[train][task.mask[train]].astype(np.int64)
+        counts = np.bincount(classes, minlength=n_classes).astype(np.float64)
+        if settings.class_weights == "balanced":
+            weight = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 1.0)
+        else:
+            weight = np.ones(n_classes)
+        self.weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
+        self.describe = (
+            f"cross-entropy, class weights {np.round(weight, 3).tolist()}" if settings.class_weights == "balanced"
+            else "cross-entropy, unweighted"
+        )
+
+    def __call__(self, outputs, rows, batch):
+        keep, y, mask = self.select(rows)
+        keep = keep & mask
+        if not keep.any():
+            return None
+        return F.cross_entropy(outputs[self.key].float()[keep], y[keep].long(), weight=self.weight)
+
+
+class VALoss(_Loss):
+    def __init__(self, task, encoder_spec, settings, device):
+        super().__init__(task, encoder_spec, settings, device)
+        self.describe = "sum over targets of (1 - CCC) on the batch"
+
+    def __call__(self, outputs, rows, batch):
+        from affbench.metrics import torch_ccc
+
+        keep, y, mask = self.select(rows)
+        pred = outputs[self.key].float()
+        total, used = None, 0
+        for j in range(y.shape[1]):
+            rows_j = keep & mask[:, j]
+            if int(rows_j.sum()) < 2:  # CCC needs two values
+                continue
+            term = 1.0 - torch_ccc(y[rows_j, j].float(), pred[rows_j, j])
+            total = term if total is None else total + term
+            used += 1
+        return total
+
+
+class IntensityLoss(_Loss):
+    """MSE on AU intensities, or on Gaussian heatmaps for the heatmap models (Fan et al.)."""
+
+    def __init__(self, task, encoder_spec, settings, device):
+        super().__init__(task, encoder_spec, settings, device)
+        self.heatmaps = "heatmaps" in encoder_spec.heads
+        self.sigma = settings.heatmap_sigma
+        self.encoder_spec = encoder_spec
+        if self.heatmaps:
+            from affbench.encoders import fan
+
+            self._fan = fan
+            self.describe = f"MSE on AU heatmaps (Gaussian targets, sigma {self.sigma:g}, scaled by intensity)"
+        else:
+            self.describe = "MSE on AU intensities"
+
+    def __call__(self, outputs, rows, batch):
+        keep, y, mask = self.select(rows)
+        if not keep.any():
+            return None
+        if not self.heatmaps:
+            pred = outputs[self.key].float()[keep]
+            m = mask[keep].float()
+            return (((pred - y[keep].float()) ** 2) * m).sum() / m.sum().clamp_min(1.0)
+        predicted = outputs["heatmaps"].float()
+        spec = self.encoder_spec
+        points = batch["points"].to(predicted.device)
+        usable = keep & torch.isfinite(points).flatten(1).all(dim=1)
+        if not usable.any():
+            return None
+        au_points = self._fan.au_points(points[usable], spec.aus)
+        # Unannotated AUs get no target and no weight (their two heatmaps leave the loss).
+        intensities = torch.where(mask[usable], y[usable].float().clamp_min(0.0), 0.0)
+        target = self._fan.heatmap_targets(au_points, intensities, spec.heatmap_size, spec.input_size, sigma=self.sigma)
+        weight = mask[usable].float().repeat_interleave(2, dim=1)[..., None, None]
+        error = ((predicted[usable] - target) ** 2) * weight
+        return error.sum() / (weight.sum() * spec.heatmap_size**2).clamp_min(1.0)
+
+
+LOSSES = {
+    "au-detection": AUDetectionLoss,
+    "au-intensity": IntensityLoss,
+    "expression": ExpressionLoss,
+    "va": VALoss,
+}
+
+
+def build_losses(tasks: Sequence[TaskData], encoder_spec, settings: TrainSettings, device) -> list[_Loss]:
+    return [LOSSES[t.spec.kind](t, encoder_spec, settings, device_of(device)) for t in tasks]
+
+
+# ----------------------------------------------------------------------------------------- optimiser
+
+
+def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if settings.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step scheduler: constant, cosine to zero over all steps, or step decay at epochs."""
+    total = max(1, settings.epochs * steps_per_epoch)
+    if settings.schedule == "cosine":
+        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    elif settings.schedule == "step":
+        milestones = [e * steps_per_epoch for e in settings.step_epochs]
+        factor = lambda step: settings.step_factor ** -sum(step >= m for m in milestones)  # noqa: E731
+    else:
+        factor = lambda step: 1.0  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------------------- states
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    from affbench.results import temporary_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices); call before building the model."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a ``best.pt`` (or any ``{"model": state}`` / plain state dict)."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(blob, Mapping) and "model" in blob:
+        return blob["model"]
+    return blob
+
+
+# ----------------------------------------------------------------------------------------- loops
+
+
+def choose_workers(device: torch.device, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 1 if cores > 2 else 0
+
+
+def _forward(model, images: torch.Tensor, encoder_spec, device: torch.device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    x = normalise(images, encoder_spec.mean, encoder_spec.std)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(x)
+
+
+def evaluation_loader(
+    images: ShardImages, rows: np.ndarray, *, batch_size: int, num_workers: int, device: torch.device,
+    persistent: bool = True,
+) -> torch.utils.data.DataLoader:
+    """A deterministic loader over ``rows`` in table order (each row group is read once)."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64), kind="stable")
+    sampler = RowGroupBatchSampler(rows, images.row_groups, batch_size, shuffle=False)
+    return make_loader(images.with_mode(train=False), sampler, num_workers=num_workers,
+                       pin_memory=device_of(device).type == "cuda", persistent=persistent)
+
+
+def predict(
+    model: torch.nn.Module,
+    images: ShardImages,
+    rows: np.ndarray,
+    *,
+    encoder_spec,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    keys: Sequence[str] | None = None,
+    progress: bool = False,
+    description: str = "predict",
+    loader: torch.utils.data.DataLoader | None = None,
+) -> dict[str, np.ndarray]:
+    """Model outputs (float32 numpy) for ``rows``, in the order of ``rows``.
+
+    ``keys`` limits which outputs are kept (heatmaps are large). ``loader`` reuses one made by
+    :func:`evaluation_loader` for the same rows (its workers stay alive between calls).
+    """
+    device = device_of(device)
+    rows = np.asarray(rows, dtype=np.int64)
+    outputs: dict[str, list[np.ndarray]] = {}
+    if len(rows) == 0:
+        return {}
+    order = np.argsort(rows, kind="stable")  # table order reads each row group once
+    if loader is None:
+        loader = evaluation_loader(images, rows, batch_size=batch_size, num_workers=num_workers, device=device,
+                                   persistent=False)
+    channels_last = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=description, disable=not progress, leave=False, dynamic_ncols=True):
+                result = _forward(model, batch["image"], encoder_spec, device, channels_last)
+                for key, value in result.items():
+                    if keys is not None and key not in keys:
+                        continue
+                    outputs.setdefault(key, []).append(value.float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    merged = {k: np.concatenate(v) for k, v in outputs.items()}
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return {k: v[inverse] for k, v in merged.items()}
+
+
+def score_tasks(
+    tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec
+) -> dict[str, dict[str, float]]:
+    """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``."""
+    import warnings
+
+    from affbench.metrics import evaluate
+
+    position = {int(r): i for i, r in enumerate(rows)}
+    results: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        task_rows = task.rows[role]
+        if len(task_rows) == 0:
+            continue
+        index = np.array([position[int(r)] for r in task_rows], dtype=np.int64)
+        scores = task_scores(task.spec, encoder_spec, outputs_by_row[task.spec.output_key][index])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degenerate tiny splits: the values are documented
+            results[task.name] = evaluate(task.spec, task.y[task_rows], scores, mask=task.mask[task_rows])
+    return results
+
+
+def selection_score(tasks: Sequence[TaskData], metrics: Mapping[str, Mapping[str, float]]) -> float:
+    """Mean of each task's primary metric (every registered primary metric is higher-is-better)."""
+    values = [metrics[t.name][t.spec.primary_metric] for t in tasks if t.name in metrics]
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` leaves behind (also in ``workdir``)."""
+
+    best_epoch: int | None
+    best_score: float
+    selection: str
+    history: list[dict[str, Any]]
+    steps: int
+    epochs_run: int
+    resumed_from: int | None
+    losses: dict[str, str]
+    train_seconds: float
+    n_train: int
+
+
+def fit(
+    model: torch.nn.Module,
+    tasks: Sequence[TaskData],
+    images: ShardImages,
+    settings: TrainSettings,
+    *,
+    workdir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``tasks`` and keep the epoch with the best validation score.
+
+    Parameters
+    ----------
+    model : Encoder
+        Built and seeded by the caller (:func:`seed_everything` before ``create_encoder``).
+    tasks : sequence of TaskData
+        One or more tasks; each loss uses only rows in that task's ``rows["train"]``.
+    images : ShardImages
+        The dataset's crops at the encoder's input size (with ``points`` for heatmap models).
+    workdir : path
+        Where ``last.pt`` and ``best.pt`` live; an existing ``last.pt`` is resumed from.
+    on_epoch_end : callable, optional
+        Called with ``(epoch, history_entry)`` after each epoch's checkpoint is saved.
+
+    Returns
+    -------
+    FitResult
+    """
+    device = device_of(device)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.glob(".*.tmp"):  # a checkpoint being written when the last run was killed
+        stale.unlink(missing_ok=True)
+    encoder_spec = model.spec
+    losses = build_losses(tasks, encoder_spec, settings, device)
+    train_rows = np.unique(np.concatenate([t.rows["train"] for t in tasks]))
+    val_rows = np.unique(np.concatenate([t.rows["val"] for t in tasks]))
+    if len(train_rows) == 0:
+        raise AffbenchError(f"No training rows for task(s) {', '.join(t.name for t in tasks)}.")
+
+    sampler = RowGroupBatchSampler(
+        train_rows, images.row_groups, settings.batch_size, shuffle=True, seed=settings.seed,
+        drop_last=True, max_batches=settings.max_steps,
+    )
+    workers = choose_workers(device, settings.num_workers)
+    loader = make_loader(images.with_mode(train=True), sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                         seed=settings.seed)
+    channels_last = device.type == "cuda"
+    if device.type == "cuda":
+        # Fixed input sizes: let cuDNN pick its fastest kernels. Runs stay seeded, but on a GPU
+        # they are not bit-identical (autotuning, atomic adds); on the CPU they are.
+        torch.backends.cudnn.benchmark = True
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, settings)
+    scheduler = build_scheduler(optimizer, settings, len(sampler))
+
+    history: list[dict[str, Any]] = []
+    best_epoch, best_score = None, float("nan")
+    steps, start_epoch, resumed_from = 0, 0, None
+    last_path, best_path = workdir / "last.pt", workdir / "best.pt"
+    if last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        history, steps = state["history"], state["steps"]
+        best_epoch, best_score = state["best_epoch"], state["best_score"]
+        start_epoch = resumed_from = state["epoch"] + 1
+        log(f"resuming after epoch {start_epoch} of {settings.epochs} from {last_path}")
+
+    train_seconds = sum(h.get("seconds", 0.0) for h in history)
+    eval_batch = settings.eval_batch_size or 2 * settings.batch_size
+    val_loader = (evaluation_loader(images, val_rows, batch_size=eval_batch, num_workers=workers, device=device)
+                  if len(val_rows) else None)
+    for epoch in range(start_epoch, settings.epochs):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        model.train()
+        totals: dict[str, float] = {t.name: 0.0 for t in tasks}
+        counts: dict[str, int] = {t.name: 0 for t in tasks}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False,
+                   dynamic_ncols=True)
+        for batch in bar:
+            rows = batch["row"].to(device)
+            outputs = _forward(model, batch["image"], encoder_spec, device, channels_last)
+            loss = None
+            for task, loss_fn in zip(tasks, losses):
+                value = loss_fn(outputs, rows, batch)
+                if value is None:
+                    continue
+                totals[task.name] += float(value.detach())
+                counts[task.name] += 1
+                loss = value if loss is None else loss + value
+            optimizer.zero_grad(set_to_none=True)
+            if loss is not None:
+                loss.backward()
+                if settings.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                optimizer.step()
+            scheduler.step()
+            steps += 1
+            if loss is not None:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": {k: (totals[k] / counts[k] if counts[k] else None) for k in totals},
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "steps": steps,
+        }
+        if len(val_rows):
+            outputs = predict(model, images, val_rows, encoder_spec=encoder_spec, device=device,
+                              batch_size=eval_batch, num_workers=workers,
+                              keys={t.spec.output_key for t in tasks}, progress=False, loader=val_loader)
+            val_metrics = score_tasks(tasks, "val", outputs, val_rows, encoder_spec)
+            score = selection_score(tasks, val_metrics)
+            entry["val"] = val_metrics
+            entry["val_score"] = score
+            improved = not math.isnan(score) and (best_epoch is None or math.isnan(best_score) or score > best_score)
+        else:
+            score = float("nan")
+            improved = True  # no validation rows: the last epoch is kept
+        if improved:
+            best_epoch, best_score = epoch + 1, score
+            _save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "score": score,
+                          "encoder": encoder_spec.name, "options": dict(encoder_spec.options)}, best_path)
+        entry["seconds"] = round(time.perf_counter() - started, 3)
+        train_seconds += entry["seconds"]
+        history.append(entry)
+        _save_atomic(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": _rng_state(), "history": history, "steps": steps, "epoch": epoch,
+             "best_epoch": best_epoch, "best_score": best_score},
+            last_path,
+        )
+        shown = f"{score:.4f}" if not math.isnan(score) else "n/a"
+        losses_text = ", ".join(f"{k} {v:.4f}" for k, v in entry["train_loss"].items() if v is not None)
+        log(f"epoch {epoch + 1}/{settings.epochs}: loss {losses_text or 'n/a'}; validation {shown}"
+            + (" (best so far)" if improved else ""))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, entry)
+
+    if best_epoch is None or not best_path.is_file():
+        # Validation never gave a usable score: keep the last epoch, and say so.
+        best_epoch = len(history)
+        _save_atomic({"model": model.state_dict(), "epoch": best_epoch, "score": float("nan"),
+                      "encoder": encoder_spec.name, "options": dict(encoder_spec.options)}, best_path)
+    selection = (
+        "best validation score (mean of the tasks' primary metrics)" if len(val_rows) and not math.isnan(best_score)
+        else "last epoch (no usable validation score)"
+    )
+    return FitResult(
+        best_epoch=best_epoch, best_score=best_score, selection=selection, history=history, steps=steps,
+        epochs_run=len(history), resumed_from=resumed_from,
+        losses={t.name: l.describe for t, l in zip(tasks, losses)}, train_seconds=round(train_seconds, 3),
+        n_train=int(len(train_rows)),
+    )
+
+
+def evaluate_tasks(
+    model: torch.nn.Module,
+    tasks: Sequence[TaskData],
+    images: ShardImages,
+    *,
+    role: str = "test",
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Metrics of every task on its ``role`` rows (test by default)."""
+    device = device_of(device)
+    rows = [t.rows[role] for t in tasks if len(t.rows[role])]
+    if not rows:
+        return {}
+    all_rows = np.unique(np.concatenate(rows))
+    model.to(device)
+    outputs = predict(model, images, all_rows, encoder_spec=model.spec, device=device, batch_size=batch_size,
+                      num_workers=choose_workers(device, num_workers), keys={t.spec.output_key for t in tasks},
+                      progress=progress, description=role)
+    return score_tasks(tasks, role, outputs, all_rows, model.spec)
+
+
+def replace_settings(settings: TrainSettings, **changes) -> TrainSettings:
+    """``dataclasses.replace`` that re-validates."""
+    return replace(settings, **changes)
