@@ -6,8 +6,10 @@ import os
 
 import pytest
 
-# Two cores are shared by the whole suite; more threads only add contention.
+# Two cores are shared by the whole suite; more threads only add contention, and OpenMP threads
+# that spin while they wait made CPU convolutions about 10x slower on a busy machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

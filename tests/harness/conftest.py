@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
-
-# Before torch starts OpenMP: spinning threads on a shared 2-core box slow convolutions ~10x.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
