@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError
+from affbench.files import atomic_write, json_default, write_text_atomic
 
 RESULTS_DIR = "results"
 PLOTS_DIR = "plots"
@@ -62,16 +62,6 @@ class CellKey:
         return f"{self.suite}/{self.dataset}/{self.task}/{self.encoder}/fold{self.fold}"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return value.as_posix()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _clean(value: Any) -> Any:
     """NaN and infinities become None: JSON has no NaN, and a missing value must look missing."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -83,26 +73,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def temporary_path(path: str | os.PathLike) -> Path:
-    """A fresh hidden ``.tmp`` name next to ``path``, for writing it atomically.
-
-    Not :func:`tempfile.mkstemp`: its 0600 mode would survive the rename and lock colleagues out of
-    a shared run folder; a file created by ``open`` gets the user's usual permissions.
-    """
-    path = Path(path)
-    return path.parent / f".{path.name}-{uuid.uuid4().hex}.tmp"
-
-
 def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=2, allow_nan=False) + "\n"
-    tmp = temporary_path(path)
-    with open(tmp, "x") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` as JSON atomically, NaN and infinities as null."""
+    text = json.dumps(_clean(json.loads(json.dumps(data, default=json_default))), indent=2, allow_nan=False) + "\n"
+    write_text_atomic(path, text)
 
 
 def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
@@ -225,14 +199,8 @@ def markdown(records: Sequence[Mapping[str, Any]], *, per_label: bool = False, d
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``frame`` as CSV atomically (a killed export never leaves half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with atomic_write(path) as tmp:
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

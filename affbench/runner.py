@@ -12,7 +12,6 @@ kill, a crash) resumes with the same command and redoes only the units that had 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading
@@ -25,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from tqdm.auto import tqdm
 
+from affbench.files import atomic_write
 from affbench.shards import DatasetWriter, ShardInfo
 
 
@@ -189,12 +189,10 @@ class _FileTick:
             return
         self._written_at = now
         try:
-            tmp = f"{self.path}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(str(self.count))
-            os.replace(tmp, self.path)
+            with atomic_write(self.path) as tmp:
+                tmp.write_text(str(self.count))
         except OSError:
-            pass
+            pass  # a lost progress tick only slows the bar
 
 
 class _ProgressBoard:

@@ -15,11 +15,9 @@ so neither a half-written shard nor a finished shard of an unfinished unit is ev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import pyarrow.parquet as pq
 
 from affbench import __version__
 from affbench.errors import AffbenchError, ParameterMismatchError
+from affbench.files import file_sha256, json_default, temporary_path, write_text_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -130,14 +129,6 @@ def unit_prefix(unit: str) -> str:
     return prefix
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ShardWriter:
     """Write one unit's rows into rolling shards of ``rows_per_shard`` rows.
 
@@ -210,7 +201,7 @@ class ShardWriter:
         table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         self._buffer = []
         if self._writer is None:
-            self._tmp_path = _temporary_name(self.shard_dir, f".{self.prefix}-")
+            self._tmp_path = temporary_path(self._final_path(len(self.shards)))
             self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression="zstd")
         self._writer.write_table(table, row_group_size=self.row_group_size)
         self._rows_in_shard += table.num_rows
@@ -252,7 +243,7 @@ def remove_unit_shards(dataset_dir: str | os.PathLike, unit: str) -> None:
     if not shard_dir.is_dir():
         return
     prefix = unit_prefix(unit)
-    pattern = re.compile(rf"^(\.?{re.escape(prefix)}-\d{{5}}{re.escape(SHARD_SUFFIX)}|\.{re.escape(prefix)}-[0-9a-f]{{32}}\.tmp)$")
+    pattern = re.compile(rf"^\.?{re.escape(prefix)}-\d{{5}}{re.escape(SHARD_SUFFIX)}(-[0-9a-f]{{32}}\.tmp)?$")
     for path in shard_dir.iterdir():
         if pattern.match(path.name):
             path.unlink(missing_ok=True)
@@ -295,36 +286,7 @@ class UnitRecord:
 
 def _canonical(value: Any) -> Any:
     """JSON round trip, so that tuples and lists (and numpy scalars) compare equal."""
-    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return value.as_posix()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _temporary_name(folder: Path, prefix: str) -> Path:
-    """A fresh hidden ``.tmp`` name in ``folder``. Unlike :func:`tempfile.mkstemp` the file is not
-    created here, so it gets the user's usual permissions (mkstemp's 0600 would survive the rename
-    and lock colleagues out of a shared dataset folder)."""
-    return folder / f"{prefix}{uuid.uuid4().hex}.tmp"
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
-    if path.exists() and path.read_text() == text:
-        return  # re-running a finished folder must not touch a single byte
-    tmp = _temporary_name(path.parent, f".{path.name}-")
-    with open(tmp, "x") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    return json.loads(json.dumps(value, sort_keys=True, default=json_default))
 
 
 def _describe_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -460,7 +422,8 @@ class DatasetWriter:
         }
 
     def save(self) -> None:
-        _write_json_atomic(self.path, self.manifest())
+        # An unchanged manifest is not rewritten: re-running a finished folder changes no byte.
+        write_text_atomic(self.path, json.dumps(self.manifest(), indent=2, default=json_default) + "\n")
 
     @property
     def failures(self) -> list[dict[str, str]]:

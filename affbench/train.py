@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from affbench.data import Augmentation, RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.errors import AffbenchError
+from affbench.files import atomic_write
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -448,16 +449,8 @@ def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) ->
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    from affbench.results import temporary_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _rng_state() -> dict[str, Any]:

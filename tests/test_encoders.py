@@ -19,7 +19,7 @@ from torch import nn
 from affbench.encoders import (
     EncoderSpec, count_parameters, create_encoder, get_encoder_spec, list_encoders, load_checkpoint,
 )
-from affbench.encoders import fan, inception, megraph, trunks, weights
+from affbench.encoders import fan, megraph, trunks, weights
 from affbench.errors import AffbenchError, UnknownNameError
 
 EXPECTED_VARIANTS = {

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from affbench.errors import AffbenchError, ParameterMismatchError
+from affbench.files import file_sha256
 from affbench.runner import UnitOutcome, run_units
 from affbench.shards import (
     BASE_COLUMNS,
@@ -22,7 +23,6 @@ from affbench.shards import (
     ShardWriter,
     decode_image,
     encode_image,
-    file_sha256,
     make_schema,
 )
 

@@ -38,8 +38,6 @@ distances along the eye line and its perpendicular), and :func:`heatmap_targets`
 
 from __future__ import annotations
 
-import math
-import warnings
 
 import numpy as np
 import torch

@@ -10,7 +10,6 @@ family documents for that layout; otherwise one error lists what did not match.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from affbench.errors import AffbenchError
+from affbench.files import file_sha256
 from affbench.encoders.registry import Encoder
 
 
@@ -70,14 +70,6 @@ def load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], *, dro
         raise RuntimeError(
             f"trunk weights do not fit: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ nothing is downloaded.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np

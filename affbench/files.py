@@ -1,0 +1,85 @@
+"""Writing files so that a killed process never leaves a half-written file under its final name.
+
+Every output of affbench (shards, manifests, result records, CSV exports, checkpoints) is written
+to a hidden temporary name beside its destination and renamed over it when complete; a rename
+within one folder is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A fresh hidden ``.tmp`` name beside ``path``.
+
+    Not :func:`tempfile.mkstemp`: the file is not created here, so it gets the user's usual
+    permissions (mkstemp's 0600 would survive the rename and lock colleagues out of a shared folder).
+    """
+    path = Path(path)
+    return path.parent / f".{path.name}-{uuid.uuid4().hex}.tmp"
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+    >>> with atomic_write(target) as tmp:
+    ...     _ = tmp.write_text("a,b\\n1,2\\n")
+    >>> target.read_text()
+    'a,b\\n1,2\\n'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically and durably; leave the file alone if it already holds
+    exactly ``text`` (so that re-running finished work changes no byte). Returns whether it wrote."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    with atomic_write(path) as tmp, open(tmp, "x") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for the numpy scalars, arrays and paths our records hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.as_posix()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
