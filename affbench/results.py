@@ -259,12 +259,7 @@ def plot_curves(record: Mapping[str, Any], path: str | os.PathLike) -> Path | No
         if selected:
             metric_axis.axvline(selected, color="grey", linestyle=":", linewidth=1)
     loss_axis.set_title(f"{record['encoder']} · {record['dataset']} {record['task']} · fold {record['fold']}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike) -> Path | None:
@@ -287,11 +282,16 @@ def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str 
     first = records[0]
     axis.set_title(f"per-label {metric} · {first['suite']} · {first['dataset']} {first['task']}", fontsize=9)
     axis.legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a figure as PNG atomically and release it."""
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _pyplot().close(fig)
     return path
 
 

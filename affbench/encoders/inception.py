@@ -85,13 +85,8 @@ class ROIEmbedding(nn.Module):
         return self.fc(x.mean(dim=(-2, -1)))
 
 
-def _smm_spec(name: str, options: dict) -> EncoderSpec:
-    for option in ("n_aus", "n_rois", "n_classes", "embed_dim", "n_heads", "ff_dim", "input_size"):
-        check_positive(name, option, options[option])
-    if options["n_rois"] < options["n_aus"]:
-        raise AffbenchError(f"Encoder {name!r}: n_rois ({options['n_rois']}) must be at least n_aus ({options['n_aus']}).")
-    if options["embed_dim"] % options["n_heads"]:
-        raise AffbenchError(f"Encoder {name!r}: embed_dim ({options['embed_dim']}) must be divisible by n_heads ({options['n_heads']}).")
+def _multitask_spec(name: str, options: dict) -> EncoderSpec:
+    """The spec both InceptionV3 multitask variants share: au logits, expression logits and va."""
     if options["input_size"] < 75:
         raise AffbenchError(f"Encoder {name!r}: InceptionV3 needs input_size >= 75, got {options['input_size']}.")
     return EncoderSpec(
@@ -99,6 +94,16 @@ def _smm_spec(name: str, options: dict) -> EncoderSpec:
         heads={"au": options["n_aus"], "expression": options["n_classes"], "va": 2}, au_output="logits",
         options=dict(options),
     )
+
+
+def _smm_spec(name: str, options: dict) -> EncoderSpec:
+    for option in ("n_aus", "n_rois", "n_classes", "embed_dim", "n_heads", "ff_dim", "input_size"):
+        check_positive(name, option, options[option])
+    if options["n_rois"] < options["n_aus"]:
+        raise AffbenchError(f"Encoder {name!r}: n_rois ({options['n_rois']}) must be at least n_aus ({options['n_aus']}).")
+    if options["embed_dim"] % options["n_heads"]:
+        raise AffbenchError(f"Encoder {name!r}: embed_dim ({options['embed_dim']}) must be divisible by n_heads ({options['n_heads']}).")
+    return _multitask_spec(name, options)
 
 
 class SMMEmotionNet(_InceptionEncoder):
@@ -182,13 +187,7 @@ class SMMEmotionNet(_InceptionEncoder):
 def _mtl_spec(name: str, options: dict) -> EncoderSpec:
     for option in ("n_aus", "n_classes", "branch_dim", "input_size"):
         check_positive(name, option, options[option])
-    if options["input_size"] < 75:
-        raise AffbenchError(f"Encoder {name!r}: InceptionV3 needs input_size >= 75, got {options['input_size']}.")
-    return EncoderSpec(
-        name=name, family="inception", input_size=options["input_size"], mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        heads={"au": options["n_aus"], "expression": options["n_classes"], "va": 2}, au_output="logits",
-        options=dict(options),
-    )
+    return _multitask_spec(name, options)
 
 
 class InceptionV3Multitask(_InceptionEncoder):
