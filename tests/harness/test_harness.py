@@ -362,15 +362,6 @@ def test_cli_run_export_and_list(tmp_path, prepared_root):
     assert "Traceback" not in result.output
 
 
-def test_demo_stops_with_one_sentence_where_a_prepare_pipeline_is_missing(monkeypatch, tmp_path):
-    import affbench.pipelines.disfa as disfa_pipeline
-    from affbench.cli import _demo_prepare
-
-    monkeypatch.delattr(disfa_pipeline, "prepare", raising=False)
-    with pytest.raises(AffbenchError, match=r"affbench demo stops at the prepare step: the disfa prepare pipeline is not built yet"):
-        _demo_prepare("disfa", tmp_path / "raw", tmp_path / "out", "cpu")
-
-
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, prepared_root):
     """SIGKILL (no clean-up at all) in the middle of a cell, then the same command again."""
