@@ -853,6 +853,16 @@ def _warnings_to(log: Callable[[str], None]):
         log(f"  note: {warning.message}")
 
 
+def _check_weights(plan: Plan, runner: _Runner) -> None:
+    """Every pretrained file the unfinished jobs need is there: a missing ImageNet file stops the run
+    before the first job trains, not hours later when its job comes."""
+    from affbench.encoders import check_weights_available
+
+    for job in plan.jobs:
+        if not job.experiment.is_evaluation and not runner.cells_finished(job):
+            check_weights_available(job.experiment.encoder, **job.experiment.options)
+
+
 def run_benchmark(
     suite: Suite | str | os.PathLike,
     data_root: str | os.PathLike,
@@ -905,6 +915,7 @@ def run_benchmark(
     runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
                      on_epoch_end=on_epoch_end)
     report = RunReport(suite.name, run_dir, notes=list(plan.skipped))
+    _check_weights(plan, runner)
     for job in plan.jobs:
         cells = job.cells(suite.name)
         report.cells_total += len(cells)

@@ -38,15 +38,46 @@ from affbench.encoders.registry import (
     list_encoders,
     register_encoder,
 )
-from affbench.encoders.weights import LoadReport, load_checkpoint
+from pathlib import Path
+
+from affbench.encoders.weights import LoadReport, load_checkpoint, require_imagenet_file
+from affbench.errors import AffbenchError
 
 # Importing the family modules registers their variants, in the order the seeds present them.
 from affbench.encoders import caer, fan, megraph, inception, vgg  # noqa: E402,F401  isort: skip
+from affbench.encoders import trunks  # noqa: E402  isort: skip
+
+#: The torchvision ImageNet file each family's ``pretrained="imagenet"`` reads (EmotiRAM-f has none).
+IMAGENET_WEIGHTS = {
+    "fan": trunks.RESNET50_IMAGENET,
+    "megraph": trunks.RESNET50_IMAGENET,
+    "inception": trunks.INCEPTION_V3_IMAGENET,
+    "vgg": vgg.VGG16_IMAGENET,
+}
+
+
+def check_weights_available(name: str, **options) -> None:
+    """Raise now, with the error building would give, where the file that
+    ``create_encoder(name, **options)`` would load for ``pretrained`` is missing. Builds nothing,
+    so a benchmark can check every job before the first one trains."""
+    pretrained = options.get("pretrained")
+    if pretrained is None:
+        return
+    spec = get_encoder_spec(name, **{k: v for k, v in options.items() if k not in ("pretrained", "au_checkpoint")})
+    if pretrained == "imagenet":
+        if spec.family not in IMAGENET_WEIGHTS:
+            raise AffbenchError(
+                f"Encoder {name!r} has no ImageNet-pretrained part; use pretrained=None or a checkpoint path."
+            )
+        require_imagenet_file(IMAGENET_WEIGHTS[spec.family])
+    elif not Path(pretrained).is_file():
+        raise AffbenchError(f"Encoder {name!r}: the pretrained checkpoint {pretrained} does not exist.")
 
 __all__ = [
     "Encoder",
     "EncoderSpec",
     "LoadReport",
+    "check_weights_available",
     "count_parameters",
     "create_encoder",
     "describe_encoder",

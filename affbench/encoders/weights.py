@@ -30,6 +30,17 @@ def hub_checkpoint_path(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def require_imagenet_file(weights) -> Path:
+    """The cached file of a torchvision weights enum member, or one clear error saying where to put it."""
+    path = hub_checkpoint_path(weights)
+    if not path.is_file():
+        raise AffbenchError(
+            f"ImageNet weights {type(weights).__name__}.{weights.name} are not in the torch cache: "
+            f"download {weights.url} and save it as {path} (affbench never downloads weights)."
+        )
+    return path
+
+
 def load_imagenet_state(weights) -> dict[str, torch.Tensor]:
     """The state dict of a torchvision weights enum member, from the local torch hub cache only.
 
@@ -38,12 +49,7 @@ def load_imagenet_state(weights) -> dict[str, torch.Tensor]:
     AffbenchError
         When the file is not in the cache (nothing is downloaded).
     """
-    path = hub_checkpoint_path(weights)
-    if not path.is_file():
-        raise AffbenchError(
-            f"ImageNet weights {type(weights).__name__}.{weights.name} are not in the torch cache: "
-            f"download {weights.url} and save it as {path} (affbench never downloads weights)."
-        )
+    path = require_imagenet_file(weights)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file

@@ -399,3 +399,22 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, prepared_root):
     record = load_records(run_dir)[0]
     assert record["resumed_from"] >= 1 and record["epochs"] == 12
     assert not list(checkpoint.parent.glob(".*.tmp"))  # a half-written checkpoint never survives as one
+
+
+def test_a_missing_imagenet_file_stops_the_run_before_any_job_trains(tmp_path, prepared_root, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-cache"))
+    needs_imagenet = EMOTIRAM_F + """
+[[experiment]]
+id = "disfa-megraph"
+dataset = "disfa"
+tasks = ["au-detection"]
+encoder = "megraph-au"
+options = { input_size = 64, pretrained = "imagenet" }
+folds = [1]
+"""
+    suite = write_suite(tmp_path, TINY_HEAD + needs_imagenet)
+    with pytest.raises(AffbenchError, match=r"ImageNet weights ResNet50_Weights\.IMAGENET1K_V1 are not in the torch cache"):
+        run_benchmark(suite, prepared_root, tmp_path / "run", device="cpu", progress=False, log=quiet)
+    # EmotiRAM-f comes first in the suite, yet nothing was trained or recorded.
+    assert not (tmp_path / "run" / "jobs").exists() or not any((tmp_path / "run" / "jobs").iterdir())
+    assert not (tmp_path / "run" / "results").exists()
