@@ -193,8 +193,7 @@ def alignment_from_parameters(parameters: Mapping[str, Any]) -> tuple[AlignmentT
         item = stack.pop()
         if isinstance(item, Mapping):
             if "face_scale" in item and "size" in item:
-                template = AlignmentTemplate(face_scale=float(item["face_scale"]), shift_y=float(item.get("shift_y", 0.0)))
-                return template, int(item["size"])
+                return AlignmentTemplate.from_description(item), int(item["size"])
             stack.extend(item.values())
     return None
 

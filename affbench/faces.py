@@ -19,7 +19,7 @@ only where tracking has no face to start from, where O-Net rejects the tracked b
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import cv2
 import numpy as np
@@ -62,6 +62,15 @@ class AlignmentTemplate:
         centred = (ARCFACE_TEMPLATE - 0.5) * self.face_scale + 0.5
         centred = centred + np.array([0.0, self.shift_y])
         return centred * size
+
+    @classmethod
+    def from_description(cls, description: dict) -> AlignmentTemplate:
+        """The template a manifest's :meth:`describe` dictionary records (inverse of ``describe``)."""
+        return cls(**{f.name: description[f.name] for f in fields(cls) if f.name in description})
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back: keep the weights a tuple, so templates stay hashable and comparable.
+        object.__setattr__(self, "landmark_weights", tuple(float(w) for w in self.landmark_weights))
 
     def describe(self, size: int) -> dict:
         """What a manifest records about the alignment."""

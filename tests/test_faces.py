@@ -160,3 +160,12 @@ def test_weighted_fit_puts_the_heavy_points_on_the_template():
     weighted = transform_points(alignment_matrix(face, 256, template), face)
     assert eye_error(equal, target) > 6.0
     assert eye_error(weighted, target) < eye_error(equal, target) / 3 and eye_error(weighted, target) < 2.0
+
+
+def test_a_template_round_trips_through_its_manifest_description():
+    import json
+
+    template = AlignmentTemplate(face_scale=0.7, shift_y=0.02, landmark_weights=(8, 8, 1, 2, 2))
+    recorded = json.loads(json.dumps(template.describe(96)))  # what a manifest holds
+    assert AlignmentTemplate.from_description(recorded) == template
+    assert AlignmentTemplate.from_description(json.loads(json.dumps(AlignmentTemplate().describe(256)))) == AlignmentTemplate()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from affbench.data import (
+    alignment_from_parameters,
     Augmentation,
     RowGroupBatchSampler,
     ShardImages,
@@ -18,7 +19,7 @@ from affbench.data import (
     transform_crop,
 )
 from affbench.errors import AffbenchError
-from affbench.faces import alignment_matrix, transform_points
+from affbench.faces import AlignmentTemplate, alignment_matrix, transform_points
 from affbench.shards import ShardReader, decode_image
 
 from harness_fixtures import CROP, DISFA_SUBJECTS, TEMPLATE, make_caer
@@ -218,3 +219,9 @@ def test_a_faceless_row_is_never_decoded_silently(prepared_root):
     faceless = int(np.flatnonzero(~prepared.meta["face_found"].to_numpy())[0])
     with pytest.raises(ValueError, match="has no image"):
         ShardImages(prepared.folder, CROP).__getitems__([(faceless, 0)])
+
+
+def test_the_recorded_template_is_read_back_whole_weights_included():
+    template = AlignmentTemplate(face_scale=0.75, landmark_weights=(4, 4, 1, 1, 1))
+    parameters = json.loads(json.dumps({"crop": {"size": 96}, "alignment": template.describe(96)}))
+    assert alignment_from_parameters(parameters) == (template, 96)
