@@ -86,11 +86,6 @@ class PreparedData:
             )
         return protocol
 
-    @property
-    def row_groups(self) -> np.ndarray:
-        """Row group of each row, numbered across all shards (for :class:`RowGroupBatchSampler`)."""
-        return _row_locations(self.reader)[3]
-
 
 def dataset_fingerprint(manifest: Mapping[str, Any]) -> str:
     """A short hash of what makes a prepared dataset what it is (parameters, protocol, shard content)."""

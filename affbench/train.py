@@ -29,7 +29,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -356,14 +356,13 @@ class VALoss(_Loss):
 
         keep, y, mask = self.select(rows)
         pred = outputs[self.key].float()
-        total, used = None, 0
+        total = None
         for j in range(y.shape[1]):
             rows_j = keep & mask[:, j]
             if int(rows_j.sum()) < 2:  # CCC needs two values
                 continue
             term = 1.0 - torch_ccc(y[rows_j, j].float(), pred[rows_j, j])
             total = term if total is None else total + term
-            used += 1
         return total
 
 
@@ -451,6 +450,13 @@ def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) ->
 def _save_atomic(obj: Any, path: Path) -> None:
     with atomic_write(path) as tmp:
         torch.save(obj, tmp)
+
+
+def _save_best(model: torch.nn.Module, epoch: int, score: float, path: Path) -> None:
+    """The selected weights, with what rebuilds their architecture (read by :func:`load_model_state`)."""
+    spec = model.spec
+    _save_atomic({"model": model.state_dict(), "epoch": epoch, "score": score,
+                  "encoder": spec.name, "options": dict(spec.options)}, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -736,8 +742,7 @@ def fit(
             improved = True  # no validation rows: the last epoch is kept
         if improved:
             best_epoch, best_score = epoch + 1, score
-            _save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "score": score,
-                          "encoder": encoder_spec.name, "options": dict(encoder_spec.options)}, best_path)
+            _save_best(model, best_epoch, score, best_path)
         entry["seconds"] = round(time.perf_counter() - started, 3)
         train_seconds += entry["seconds"]
         history.append(entry)
@@ -757,8 +762,7 @@ def fit(
     if best_epoch is None or not best_path.is_file():
         # Validation never gave a usable score: keep the last epoch, and say so.
         best_epoch = len(history)
-        _save_atomic({"model": model.state_dict(), "epoch": best_epoch, "score": float("nan"),
-                      "encoder": encoder_spec.name, "options": dict(encoder_spec.options)}, best_path)
+        _save_best(model, best_epoch, float("nan"), best_path)
     selection = (
         "best validation score (mean of the tasks' primary metrics)" if len(val_rows) and not math.isnan(best_score)
         else "last epoch (no usable validation score)"
@@ -794,7 +798,3 @@ def evaluate_tasks(
                       progress=progress, description=role)
     return score_tasks(tasks, role, outputs, all_rows, model.spec)
 
-
-def replace_settings(settings: TrainSettings, **changes) -> TrainSettings:
-    """``dataclasses.replace`` that re-validates."""
-    return replace(settings, **changes)
