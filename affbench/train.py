@@ -34,9 +34,14 @@ from affbench.files import atomic_write
 from affbench.losses import build_losses
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
-SCHEDULES = ("none", "cosine", "step")
+SCHEDULES = ("none", "cosine", "cosine-steps", "step")
 CLASS_WEIGHTS = ("balanced", "none")
 POS_WEIGHTS = ("train", "none")
+AU_LOSSES = ("bce", "weighted-asymmetric")
+WEIGHT_DECAY_ON = ("all", "weights")
+#: Model selection: the best validation epoch (held-out training subjects), or the reference
+#: protocol of ME-GraphAU (train on every training subject, keep the last epoch).
+SELECTIONS = ("validation", "reference-last-epoch")
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -52,9 +57,14 @@ class TrainSettings:
     optimizer : {"sgd", "rmsprop", "adam", "adamw"}
     lr, weight_decay, momentum : float
         ``momentum`` is used by SGD and RMSprop.
-    schedule : {"none", "cosine", "step"}
-        ``cosine`` anneals per step to 0 over all epochs; ``step`` divides the rate by
-        ``step_factor`` at each epoch of ``step_epochs``.
+    schedule : {"none", "cosine", "cosine-steps", "step"}
+        ``cosine`` anneals per step to 0 over all epochs; ``cosine-steps`` is PyTorch's
+        ``CosineAnnealingLR(T_max=cosine_steps)`` stepped per step (ABAW3's reference): the rate
+        reaches 0 after ``cosine_steps`` steps and rises back over the next ``cosine_steps``;
+        ``step`` divides the rate by ``step_factor`` at each epoch of ``step_epochs``.
+    weight_decay_on : {"all", "weights"}
+        Which parameters weight decay applies to: all, or only the weights of convolutions and
+        linear layers (no biases, no normalisation layers; Fan et al.'s reference code).
     seed : int
         Model initialisation, data order and augmentation all follow from it.
     augmentation : Augmentation
@@ -62,6 +72,17 @@ class TrainSettings:
         Expression loss weights: inverse class frequency in the training rows, or none.
     pos_weight : {"train", "none"}
         AU loss positive weights: negatives / positives per AU in the training rows, or none.
+    au_loss : {"bce", "weighted-asymmetric"}
+        AU detection loss (:mod:`affbench.losses`): weighted BCE, or ME-GraphAU's weighted
+        asymmetric loss (per-AU weights from occurrence; ``pos_weight`` then unused).
+    edge_loss_weight : float
+        lambda of ME-GraphAU's stage-2 edge cross-entropy (needs an ``au_edges`` output); 0: none.
+    ccc_ddof : {0, 1}
+        The VA loss's CCC divides variances by n - ccc_ddof (1: ABAW3's reference loss).
+    selection : {"validation", "reference-last-epoch"}
+        ``validation`` keeps the epoch with the best score on the held-out validation rows;
+        ``reference-last-epoch`` trains on training and validation rows together and keeps the last
+        epoch, as ME-GraphAU's code does (no held-out model selection; the record says so).
     max_steps : int, optional
         At most this many training batches per epoch (quick runs).
     num_workers : int, optional
@@ -88,12 +109,18 @@ class TrainSettings:
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "none"
+    cosine_steps: int = 10000
+    weight_decay_on: str = "all"
     step_epochs: tuple[int, ...] = ()
     step_factor: float = 10.0
     seed: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
     class_weights: str = "balanced"
     pos_weight: str = "train"
+    au_loss: str = "bce"
+    edge_loss_weight: float = 0.0
+    ccc_ddof: int = 0
+    selection: str = "validation"
     max_steps: int | None = None
     num_workers: int | None = None
     eval_batch_size: int | None = None
@@ -105,6 +132,9 @@ class TrainSettings:
 
     #: Settings that cannot change a trained model's weights or scores.
     NON_RESULT_FIELDS = ("num_workers", "eval_batch_size", "keep_weights", "guessed", "source")
+    #: Settings added after the first release: left out of the hashed settings at their default, so
+    #: that jobs run before they existed keep their configuration hash.
+    LATER_FIELDS = ("cosine_steps", "weight_decay_on", "au_loss", "edge_loss_weight", "ccc_ddof", "selection")
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
@@ -119,6 +149,14 @@ class TrainSettings:
         check(self.class_weights in CLASS_WEIGHTS,
               f"training.class_weights must be one of {', '.join(CLASS_WEIGHTS)}; got {self.class_weights!r}.")
         check(self.pos_weight in POS_WEIGHTS, f"training.pos_weight must be one of {', '.join(POS_WEIGHTS)}; got {self.pos_weight!r}.")
+        check(self.au_loss in AU_LOSSES, f"training.au_loss must be one of {', '.join(AU_LOSSES)}; got {self.au_loss!r}.")
+        check(self.weight_decay_on in WEIGHT_DECAY_ON,
+              f"training.weight_decay_on must be one of {', '.join(WEIGHT_DECAY_ON)}; got {self.weight_decay_on!r}.")
+        check(self.selection in SELECTIONS, f"training.selection must be one of {', '.join(SELECTIONS)}; got {self.selection!r}.")
+        check(self.ccc_ddof in (0, 1), f"training.ccc_ddof must be 0 or 1; got {self.ccc_ddof!r}.")
+        check(self.edge_loss_weight >= 0, f"training.edge_loss_weight must be 0 or more; got {self.edge_loss_weight}.")
+        check(isinstance(self.cosine_steps, int) and self.cosine_steps >= 1,
+              f"training.cosine_steps must be a positive integer; got {self.cosine_steps!r}.")
         check(self.lr > 0, f"training.lr must be positive; got {self.lr}.")
         check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be positive; got {self.max_steps}.")
         check(self.num_workers is None or self.num_workers >= 0, f"num_workers must be 0 or more; got {self.num_workers}.")
@@ -135,7 +173,7 @@ class TrainSettings:
         if unknown:
             raise AffbenchError(f"Unknown training setting {unknown[0]!r}; the settings are: {', '.join(sorted(known))}.")
         values = dict(data)
-        for name in ("lr", "weight_decay", "momentum", "step_factor", "heatmap_sigma"):
+        for name in ("lr", "weight_decay", "momentum", "step_factor", "heatmap_sigma", "edge_loss_weight"):
             if name in values:
                 values[name] = float(values[name])
         if "grad_clip" in values and values["grad_clip"] is not None:
@@ -157,6 +195,10 @@ class TrainSettings:
         data = self.to_dict()
         for name in self.NON_RESULT_FIELDS:
             data.pop(name, None)
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in self.LATER_FIELDS:
+            if data[name] == defaults[name]:
+                data.pop(name)
         return data
 
     def merged(self, overrides: Mapping[str, Any]) -> TrainSettings:
@@ -199,6 +241,16 @@ class TaskData:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+def apply_selection(tasks: Sequence[TaskData], settings: TrainSettings) -> list[TaskData]:
+    """The tasks as ``settings.selection`` trains them: under ``reference-last-epoch`` the validation
+    rows join the training rows (ME-GraphAU trains on every training subject); otherwise unchanged."""
+    if settings.selection != "reference-last-epoch":
+        return list(tasks)
+    empty = np.zeros(0, np.int64)
+    return [TaskData(t.spec, t.y, t.mask, {**t.rows, "train": np.union1d(t.rows["train"], t.rows["val"]), "val": empty})
+            for t in tasks]
 
 
 def device_of(device: str | torch.device) -> torch.device:
@@ -260,8 +312,20 @@ def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- optimiser
 
 
+def decayed_parameters(model: torch.nn.Module, settings: TrainSettings) -> list[dict[str, Any]]:
+    """Parameter groups: weight decay on every trainable parameter, or (``weight_decay_on =
+    "weights"``) only on the weights of convolutions and linear layers."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if settings.weight_decay_on == "all":
+        return [{"params": [p for _, p in trainable]}]
+    layers = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, layers) and m.weight is not None}
+    return [{"params": [p for _, p in trainable if id(p) in decayed]},
+            {"params": [p for _, p in trainable if id(p) not in decayed], "weight_decay": 0.0}]
+
+
 def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = decayed_parameters(model, settings)
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.optimizer == "rmsprop":
@@ -272,10 +336,14 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.op
 
 
 def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step scheduler: constant, cosine to zero over all steps, or step decay at epochs."""
+    """A per-step scheduler: constant, cosine to zero over all steps, cosine with a fixed period
+    (``CosineAnnealingLR``'s closed form, unclamped), or step decay at epochs."""
     total = max(1, settings.epochs * steps_per_epoch)
     if settings.schedule == "cosine":
         factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    elif settings.schedule == "cosine-steps":
+        period = settings.cosine_steps
+        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * step / period))  # noqa: E731
     elif settings.schedule == "step":
         milestones = [e * steps_per_epoch for e in settings.step_epochs]
         factor = lambda step: settings.step_factor ** -sum(step >= m for m in milestones)  # noqa: E731
@@ -409,9 +477,15 @@ def predict(
 
 
 def score_tasks(
-    tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec
+    tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec,
+    *, notes: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``."""
+    """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``.
+
+    Warnings raised while scoring (a label without positives, a constant prediction: the value is
+    then 0 or undefined by convention) are not shown; with ``notes`` they are collected per task
+    name, each once, so that the result record can carry them next to the numbers they qualify.
+    """
     import warnings
 
     from affbench.metrics import evaluate
@@ -424,9 +498,15 @@ def score_tasks(
             continue
         index = np.array([position[int(r)] for r in task_rows], dtype=np.int64)
         scores = task_scores(task.spec, encoder_spec, outputs_by_row[task.spec.output_key][index])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # degenerate tiny splits: the values are documented
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             results[task.name] = evaluate(task.spec, task.y[task_rows], scores, mask=task.mask[task_rows])
+        if notes is not None:
+            found = notes.setdefault(task.name, [])
+            for warning in caught:
+                text = str(warning.message)
+                if text not in found:
+                    found.append(text)
     return results
 
 
@@ -485,6 +565,7 @@ def fit(
     FitResult
     """
     device = device_of(device)
+    tasks = apply_selection(tasks, settings)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob(".*.tmp"):  # a checkpoint being written when the last run was killed
@@ -603,10 +684,13 @@ def fit(
         # Validation never gave a usable score: keep the last epoch, and say so.
         best_epoch = len(history)
         _save_best(model, best_epoch, float("nan"), best_path)
-    selection = (
-        "best validation score (mean of the tasks' primary metrics)" if len(val_rows) and not math.isnan(best_score)
-        else "last epoch (no usable validation score)"
-    )
+    if settings.selection == "reference-last-epoch":
+        selection = ("reference protocol: last epoch, trained on the training and validation subjects together "
+                     "(no held-out model selection)")
+    elif len(val_rows) and not math.isnan(best_score):
+        selection = "best validation score (mean of the tasks' primary metrics)"
+    else:
+        selection = "last epoch (no usable validation score)"
     return FitResult(
         best_epoch=best_epoch, best_score=best_score, selection=selection, history=history, steps=steps,
         epochs_run=len(history), resumed_from=resumed_from,
@@ -625,8 +709,9 @@ def evaluate_tasks(
     batch_size: int = 64,
     num_workers: int | None = None,
     progress: bool = False,
+    notes: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on its ``role`` rows (test by default)."""
+    """Metrics of every task on its ``role`` rows (test by default); ``notes`` as :func:`score_tasks`."""
     device = device_of(device)
     rows = [t.rows[role] for t in tasks if len(t.rows[role])]
     if not rows:
@@ -636,5 +721,5 @@ def evaluate_tasks(
     outputs = predict(model, images, all_rows, encoder_spec=model.spec, device=device, batch_size=batch_size,
                       num_workers=choose_workers(device, num_workers), keys={t.spec.output_key for t in tasks},
                       progress=progress, description=role)
-    return score_tasks(tasks, role, outputs, all_rows, model.spec)
+    return score_tasks(tasks, role, outputs, all_rows, model.spec, notes=notes)
 
