@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from affbench import __version__
+from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.results import CellKey, read_record, write_json_atomic, write_record
 from affbench.train import TrainSettings
@@ -68,8 +69,6 @@ SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
 HARNESS_VERSION = 1
 DATASET_NAMES = ("disfa", "caer-s", "affwild2")
-#: Encoder options that carry weights rather than architecture (see affbench.encoders.registry).
-WEIGHT_OPTIONS = ("pretrained", "au_checkpoint")
 
 
 # ----------------------------------------------------------------------------------------- suites
