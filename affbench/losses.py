@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from affbench.errors import AffbenchError
 
 if TYPE_CHECKING:
-    from affbench.train import TaskData, TrainSettings
+    from affbench.settings import TrainSettings
+    from affbench.train import TaskData
 
 #: Clamp of the weighted asymmetric loss's log arguments (ME-GraphAU's eps).
 ASYMMETRIC_EPS = 1e-8

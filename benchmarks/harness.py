@@ -58,7 +58,7 @@ from affbench import __version__
 from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.results import CellKey, read_record, write_json_atomic, write_record
-from affbench.train import TrainSettings
+from affbench.settings import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib

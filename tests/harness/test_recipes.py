@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from affbench.losses import AUDetectionLoss, VALoss, edge_loss, occurrence_weights, weighted_asymmetric_loss
-from affbench.train import TaskData, TrainSettings, build_optimizer, build_scheduler, score_tasks
+from affbench.settings import TrainSettings, build_optimizer, build_scheduler
+from affbench.train import TaskData, score_tasks
 
 if sys.version_info >= (3, 11):
     import tomllib
