@@ -136,7 +136,7 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
         note = f" ({earlier} from earlier runs)" if earlier > 0 else ""
         click.echo(
             f"{out / 'manifest.json'} lists {totals['failures']} failure(s){note}: "
-            "see its 'failures'; failed units are retried when the same command is run again.",
+            "see its 'failures'; the units they belong to are redone when the same command is run again.",
             err=True,
         )
         sys.exit(1)

@@ -208,13 +208,22 @@ def test_corrupt_image_and_missing_image_folder_are_failures_and_resume_retries(
     assert rows[("video7", 3)]["face_found"] is False and rows[("video7", 4)]["face_found"] is True
     assert {s for s, _ in rows} == set(sd.AFFWILD2_VIDEOS) - {"1-30-1280x720"}
 
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir() if not p.name.startswith("video7")}
     shutil.move(tmp_path / "aside", root / "cropped_aligned" / "1-30-1280x720")
     result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
-    assert "units: 4 (3 already done, 1 processed, 0 failed)" in result.output
-    assert result.exit_code == 1 and "(1 from earlier runs)" in result.output  # the corrupt JPEG stays listed
+    # The failed video and the video with a failed image are redone; the corrupt JPEG fails again.
+    assert "units: 4 (2 already done, 2 processed, 0 failed)" in result.output
+    assert "redone because they had failed items: 1 (video7)" in result.output
+    assert result.exit_code == 1 and "lists 1 failure(s):" in result.output and "earlier runs" not in result.output
     assert {n: t for n, t in ((p.name, p.stat().st_mtime_ns) for p in (out / "shards").iterdir()) if n in before} == before
     assert ShardReader(out).num_rows == len(sd.AFFWILD2_VIDEOS) * sd.AFFWILD2_FRAMES
+
+    # Once the image is replaced, the next run reads it and the folder is complete.
+    shutil.copy(root / "cropped_aligned" / "video7" / "00003.jpg", root / "cropped_aligned" / "video7" / "00004.jpg")
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 0 and "units: 4 (3 already done, 1 processed, 0 failed)" in result.output
+    rows = {(r["subject"], r["frame"]): r for r in ShardReader(out).iter_rows(columns=["subject", "frame", "face_found"])}
+    assert rows[("video7", 3)]["face_found"] is True
 
     # Changed annotations must not be mixed into the same folder.
     path = root / CHALLENGE["expr"] / "Train_Set" / "1-30-1280x720.txt"

@@ -195,7 +195,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
     assert calls == ["train/Angry/0001.png", "test/Anger/0001.png", "test/Happy/0002.png"]
     assert ShardReader(out).num_rows == 2
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
-    assert sorted(finished) == ["test-Anger-00000.parquet", "train-Angry-00000.parquet"]
+    assert sorted(finished) == ["test-Anger-9c755541-00000.parquet", "train-Angry-549e8b12-00000.parquet"]
 
     monkeypatch.setattr(caer_s, "_read_rgb", lambda path: (calls.append(path.name), read(path))[1])
     calls.clear()
