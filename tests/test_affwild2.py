@@ -230,3 +230,83 @@ def test_corrupt_image_and_missing_image_folder_are_failures_and_resume_retries(
     path.write_text(path.read_text().replace("\n0\n", "\n1\n", 1))
     with pytest.raises(ParameterMismatchError, match="annotations_sha256"):
         affwild2.prepare(root, out, progress=False)
+
+
+def copy_video(root, source: str, name: str, shift: int) -> None:
+    """Add a video called ``name``: ``source``'s annotations, and its images with frame i's image
+    taken from frame i + ``shift``, so that each copy's rows can be told from the others'."""
+    folder = root / "cropped_aligned" / name
+    folder.mkdir()
+    images = sorted((root / "cropped_aligned" / source).glob("*.jpg"))
+    for image, other in zip(images, images[shift:] + images[:shift]):
+        shutil.copy(other, folder / image.name)
+    for task, split in ((t, s[source]) for t, s in sd.AFFWILD2_SPLITS.items() if source in s):
+        shutil.copy(root / CHALLENGE[task] / split / f"{source}.txt", root / CHALLENGE[task] / split / f"{name}.txt")
+
+
+def test_video_names_that_differ_only_in_other_characters_or_case_keep_their_own_rows(root, tmp_path):
+    # Each name once held the shards of its twin: one video vanished, the other was read twice.
+    names = ["clip 1", "clip-1", "vidéo7", "vid-o7", "视频", "Clip", "clip"]
+    for shift, name in enumerate(names, start=1):
+        copy_video(root, "video7", name, shift)
+    (root / CHALLENGE["va"] / "Validation_Set" / "..txt").write_text(
+        (root / CHALLENGE["va"] / "Validation_Set" / "video7.txt").read_text())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    # "..txt" names a video "." whose images no folder can hold: a failed unit, nothing else.
+    assert [f["unit"] for f in manifest["failures"]] == ["."]
+    assert "no image folder cropped_aligned/." in manifest["failures"][0]["reason"]
+    files = [s["file"] for u in manifest["units"].values() for s in u["shards"]]
+    assert len({f.lower() for f in files}) == len(files)
+    rows = {(r["subject"], r["frame"]): r for r in ShardReader(out).iter_rows(columns=["subject", "frame", "image"])}
+    for video in [*names, "video7"]:
+        assert sum(subject == video for subject, _ in rows) == sd.AFFWILD2_FRAMES
+        expected = (root / "cropped_aligned" / video / "00001.jpg").read_bytes()
+        assert rows[(video, 0)]["image"]["bytes"] == expected
+
+
+def test_an_empty_image_fails_only_its_own_row(root, tmp_path):
+    (root / "cropped_aligned" / "video7" / "00004.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["failures"] == [{"unit": "video7", "item": "cropped_aligned/video7/00004.jpg",
+                                     "reason": "unreadable image: the file is empty"}]
+    assert manifest["units"]["video7"]["status"] == "done"
+    rows = {r["frame"]: r["face_found"] for r in ShardReader(out).iter_rows(columns=["subject", "frame", "face_found"])
+            if r["subject"] == "video7"}
+    assert len(rows) == sd.AFFWILD2_FRAMES and rows[3] is False and rows[4] is True and rows[2] is True
+
+
+def test_a_replaced_or_added_image_redoes_its_video(root, tmp_path):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)]).exit_code == 0
+    folder = root / "cropped_aligned" / "video7"
+    shutil.copy(folder / "00003.jpg", folder / "00002.jpg")  # a replaced image
+    shutil.copy(folder / "00003.jpg", folder / "00008.jpg")  # an image that was missing (frame 7)
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "units: 4 (3 already done, 1 processed, 0 failed)" in result.output
+    assert "redone because their input files changed: 1 (video7)" in result.output
+    rows = {r["frame"]: r for r in ShardReader(out).iter_rows(columns=["subject", "frame", "image", "face_found"])
+            if r["subject"] == "video7"}
+    assert rows[1]["image"]["bytes"] == (folder / "00003.jpg").read_bytes()
+    assert rows[7]["face_found"] is True
+
+
+def test_a_fifo_among_the_annotation_files_is_not_read(root, tmp_path):
+    import os
+    import threading
+
+    os.mkfifo(root / CHALLENGE["au"] / "Train_Set" / "waiting.txt")  # opening it would block for ever
+    found = []
+    reader = threading.Thread(target=lambda: found.append(affwild2.read_annotations(affwild2.find_layout(root))),
+                              daemon=True)
+    reader.start()
+    reader.join(30)
+    assert found, "reading the annotations blocked on a FIFO"
+    videos, _ = found[0]
+    assert [v.name for v in videos] == sorted(sd.AFFWILD2_VIDEOS)
