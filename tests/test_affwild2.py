@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import cv2
@@ -298,7 +299,6 @@ def test_a_replaced_or_added_image_redoes_its_video(root, tmp_path):
 
 
 def test_a_fifo_among_the_annotation_files_is_not_read(root, tmp_path):
-    import os
     import threading
 
     os.mkfifo(root / CHALLENGE["au"] / "Train_Set" / "waiting.txt")  # opening it would block for ever
@@ -310,3 +310,56 @@ def test_a_fifo_among_the_annotation_files_is_not_read(root, tmp_path):
     assert found, "reading the annotations blocked on a FIFO"
     videos, _ = found[0]
     assert [v.name for v in videos] == sorted(sd.AFFWILD2_VIDEOS)
+
+
+def test_a_full_disk_stops_prepare_with_one_sentence_and_the_rerun_completes(root, tmp_path, monkeypatch):
+    import errno
+
+    from affbench.shards import ShardWriter
+
+    flush = ShardWriter._flush
+
+    def full(self):
+        if self.prefix.startswith("video7"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.shard_dir / "x.parquet"))
+        return flush(self)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(ShardWriter, "_flush", full)
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
+    assert "ran out of room" in result.output and "No space left on device" in result.output
+    units = json.loads((out / "manifest.json").read_text())["units"]
+    assert "video7" not in units and all(u["status"] == "done" for u in units.values())
+
+    monkeypatch.setattr(ShardWriter, "_flush", flush)
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 0 and ShardReader(out).num_rows == len(sd.AFFWILD2_VIDEOS) * sd.AFFWILD2_FRAMES
+
+
+def test_an_unwritable_or_busy_or_file_out_is_one_sentence(root, tmp_path, monkeypatch):
+    import errno
+
+    import affbench.shards
+    from affbench.locks import FolderLock
+
+    def prepare(out):
+        result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+        assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
+        return result.output.strip()
+
+    (tmp_path / "file").write_text("not a folder")
+    assert prepare(tmp_path / "file") == f"Error: {tmp_path / 'file'} is a file, not a folder; choose a folder for --out."
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    lock = FolderLock(busy)  # as another prepare would hold it
+    assert prepare(busy).startswith(f"Error: {busy} is in use by process {os.getpid()} (another affbench run)")
+    lock.release()
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(affbench.shards, "write_text_atomic", read_only)
+    assert prepare(tmp_path / "ro") == (f"Error: Cannot write {tmp_path / 'ro' / 'manifest.json'}: Read-only file system; "
+                                        "make it writable or choose another --out, then run the same command again to resume.")
