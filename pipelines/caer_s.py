@@ -59,8 +59,8 @@ NOTES = {
     "subject": "null: CAER-S names no subjects (the stills come from TV shows)",
     "validation": "not made at prepare time; the loader holds out a seeded, stratified fraction of train",
     "box_landmarks": "MTCNN box (x1, y1, x2, y2) and 5 landmarks in source-image pixels, for context crops",
-    "face_found": "false for images without a detected face and for images that cannot be read or that "
-    "MTCNN cannot process (both listed in failures); those rows have no image, box or landmarks",
+    "face_found": "false for images without a detected face, for unreadable images and for images MTCNN "
+    "cannot process (both listed in failures); those rows have no image, box or landmarks",
 }
 
 
