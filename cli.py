@@ -62,8 +62,9 @@ def app() -> None:
 def prepare() -> None:
     """Detect, align and crop faces from a raw dataset into Parquet shards with a manifest.
 
-    Re-running the same command resumes: finished units (videos, image folders) are skipped, and a
-    run with different preprocessing options into the same --out folder is refused.
+    Re-running the same command resumes: finished units (videos, image folders) are skipped unless
+    their input files changed or they listed failures, and a run with different preprocessing
+    options into the same --out folder, or while another run works in it, is refused.
     """
 
 
