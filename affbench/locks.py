@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 import weakref
 from pathlib import Path
 
 from affbench.errors import AffbenchError
 
 LOCK_NAME = ".affbench.lock"
+_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class FolderBusyError(AffbenchError):
@@ -35,6 +37,12 @@ class FolderLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
+                if exc.errno in _UNSUPPORTED:
+                    # Some network and FUSE file systems have no locks; working unlocked there
+                    # is what every run did before this lock existed.
+                    warnings.warn(f"{folder} cannot be locked ({exc.strerror}); make sure no other "
+                                  "affbench run works in it.", stacklevel=2)
+                    break
                 holder = _read_pid(fd)
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

@@ -113,10 +113,10 @@ def _run_one(process: Callable[[U, Tick], UnitOutcome], unit: U, tick: Tick = _n
         if exc.errno not in _OUTPUT_ERRNOS:
             outcome = _crashed(unit, exc)
         else:
-            where = f" writing {exc.filename}" if exc.filename else ""
+            hint = "make it writable" if exc.errno == errno.EROFS else "free some space"
             raise OutputWriteError(
-                f"The output folder ran out of room or became read-only{where} ({exc.strerror or exc}) "
-                f"while unit {unit.key} was being prepared; free space, then run the same command again to resume."
+                f"Writing {exc.filename or 'the output folder'} failed ({exc.strerror or exc}) while preparing "
+                f"{unit.key}; {hint}, then run the same command again to resume."
             ) from None
     except Exception as exc:  # noqa: BLE001 - recorded with its type and last frame, see below
         outcome = _crashed(unit, exc)

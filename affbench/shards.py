@@ -133,7 +133,7 @@ class ShardInfo:
 
 
 def unit_prefix(unit: str) -> str:
-    """File-name prefix for a unit's shards (``SN001/left`` -> ``SN001-left-6f1d0c2a``).
+    """File-name prefix for a unit's shards (``SN001/left`` -> ``SN001-left-5e42e7b4``).
 
     The readable part keeps only ``[A-Za-z0-9._]``; the hash of the exact name keeps two units
     apart whose names differ only in other characters (``clip 1`` / ``clip-1``, ``vidéo7`` /

@@ -223,7 +223,7 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
             absent = [p for p in labels if not (root / p).is_file()]
             if absent:
                 more = f" (and {len(absent) - 1} more of its label files)" if len(absent) > 1 else ""
-                raise DataLayoutError(f"AU label file {root / absent[0]} is missing{more}.")
+                raise DataLayoutError(f"AU label file {root / absent[0]} is missing or not a regular file{more}.")
             try:
                 size = probe_video(folder / video).frames or 0
             except VideoError:

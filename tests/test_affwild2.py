@@ -328,7 +328,7 @@ def test_a_full_disk_stops_prepare_with_one_sentence_and_the_rerun_completes(roo
     monkeypatch.setattr(ShardWriter, "_flush", full)
     result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
     assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
-    assert "ran out of room" in result.output and "No space left on device" in result.output
+    assert "(No space left on device) while preparing video7; free some space" in result.output
     units = json.loads((out / "manifest.json").read_text())["units"]
     assert "video7" not in units and all(u["status"] == "done" for u in units.values())
 

@@ -125,7 +125,7 @@ def test_a_full_disk_stops_the_run_with_one_sentence_and_the_unit_stays_unfinish
             raise OSError(errno.ENOSPC, "No space left on device", str(out / "shards" / "B-00000.parquet"))
         return toy(unit, tick)
 
-    with pytest.raises(OutputWriteError, match=r"ran out of room.*No space left on device.*run the same command again"):
+    with pytest.raises(OutputWriteError, match=r"Writing .*B-00000.parquet failed \(No space left on device\) while preparing B; free some space, then run the same command again"):
         run_units(open_writer(out), [Unit("A"), Unit("B"), Unit("C")], process, progress=False)
     assert calls == ["A", "B"]  # C is not tried: it would fail the same way
     units = json.loads((out / "manifest.json").read_text())["units"]
@@ -168,6 +168,19 @@ def test_a_second_writer_in_the_same_folder_is_refused_naming_the_holder(tmp_pat
     second.close()
     assert not (out / LOCK_NAME).exists()
     assert json.loads((out / "manifest.json").read_text())["dataset"] == "toy"
+
+
+def test_a_file_system_without_locks_still_prepares_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot be locked"):
+        writer = open_writer(tmp_path / "prepared")
+    writer.close()
+    assert (tmp_path / "prepared" / "manifest.json").is_file()
 
 
 def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
