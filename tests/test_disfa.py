@@ -372,3 +372,19 @@ def test_a_changed_label_file_changes_the_unit_fingerprint_even_at_the_same_size
     assert path.stat().st_size == info.st_size
     after = {u.key: u.inputs for u in disfa.find_videos(root)}
     assert after["SN003/left"] == before["SN003/left"] and after["SN001/left"] != before["SN001/left"]
+
+
+@pytest.mark.slow
+def test_a_changed_label_file_redoes_its_video(sample_data, tmp_path):
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN003"], copy_labels=["SN003"])
+    out = tmp_path / "out"
+    disfa.prepare(root, out, settings=SETTINGS, progress=False)
+    path = root / disfa.label_path("SN003", 12)
+    lines = path.read_text().splitlines()
+    frame, value = lines[0].split(",")
+    lines[0] = f"{frame},{(int(value) + 1) % 6}"
+    path.write_text("\n".join(lines) + "\n")
+    summary = disfa.prepare(root, out, settings=SETTINGS, progress=False)
+    assert summary.units_changed == ["SN003/left"] and summary.units_done == 1
+    row = next(r for r in ShardReader(out).iter_rows(columns=["frame", "au12"]) if r["frame"] == 0)
+    assert row["au12"] == (int(value) + 1) % 6
