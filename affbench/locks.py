@@ -61,16 +61,21 @@ class FolderLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        self._finalizer = weakref.finalize(self, _release, fd, str(self.path))
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            os.close(fd)
+            raise
+        self._finalizer = weakref.finalize(self, _release, fd, str(self.path), os.getpid())
 
     def release(self) -> None:
         self._finalizer()
 
 
-def _release(fd: int, path: str) -> None:
+def _release(fd: int, path: str, owner: int) -> None:
+    if os.getpid() != owner:  # a forked child ending: the lock is its parent's
+        return
     # Removed while still held, so that no other process can lock the file being removed.
     try:
         os.unlink(path)
