@@ -10,9 +10,14 @@ mode what it computes in train mode, without dropout), then ``evaluate_tasks`` s
 rows. Classification must be perfect (accuracy 1.0: every AU of every crop, every expression). VA
 and AU intensity are regressions through squashing or a heatmap read-out, so they must reach a
 concordance of 0.9 (CCC) and an agreement of 0.9 (ICC): a dead or swapped output stays near 0.
+
+On two shared CPU cores only EmotiRAM-f memorises within seconds; the variants with a ResNet-50,
+InceptionV3 or VGG-16 trunk take minutes per variant and run with ``AFFBENCH_LEARNABILITY=all``.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -23,17 +28,22 @@ from affbench.encoders import create_encoder, list_encoders
 N_TRAIN = 16
 
 #: variant -> (dataset, tasks, encoder options, epochs, learning rate). Inputs are reduced to what
-#: each architecture allows; one epoch is two steps of 8 crops.
+#: each architecture allows; one epoch is two steps of 8 crops per task.
 VARIANTS = {
     "emotiram-f": ("caer-s", ("expression",), {"input_size": 64}, 40, 3e-3),
-    "fan-au": ("disfa", ("au-intensity",), {"input_size": 64}, 40, 1e-3),
-    "emotiram-fau": ("caer-s", ("expression",), {"input_size": 64}, 25, 3e-4),
-    "megraph-au": ("disfa", ("au-detection",), {"input_size": 64}, 25, 1e-3),
-    "emotiram-fau-megraph": ("caer-s", ("expression",), {"input_size": 64}, 40, 1e-3),
-    "smm-emotionnet": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 40, 1e-3),
-    "inceptionv3-mtl": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 40, 1e-3),
-    "vggface": ("affwild2", ("expression",), {"task": "expression", "input_size": 32}, 15, 1e-4),
+    "fan-au": ("disfa", ("au-intensity",), {"input_size": 64}, 150, 1e-3),
+    "emotiram-fau": ("caer-s", ("expression",), {"input_size": 64}, 150, 1e-3),
+    "megraph-au": ("disfa", ("au-detection",), {"input_size": 32}, 100, 1e-3),
+    "emotiram-fau-megraph": ("caer-s", ("expression",), {"input_size": 32}, 100, 1e-3),
+    "smm-emotionnet": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 100, 1e-3),
+    "inceptionv3-mtl": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 100, 1e-3),
+    "vggface": ("affwild2", ("expression",), {"task": "expression", "input_size": 32}, 60, 1e-4),
 }
+
+#: Variants whose trunk (ResNet-50, InceptionV3, VGG-16) needs minutes of CPU to memorise even at
+#: reduced inputs: they run when AFFBENCH_LEARNABILITY=all is set (on a GPU box, or before a release).
+HEAVY = set(VARIANTS) - {"emotiram-f"}
+RUN_HEAVY = os.environ.get("AFFBENCH_LEARNABILITY") == "all"
 
 #: Metric and threshold per task kind (see the module docstring).
 REQUIRED = {"expression": ("accuracy", 1.0), "au-detection": ("accuracy", 1.0), "va": ("ccc", 0.9),
@@ -97,7 +107,11 @@ def _settle_batch_norm(model, images, rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.skipif(name in HEAVY and not RUN_HEAVY,
+                                                reason="minutes on a CPU; set AFFBENCH_LEARNABILITY=all"))
+    for name in sorted(VARIANTS)
+])
 def test_variant_memorises_sixteen_crops(name, distinct_root, tmp_path):
     from affbench.data import ShardImages
     from affbench.train import TrainSettings, check_compatible, evaluate_tasks, fit, seed_everything
