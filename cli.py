@@ -307,6 +307,91 @@ def export(run_dir: Path, csv_path: Path, wide: bool, plots: bool | None) -> Non
     _maybe_plot(run_dir, results.load_records(run_dir), plots)
 
 
+# ----------------------------------------------------------------------------------------- models
+
+
+@app.command("export-model")
+@click.argument("job_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (e.g. model.pt).")
+def export_model(job_dir: Path, out: Path) -> None:
+    """Write a finished job's model as one self-describing file (RUNDIR/jobs/<job> -> model.pt).
+
+    The file holds the weights and what inference needs: encoder and options, tasks with label
+    names, the alignment template and crop size, normalisation, initialisation and test metrics.
+    It loads with torch.load(path, weights_only=True); use it with `affbench predict` or
+    affbench.load_model(path).
+    """
+    from affbench.bundle import export_job
+
+    path, description = export_job(job_dir, out)
+    for line in _describe_model(description):
+        click.echo(line)
+    click.echo(f"model file: {path}")
+
+
+def _describe_model(description) -> list[str]:
+    lines = [f"model      {description.name}: {description.encoder} "
+             f"(input {description.encoder_spec.get('input_size')}, crop {description.crop_size})"]
+    for task in description.tasks:
+        lines.append(f"task       {task.name} ({task.kind}): {', '.join(task.label_names)}")
+    for task, values in description.metrics.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items() if isinstance(v, float) and "/" not in k)
+        lines.append(f"test       {task}: {shown}")
+    lines += [f"note       {note}" for note in description.notes]
+    return lines
+
+
+@app.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Table to write: FILE.csv or FILE.parquet (one row per frame or image).")
+@click.option("--model", "-m", "more_models", multiple=True, type=click.Path(path_type=Path),
+              help="Another model file whose columns are added side by side (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda[:N].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Frames per batch through the face pipeline and the model.")
+@click.option("--plot", is_flag=True, help="Also write a timeline PNG per video beside --out (needs matplotlib).")
+def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
+            batch_size: int, plot: bool) -> None:
+    """Run MODEL (from export-model) on videos, images or folders of them: one row per frame.
+
+    \b
+    Every frame or image goes through the detection, tracking and alignment the model was trained
+    on. Columns: source, frame, time (s), face_found, landmark_source, det_score, box_x1..box_y2,
+    then the predictions: AU12_c (presence probability), AU12_r (intensity), expression plus one
+    probability column per class, valence, arousal. A frame without a face keeps its row with
+    empty predictions. Example:
+      affbench predict model.pt interview.mp4 photos/ --out predictions.csv --plot
+    """
+    _quiet_openmp()
+    from affbench import predict as inference
+
+    inference.check_output_path(out)
+    inference.collect_inputs(inputs)  # a wrong input is said before the models load
+    if plot:
+        from affbench.results import _pyplot
+
+        _pyplot()  # a missing matplotlib is said before the work, not after it
+    models = [inference.load_model(path, device=device, batch_size=batch_size) for path in (model, *more_models)]
+    for loaded in models:
+        click.echo(f"model      {loaded!r}")
+    result = inference.predict_table(models, inputs, progress=sys.stderr.isatty(), batch_size=batch_size)
+    inference.write_table(result.table, out)
+    table = result.table
+    click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face, from "
+               f"{table['source'].nunique()} source(s) written to {out}")
+    if plot:
+        for path in inference.write_plots(result, out):
+            click.echo(f"plot       {path}")
+    if result.failures:
+        for failure in result.failures:
+            click.echo(f"failed     {failure['source']}: {failure['reason']}", err=True)
+        click.echo(f"{len(result.failures)} input(s) could not be read whole; their readable frames are in {out}.",
+                   err=True)
+        sys.exit(1)
+
+
 @app.command("demo")
 @click.option("--out", default=Path("affbench-demo"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the sample data, prepared shards, run and CSV.")

@@ -229,9 +229,9 @@ def read_model_file(path: str | os.PathLike) -> tuple[ModelDescription, dict[str
         raise AffbenchError(f"Model file {path} does not exist.")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AffbenchError(f"{path} is not a readable affbench model file ({first[:160]}).") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        raise AffbenchError(f"{path} is not an affbench model file: PyTorch cannot read it as plain types and "
+                            "tensors (weights_only=True), so it is another kind of file or holds code.") from None
     if not isinstance(blob, Mapping) or "affbench_model" not in blob or "state_dict" not in blob:
         hint = " (it looks like a bare checkpoint: wrap it with affbench export-model)" if isinstance(blob, Mapping) else ""
         raise AffbenchError(f"{path} is not an affbench model file{hint}.")
