@@ -361,10 +361,12 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     on. Columns: source, frame, time (s), face_found, landmark_source, det_score, box_x1..box_y2,
     then the predictions: AU12_c (presence probability), AU12_r (intensity), expression plus one
     probability column per class, valence, arousal. A frame without a face keeps its row with
-    empty predictions. Example:
+    empty predictions. An interrupted run resumes: inputs already finished are not redone. Example:
       affbench predict model.pt interview.mp4 photos/ --out predictions.csv --plot
     """
     _quiet_openmp()
+    import shutil
+
     from affbench import predict as inference
 
     inference.check_output_path(out)
@@ -376,8 +378,11 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     models = [inference.load_model(path, device=device, batch_size=batch_size) for path in (model, *more_models)]
     for loaded in models:
         click.echo(f"model      {loaded!r}")
-    result = inference.predict_table(models, inputs, progress=sys.stderr.isatty(), batch_size=batch_size)
+    parts = inference.resume_folder(out)  # finished inputs are kept there until the table is written
+    result = inference.predict_table(models, inputs, progress=sys.stderr.isatty(), batch_size=batch_size,
+                                     resume=parts)
     inference.write_table(result.table, out)
+    shutil.rmtree(parts, ignore_errors=True)
     table = result.table
     click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face, from "
                f"{table['source'].nunique()} source(s) written to {out}")
@@ -433,7 +438,49 @@ def demo(out: Path, device: str) -> None:
     click.echo(f"{report.cells_total} cells ({report.cells_skipped} already finished); "
                f"wide table in {csv_path}; run folder {run_dir}")
     _maybe_plot(run_dir, results.load_records(run_dir), None)
+    _demo_predict(run_dir, written["disfa"], out, device)
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+#: The demo's models run on a sample video at the end: (experiment id, model file name).
+_DEMO_MODELS = (("smm", "smm-affwild2.pt"), ("disfa-fan", "fan-disfa.pt"))
+
+
+def _demo_predict(run_dir: Path, disfa_root: Path, out: Path, device: str) -> None:
+    """Export the demo's kept models and run `affbench predict` with them on one sample video."""
+    import json
+
+    import pandas as pd
+
+    from affbench import predict as inference
+    from affbench.bundle import WEIGHTS_FILE, export_job
+
+    jobs = {json.loads((d / "job.json").read_text()).get("experiment"): d
+            for d in sorted((run_dir / "jobs").iterdir()) if (d / "job.json").is_file()}
+    models = []
+    for experiment, name in _DEMO_MODELS:
+        path = out / "models" / name
+        job = jobs.get(experiment)
+        if job is not None and (not path.is_file() or path.stat().st_mtime < (job / WEIGHTS_FILE).stat().st_mtime):
+            export_job(job, path)
+        models.append(inference.load_model(path, device="cpu" if device == "cpu" else "auto"))
+    video = disfa_root / "Videos_LeftCamera" / "LeftVideoSN001_comp.avi"
+    table_path = out / "demo-predictions.csv"
+    result = inference.predict_table(models, [video], progress=sys.stderr.isatty())
+    inference.write_table(result.table, table_path)
+    click.echo("")
+    click.echo(f"$ affbench predict {out / 'models' / _DEMO_MODELS[0][1]} {video} "
+               f"-m {out / 'models' / _DEMO_MODELS[1][1]} --out {table_path}")
+    shown = ["frame", "time", "face_found", "landmark_source", "AU12_c", "AU12_r", "expression", "valence", "arousal"]
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.precision", 3):
+        click.echo(result.table[[c for c in shown if c in result.table.columns]].head(6).to_string(index=False))
+    click.echo(f"{len(result.table)} frames ({int(result.table['face_found'].sum())} with a face), "
+               f"{len(result.table.columns)} columns in {table_path}")
+    try:
+        for path in inference.write_plots(result, table_path):
+            click.echo(f"timeline plot {path}")
+    except AffbenchError:
+        pass  # no matplotlib: the run's plots said so already
 
 
 def _demo_prepare(name: str, root: Path, out: Path, device: str) -> None:

@@ -72,16 +72,19 @@ class LoadedModel:
     columns : list of str
         The prediction columns this model fills, in order.
     device : torch.device
+    origin : Path or None
+        The model file it was loaded from.
     """
 
     def __init__(self, description: ModelDescription, state_dict: Mapping[str, Any], *, device: str = "auto",
-                 batch_size: int = 32, name: str | None = None):
+                 batch_size: int = 32, name: str | None = None, origin: str | os.PathLike | None = None):
         import torch
 
         from affbench.data import Augmentation
 
         self.description = description
         self.name = name or description.name
+        self.origin = Path(origin) if origin is not None else None  # the model file, when loaded from one
         self.device = torch.device(resolve_device(device))
         self.network = build_model(description, state_dict).to(self.device)
         self.spec = self.network.spec
@@ -208,7 +211,7 @@ def load_model(path: str | os.PathLike, *, device: str = "auto", batch_size: int
         ``predict_images(paths)`` -> DataFrame with one row per frame or image.
     """
     description, state = read_model_file(path)
-    return LoadedModel(description, state, device=device, batch_size=batch_size, name=Path(path).stem)
+    return LoadedModel(description, state, device=device, batch_size=batch_size, name=Path(path).stem, origin=path)
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -386,13 +389,18 @@ def predict_table(
     *,
     progress: bool = False,
     batch_size: int = 32,
+    resume: str | os.PathLike | None = None,
 ) -> PredictResult:
     """Run every model on every frame or image of ``inputs``; one table, sources in input order.
 
     The face pipeline (detector, tracker, still-image face choice) is the first model's; each
     model aligns the chosen face onto its own template and crop size. Videos that cannot be read
     whole are listed in ``failures`` (their decoded frames keep their rows).
+
+    ``resume``: a folder where each input's rows are saved once it is finished, and read back
+    instead of redone by a later call with the same inputs and model files (an interrupted run).
     """
+    resume = Path(resume) if resume is not None else None
     from tqdm.auto import tqdm
 
     from affbench.video import VideoError, probe_video
@@ -419,27 +427,21 @@ def predict_table(
             totals.append(len(source.images))
     broken = {f["source"] for f in failures}
     with tqdm(total=sum(totals), unit="frame", disable=not progress, dynamic_ncols=True, desc="predict") as bar:
-        for source in sources:
+        for source, total in zip(sources, totals):
             if str(source.path) in broken and source.kind == "video":
                 continue
-            stream = (video_faces(source.path, tracker) if source.kind == "video"
-                      else image_faces(list(source.images), detector, first.face_selection, failures))
-            chunks: list[pd.DataFrame] = []
-            batch: list[FrameFace] = []
-            try:
-                for item in stream:
-                    batch.append(item)
-                    if len(batch) == batch_size:
-                        chunks.append(pd.DataFrame(_rows_of(batch, models, mappings)))
-                        bar.update(len(batch))
-                        batch = []
-            except VideoError as exc:
-                failures.append({"source": str(source.path), "reason": str(exc)})
-            if batch:
-                chunks.append(pd.DataFrame(_rows_of(batch, models, mappings)))
-                bar.update(len(batch))
-            if chunks:
-                table = pd.concat(chunks, ignore_index=True)
+            part = None if resume is None else resume / f"{_source_key(source, models, batch_size)}.parquet"
+            if part is not None and part.is_file():  # finished by an earlier, interrupted run
+                table = pd.read_parquet(part)
+                bar.update(total)
+            else:
+                stream = (video_faces(source.path, tracker) if source.kind == "video"
+                          else image_faces(list(source.images), detector, first.face_selection, failures))
+                before = len(failures)
+                table = _source_table(stream, models, mappings, batch_size, bar, failures, str(source.path))
+                if part is not None and table is not None and len(failures) == before:
+                    _write_part(table, part)
+            if table is not None:
                 parts.append(table)
                 if source.kind == "video":
                     by_video[str(source.path)] = table
@@ -448,6 +450,55 @@ def predict_table(
     table["frame"] = table["frame"].astype("Int64")
     table["face_found"] = table["face_found"].astype(bool)
     return PredictResult(table[columns], failures, by_video, column_groups(models, mappings))
+
+
+def _source_table(stream, models, mappings, batch_size: int, bar, failures: list, name: str) -> pd.DataFrame | None:
+    from affbench.video import VideoError
+
+    chunks: list[pd.DataFrame] = []
+    batch: list[FrameFace] = []
+    try:
+        for item in stream:
+            batch.append(item)
+            if len(batch) == batch_size:
+                chunks.append(pd.DataFrame(_rows_of(batch, models, mappings)))
+                bar.update(len(batch))
+                batch = []
+    except VideoError as exc:
+        failures.append({"source": name, "reason": str(exc)})
+    if batch:
+        chunks.append(pd.DataFrame(_rows_of(batch, models, mappings)))
+        bar.update(len(batch))
+    return pd.concat(chunks, ignore_index=True) if chunks else None
+
+
+def _source_key(source: Source, models: Sequence[LoadedModel], batch_size: int) -> str:
+    """Names a source's finished rows: the input files and model files as they are on disk now."""
+    import hashlib
+    import json
+
+    def stamp(path: Path) -> list:
+        info = path.stat()
+        return [str(path.resolve()), info.st_size, info.st_mtime_ns]
+
+    files = [source.path] if source.kind == "video" else list(source.images)
+    key = {"kind": source.kind, "files": [stamp(p) for p in files], "batch": batch_size,
+           "models": [[m.name, *(stamp(m.origin) if m.origin else [id(m)])] for m in models]}
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+
+
+def _write_part(table: pd.DataFrame, path: Path) -> None:
+    from affbench.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        table.assign(frame=table["frame"].astype("Int64")).to_parquet(tmp, index=False)
+
+
+def resume_folder(out: str | os.PathLike) -> Path:
+    """Where ``affbench predict --out FILE`` keeps each finished input's rows until FILE is written."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.parts")
 
 
 def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:

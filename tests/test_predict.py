@@ -192,3 +192,23 @@ def test_predict_takes_single_crops_and_arrays(model_file):
     single = model.predict(crops[1])
     assert list(batch.columns) == model.columns and len(batch) == 3 and len(single) == 1
     np.testing.assert_allclose(single["valence"], batch["valence"][1:2], rtol=1e-5)
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_inputs(sample_data, model_file, video, tmp_path,
+                                                                     monkeypatch):
+    import affbench.predict as inference
+
+    model = load_model(model_file, device="cpu")
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    parts = tmp_path / "parts"
+    first = inference.predict_table([model], [video], resume=parts)
+    assert len(list(parts.glob("*.parquet"))) == 1
+
+    def no_tracking(*args, **kwargs):
+        raise AssertionError("the finished video was processed again")
+
+    monkeypatch.setattr(inference, "video_faces", no_tracking)
+    again = inference.predict_table([model], [video, image], resume=parts)
+    assert len(again.table) == len(first.table) + 1
+    pd.testing.assert_frame_equal(again.table.iloc[: len(first.table)], first.table, check_dtype=False)
+    assert len(list(parts.glob("*.parquet"))) == 2
