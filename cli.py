@@ -311,22 +311,64 @@ def export(run_dir: Path, csv_path: Path, wide: bool, plots: bool | None) -> Non
 
 
 @app.command("export-model")
-@click.argument("job_dir", type=click.Path(path_type=Path))
+@click.argument("job_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (e.g. model.pt).")
-def export_model(job_dir: Path, out: Path) -> None:
+@click.option("--encoder", default=None, help="Wrap a published checkpoint instead: the encoder it loads into.")
+@click.option("--pretrained", default=None, type=click.Path(path_type=Path),
+              help="With --encoder: the checkpoint file (what the encoder's pretrained=PATH option reads).")
+@click.option("--labels", default=None,
+              help="With --encoder: comma-separated names of its outputs, in order (au1,au2,... or class names).")
+@click.option("--option", "options", multiple=True, help="With --encoder: an encoder option KEY=VALUE (repeatable).")
+@click.option("--crop-size", default=256, show_default=True, type=click.IntRange(16, 1024),
+              help="With --encoder: side of the aligned face crop fed to the model's framing.")
+@click.option("--eval-crop", default=1.0, show_default=True, type=click.FloatRange(0.1, 1.0),
+              help="With --encoder: centre fraction of the crop kept before resizing to the input size.")
+def export_model(job_dir: Path | None, out: Path, encoder: str | None, pretrained: Path | None, labels: str | None,
+                 options: tuple[str, ...], crop_size: int, eval_crop: float) -> None:
     """Write a finished job's model as one self-describing file (RUNDIR/jobs/<job> -> model.pt).
 
+    \b
     The file holds the weights and what inference needs: encoder and options, tasks with label
     names, the alignment template and crop size, normalisation, initialisation and test metrics.
     It loads with torch.load(path, weights_only=True); use it with `affbench predict` or
-    affbench.load_model(path).
+    affbench.load_model(path). A published checkpoint is wrapped the same way when you name its
+    outputs, e.g.:
+      affbench export-model --encoder megraph-au --pretrained MEFARG_resnet50_DISFA_fold1.pth \\
+          --labels au1,au2,au4,au6,au9,au12,au25,au26 --out megraph-disfa.pt
     """
-    from affbench.bundle import export_job
+    from affbench.bundle import export_job, save_model_file, wrap_checkpoint
 
-    path, description = export_job(job_dir, out)
+    if encoder is None:
+        if job_dir is None or pretrained or labels or options:
+            raise AffbenchError("Give a job folder (RUNDIR/jobs/<job>), or --encoder with --pretrained and --labels "
+                                "to wrap a published checkpoint.")
+        path, description = export_job(job_dir, out)
+    else:
+        if job_dir is not None or pretrained is None or not labels:
+            raise AffbenchError("--encoder wraps a published checkpoint: give --pretrained PATH and --labels, "
+                                "and no job folder.")
+        description, state = wrap_checkpoint(encoder, pretrained, labels.split(","), options=_parse_options(options),
+                                             crop_size=crop_size, eval_crop=eval_crop)
+        path = save_model_file(out, description, state)
     for line in _describe_model(description):
         click.echo(line)
     click.echo(f"model file: {path}")
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs; values read as TOML scalars (numbers, true/false, "strings"), else as text."""
+    import tomllib
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AffbenchError(f"--option takes KEY=VALUE, got {pair!r}.")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = value.strip()
+    return parsed
 
 
 def _describe_model(description) -> list[str]:

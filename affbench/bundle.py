@@ -290,3 +290,54 @@ def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
     state = blob["model"] if isinstance(blob, Mapping) and "model" in blob else blob
     build_model(description, state)  # refuse to write a file whose weights do not fit
     return save_model_file(out, description, state), description
+
+
+# ----------------------------------------------------------------------------------------- published
+
+
+def wrap_checkpoint(
+    encoder: str,
+    pretrained: str | os.PathLike,
+    labels: Sequence[str],
+    *,
+    options: Mapping[str, Any] | None = None,
+    crop_size: int = 256,
+    eval_crop: float = 1.0,
+    template: AlignmentTemplate | None = None,
+) -> tuple[ModelDescription, dict[str, Any]]:
+    """Describe a published checkpoint that loads through ``pretrained=PATH`` once the user names
+    its outputs.
+
+    ``labels`` name the outputs of the encoder's first head among ``au`` (AU names such as
+    ``au1``; presence, or intensities where the encoder outputs intensities), ``expression``
+    (class names) and ``va`` (``valence,arousal``). The faces are cut with affbench's alignment
+    (``template``, default the prepare pipelines'); the description notes that the checkpoint's
+    own training crops may have been cut otherwise.
+    """
+    from affbench.encoders import create_encoder
+
+    model = create_encoder(encoder, **dict(options or {}), pretrained=str(pretrained))
+    spec = model.spec
+    key = next((k for k in ("au", "expression", "va") if k in spec.heads), None)
+    if key is None:
+        raise AffbenchError(f"Encoder {encoder!r} has no au, expression or va output to name.")
+    labels = [str(n).strip() for n in labels if str(n).strip()]
+    if len(labels) != spec.heads[key]:
+        raise AffbenchError(f"Encoder {encoder!r} outputs {spec.heads[key]} {key} values, but {len(labels)} "
+                            f"label(s) were given ({', '.join(labels)}); name each output once, in order.")
+    if key == "au":
+        kind = "au-intensity" if spec.au_output == "intensities" else "au-detection"
+    else:
+        kind = "expression" if key == "expression" else "va"
+    template = template or AlignmentTemplate()
+    task = TaskOutput(name=kind, kind=kind, output_key=key, label_names=tuple(labels),
+                      binarize_at=1.0 if kind == "au-detection" and spec.au_output == "intensities" else None)
+    description = ModelDescription(
+        name=Path(pretrained).stem, encoder=encoder, options=dict(spec.options), tasks=(task,),
+        crop_size=int(crop_size), alignment=template.describe(int(crop_size)), eval_crop=float(eval_crop),
+        detector=asdict(DetectorSettings()), tracker=asdict(TrackerSettings()), encoder_spec=spec_summary(spec),
+        initialisation=spec.init, trained_on={"checkpoint": str(pretrained)},
+        notes=("wrapped from a published checkpoint: faces are aligned with affbench's template at the crop size "
+               "given, which may differ from how the checkpoint's training faces were cut",),
+    )
+    return description, model.state_dict()

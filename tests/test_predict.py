@@ -212,3 +212,32 @@ def test_an_interrupted_run_resumes_without_redoing_finished_inputs(sample_data,
     assert len(again.table) == len(first.table) + 1
     pd.testing.assert_frame_equal(again.table.iloc[: len(first.table)], first.table, check_dtype=False)
     assert len(list(parts.glob("*.parquet"))) == 2
+
+
+def test_a_published_checkpoint_is_wrapped_when_its_labels_are_named(tmp_path):
+    torch.manual_seed(5)
+    original = create_encoder("emotiram-f", input_size=64).eval()
+    checkpoint = tmp_path / "published.pth"
+    torch.save({"state_dict": original.state_dict()}, checkpoint)
+    classes = ["anger", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    out = tmp_path / "wrapped.pt"
+    runner = CliRunner()
+    result = runner.invoke(app, ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint),
+                                 "--option", "input_size=64", "--labels", ",".join(classes), "--crop-size", "96",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = load_model(out, device="cpu")
+    assert model.columns == ["expression", *classes] and model.crop_size == 96
+    assert "published checkpoint" in model.description.notes[0]
+    assert str(checkpoint) in model.description.initialisation
+    crops = np.random.default_rng(1).integers(0, 255, (2, 96, 96, 3), dtype=np.uint8)
+    x = model._inputs(list(crops)).float().div(255)
+    mean = torch.tensor(original.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(original.spec.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = torch.softmax(original((x - mean) / std)["expression"], dim=1).numpy()
+    np.testing.assert_allclose(model.predict(crops)[classes].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+
+    wrong = runner.invoke(app, ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint),
+                                "--option", "input_size=64", "--labels", "a,b", "--out", str(tmp_path / "w.pt")])
+    assert wrong.exit_code != 0 and "outputs 7 expression values" in wrong.output
