@@ -484,12 +484,13 @@ def demo(out: Path, device: str) -> None:
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 
-#: The demo's models run on a sample video at the end: (experiment id, model file name).
-_DEMO_MODELS = (("smm", "smm-affwild2.pt"), ("disfa-fan", "fan-disfa.pt"))
+#: The demo's model that runs on a sample video at the end (experiment id, model file name): small
+#: enough to keep that step to seconds, and it predicts AUs, expression and valence/arousal at once.
+_DEMO_MODEL = ("smm", "smm-affwild2.pt")
 
 
 def _demo_predict(run_dir: Path, disfa_root: Path, out: Path, device: str) -> None:
-    """Export the demo's kept models and run `affbench predict` with them on one sample video."""
+    """Export the demo's kept multi-task model and run `affbench predict` with it on a sample video."""
     import json
 
     import pandas as pd
@@ -497,30 +498,28 @@ def _demo_predict(run_dir: Path, disfa_root: Path, out: Path, device: str) -> No
     from affbench import predict as inference
     from affbench.bundle import WEIGHTS_FILE, export_job
 
-    jobs = {json.loads((d / "job.json").read_text()).get("experiment"): d
-            for d in sorted((run_dir / "jobs").iterdir()) if (d / "job.json").is_file()}
-    models = []
-    for experiment, name in _DEMO_MODELS:
-        path = out / "models" / name
-        job = jobs.get(experiment)
-        if job is not None and (not path.is_file() or path.stat().st_mtime < (job / WEIGHTS_FILE).stat().st_mtime):
-            export_job(job, path)
-        models.append(inference.load_model(path, device="cpu" if device == "cpu" else "auto"))
+    experiment, name = _DEMO_MODEL
+    job = next((d for d in sorted((run_dir / "jobs").iterdir()) if (d / "job.json").is_file()
+                and json.loads((d / "job.json").read_text()).get("experiment") == experiment), None)
+    path = out / "models" / name
+    if job is not None and (not path.is_file() or path.stat().st_mtime < (job / WEIGHTS_FILE).stat().st_mtime):
+        export_job(job, path)
+    model = inference.load_model(path, device="cpu" if device == "cpu" else "auto")
     video = disfa_root / "Videos_LeftCamera" / "LeftVideoSN001_comp.avi"
     table_path = out / "demo-predictions.csv"
-    result = inference.predict_table(models, [video], progress=sys.stderr.isatty())
+    result = inference.predict_table([model], [video], progress=sys.stderr.isatty())
     inference.write_table(result.table, table_path)
     click.echo("")
-    click.echo(f"$ affbench predict {out / 'models' / _DEMO_MODELS[0][1]} {video} "
-               f"-m {out / 'models' / _DEMO_MODELS[1][1]} --out {table_path}")
-    shown = ["frame", "time", "face_found", "landmark_source", "AU12_c", "AU12_r", "expression", "valence", "arousal"]
+    click.echo(f"$ affbench predict {path} {video} --out {table_path} --plot")
+    shown = ["frame", "time", "face_found", "landmark_source", "AU06_c", "AU12_c", "expression", "happiness",
+             "valence", "arousal"]
     with pd.option_context("display.width", 120, "display.max_columns", 20, "display.precision", 3):
         click.echo(result.table[[c for c in shown if c in result.table.columns]].head(6).to_string(index=False))
     click.echo(f"{len(result.table)} frames ({int(result.table['face_found'].sum())} with a face), "
                f"{len(result.table.columns)} columns in {table_path}")
     try:
-        for path in inference.write_plots(result, table_path):
-            click.echo(f"timeline plot {path}")
+        for png in inference.write_plots(result, table_path):
+            click.echo(f"timeline plot {png}")
     except AffbenchError:
         pass  # no matplotlib: the run's plots said so already
 
