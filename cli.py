@@ -425,6 +425,8 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
                                      resume=parts)
     inference.write_table(result.table, out)
     shutil.rmtree(parts, ignore_errors=True)
+    for note in result.notes:
+        click.echo(f"note       {note}")
     table = result.table
     click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face, from "
                f"{table['source'].nunique()} source(s) written to {out}")

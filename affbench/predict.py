@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,13 +350,14 @@ def _rows_of(batch: Sequence[FrameFace], models: Sequence[LoadedModel], mappings
 
 @dataclass
 class PredictResult:
-    """The table, the inputs that could not be read whole, each video's rows, and the numeric
-    prediction columns by task kind (what :func:`write_plots` draws)."""
+    """The table, the inputs that could not be read whole, each video's rows, the numeric
+    prediction columns by task kind (what :func:`write_plots` draws), and notes for the user."""
 
     table: pd.DataFrame
     failures: list[dict[str, str]]
     tables_by_video: dict[str, pd.DataFrame]
     groups: dict[str, list[list[str]]]
+    notes: list[str] = field(default_factory=list)
 
 
 def column_groups(models: Sequence[LoadedModel], mappings: Sequence[Mapping[str, str]]) -> dict[str, list[list[str]]]:
@@ -400,16 +401,19 @@ def predict_table(
     ``resume``: a folder where each input's rows are saved once it is finished, and read back
     instead of redone by a later call with the same inputs and model files (an interrupted run).
     """
-    resume = Path(resume) if resume is not None else None
     from tqdm.auto import tqdm
 
     from affbench.video import VideoError, probe_video
 
     if not models:
         raise AffbenchError("Give at least one model file.")
+    resume = Path(resume) if resume is not None else None
     sources = collect_inputs(inputs)
     first = models[0].description
-    detector = shared_detector(replace(first.detector_settings, batch_size=16), str(models[0].device))
+    notes = [f"{m.name} was trained on faces found with other detector, tracker or face-choice settings than "
+             f"{models[0].name}'s, which this run uses for all models"
+             for m in models[1:] if _face_settings(m.description) != _face_settings(first)]
+    detector = shared_detector(first.detector_settings, str(models[0].device))
     tracker = FaceTracker(detector, first.tracker_settings)
     mappings = output_columns(models)
     failures: list[dict[str, str]] = []
@@ -449,7 +453,12 @@ def predict_table(
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     table["frame"] = table["frame"].astype("Int64")
     table["face_found"] = table["face_found"].astype(bool)
-    return PredictResult(table[columns], failures, by_video, column_groups(models, mappings))
+    return PredictResult(table[columns], failures, by_video, column_groups(models, mappings), notes)
+
+
+def _face_settings(description: ModelDescription) -> tuple:
+    detector = replace(description.detector_settings, batch_size=0)  # the batch size changes no face
+    return detector, description.tracker_settings, description.face_selection
 
 
 def _source_table(stream, models, mappings, batch_size: int, bar, failures: list, name: str) -> pd.DataFrame | None:
