@@ -437,8 +437,8 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     if result.failures:
         for failure in result.failures:
             click.echo(f"failed     {failure['source']}: {failure['reason']}", err=True)
-        click.echo(f"{len(result.failures)} input(s) could not be read whole; their readable frames are in {out}.",
-                   err=True)
+        click.echo(f"{len(result.failures)} input(s) failed (listed above); every frame read and every image "
+                   f"keeps its row in {out}.", err=True)
         sys.exit(1)
 
 

@@ -297,11 +297,27 @@ def image_faces(paths: Sequence[Path], detector, selection: str, failures: list[
             except (OSError, ValueError) as exc:
                 failures.append({"source": str(path), "reason": f"unreadable image ({exc})"})
                 images.append(None)
-        readable = [i for i, rgb in enumerate(images) if rgb is not None]
-        found = dict(zip(readable, detector.detect([images[i] for i in readable])))
+        found = _detect_each(detector, images, names, failures)
         for i, path in enumerate(names):
             face = select_face(found.get(i, []), selection)
             yield FrameFace(str(path), None, None, images[i], face, "detected" if face is not None else "none")
+
+
+def _detect_each(detector, images: list[np.ndarray | None], paths: Sequence[Path], failures: list[dict]) -> dict:
+    """Faces of each readable image, by index; where the batch fails, each image alone, so that an
+    image MTCNN cannot take (a 5x5 thumbnail) loses only its own face."""
+    readable = [i for i, rgb in enumerate(images) if rgb is not None]
+    try:
+        return dict(zip(readable, detector.detect([images[i] for i in readable])))
+    except Exception:  # noqa: BLE001 - retried image by image below
+        pass
+    found = {}
+    for i in readable:
+        try:
+            found[i] = detector.detect([images[i]])[0]
+        except Exception as exc:  # noqa: BLE001 - the image keeps its row, without a face
+            failures.append({"source": str(paths[i]), "reason": f"face detection failed ({type(exc).__name__}: {exc})"})
+    return found
 
 
 # ----------------------------------------------------------------------------------------- tables

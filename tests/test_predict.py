@@ -134,23 +134,24 @@ def test_the_same_crop_through_load_model_and_predict_gives_the_same_numbers(vid
                                rtol=1e-5, atol=1e-6)
 
 
-def test_a_folder_of_images_with_a_faceless_and_a_broken_image_keeps_every_row(sample_data, model_file, tmp_path):
+def test_a_folder_of_images_with_faceless_broken_and_tiny_images_keeps_every_row(sample_data, model_file, tmp_path):
     folder = tmp_path / "photos"
     shutil.copytree(sample_data["caer-s"] / "test" / "Neutral", folder)
     (folder / "broken.png").write_bytes(b"not an image at all")
+    cv2.imwrite(str(folder / "tiny.png"), np.full((5, 5, 3), 90, np.uint8))  # MTCNN fails on it in a batch
     images = sorted(p.name for p in folder.iterdir())
     faceless = Path(next(p for p in CAER_NO_FACE if p.startswith("test/Neutral/"))).name
     out = tmp_path / "images.parquet"
     result = CliRunner().invoke(app, ["predict", str(model_file), str(folder), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 1  # the broken image is reported ...
-    assert "broken.png" in result.output and "Traceback" not in result.output
+    assert "broken.png" in result.output and "tiny.png" in result.output and "Traceback" not in result.output
     table = pd.read_parquet(out)  # ... and every image, the broken one included, keeps its row
     assert sorted(Path(s).name for s in table["source"]) == images
     by_name = table.set_index(table["source"].map(lambda s: Path(s).name))
-    for name in (faceless, "broken.png"):
+    for name in (faceless, "broken.png", "tiny.png"):
         assert not by_name.loc[name, "face_found"]
         assert pd.isna(by_name.loc[name, "AU12_c"]) and pd.isna(by_name.loc[name, "expression"])
-    assert by_name["face_found"].sum() == len(images) - 2
+    assert by_name["face_found"].sum() == len(images) - 3
     assert table["frame"].isna().all() and table["time"].isna().all()
 
 
