@@ -335,7 +335,7 @@ def export_model(job_dir: Path | None, out: Path, encoder: str | None, pretraine
     affbench.load_model(path). A published checkpoint is wrapped the same way when you name its
     outputs, e.g.:
       affbench export-model --encoder megraph-au --pretrained MEFARG_resnet50_DISFA_fold1.pth \\
-          --labels au1,au2,au4,au6,au9,au12,au25,au26 --out megraph-disfa.pt
+          --labels au1,au2,au4,au6,au9,au12,au25,au26 --eval-crop 0.875 --out megraph-disfa.pt
     """
     from affbench.bundle import export_job, save_model_file, wrap_checkpoint
 
