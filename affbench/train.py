@@ -5,7 +5,8 @@ as SMM-EmotionNet learn AU, EXPR and VA together, each loss on the rows that tas
 the epoch with the best validation score, and leaves in ``workdir``:
 
 * ``last.pt``: everything needed to continue after the last finished epoch (model, optimiser,
-  scheduler, random states, history), written atomically at the end of every epoch;
+  scheduler, random states, history), written atomically at the end of every epoch, as tensors and
+  plain values only (:mod:`affbench.checkpoints`; a damaged one is set aside and training restarts);
 * ``best.pt``: the selected weights (``{"model": state_dict, ...}``), loadable by
   ``create_encoder(..., au_checkpoint=...)`` and by evaluation-only cells.
 
@@ -38,9 +39,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from affbench.checkpoints import (
+    TRAIN_STATE_FORMAT,
+    DamagedCheckpointError,
+    check_train_state,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_aside,
+    set_rng_state,
+)
 from affbench.data import Augmentation, RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.errors import AffbenchError
-from affbench.files import atomic_write
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -447,31 +457,11 @@ def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) ->
 # ----------------------------------------------------------------------------------------- states
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _save_best(model: torch.nn.Module, epoch: int, score: float, path: Path) -> None:
     """The selected weights, with what rebuilds their architecture (read by :func:`load_model_state`)."""
     spec = model.spec
-    _save_atomic({"model": model.state_dict(), "epoch": epoch, "score": score,
-                  "encoder": spec.name, "options": dict(spec.options)}, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    save_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": score,
+                     "encoder": spec.name, "options": dict(spec.options)}, path)
 
 
 def seed_everything(seed: int) -> None:
@@ -482,11 +472,58 @@ def seed_everything(seed: int) -> None:
 
 
 def load_model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The weights of a ``best.pt`` (or any ``{"model": state}`` / plain state dict)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    """The weights of a ``best.pt`` (or any ``{"model": state}`` / plain state dict), read as tensors
+    only; an unreadable file is a :class:`~affbench.checkpoints.DamagedCheckpointError`."""
+    blob = load_checkpoint(path)
     if isinstance(blob, Mapping) and "model" in blob:
-        return blob["model"]
-    return blob
+        blob = blob["model"]
+    if not isinstance(blob, Mapping) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise DamagedCheckpointError(path, "it holds no model weights")
+    return dict(blob)
+
+
+def _resume(workdir: Path, model, optimizer, scheduler, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The training state to continue from, or None to start afresh.
+
+    A ``last.pt`` that cannot be read or does not fit the model, or whose ``best.pt`` is damaged, is
+    moved aside as ``*.damaged`` and the job starts again from its first epoch (with a warning):
+    a run is never blocked by a bad file, and the file is kept for inspection.
+    """
+    last_path, best_path = workdir / "last.pt", workdir / "best.pt"
+    if not last_path.is_file():
+        return None
+    try:
+        state = load_checkpoint(last_path)
+        check_train_state(state, model, optimizer)
+    except (DamagedCheckpointError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, DamagedCheckpointError) else str(exc)
+        moved = set_aside(last_path)
+        log(f"warning: {last_path} cannot be resumed from ({reason}); moved it to {moved.name} and "
+            "training this job again from its first epoch.")
+        return None
+    if state["best_epoch"] is not None:
+        try:
+            best = load_checkpoint(best_path)
+            if not isinstance(best, Mapping) or best.get("epoch") != state["best_epoch"]:
+                raise DamagedCheckpointError(best_path, f"it does not hold the weights of epoch {state['best_epoch']}")
+        except (DamagedCheckpointError, FileNotFoundError) as exc:
+            reason = exc.reason if isinstance(exc, DamagedCheckpointError) else "it is missing"
+            moved = f"; moved it to {set_aside(best_path).name}" if best_path.is_file() else ""
+            last_path.unlink()
+            log(f"warning: {best_path} is damaged ({reason}){moved}; training this job again from its first "
+                "epoch, since the selected weights are lost.")
+            return None
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # Checked beforehand, so this is rare; the model is half-loaded now, so this process stops.
+        moved = set_aside(last_path)
+        raise AffbenchError(f"{last_path} could not be resumed from ({exc}); it is now {moved.name}: "
+                            "run the same command again to train this job from its first epoch.") from None
+    return state
 
 
 # ----------------------------------------------------------------------------------------- loops
@@ -678,12 +715,8 @@ def fit(
     best_epoch, best_score = None, float("nan")
     steps, start_epoch, resumed_from = 0, 0, None
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
-    if last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+    state = _resume(workdir, model, optimizer, scheduler, log)
+    if state is not None:
         history, steps = state["history"], state["steps"]
         best_epoch, best_score = state["best_epoch"], state["best_score"]
         start_epoch = resumed_from = state["epoch"] + 1
@@ -746,9 +779,9 @@ def fit(
         entry["seconds"] = round(time.perf_counter() - started, 3)
         train_seconds += entry["seconds"]
         history.append(entry)
-        _save_atomic(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": _rng_state(), "history": history, "steps": steps, "epoch": epoch,
+        save_checkpoint(
+            {"format": TRAIN_STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history, "steps": steps, "epoch": epoch,
              "best_epoch": best_epoch, "best_score": best_score},
             last_path,
         )
