@@ -90,11 +90,23 @@ def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     return path
 
 
+class DamagedRecordError(AffbenchError):
+    """A result record that cannot be read (not JSON, or without the keys of a record)."""
+
+
+#: Keys every record has; tables and the harness rely on them.
+RECORD_KEYS = ("suite", "dataset", "task", "encoder", "fold", "metrics")
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise AffbenchError(f"{path} is not a valid result record ({exc.msg}); delete it to redo that cell.") from None
+        record = json.loads(Path(path).read_text())
+        problem = None if isinstance(record, dict) and all(k in record for k in RECORD_KEYS) else "keys are missing"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "msg", "not UTF-8 text")
+    if problem is not None:
+        raise DamagedRecordError(f"{path} is not a valid result record ({problem}); delete it to redo that cell.")
+    return record
 
 
 def load_records(run_dir: str | os.PathLike, *, suite: str | None = None) -> list[dict[str, Any]]:

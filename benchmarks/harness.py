@@ -54,7 +54,7 @@ import numpy as np
 from affbench import __version__
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.files import check_name, write_text_atomic
-from affbench.results import CellKey, read_record, write_json_atomic, write_record
+from affbench.results import CellKey, DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.train import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -591,7 +591,16 @@ class _Runner:
             if not path.is_file():
                 finished = False
                 continue
-            record = read_record(path)
+            try:
+                record = read_record(path)
+            except DamagedRecordError:
+                from affbench.checkpoints import set_aside
+
+                # The job's done.json (or its training) rewrites it; the damaged file is kept.
+                self.log(f"warning: {path} is not a valid result record; moved it to {set_aside(path).name} "
+                         "and writing that cell again.")
+                finished = False
+                continue
             if record.get("config_hash") != job.config_hash:
                 raise AffbenchError(
                     f"{path} holds a result of cell {cell} made with other settings "

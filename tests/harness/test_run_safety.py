@@ -224,6 +224,22 @@ def test_a_corrupt_done_file_is_set_aside_and_its_job_runs_again(tmp_path, prepa
     assert json.loads((job / "done.json").read_text())["job"] == job.name
 
 
+def test_a_damaged_result_record_is_set_aside_and_written_again_without_training(tmp_path, prepared_root):
+    suite, out = suite_file(tmp_path), tmp_path / "run"
+    run(suite, prepared_root, out)
+    record = next((out / "results").rglob("*.json"))
+    expected = json.loads(record.read_text())
+    record.write_bytes(b"\xff\xfe garbage")
+
+    messages: list[str] = []
+    report = run(suite, prepared_root, out, messages)
+
+    assert report.jobs_trained == 0 and report.cells_written == 1
+    assert any(m.startswith("warning:") and str(record) in m for m in messages)
+    assert json.loads(record.read_text())["metrics"] == expected["metrics"]
+    assert record.with_name(record.name + ".damaged").read_bytes() == b"\xff\xfe garbage"
+
+
 def test_damaged_weights_that_another_job_starts_from_are_trained_again(tmp_path, prepared_root):
     suite, out = suite_file(tmp_path, DEPENDENT), tmp_path / "run"
     run(suite, prepared_root, out)
