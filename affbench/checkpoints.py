@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +128,68 @@ def check_train_state(state: Any, model: torch.nn.Module, optimizer: torch.optim
         if not isinstance(weights[name], torch.Tensor) or weights[name].shape != tensor.shape:
             raise ValueError(f"its weight {name!r} does not have this model's shape {tuple(tensor.shape)}")
     groups = state["optimizer"].get("param_groups") if isinstance(state["optimizer"], Mapping) else None
-    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) for g in groups) or [
+            len(g.get("params", ())) for g in groups] != [
             len(g["params"]) for g in optimizer.param_groups]:
         raise ValueError("its optimizer state does not fit this model")
     if not isinstance(state["history"], list) or not isinstance(state["epoch"], int):
         raise ValueError("its history is not a list of epochs")
+
+
+def resume_training_state(workdir: Path, model, optimizer, scheduler, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The training state in ``workdir/last.pt``, applied to the model, optimiser, scheduler and random
+    states; None to start afresh.
+
+    A ``last.pt`` that cannot be read or does not fit the model, or whose ``best.pt`` is damaged, is
+    moved aside as ``*.damaged`` and the job starts again from its first epoch (with a warning):
+    a run is never blocked by a bad file, and the file is kept for inspection.
+    """
+    last_path, best_path = workdir / "last.pt", workdir / "best.pt"
+    if not last_path.is_file():
+        return None
+    try:
+        state = load_checkpoint(last_path)
+        check_train_state(state, model, optimizer)
+    except (DamagedCheckpointError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = exc.reason if isinstance(exc, DamagedCheckpointError) else str(exc)
+        moved = set_aside(last_path)
+        log(f"warning: {last_path} cannot be resumed from ({reason}); moved it to {moved.name} and "
+            "training this job again from its first epoch.")
+        return None
+    if state["best_epoch"] is not None:
+        try:
+            _match_best(state, load_checkpoint(best_path), best_path)
+        except (DamagedCheckpointError, FileNotFoundError) as exc:
+            problem = f"is damaged ({exc.reason})" if isinstance(exc, DamagedCheckpointError) else "is missing"
+            moved = f"; moved it to {set_aside(best_path).name}" if best_path.is_file() else ""
+            last_path.unlink()
+            log(f"warning: {best_path} {problem}{moved}; training this job again from its first epoch, "
+                "since the selected weights are lost.")
+            return None
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # Checked beforehand, so this is rare; the model is half-loaded now, so this process stops.
+        moved = set_aside(last_path)
+        raise AffbenchError(f"{last_path} could not be resumed from ({exc}); it is now {moved.name}: "
+                            "run the same command again to train this job from its first epoch.") from None
+    return state
+
+
+def _match_best(state: dict[str, Any], best: Any, best_path: Path) -> None:
+    """Check that ``best.pt`` holds the weights ``state`` selected.
+
+    ``best.pt`` is written before ``last.pt`` within an epoch, so a run killed between the two
+    leaves the weights of the interrupted epoch there: they are adopted as the selection (that
+    epoch is trained again and replaces them only if it scores higher).
+    """
+    epoch = best.get("epoch") if isinstance(best, Mapping) else None
+    if not isinstance(best, Mapping) or not isinstance(best.get("model"), Mapping):
+        raise DamagedCheckpointError(best_path, "it holds no model weights")
+    if epoch == state["epoch"] + 2:
+        state["best_epoch"], state["best_score"] = epoch, float(best.get("score", float("nan")))
+    elif epoch != state["best_epoch"]:
+        raise DamagedCheckpointError(best_path, f"it does not hold the weights of epoch {state['best_epoch']}")

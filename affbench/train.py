@@ -42,12 +42,10 @@ from tqdm.auto import tqdm
 from affbench.checkpoints import (
     TRAIN_STATE_FORMAT,
     DamagedCheckpointError,
-    check_train_state,
     load_checkpoint,
+    resume_training_state,
     rng_state,
     save_checkpoint,
-    set_aside,
-    set_rng_state,
 )
 from affbench.data import Augmentation, RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.errors import AffbenchError
@@ -482,50 +480,6 @@ def load_model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(blob)
 
 
-def _resume(workdir: Path, model, optimizer, scheduler, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The training state to continue from, or None to start afresh.
-
-    A ``last.pt`` that cannot be read or does not fit the model, or whose ``best.pt`` is damaged, is
-    moved aside as ``*.damaged`` and the job starts again from its first epoch (with a warning):
-    a run is never blocked by a bad file, and the file is kept for inspection.
-    """
-    last_path, best_path = workdir / "last.pt", workdir / "best.pt"
-    if not last_path.is_file():
-        return None
-    try:
-        state = load_checkpoint(last_path)
-        check_train_state(state, model, optimizer)
-    except (DamagedCheckpointError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, DamagedCheckpointError) else str(exc)
-        moved = set_aside(last_path)
-        log(f"warning: {last_path} cannot be resumed from ({reason}); moved it to {moved.name} and "
-            "training this job again from its first epoch.")
-        return None
-    if state["best_epoch"] is not None:
-        try:
-            best = load_checkpoint(best_path)
-            if not isinstance(best, Mapping) or best.get("epoch") != state["best_epoch"]:
-                raise DamagedCheckpointError(best_path, f"it does not hold the weights of epoch {state['best_epoch']}")
-        except (DamagedCheckpointError, FileNotFoundError) as exc:
-            reason = exc.reason if isinstance(exc, DamagedCheckpointError) else "it is missing"
-            moved = f"; moved it to {set_aside(best_path).name}" if best_path.is_file() else ""
-            last_path.unlink()
-            log(f"warning: {best_path} is damaged ({reason}){moved}; training this job again from its first "
-                "epoch, since the selected weights are lost.")
-            return None
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        # Checked beforehand, so this is rare; the model is half-loaded now, so this process stops.
-        moved = set_aside(last_path)
-        raise AffbenchError(f"{last_path} could not be resumed from ({exc}); it is now {moved.name}: "
-                            "run the same command again to train this job from its first epoch.") from None
-    return state
-
-
 # ----------------------------------------------------------------------------------------- loops
 
 
@@ -715,7 +669,7 @@ def fit(
     best_epoch, best_score = None, float("nan")
     steps, start_epoch, resumed_from = 0, 0, None
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
-    state = _resume(workdir, model, optimizer, scheduler, log)
+    state = resume_training_state(workdir, model, optimizer, scheduler, log)
     if state is not None:
         history, steps = state["history"], state["steps"]
         best_epoch, best_score = state["best_epoch"], state["best_score"]

@@ -14,7 +14,7 @@ import torch
 from affbench.checkpoints import DamagedCheckpointError, load_checkpoint, rng_state, set_rng_state
 from affbench.train import TaskData, TrainSettings, fit, load_model_state, seed_everything
 
-SETTINGS = TrainSettings(epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, schedule="cosine", seed=3,
+SETTINGS = TrainSettings(epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, schedule="cosine", seed=5,
                          num_workers=0, max_steps=3, augmentation={"hflip": 0.5})
 
 
@@ -132,3 +132,34 @@ def test_a_damaged_best_checkpoint_trains_the_job_again_instead_of_crashing_late
     assert result.resumed_from is None and [h["train_loss"] for h in result.history] == losses
     load_checkpoint(workdir / "best.pt")
     assert load_model_state(workdir / "best.pt")
+
+
+def test_a_kill_between_the_best_and_the_last_checkpoint_resumes_without_loss(prepared_root, tmp_path, clean,
+                                                                                monkeypatch):
+    """Within an epoch best.pt is written before last.pt: a kill between them leaves a newer best.pt."""
+    from affbench import train
+
+    losses, clean_dir = clean
+    # Seed 5 selects epoch 2 (validation 0.14 then 0.29); otherwise this test would not test the window.
+    assert load_checkpoint(clean_dir / "best.pt")["epoch"] == 2
+    real_save = train.save_checkpoint
+
+    def killed_before_the_second_last_pt(obj, path):
+        if Path(path).name == "last.pt" and obj["epoch"] == 1:
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    workdir = tmp_path / "job"
+    monkeypatch.setattr(train, "save_checkpoint", killed_before_the_second_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        _train(prepared_root, workdir)
+    monkeypatch.undo()
+    assert load_checkpoint(workdir / "best.pt")["epoch"] == 2 and load_checkpoint(workdir / "last.pt")["epoch"] == 0
+
+    result, messages = _train(prepared_root, workdir)
+
+    assert not any(m.startswith("warning:") for m in messages)
+    assert result.resumed_from == 1 and result.best_epoch == 2
+    assert [h["train_loss"] for h in result.history] == losses
+    clean_weights = load_model_state(clean_dir / "best.pt")
+    assert all(torch.equal(v, clean_weights[k]) for k, v in load_model_state(workdir / "best.pt").items())
