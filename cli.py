@@ -28,8 +28,8 @@ _OS_ERRORS = {
     errno.EDQUOT: "The disk quota is exceeded while writing {path}; free some space and run the same command again "
                   "(finished work is kept).",
     errno.EROFS: "{path} is on a read-only file system; choose an output folder you can write to.",
-    errno.EACCES: "Permission denied for {path}; choose a folder you may write to, or change its permissions.",
-    errno.EPERM: "Operation not permitted on {path}; choose a folder you may write to, or change its permissions.",
+    errno.EACCES: "Permission denied for {path}; change its permissions or choose a path you may use.",
+    errno.EPERM: "Operation not permitted on {path}; change its permissions or choose a path you may use.",
     errno.ENOTDIR: "{path} is not a folder: a part of that path is a file.",
     errno.EISDIR: "{path} is a folder where a file was expected; give a file name.",
     errno.EEXIST: "{path} already exists and is not a folder; give another path.",
