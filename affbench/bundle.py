@@ -24,7 +24,7 @@ from typing import Any
 
 from affbench.errors import AffbenchError
 from affbench.faces import AlignmentTemplate, DetectorSettings, TrackerSettings
-from affbench.files import atomic_write, json_default
+from affbench.files import json_default
 
 FORMAT = "affbench-model"
 FORMAT_VERSION = 1
@@ -207,14 +207,12 @@ def spec_summary(spec) -> dict[str, Any]:
 
 def save_model_file(path: str | os.PathLike, description: ModelDescription, state_dict: Mapping[str, Any]) -> Path:
     """Write a model file atomically (a killed export never leaves a half file)."""
-    import torch
+    from affbench.checkpoints import save_checkpoint
 
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    with atomic_write(path) as tmp:
-        torch.save({"affbench_model": description.to_dict(), "state_dict": state}, tmp)
+    save_checkpoint({"affbench_model": description.to_dict(), "state_dict": state}, path)
     return path
 
 
@@ -266,7 +264,7 @@ def write_job_description(job_dir: str | os.PathLike, description: ModelDescript
 
 def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, ModelDescription]:
     """Combine a finished job's ``model.json`` and ``best.pt`` into one model file at ``out``."""
-    import torch
+    from affbench.train import load_model_state
 
     job_dir = Path(job_dir)
     if not job_dir.is_dir():
@@ -283,11 +281,7 @@ def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
         raise AffbenchError(f"{job_dir} holds no {WEIGHTS_FILE}: its weights were not kept "
                             "(set keep_weights = true in the suite's [training] and re-run that job).")
     description = ModelDescription.from_dict(json.loads(described.read_text()), where=str(described))
-    try:
-        blob = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user problem
-        raise AffbenchError(f"{weights} cannot be read safely ({type(exc).__name__}).") from None
-    state = blob["model"] if isinstance(blob, Mapping) and "model" in blob else blob
+    state = load_model_state(weights)  # tensors only (weights_only=True); damage is one sentence
     build_model(description, state)  # refuse to write a file whose weights do not fit
     return save_model_file(out, description, state), description
 
