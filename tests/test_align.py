@@ -70,6 +70,8 @@ def test_default_follows_the_jaa_net_box_rule_with_the_documented_enlargement():
     box = points.max(axis=0) - points.min(axis=0)
     assert 200 / box.max() == pytest.approx(template.box_enlarge) == pytest.approx(3.6)
     assert (points[:, 1].max() + points[:, 1].min()) / 2 == pytest.approx(0.43 * 200)
+    assert template.box_centre_y == pytest.approx(0.43)
+    assert template.describe(200)["box_enlarge"] == pytest.approx(3.6)
     jaa = AlignmentTemplate.framed(2.9).points(200)
     assert (jaa[:, 1].max() + jaa[:, 1].min()) / 2 == pytest.approx(100.0)
     assert 200 / np.ptp(jaa, axis=0).max() == pytest.approx(2.9)
