@@ -1,18 +1,33 @@
 """Every registered variant can memorise a tiny training set through the harness's own path.
 
-The standard sanity check of a training pipeline: 16 training crops, the task the suites train the
-variant on, the protocol's targets, ``affbench.train.fit`` (its losses, optimiser and data loader),
-then the variant's score on those same 16 crops. A dead head, a loss wired to the wrong output, a
-frozen layer or a label read from the wrong column keeps the score far from perfect.
+The standard sanity check of a training pipeline ("overfit one batch"): a few training crops, the
+task(s) the suites train the variant on, the protocol's targets, ``affbench.train.fit`` (its losses,
+AdamW optimiser and data loader; augmentation off, no schedule), then the variant's score on those
+same crops. A dead head, a loss wired to the wrong output, a frozen layer or a label read from the
+wrong column keeps the score far from perfect.
 
-Scoring: batch norm statistics are re-estimated on the 16 crops (the model then computes in eval
-mode what it computes in train mode, without dropout), then ``evaluate_tasks`` scores the training
-rows. Classification must be perfect (accuracy 1.0: every AU of every crop, every expression). VA
-and AU intensity are regressions through squashing or a heatmap read-out, so they must reach a
-concordance of 0.9 (CCC) and an agreement of 0.9 (ICC): a dead or swapped output stays near 0.
+**One batch holds the whole training set.** Every variant has batch norm. Trained on batches of 8
+out of 16 crops, a network learns outputs that hold under the statistics of *those* batches; scored
+on all 16 together (or in eval mode, on statistics re-estimated over the 16), the same weights compute
+something else. Behind deep trunks whose last maps are 1x1 or 2x2 at these input sizes, that gap
+alone kept ResNet-50, InceptionV3 and VGG variants below a perfect score after hundreds of steps
+(the previous version of this test), while with the whole set in one batch they memorise in tens of
+steps. So here ``batch_size`` is the number of training rows: every step sees the statistics the
+score is computed with.
 
-On two shared CPU cores only EmotiRAM-f memorises within seconds; the variants with a ResNet-50,
-InceptionV3 or VGG-16 trunk take minutes per variant and run with ``AFFBENCH_LEARNABILITY=all``.
+**Scoring: train mode without dropout.** Batch norm normalises with the batch's statistics, exactly
+as in training (one batch of all training rows), and dropout is off (a memorised model is scored,
+not a random sub-network). ``score_tasks`` then scores the training rows. Classification must be
+perfect (accuracy 1.0: every AU of every crop, every expression). VA and AU intensity are
+regressions, so they must reach a concordance of 0.95 (CCC) and an agreement of 0.95 (ICC): a dead,
+constant or swapped output stays near 0.
+
+**Reduced settings** (cost on two CPU cores; none removes a layer): inputs at the smallest size the
+architecture allows (InceptionV3 75, Fan et al.'s network 64), 8 crops per task for the heavy trunks,
+a learning rate per variant (1e-4 for the deep unnormalised FC bottleneck of EmotiRAM-FAU, which
+diverges to a plateau at 1e-3) and a bound on the steps. Training stops as soon as the score is
+perfect (checked every ``CHECK_EVERY`` steps). VGG-16 (138 M parameters) and fan-au (``KNOWN_FAILING``)
+run only with ``AFFBENCH_LEARNABILITY=all``.
 """
 
 from __future__ import annotations
@@ -25,29 +40,35 @@ import torch
 
 from affbench.encoders import create_encoder, list_encoders
 
-N_TRAIN = 16
+CHECK_EVERY = 3
 
-#: variant -> (dataset, tasks, encoder options, epochs, learning rate). Inputs are reduced to what
-#: each architecture allows; one epoch is two steps of 8 crops per task.
+#: variant -> (dataset, tasks, encoder options, crops per task, max steps, learning rate).
 VARIANTS = {
-    "emotiram-f": ("caer-s", ("expression",), {"input_size": 64}, 40, 3e-3),
-    "fan-au": ("disfa", ("au-intensity",), {"input_size": 64}, 150, 1e-3),
-    "emotiram-fau": ("caer-s", ("expression",), {"input_size": 64}, 150, 1e-3),
-    "megraph-au": ("disfa", ("au-detection",), {"input_size": 32}, 100, 1e-3),
-    "emotiram-fau-megraph": ("caer-s", ("expression",), {"input_size": 32}, 100, 1e-3),
-    "smm-emotionnet": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 100, 1e-3),
-    "inceptionv3-mtl": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 100, 1e-3),
-    "vggface": ("affwild2", ("expression",), {"task": "expression", "input_size": 32}, 60, 1e-4),
+    "emotiram-f": ("caer-s", ("expression",), {"input_size": 64}, 16, 60, 3e-3),
+    "fan-au": ("disfa", ("au-intensity",), {"input_size": 64}, 8, 60, 3e-4),
+    "emotiram-fau": ("caer-s", ("expression",), {"input_size": 64}, 8, 45, 1e-4),
+    "megraph-au": ("disfa", ("au-detection",), {"input_size": 32}, 8, 30, 1e-3),
+    "emotiram-fau-megraph": ("caer-s", ("expression",), {"input_size": 32}, 8, 45, 1e-3),
+    "smm-emotionnet": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 4, 60, 1e-3),
+    "inceptionv3-mtl": ("affwild2", ("au-detection", "expression", "va"), {"input_size": 75}, 4, 150, 1e-3),
+    "vggface": ("affwild2", ("expression",), {"task": "expression", "input_size": 32}, 8, 30, 1e-4),
 }
 
-#: Variants whose trunk (ResNet-50, InceptionV3, VGG-16) needs minutes of CPU to memorise even at
-#: reduced inputs: they run when AFFBENCH_LEARNABILITY=all is set (on a GPU box, or before a release).
-HEAVY = set(VARIANTS) - {"emotiram-f"}
-RUN_HEAVY = os.environ.get("AFFBENCH_LEARNABILITY") == "all"
+#: Left out of the default run (see the module docstring): VGG-16 is too heavy for two CPU cores;
+#: fan-au does not memorise yet (below) and would spend a minute failing in every run.
+OPT_IN = {"vggface", "fan-au"}
+RUN_ALL = os.environ.get("AFFBENCH_LEARNABILITY") == "all"
+
+#: Known not to memorise within its bound. fan-au's heatmap MSE falls from 2.7 to 0.063 in 60
+#: full-batch steps and stalls there: the network outputs about the mean heatmap of the 8 crops, so
+#: the intensities read from the heatmap maxima do not follow the crops (ICC 0.04-0.06; 0.17 with
+#: the SCC layers bypassed, so they are not the only cause). The readout itself is consistent:
+#: perfect target heatmaps read back to the labels exactly (ICC 1.0). Open in issue 11.
+KNOWN_FAILING = {"fan-au": "heatmap regression stalls at the mean heatmap (ICC ~0.05 after 60 steps); issue 11"}
 
 #: Metric and threshold per task kind (see the module docstring).
-REQUIRED = {"expression": ("accuracy", 1.0), "au-detection": ("accuracy", 1.0), "va": ("ccc", 0.9),
-            "au-intensity": ("icc", 0.9)}
+REQUIRED = {"expression": ("accuracy", 1.0), "au-detection": ("accuracy", 1.0), "va": ("ccc", 0.95),
+            "au-intensity": ("icc", 0.95)}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +88,8 @@ def test_every_registered_variant_has_a_learnability_setting():
     assert set(VARIANTS) == set(list_encoders())
 
 
-def _tiny_tasks(prepared_root, dataset, names):
-    """The protocol's tasks of fold 1, their training rows cut to N_TRAIN annotated crops, no val/test."""
+def _tiny_tasks(prepared_root, dataset, names, per_task):
+    """The protocol's tasks of fold 1, their training rows cut to ``per_task`` annotated crops, no val/test."""
     from affbench.data import open_prepared
     from affbench.protocols import Protocol
     from affbench.train import TaskData
@@ -85,40 +106,57 @@ def _tiny_tasks(prepared_root, dataset, names):
         y, mask = protocol.targets(prepared.meta, name)
         train = np.concatenate([np.asarray(split[r], np.int64) for r in ("train", "val")])
         annotated = train[mask[train].reshape(len(train), -1).all(axis=1)]
-        chosen = np.sort(np.random.default_rng(0).choice(annotated, min(N_TRAIN, len(annotated)), replace=False))
+        chosen = np.sort(np.random.default_rng(0).choice(annotated, min(per_task, len(annotated)), replace=False))
         tasks.append(TaskData(protocol.task(name), y, mask, {"train": chosen, "val": empty, "test": empty}))
     return prepared, tasks
 
 
-def _settle_batch_norm(model, images, rows):
-    """Re-estimate every batch norm's statistics on ``rows`` (one pass, exact averages)."""
-    from affbench.train import _forward, evaluation_loader
+def train_mode_scores(model, tasks, images):
+    """Scores on the training rows, all in one batch: batch norm on the batch's statistics, no dropout."""
+    from affbench.train import _forward, evaluation_loader, score_tasks
 
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    model.train()
-    loader = evaluation_loader(images, rows, batch_size=len(rows), num_workers=0, device=torch.device("cpu"))
-    with torch.no_grad():
-        for batch in loader:
-            _forward(model, batch["image"], model.spec, torch.device("cpu"), channels_last=False)
+    rows = np.unique(np.concatenate([t.rows["train"] for t in tasks]))
+    was_training = model.training
     model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.train()
+    try:
+        loader = evaluation_loader(images, rows, batch_size=len(rows), num_workers=0, device=torch.device("cpu"),
+                                   persistent=False)
+        with torch.no_grad():
+            (batch,) = list(loader)
+            outputs = _forward(model, batch["image"], model.spec, torch.device("cpu"), channels_last=False)
+    finally:
+        model.train(was_training)
+    outputs = {k: v.float().numpy() for k, v in outputs.items()}
+    return score_tasks(tasks, "train", outputs, batch["row"].numpy(), model.spec)
+
+
+def memorised(tasks, scores) -> bool:
+    return all(scores[t.name][REQUIRED[t.spec.kind][0]] >= REQUIRED[t.spec.kind][1] for t in tasks)
+
+
+class _Memorised(Exception):
+    """Raised from fit's epoch callback to stop training once the score is perfect."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.skipif(name in HEAVY and not RUN_HEAVY,
-                                                reason="minutes on a CPU; set AFFBENCH_LEARNABILITY=all"))
+    pytest.param(name, marks=[
+        pytest.mark.skipif(name in OPT_IN and not RUN_ALL, reason="opt-in: set AFFBENCH_LEARNABILITY=all"),
+        *([pytest.mark.xfail(reason=KNOWN_FAILING[name], strict=True)] if name in KNOWN_FAILING else []),
+    ])
     for name in sorted(VARIANTS)
 ])
-def test_variant_memorises_sixteen_crops(name, distinct_root, tmp_path):
+def test_variant_memorises_its_training_crops(name, distinct_root, tmp_path, monkeypatch):
     from affbench.data import ShardImages
-    from affbench.train import TrainSettings, check_compatible, evaluate_tasks, fit, seed_everything
+    from affbench.train import TrainSettings, check_compatible, fit, seed_everything
 
-    dataset, task_names, options, epochs, lr = VARIANTS[name]
-    prepared, tasks = _tiny_tasks(distinct_root, dataset, task_names)
-    settings = TrainSettings(epochs=epochs, batch_size=8, optimizer="adamw", lr=lr, schedule="none", seed=0,
+    dataset, task_names, options, per_task, max_steps, lr = VARIANTS[name]
+    prepared, tasks = _tiny_tasks(distinct_root, dataset, task_names, per_task)
+    n_rows = len(np.unique(np.concatenate([t.rows["train"] for t in tasks])))
+    settings = TrainSettings(epochs=max_steps, batch_size=n_rows, optimizer="adamw", lr=lr, schedule="none", seed=0,
                              num_workers=0, augmentation={}, keep_weights=False)
     seed_everything(settings.seed)
     model = create_encoder(name, **options)
@@ -130,11 +168,41 @@ def test_variant_memorises_sixteen_crops(name, distinct_root, tmp_path):
 
         points = crop_landmarks(prepared)
     images = ShardImages(prepared.folder, model.spec.input_size, settings.augmentation, points=points)
-    fit(model, tasks, images, settings, workdir=tmp_path, progress=False)
+    # One step is one epoch here, and fit writes last.pt and best.pt after every epoch: for a
+    # ResNet-50 with its AdamW state about 0.5 GB, more time than the step itself on two cores.
+    # Checkpointing and resuming are tested in test_train.py; here the writes are skipped.
+    monkeypatch.setattr("affbench.train.save_checkpoint", lambda *args, **kwargs: None)
+    scores = {}
 
-    train_rows = np.unique(np.concatenate([t.rows["train"] for t in tasks]))
-    _settle_batch_norm(model, images, train_rows)
-    scores = evaluate_tasks(model, tasks, images, role="train", batch_size=len(train_rows), num_workers=0)
-    for task in tasks:
-        metric, required = REQUIRED[task.spec.kind]
-        assert scores[task.name][metric] >= required, (name, task.name, scores[task.name])
+    def check(epoch, _entry):
+        nonlocal scores
+        if epoch % CHECK_EVERY == 0 or epoch == max_steps:
+            scores = train_mode_scores(model, tasks, images)
+            if memorised(tasks, scores):
+                print(f"{name}: memorised after {epoch} steps of {n_rows} crops: {scores}")  # shown with -s
+                raise _Memorised
+
+    try:
+        fit(model, tasks, images, settings, workdir=tmp_path, progress=False, on_epoch_end=check)
+    except _Memorised:
+        pass
+    assert memorised(tasks, scores), (name, scores)
+
+
+def test_fan_au_perfect_heatmaps_read_back_as_the_training_labels(distinct_root):
+    """The intensity task's loss target and its readout agree: heatmaps equal to the targets that
+    the loss regresses on the DISFA crops score an ICC of 1.0 (so fan-au's stall is in learning)."""
+    from affbench.data import Augmentation, ShardImages, crop_landmarks
+    from affbench.encoders import fan
+    from affbench.train import evaluation_loader, score_tasks
+
+    prepared, tasks = _tiny_tasks(distinct_root, "disfa", ("au-intensity",), 8)
+    spec = create_encoder("fan-au", input_size=64).spec
+    images = ShardImages(prepared.folder, spec.input_size, Augmentation(), points=crop_landmarks(prepared))
+    (batch,) = list(evaluation_loader(images, tasks[0].rows["train"], batch_size=8, num_workers=0,
+                                      device=torch.device("cpu"), persistent=False))
+    y = torch.as_tensor(tasks[0].y[batch["row"].numpy()])
+    assert (y > 0).any() and (y == 0).any()
+    target = fan.heatmap_targets(fan.au_points(batch["points"], spec.aus), y, spec.heatmap_size, spec.input_size)
+    scores = score_tasks(tasks, "train", {"au": fan.au_intensities(target).numpy()}, batch["row"].numpy(), spec)
+    assert scores["au-intensity"]["icc"] == pytest.approx(1.0)
