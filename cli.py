@@ -100,20 +100,27 @@ def _prepare_options(
 @_prepare_options(default_size=256)
 @click.option("--camera", default="left", show_default=True, type=click.Choice(["left", "right", "both"]),
               help="Which camera's videos to prepare (right-camera sample ids carry '/right/').")
+@click.option("--tracking", default="on", show_default=True, type=click.Choice(["on", "off"]),
+              help="on: track the face with O-Net, every tracked frame verified by full detections; "
+                   "off: the full MTCNN cascade on every frame (slower, the reference).")
 def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, quality: int, workers: int,
-                  device: str, rows_per_shard: int) -> None:
+                  device: str, rows_per_shard: int, tracking: str) -> None:
     """DISFA: every left-camera frame, MTCNN-aligned, 256x256 crops, 12 AU intensities joined.
 
     ROOT holds Videos_LeftCamera/, Video_RightCamera/ and ActionUnit_Labels/ as distributed. Every
-    frame becomes one row (face_found=false where no face is found), joined to the AU label files
-    by line order. Videos that cannot be read or are truncated are listed in manifest.json's
+    frame becomes one row, joined to the AU label files by line order; a frame where no face is
+    found gets a fallback crop from its neighbours in time (face_found=false, landmark_source
+    interpolated or carried). Videos that cannot be read or are truncated are listed in manifest.json's
     failures and make the command exit non-zero once the other videos are done. Each video runs
     in one process with one PyTorch thread: use --workers N to keep N cores busy.
     """
     from affbench.pipelines import disfa
 
+    from affbench.tracking import TrackerSettings
+
     settings = disfa.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
-                                     rows_per_shard=rows_per_shard)
+                                     rows_per_shard=rows_per_shard,
+                                     tracker=TrackerSettings(tracking=tracking == "on"))
     summary = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers)
     _finish_prepare(summary, out, "frames", notes=lambda manifest: [
         f"length mismatch: {line}" for line in disfa.length_mismatches(manifest)])

@@ -81,6 +81,10 @@ class TrainSettings:
         Clip the gradient norm to this value.
     heatmap_sigma : float
         Standard deviation in heatmap pixels of the Gaussian AU targets (Fan et al.: 2).
+    exclude_fallback_crops : bool
+        Leave the rows with a fallback crop (``landmark_source`` interpolated or carried: no face
+        was found in the frame) out of training, validation and testing. False (the published
+        protocols' way) scores every frame; the records count the fallback rows either way.
     keep_weights : bool
         Keep the selected weights (``best.pt``) after the cell is scored. False deletes them unless
         another job of the run starts from or evaluates them (the demo: VGG-16 weighs 0.5 GB).
@@ -108,6 +112,7 @@ class TrainSettings:
     eval_batch_size: int | None = None
     grad_clip: float | None = None
     heatmap_sigma: float = 2.0
+    exclude_fallback_crops: bool = False
     keep_weights: bool = True
     guessed: tuple[str, ...] = ()
     source: str = ""
@@ -166,6 +171,9 @@ class TrainSettings:
         data = self.to_dict()
         for name in self.NON_RESULT_FIELDS:
             data.pop(name, None)
+        if not data["exclude_fallback_crops"]:
+            # added with issue 10: at its default it leaves the hashes of earlier records unchanged
+            data.pop("exclude_fallback_crops")
         return data
 
     def merged(self, overrides: Mapping[str, Any]) -> TrainSettings:

@@ -601,11 +601,13 @@ class _Runner:
             derived = self.suite.derived_tasks.get(spec.name)
             if derived is None:
                 self._require_columns(prepared, spec, protocol)
-                split = protocol.split_indices(meta, spec.name, job.fold)
+                split = protocol.split_indices(meta, spec.name, job.fold,
+                                               exclude_fallback=experiment.training.exclude_fallback_crops)
                 y, mask = protocol.targets(meta, spec.name)
                 rows = {r: np.asarray(split[r], dtype=np.int64) for r in ("train", "val", "test")}
             else:
-                split, rows, y, mask = self._derived_rows(derived, protocol, prepared, job.fold)
+                split, rows, y, mask = self._derived_rows(derived, protocol, prepared, job.fold,
+                                                          experiment.training.exclude_fallback_crops)
             splits[spec.name] = split
             tasks.append(TaskData(spec, y, mask, rows))
         return prepared, tasks, splits
@@ -632,10 +634,11 @@ class _Runner:
                 f"which task {spec.name!r} needs; its labels are absent from these shards."
             )
 
-    def _derived_rows(self, derived: DerivedTask, protocol, prepared, fold: int):
+    def _derived_rows(self, derived: DerivedTask, protocol, prepared, fold: int, exclude_fallback: bool):
         source = protocol.task(derived.source_task)
         self._require_columns(prepared, source, protocol)
-        split = protocol.split_indices(prepared.meta, derived.source_task, fold)
+        split = protocol.split_indices(prepared.meta, derived.source_task, fold,
+                                       exclude_fallback=exclude_fallback)
         y_source, mask_source = protocol.targets(prepared.meta, derived.source_task)
         if not source.is_classification:
             raise AffbenchError(f"Derived task {derived.name!r} selects classes of {derived.source_task!r}, which has none.")
@@ -731,6 +734,7 @@ class _Runner:
             "metrics": test, "validation_metrics": selected.get("val", {}),
             "n": {t.name: {r: int(len(t.rows[r])) for r in ("train", "val", "test")} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
+            "fallback_crops": {t.name: splits[t.name].get("fallback_crops") for t in tasks},
             "validation_split": {t.name: splits[t.name].get("validation") for t in tasks},
             "test_groups": {t.name: splits[t.name].get("test_groups") for t in tasks},
             "primary_metric": {t.name: t.spec.primary_metric for t in tasks},
@@ -790,6 +794,7 @@ class _Runner:
             # Nothing was trained here: the model's own training rows are in the source job's records.
             "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
+            "fallback_crops": {t.name: splits[t.name].get("fallback_crops") for t in tasks},
             "validation_split": {t.name: splits[t.name].get("derived") for t in tasks},
             "test_groups": {t.name: splits[t.name].get("test_groups") for t in tasks},
             "primary_metric": {t.name: t.spec.primary_metric for t in tasks},
@@ -825,6 +830,7 @@ class _Runner:
                 "validation_metrics": summary["validation_metrics"].get(task, {}),
                 "primary_metric": summary["primary_metric"][task],
                 "n": summary["n"][task], "excluded": summary["excluded"][task],
+                "fallback_crops": summary.get("fallback_crops", {}).get(task),
                 "validation_split": summary["validation_split"][task],
                 "test_groups": summary["test_groups"][task],
                 "config_hash": job.config_hash, "job": job.key,

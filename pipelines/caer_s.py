@@ -32,6 +32,8 @@ from affbench.faces import (
     DetectorSettings,
     face_crop_columns,
     resolve_device,
+    SCORE_MARGIN,
+    SIZE_MARGIN,
     select_face,
     shared_detector,
 )
@@ -61,6 +63,18 @@ NOTES = {
     "box_landmarks": "MTCNN box (x1, y1, x2, y2) and 5 landmarks in source-image pixels, for context crops",
     "face_found": "false for images without a detected face and for unreadable images (listed in failures); "
     "those rows have no image, box or landmarks",
+    "n_faces": "faces MTCNN found in the image (null for unreadable images); above 1 the choice followed "
+    "the select rule, so filter n_faces == 1 for unambiguous images",
+    "landmark_source": "detected where a face was found, none otherwise",
+}
+
+
+#: The face choice of ``--select``, as the manifest records it.
+SELECTION_RULES = {
+    "largest": "the largest face if its box area is at least size_margin times every other's; among faces "
+    "closer in size, the one whose centre is nearest the image centre",
+    "prob": "the most confident face if its score beats every other's by score_margin; among faces closer in "
+    "score, the largest-face rule",
 }
 
 
@@ -162,7 +176,8 @@ class Settings:
             "size": self.size,
             "codec": self.codec,
             "quality": self.quality if self.codec != "png" else None,
-            "select": self.select,
+            "select": {"strategy": self.select, "size_margin": SIZE_MARGIN, "score_margin": SCORE_MARGIN,
+                       "rule": SELECTION_RULES[self.select]},
             "detector": self.detector.describe(),
             "alignment": self.template.describe(self.size),
             "expression_classes": list(CLASSES),
@@ -207,7 +222,7 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
             detections = dict(zip(readable, detector.detect([images[i] for i in readable])))
             for i, name in enumerate(names):
                 rgb, faces = images[i], detections.get(i, [])
-                face = select_face(faces, settings.select)
+                face = select_face(faces, settings.select, image_shape=None if rgb is None else rgb.shape)
                 row = {
                     "sample_id": ids[start + i],
                     "dataset": DATASET,
@@ -219,6 +234,8 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
                     **face_crop_columns(rgb, face, size=settings.size, template=settings.template,
                                         codec=settings.codec, quality=settings.quality,
                                         path=ids[start + i].split("/", 1)[1] + suffix),
+                    "landmark_source": "detected" if face is not None else "none",
+                    "n_faces": len(faces) if rgb is not None else None,
                 }
                 writer.write(row)
                 stats["images"] += 1
@@ -257,7 +274,9 @@ def prepare(
     size : int
         Side of the aligned square face crop.
     select : {"largest", "prob"}
-        Which face to keep where MTCNN finds several: the largest box or the highest probability.
+        Which face to keep where MTCNN finds several (:func:`affbench.faces.select_face`): the
+        largest box, or the highest probability, each only by a clear margin; near-ties go to the
+        face nearest the image centre (:data:`SELECTION_RULES`).
 
     Returns
     -------
