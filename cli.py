@@ -152,7 +152,9 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
 @prepare.command("caer-s")
 @_prepare_options(default_size=96)
 @click.option("--select", default="largest", show_default=True, type=click.Choice(["largest", "prob"]),
-              help="Which face to keep where MTCNN finds several: the largest box or the most confident.")
+              help="Which face to keep where MTCNN finds several: the largest box or the most confident, "
+                   "each only by a clear margin; near-ties go to the face nearest the image centre "
+                   "(n_faces records how many there were).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="Images of one size per MTCNN call (recorded in the manifest); larger batches pay off on a GPU.")
 def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,

@@ -9,12 +9,16 @@ pass two checks:
 * **geometry**: its eye distance and eye-to-mouth distance stay within ``max_size_change`` of the
   last full detection's, and its roll within ``max_roll_change`` degrees; a frame that fails goes
   through the full cascade at once, and the detection becomes the new reference;
-* **both ways**: the full cascade runs every ``redetect_every`` frames and on the last frame of
-  every batch (an anchor), and O-Net tracks backwards from its face through the frames tracked
-  since the previous full detection; a frame where the forward and backward landmarks differ by
-  more than ``anchor_tolerance`` of the eye distance (or where the backward track is lost, or the
-  anchor finds no face) goes through the full cascade too, all such frames as one batch. So no
-  tracked frame leaves the tracker unless a track from a later full detection agrees with it.
+* **anchors, both ways**: the full cascade runs every ``redetect_every`` frames and on the last
+  frame of every batch (an anchor). Where the track fails there or differs from the cascade's
+  landmarks by more than ``anchor_tolerance`` of the eye distance (the same for a frame that
+  failed the geometry check), every frame tracked since the previous full detection goes through
+  the full cascade (all such frames as one batch): iterated O-Net settles on
+  landmarks of its own (on laughing faces about 10% wider apart than the cascade's) and drifts
+  slowly. Where the anchor agrees, O-Net tracks backwards from it through those frames, and a frame
+  where the forward and backward landmarks differ by more than ``anchor_tolerance`` (or where the
+  backward track is lost) goes through the cascade too. So no tracked frame leaves the tracker
+  unless the next full detection agrees with the track, and a track from it agrees with the frame.
 
 ``tracking=False`` runs the full cascade (batched) on every frame instead: the reference behaviour.
 Each result says how its landmarks were obtained (``detected``, ``tracked``, ``none``) and how
@@ -263,7 +267,10 @@ class FaceTracker:
                 unconfirmed.append(i)
                 continue
             detected = self._detect([frame], [tracked if holds else self._last])[0]
-            suspect += self._confirm(frames, results, unconfirmed, detected.face)
+            if not holds or detected.face is None or self._disagrees(tracked, detected.face):
+                suspect += unconfirmed  # the track failed, or drifted from what the cascade sees here
+            else:
+                suspect += self._confirm(frames, results, unconfirmed, detected.face)
             unconfirmed = []
             results[i] = detected
             self._adopt(detected)
@@ -273,13 +280,13 @@ class FaceTracker:
                 results[i] = result
         return [r if r is not None else TrackedFace(None, "none") for r in results]
 
+    def _disagrees(self, tracked: Face, detected: Face) -> bool:
+        return landmark_disagreement(tracked, detected) > self.settings.anchor_tolerance
+
     def _confirm(self, frames: Sequence[np.ndarray], results: list[TrackedFace | None], unconfirmed: list[int],
-                 anchor: Face | None) -> list[int]:
+                 anchor: Face) -> list[int]:
         """Track backwards from a full detection through the frames tracked since the previous
-        one; return those where the two directions disagree (or the backward track is lost, or
-        there is no detection to start from)."""
-        if anchor is None:
-            return list(unconfirmed)
+        one; return those where the two directions disagree (or the backward track is lost)."""
         suspect: list[int] = []
         seed = anchor
         for k in range(len(unconfirmed) - 1, -1, -1):
@@ -287,7 +294,7 @@ class FaceTracker:
             back = self._refine([frames[i]], [seed.box])[0]
             if not self._accept(back, frames[i].shape):
                 return suspect + unconfirmed[: k + 1]
-            if landmark_disagreement(results[i].face, back) > self.settings.anchor_tolerance:
+            if self._disagrees(results[i].face, back):
                 suspect.append(i)
             seed = back
         return suspect

@@ -28,12 +28,12 @@ import pyarrow as pa
 
 from affbench.errors import DataLayoutError
 from affbench.faces import (
+    SCORE_MARGIN,
+    SIZE_MARGIN,
     AlignmentTemplate,
     DetectorSettings,
     face_crop_columns,
     resolve_device,
-    SCORE_MARGIN,
-    SIZE_MARGIN,
     select_face,
     shared_detector,
 )

@@ -57,8 +57,8 @@ from affbench.faces import (
     shared_detector,
 )
 from affbench.runner import RunSummary, Tick, UnitOutcome, run_units
-from affbench.tracking import FALLBACK_SOURCES, LANDMARK_SOURCES, FaceTracker, TrackedFace, TrackerSettings, fill_gaps
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
+from affbench.tracking import FALLBACK_SOURCES, LANDMARK_SOURCES, FaceTracker, TrackedFace, TrackerSettings, fill_gaps
 from affbench.video import VideoError, VideoReader, probe_video
 
 #: The 12 annotated AUs, in label-column order.

@@ -107,6 +107,30 @@ def test_disfa_excludes_faceless_and_unannotated_rows_and_counts_them(disfa_meta
     assert len(chosen) == len(disfa_meta) - 27 - 1
 
 
+def test_disfa_scores_fallback_crops_by_default_and_excludes_them_on_request(disfa_meta):
+    meta = disfa_meta.copy()
+    # prepared data of schema 2: the faceless frames have a crop from their neighbours' landmarks
+    meta["landmark_source"] = np.where(meta.face_found, "tracked", "interpolated")
+    split = DISFA.split_indices(meta, "au-intensity", 1)
+    chosen = np.concatenate([split[r] for r in ("train", "val", "test")])
+    assert len(chosen) == len(meta) - 1  # every frame but the unannotated one, as published
+    assert split["fallback_crops"] == {"train": 15, "val": 3, "test": 9}
+    assert sum(split["excluded"]["no_face"].values()) == 0
+    assert split["excluded"]["fallback_crop"] == {"train": 0, "val": 0, "test": 0}
+
+    strict = DISFA.split_indices(meta, "au-intensity", 1, exclude_fallback=True)
+    assert strict["excluded"]["fallback_crop"] == {"train": 15, "val": 3, "test": 9}
+    assert strict["fallback_crops"] == {"train": 0, "val": 0, "test": 0}
+    for role in ("train", "val", "test"):
+        assert np.array_equal(strict[role], DISFA.split_indices(disfa_meta, "au-intensity", 1)[role])
+    # a faceless row without a fallback crop stays out either way
+    first_faceless = int(np.flatnonzero(~meta.face_found.to_numpy())[0])
+    meta.loc[meta.index[first_faceless], "landmark_source"] = "none"
+    split = DISFA.split_indices(meta, "au-intensity", 1)
+    assert first_faceless not in np.concatenate([split[r] for r in ("train", "val", "test")])
+    assert sum(split["excluded"]["no_face"].values()) == 1
+
+
 def test_disfa_targets_apply_occurrence_threshold_and_mask(disfa_meta):
     y, mask = DISFA.targets(disfa_meta, "au-detection")
     raw = disfa_meta[[f"au{a}" for a in DISFA_DETECTION_AUS]].to_numpy()

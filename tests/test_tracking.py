@@ -48,7 +48,8 @@ def test_a_confident_but_drifted_track_is_caught_and_redetected(detector, jump):
 
 
 def test_every_tracked_frame_is_confirmed_by_a_later_full_detection(detector):
-    frames = [sd.disfa_frame(0, "left", i, 24) for i in range(5)]  # frame 5 of the sample has no face
+    # the sample motion at DISFA's pace (a cycle in 240 frames); frame 5 of the sample has no face
+    frames = [sd.disfa_frame(0, "left", i, 240) for i in range(5)]
     results = FaceTracker(detector, TrackerSettings(redetect_every=0)).track(frames)
     # the batch's last frame is always an anchor; tracked frames carry no face count
     assert results[-1].method == "detected" and results[-1].n_faces == 1
