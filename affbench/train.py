@@ -5,21 +5,14 @@ as SMM-EmotionNet learn AU, EXPR and VA together, each loss on the rows that tas
 the epoch with the best validation score, and leaves in ``workdir``:
 
 * ``last.pt``: everything needed to continue after the last finished epoch (model, optimiser,
-  scheduler, random states, history), written atomically at the end of every epoch;
+  scheduler, random states, history), written atomically at the end of every epoch, as tensors and
+  plain values only (:mod:`affbench.checkpoints`; a damaged one is set aside and training restarts);
 * ``best.pt``: the selected weights (``{"model": state_dict, ...}``), loadable by
   ``create_encoder(..., au_checkpoint=...)`` and by evaluation-only cells.
 
-Losses (summed over tasks, unweighted, as SMM-EmotionNet's eq. 7):
-
-* AU detection: binary cross-entropy with per-AU positive weights ``negatives / positives`` from the
-  training rows; on logits (``BCEWithLogits``) or, for models that output probabilities
-  (ME-GraphAU), the same weighted BCE on the probabilities, in float32;
-* AU intensity: mean squared error on the heatmaps for the heatmap models (Fan et al.), else on the
-  intensities;
-* expression: cross-entropy, optionally weighted by inverse class frequency in the training rows;
-* valence/arousal: ``(1 - CCC_V) + (1 - CCC_A)`` over the batch.
-
-Unannotated labels are masked out of their task's loss and metric only.
+The losses are in :mod:`affbench.losses`, the settings and the optimiser and schedule they build in
+:mod:`affbench.settings` (``TrainSettings`` is importable from here too). Unannotated labels are
+masked out of their task's loss and metric only.
 """
 
 from __future__ import annotations
@@ -29,165 +22,26 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from affbench.data import Augmentation, RowGroupBatchSampler, ShardImages, make_loader, normalise
+from affbench.checkpoints import (
+    TRAIN_STATE_FORMAT,
+    DamagedCheckpointError,
+    load_checkpoint,
+    resume_training_state,
+    rng_state,
+    save_checkpoint,
+)
+from affbench.data import RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.errors import AffbenchError
-from affbench.files import atomic_write
-
-OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
-SCHEDULES = ("none", "cosine", "step")
-CLASS_WEIGHTS = ("balanced", "none")
-POS_WEIGHTS = ("train", "none")
-
-
-# ----------------------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How one model is trained; suites set these per experiment (``[training]`` tables).
-
-    Attributes
-    ----------
-    epochs, batch_size : int
-    optimizer : {"sgd", "rmsprop", "adam", "adamw"}
-    lr, weight_decay, momentum : float
-        ``momentum`` is used by SGD and RMSprop.
-    schedule : {"none", "cosine", "step"}
-        ``cosine`` anneals per step to 0 over all epochs; ``step`` divides the rate by
-        ``step_factor`` at each epoch of ``step_epochs``.
-    seed : int
-        Model initialisation, data order and augmentation all follow from it.
-    augmentation : Augmentation
-    class_weights : {"balanced", "none"}
-        Expression loss weights: inverse class frequency in the training rows, or none.
-    pos_weight : {"train", "none"}
-        AU loss positive weights: negatives / positives per AU in the training rows, or none.
-    max_steps : int, optional
-        At most this many training batches per epoch (quick runs).
-    num_workers : int, optional
-        DataLoader worker processes; None chooses by device. Does not change results.
-    eval_batch_size : int, optional
-        Batch size for validation and test (default: twice ``batch_size``). Does not change results.
-    grad_clip : float, optional
-        Clip the gradient norm to this value.
-    heatmap_sigma : float
-        Standard deviation in heatmap pixels of the Gaussian AU targets (Fan et al.: 2).
-    exclude_fallback_crops : bool
-        Leave the rows with a fallback crop (``landmark_source`` interpolated or carried: no face
-        was found in the frame) out of training, validation and testing. False (the published
-        protocols' way) scores every frame; the records count the fallback rows either way.
-    keep_weights : bool
-        Keep the selected weights (``best.pt``) after the cell is scored. False deletes them unless
-        another job of the run starts from or evaluates them (the demo: VGG-16 weighs 0.5 GB).
-    guessed : tuple of str
-        Names of the settings the source papers do not give (reported with every result).
-    source : str
-        Where the settings come from, in words.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "none"
-    step_epochs: tuple[int, ...] = ()
-    step_factor: float = 10.0
-    seed: int = 0
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    class_weights: str = "balanced"
-    pos_weight: str = "train"
-    max_steps: int | None = None
-    num_workers: int | None = None
-    eval_batch_size: int | None = None
-    grad_clip: float | None = None
-    heatmap_sigma: float = 2.0
-    exclude_fallback_crops: bool = False
-    keep_weights: bool = True
-    guessed: tuple[str, ...] = ()
-    source: str = ""
-
-    #: Settings that cannot change a trained model's weights or scores.
-    NON_RESULT_FIELDS = ("num_workers", "eval_batch_size", "keep_weights", "guessed", "source")
-
-    def __post_init__(self) -> None:
-        def check(condition: bool, message: str) -> None:
-            if not condition:
-                raise AffbenchError(message)
-
-        check(isinstance(self.epochs, int) and self.epochs >= 1, f"training.epochs must be a positive integer; got {self.epochs!r}.")
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1,
-              f"training.batch_size must be a positive integer; got {self.batch_size!r}.")
-        check(self.optimizer in OPTIMIZERS, f"Unknown optimizer {self.optimizer!r}; valid optimizers are: {', '.join(OPTIMIZERS)}.")
-        check(self.schedule in SCHEDULES, f"Unknown schedule {self.schedule!r}; valid schedules are: {', '.join(SCHEDULES)}.")
-        check(self.class_weights in CLASS_WEIGHTS,
-              f"training.class_weights must be one of {', '.join(CLASS_WEIGHTS)}; got {self.class_weights!r}.")
-        check(self.pos_weight in POS_WEIGHTS, f"training.pos_weight must be one of {', '.join(POS_WEIGHTS)}; got {self.pos_weight!r}.")
-        check(self.lr > 0, f"training.lr must be positive; got {self.lr}.")
-        check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be positive; got {self.max_steps}.")
-        check(self.num_workers is None or self.num_workers >= 0, f"num_workers must be 0 or more; got {self.num_workers}.")
-        object.__setattr__(self, "step_epochs", tuple(int(e) for e in self.step_epochs))
-        object.__setattr__(self, "guessed", tuple(self.guessed))
-        if isinstance(self.augmentation, Mapping):
-            object.__setattr__(self, "augmentation", Augmentation.from_dict(self.augmentation))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainSettings:
-        """Build from a suite's ``[training]`` table; unknown keys are an error naming the valid ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise AffbenchError(f"Unknown training setting {unknown[0]!r}; the settings are: {', '.join(sorted(known))}.")
-        values = dict(data)
-        for name in ("lr", "weight_decay", "momentum", "step_factor", "heatmap_sigma"):
-            if name in values:
-                values[name] = float(values[name])
-        if "grad_clip" in values and values["grad_clip"] is not None:
-            values["grad_clip"] = float(values["grad_clip"])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise AffbenchError(f"Invalid training settings: {exc}.") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["augmentation"] = self.augmentation.to_dict()
-        data["step_epochs"] = list(self.step_epochs)
-        data["guessed"] = list(self.guessed)
-        return data
-
-    def result_dict(self) -> dict[str, Any]:
-        """The settings that determine the trained weights (for config hashes)."""
-        data = self.to_dict()
-        for name in self.NON_RESULT_FIELDS:
-            data.pop(name, None)
-        if not data["exclude_fallback_crops"]:
-            # added with issue 10: at its default it leaves the hashes of earlier records unchanged
-            data.pop("exclude_fallback_crops")
-        return data
-
-    def merged(self, overrides: Mapping[str, Any]) -> TrainSettings:
-        """These settings with some replaced (``augmentation`` is merged key by key)."""
-        if not overrides:
-            return self
-        data = self.to_dict()
-        for key, value in overrides.items():
-            if key == "augmentation":
-                data["augmentation"] = {**data["augmentation"], **dict(value)}
-            else:
-                data[key] = value
-        return TrainSettings.from_dict(data)
-
+from affbench.losses import build_losses
+from affbench.settings import TrainSettings, build_optimizer, build_scheduler
 
 # ----------------------------------------------------------------------------------------- tasks
 
@@ -216,6 +70,16 @@ class TaskData:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+def apply_selection(tasks: Sequence[TaskData], settings: TrainSettings) -> list[TaskData]:
+    """The tasks as ``settings.selection`` trains them: under ``reference-last-epoch`` the validation
+    rows join the training rows (ME-GraphAU trains on every training subject); otherwise unchanged."""
+    if settings.selection != "reference-last-epoch":
+        return list(tasks)
+    empty = np.zeros(0, np.int64)
+    return [TaskData(t.spec, t.y, t.mask, {**t.rows, "train": np.union1d(t.rows["train"], t.rows["val"]), "val": empty})
+            for t in tasks]
 
 
 def device_of(device: str | torch.device) -> torch.device:
@@ -274,212 +138,14 @@ def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
     return output
 
 
-# ----------------------------------------------------------------------------------------- losses
-
-
-class _Loss:
-    """One task's loss on a batch; ``rows`` index the full label table."""
-
-    def __init__(self, task: TaskData, encoder_spec, settings: TrainSettings, device: torch.device):
-        self.task = task
-        self.key = task.spec.output_key
-        self.device = device
-        train = task.rows["train"]
-        member = np.zeros(len(task.y), dtype=bool)
-        member[train] = True
-        self.member = torch.from_numpy(member).to(device)
-        self.y = torch.from_numpy(np.ascontiguousarray(task.y)).to(device)
-        self.mask = torch.from_numpy(np.ascontiguousarray(task.mask)).to(device)
-        self.describe = ""
-
-    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        keep = self.member[rows]
-        return keep, self.y[rows], self.mask[rows]
-
-
-class AUDetectionLoss(_Loss):
-    def __init__(self, task, encoder_spec, settings, device):
-        super().__init__(task, encoder_spec, settings, device)
-        self.probabilities = encoder_spec.au_output == "probabilities" and self.key == "au"
-        if encoder_spec.au_output == "intensities" and self.key == "au":
-            raise AffbenchError(f"Encoder {encoder_spec.name!r} outputs AU intensities; train it on an intensity task.")
-        train = task.rows["train"]
-        y, mask = task.y[train], task.mask[train]
-        positives = (y * mask).sum(axis=0)
-        negatives = ((1 - y) * mask).sum(axis=0)
-        if settings.pos_weight == "train":
-            weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
-        else:
-            weight = np.ones(y.shape[1])
-        self.pos_weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
-        form = "weighted BCE on probabilities" if self.probabilities else "BCE with logits"
-        self.describe = f"{form}, pos_weight = negatives/positives per label: {np.round(weight, 3).tolist()}"
-
-    def __call__(self, outputs, rows, batch):
-        keep, y, mask = self.select(rows)
-        if not keep.any():
-            return None
-        pred = outputs[self.key].float()[keep]
-        y, mask = y[keep].float(), mask[keep].float()
-        if self.probabilities:
-            p = pred.clamp(1e-6, 1 - 1e-6)
-            loss = -(self.pos_weight * y * torch.log(p) + (1 - y) * torch.log1p(-p))
-        else:
-            loss = F.binary_cross_entropy_with_logits(pred, y, pos_weight=self.pos_weight, reduction="none")
-        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-class ExpressionLoss(_Loss):
-    def __init__(self, task, encoder_spec, settings, device):
-        super().__init__(task, encoder_spec, settings, device)
-        n_classes = task.spec.n_outputs
-        train = task.rows["train"]
-        classes = task.y[train][task.mask[train]].astype(np.int64)
-        counts = np.bincount(classes, minlength=n_classes).astype(np.float64)
-        if settings.class_weights == "balanced":
-            weight = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 1.0)
-        else:
-            weight = np.ones(n_classes)
-        self.weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
-        self.describe = (
-            f"cross-entropy, class weights {np.round(weight, 3).tolist()}" if settings.class_weights == "balanced"
-            else "cross-entropy, unweighted"
-        )
-
-    def __call__(self, outputs, rows, batch):
-        keep, y, mask = self.select(rows)
-        keep = keep & mask
-        if not keep.any():
-            return None
-        return F.cross_entropy(outputs[self.key].float()[keep], y[keep].long(), weight=self.weight)
-
-
-class VALoss(_Loss):
-    def __init__(self, task, encoder_spec, settings, device):
-        super().__init__(task, encoder_spec, settings, device)
-        self.describe = "sum over targets of (1 - CCC) on the batch"
-
-    def __call__(self, outputs, rows, batch):
-        from affbench.metrics import torch_ccc
-
-        keep, y, mask = self.select(rows)
-        pred = outputs[self.key].float()
-        total = None
-        for j in range(y.shape[1]):
-            rows_j = keep & mask[:, j]
-            if int(rows_j.sum()) < 2:  # CCC needs two values
-                continue
-            term = 1.0 - torch_ccc(y[rows_j, j].float(), pred[rows_j, j])
-            total = term if total is None else total + term
-        return total
-
-
-class IntensityLoss(_Loss):
-    """MSE on AU intensities, or on Gaussian heatmaps for the heatmap models (Fan et al.)."""
-
-    def __init__(self, task, encoder_spec, settings, device):
-        super().__init__(task, encoder_spec, settings, device)
-        self.heatmaps = "heatmaps" in encoder_spec.heads
-        self.sigma = settings.heatmap_sigma
-        self.encoder_spec = encoder_spec
-        if self.heatmaps:
-            from affbench.encoders import fan
-
-            self._fan = fan
-            self.describe = f"MSE on AU heatmaps (Gaussian targets, sigma {self.sigma:g}, scaled by intensity)"
-        else:
-            self.describe = "MSE on AU intensities"
-
-    def __call__(self, outputs, rows, batch):
-        keep, y, mask = self.select(rows)
-        if not keep.any():
-            return None
-        if not self.heatmaps:
-            pred = outputs[self.key].float()[keep]
-            m = mask[keep].float()
-            return (((pred - y[keep].float()) ** 2) * m).sum() / m.sum().clamp_min(1.0)
-        predicted = outputs["heatmaps"].float()
-        spec = self.encoder_spec
-        points = batch["points"].to(predicted.device)
-        usable = keep & torch.isfinite(points).flatten(1).all(dim=1)
-        if not usable.any():
-            return None
-        au_points = self._fan.au_points(points[usable], spec.aus)
-        # Unannotated AUs get no target and no weight (their two heatmaps leave the loss).
-        intensities = torch.where(mask[usable], y[usable].float().clamp_min(0.0), 0.0)
-        target = self._fan.heatmap_targets(au_points, intensities, spec.heatmap_size, spec.input_size, sigma=self.sigma)
-        weight = mask[usable].float().repeat_interleave(2, dim=1)[..., None, None]
-        error = ((predicted[usable] - target) ** 2) * weight
-        return error.sum() / (weight.sum() * spec.heatmap_size**2).clamp_min(1.0)
-
-
-LOSSES = {
-    "au-detection": AUDetectionLoss,
-    "au-intensity": IntensityLoss,
-    "expression": ExpressionLoss,
-    "va": VALoss,
-}
-
-
-def build_losses(tasks: Sequence[TaskData], encoder_spec, settings: TrainSettings, device) -> list[_Loss]:
-    return [LOSSES[t.spec.kind](t, encoder_spec, settings, device_of(device)) for t in tasks]
-
-
-# ----------------------------------------------------------------------------------------- optimiser
-
-
-def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    if settings.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-
-
-def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step scheduler: constant, cosine to zero over all steps, or step decay at epochs."""
-    total = max(1, settings.epochs * steps_per_epoch)
-    if settings.schedule == "cosine":
-        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-    elif settings.schedule == "step":
-        milestones = [e * steps_per_epoch for e in settings.step_epochs]
-        factor = lambda step: settings.step_factor ** -sum(step >= m for m in milestones)  # noqa: E731
-    else:
-        factor = lambda step: 1.0  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # ----------------------------------------------------------------------------------------- states
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def _save_best(model: torch.nn.Module, epoch: int, score: float, path: Path) -> None:
     """The selected weights, with what rebuilds their architecture (read by :func:`load_model_state`)."""
     spec = model.spec
-    _save_atomic({"model": model.state_dict(), "epoch": epoch, "score": score,
-                  "encoder": spec.name, "options": dict(spec.options)}, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    save_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": score,
+                     "encoder": spec.name, "options": dict(spec.options)}, path)
 
 
 def seed_everything(seed: int) -> None:
@@ -490,11 +156,14 @@ def seed_everything(seed: int) -> None:
 
 
 def load_model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The weights of a ``best.pt`` (or any ``{"model": state}`` / plain state dict)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    """The weights of a ``best.pt`` (or any ``{"model": state}`` / plain state dict), read as tensors
+    only; an unreadable file is a :class:`~affbench.checkpoints.DamagedCheckpointError`."""
+    blob = load_checkpoint(path)
     if isinstance(blob, Mapping) and "model" in blob:
-        return blob["model"]
-    return blob
+        blob = blob["model"]
+    if not isinstance(blob, Mapping) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise DamagedCheckpointError(path, "it holds no model weights")
+    return dict(blob)
 
 
 # ----------------------------------------------------------------------------------------- loops
@@ -577,9 +246,15 @@ def predict(
 
 
 def score_tasks(
-    tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec
+    tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec,
+    *, notes: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``."""
+    """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``.
+
+    Warnings raised while scoring (a label without positives, a constant prediction: the value is
+    then 0 or undefined by convention) are not shown; with ``notes`` they are collected per task
+    name, each once, so that the result record can carry them next to the numbers they qualify.
+    """
     import warnings
 
     from affbench.metrics import evaluate
@@ -592,9 +267,15 @@ def score_tasks(
             continue
         index = np.array([position[int(r)] for r in task_rows], dtype=np.int64)
         scores = task_scores(task.spec, encoder_spec, outputs_by_row[task.spec.output_key][index])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # degenerate tiny splits: the values are documented
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             results[task.name] = evaluate(task.spec, task.y[task_rows], scores, mask=task.mask[task_rows])
+        if notes is not None:
+            found = notes.setdefault(task.name, [])
+            for warning in caught:
+                text = str(warning.message)
+                if text not in found:
+                    found.append(text)
     return results
 
 
@@ -653,6 +334,7 @@ def fit(
     FitResult
     """
     device = device_of(device)
+    tasks = apply_selection(tasks, settings)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob(".*.tmp"):  # a checkpoint being written when the last run was killed
@@ -686,12 +368,8 @@ def fit(
     best_epoch, best_score = None, float("nan")
     steps, start_epoch, resumed_from = 0, 0, None
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
-    if last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+    state = resume_training_state(workdir, model, optimizer, scheduler, log)
+    if state is not None:
         history, steps = state["history"], state["steps"]
         best_epoch, best_score = state["best_epoch"], state["best_score"]
         start_epoch = resumed_from = state["epoch"] + 1
@@ -754,9 +432,9 @@ def fit(
         entry["seconds"] = round(time.perf_counter() - started, 3)
         train_seconds += entry["seconds"]
         history.append(entry)
-        _save_atomic(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": _rng_state(), "history": history, "steps": steps, "epoch": epoch,
+        save_checkpoint(
+            {"format": TRAIN_STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history, "steps": steps, "epoch": epoch,
              "best_epoch": best_epoch, "best_score": best_score},
             last_path,
         )
@@ -771,10 +449,13 @@ def fit(
         # Validation never gave a usable score: keep the last epoch, and say so.
         best_epoch = len(history)
         _save_best(model, best_epoch, float("nan"), best_path)
-    selection = (
-        "best validation score (mean of the tasks' primary metrics)" if len(val_rows) and not math.isnan(best_score)
-        else "last epoch (no usable validation score)"
-    )
+    if settings.selection == "reference-last-epoch":
+        selection = ("reference protocol: last epoch, trained on the training and validation subjects together "
+                     "(no held-out model selection)")
+    elif len(val_rows) and not math.isnan(best_score):
+        selection = "best validation score (mean of the tasks' primary metrics)"
+    else:
+        selection = "last epoch (no usable validation score)"
     return FitResult(
         best_epoch=best_epoch, best_score=best_score, selection=selection, history=history, steps=steps,
         epochs_run=len(history), resumed_from=resumed_from,
@@ -793,8 +474,9 @@ def evaluate_tasks(
     batch_size: int = 64,
     num_workers: int | None = None,
     progress: bool = False,
+    notes: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on its ``role`` rows (test by default)."""
+    """Metrics of every task on its ``role`` rows (test by default); ``notes`` as :func:`score_tasks`."""
     device = device_of(device)
     rows = [t.rows[role] for t in tasks if len(t.rows[role])]
     if not rows:
@@ -804,5 +486,5 @@ def evaluate_tasks(
     outputs = predict(model, images, all_rows, encoder_spec=model.spec, device=device, batch_size=batch_size,
                       num_workers=choose_workers(device, num_workers), keys={t.spec.output_key for t in tasks},
                       progress=progress, description=role)
-    return score_tasks(tasks, role, outputs, all_rows, model.spec)
+    return score_tasks(tasks, role, outputs, all_rows, model.spec, notes=notes)
 

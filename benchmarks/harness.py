@@ -15,10 +15,13 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
 ``[[experiment]]``
     ``id``, ``dataset``, ``tasks``, ``encoder``, ``options`` (encoder options), ``folds``
     (default: all of the protocol), ``label`` (the paper's name), ``metrics`` (replace the task's
-    metrics), ``[experiment.training]`` (overrides), and one of
+    metrics), ``variant`` (names the cells ``<encoder>-<variant>`` so that two experiments of one
+    encoder, e.g. ME-GraphAU's stage 1 and stage 2, each keep a record), ``[experiment.training]``
+    (overrides), and one of
 
     * ``[experiment.init]``: ``experiment``, ``fold``, ``option``: start from the selected weights of
-      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``);
+      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``, or
+      ``pretrained`` to continue the same encoder, as ME-GraphAU's stage 2 starts from stage 1);
     * ``[experiment.evaluate]``: ``experiment``, ``fold``: no training; score that experiment's
       selected model on this experiment's dataset and tasks (test rows).
 
@@ -52,9 +55,11 @@ from typing import Any
 import numpy as np
 
 from affbench import __version__
+from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.results import CellKey, read_record, write_json_atomic, write_record
-from affbench.train import TrainSettings
+from affbench.files import check_name, write_text_atomic
+from affbench.results import CellKey, DamagedRecordError, read_record, write_json_atomic, write_record
+from affbench.settings import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,8 +70,8 @@ SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
 HARNESS_VERSION = 1
 DATASET_NAMES = ("disfa", "caer-s", "affwild2")
-#: Encoder options that carry weights rather than architecture (see affbench.encoders.registry).
-WEIGHT_OPTIONS = ("pretrained", "au_checkpoint")
+#: In the run folder: which shards were verified against their manifest (see affbench.integrity).
+VERIFIED_SHARDS = "verified-shards.json"
 
 
 # ----------------------------------------------------------------------------------------- suites
@@ -126,10 +131,16 @@ class Experiment:
     label: str = ""
     metrics: tuple[str, ...] | None = None
     notes: str = ""
+    variant: str = ""
 
     @property
     def is_evaluation(self) -> bool:
         return self.evaluate is not None
+
+    @property
+    def cell_encoder(self) -> str:
+        """The encoder column of this experiment's cells: the encoder, or ``<encoder>-<variant>``."""
+        return f"{self.encoder}-{self.variant}" if self.variant else self.encoder
 
 
 @dataclass
@@ -200,14 +211,17 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     name = meta.get("name") or (path.stem if path else "")
     if not name:
         raise AffbenchError(f"{where} has no [suite] name.")
+    check_name("suite name", name)
     folders = dict(data.get("datasets", {}))
-    for dataset in folders:
+    for dataset, folder in folders.items():
         if dataset not in DATASET_NAMES:
             raise UnknownNameError("dataset", dataset, DATASET_NAMES)
+        check_name(f"[datasets] folder of {dataset}", folder)
     defaults = TrainSettings.from_dict(data.get("training", {}))
 
     derived: dict[str, DerivedTask] = {}
     for task_name, table in data.get("tasks", {}).items():
+        check_name("task name", task_name)
         _check_keys(table, ("dataset", "source_task", "classes", "kind", "output_key", "label_names",
                             "assume_active", "metrics", "role", "description"), f"[tasks.{task_name}] of {where}")
         try:
@@ -228,7 +242,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     for index, table in enumerate(data.get("experiment", [])):
         label = f"[[experiment]] #{index + 1} of {where}"
         _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
-                            "evaluate", "label", "metrics", "notes"), label)
+                            "evaluate", "label", "metrics", "notes", "variant"), label)
         for required in ("id", "dataset", "tasks"):
             if required not in table:
                 raise AffbenchError(f"{label} has no {required!r}.")
@@ -236,6 +250,13 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
             raise UnknownNameError("dataset", table["dataset"], DATASET_NAMES)
         if "encoder" not in table and "evaluate" not in table:
             raise AffbenchError(f"{label} ({table['id']}) has no 'encoder'.")
+        check_name("experiment id", table["id"])
+        if not isinstance(table["tasks"], list):
+            raise AffbenchError(f"{label} ({table['id']}): 'tasks' must be a list of task names.")
+        for task in table["tasks"]:
+            check_name(f"task name of experiment {table['id']!r}", task)
+        if "encoder" in table:
+            check_name(f"encoder name of experiment {table['id']!r}", table["encoder"])
         init = evaluate = None
         if "init" in table:
             _check_keys(table["init"], ("experiment", "fold", "option"), f"[experiment.init] of {table['id']}")
@@ -259,7 +280,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
             options=dict(table.get("options", {})), folds=tuple(int(f) for f in folds) if folds is not None else None,
             training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
             label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
-            notes=table.get("notes", ""),
+            notes=table.get("notes", ""), variant=str(table.get("variant", "")),
         ))
     if not experiments:
         raise AffbenchError(f"{where} declares no [[experiment]].")
@@ -311,11 +332,12 @@ def _resolve_references(suite: Suite) -> None:
     owners: dict[tuple[str, str, str], str] = {}
     for experiment in suite.experiments:
         for task in experiment.tasks:
-            key = (experiment.dataset, task, experiment.encoder)
+            key = (experiment.dataset, task, experiment.cell_encoder)
             if key in owners:
                 raise AffbenchError(
-                    f"Experiments {owners[key]!r} and {experiment.id!r} both give {experiment.encoder} on "
-                    f"{experiment.dataset} {task}; a suite has one cell per dataset, task and encoder."
+                    f"Experiments {owners[key]!r} and {experiment.id!r} both give {experiment.cell_encoder} on "
+                    f"{experiment.dataset} {task}; a suite has one cell per dataset, task and encoder "
+                    "(give one of them a 'variant')."
                 )
             owners[key] = experiment.id
 
@@ -361,7 +383,7 @@ class Job:
         return f"{kind}{self.experiment.dataset}-{self.experiment.encoder}-{tasks}-fold{self.fold}-{self.config_hash[:10]}"
 
     def cells(self, suite: str) -> list[CellKey]:
-        return [CellKey(suite, self.experiment.dataset, task, self.experiment.encoder, self.fold)
+        return [CellKey(suite, self.experiment.dataset, task, self.experiment.cell_encoder, self.fold)
                 for task in self.experiment.tasks]
 
 
@@ -375,15 +397,17 @@ class Plan:
 class _DataCache:
     """Prepared datasets are opened once per run (the label tables are what costs)."""
 
-    def __init__(self, data_root: Path, suite: Suite):
-        self.data_root, self.suite = data_root, suite
+    def __init__(self, data_root: Path, suite: Suite, verify_cache: Path | None = None):
+        self.data_root, self.suite, self.verify_cache = data_root, suite, verify_cache
         self._cache: dict[str, Any] = {}
 
     def get(self, dataset: str):
         if dataset not in self._cache:
             from affbench.data import open_prepared
 
-            self._cache[dataset] = open_prepared(self.data_root, dataset, folder=self.suite.folders.get(dataset))
+            # Shards are checked against their manifest's hashes before a run trains on them.
+            self._cache[dataset] = open_prepared(self.data_root, dataset, folder=self.suite.folders.get(dataset),
+                                                 verify=self.verify_cache is not None, verify_cache=self.verify_cache)
         return self._cache[dataset]
 
     def protocol(self, dataset: str):
@@ -488,6 +512,7 @@ def make_plan(
             "fold": fold,
             "encoder": experiment.encoder,
             "options": {k: v for k, v in sorted(experiment.options.items())},
+            **({"variant": experiment.variant} if experiment.variant else {}),
             "training": None if experiment.is_evaluation else experiment.training.result_dict(),
             "source": None if depends is None else {"job": depends.config_hash, "option": source.option},
         }
@@ -576,7 +601,16 @@ class _Runner:
             if not path.is_file():
                 finished = False
                 continue
-            record = read_record(path)
+            try:
+                record = read_record(path)
+            except DamagedRecordError:
+                from affbench.checkpoints import set_aside
+
+                # The job's done.json (or its training) rewrites it; the damaged file is kept.
+                self.log(f"warning: {path} is not a valid result record; moved it to {set_aside(path).name} "
+                         "and writing that cell again.")
+                finished = False
+                continue
             if record.get("config_hash") != job.config_hash:
                 raise AffbenchError(
                     f"{path} holds a result of cell {cell} made with other settings "
@@ -589,7 +623,7 @@ class _Runner:
 
     def task_data(self, job: Job):
         from affbench.protocols import Protocol
-        from affbench.train import TaskData
+        from affbench.train import TaskData, apply_selection
 
         experiment = job.experiment
         prepared = self.data.get(experiment.dataset)
@@ -610,6 +644,8 @@ class _Runner:
                                                           experiment.training.exclude_fallback_crops)
             splits[spec.name] = split
             tasks.append(TaskData(spec, y, mask, rows))
+        if not experiment.is_evaluation:
+            tasks = apply_selection(tasks, experiment.training)
         return prepared, tasks, splits
 
     def _require_columns(self, prepared, spec, protocol) -> None:
@@ -668,10 +704,7 @@ class _Runner:
         """The selected weights of the job ``job`` starts from or evaluates."""
         path = self.job_dir(job.depends) / "best.pt"
         if not path.is_file():
-            raise AffbenchError(
-                f"{job.key} needs the weights of {job.depends.key}, which were not kept (keep_weights = false); "
-                f"delete {self.job_dir(job.depends)} to train it again."
-            )
+            raise AffbenchError(f"{job.key} needs the weights of {job.depends.key}, which are missing: {path}.")
         return path
 
     def encoder_options(self, job: Job) -> dict[str, Any]:
@@ -688,21 +721,69 @@ class _Runner:
 
     # -- jobs
 
+    def read_done(self, job: Job) -> dict[str, Any] | None:
+        """A finished job's summary; None when it has none, or a damaged one (moved aside, with a warning)."""
+        from affbench.checkpoints import set_aside
+
+        path = self.done_path(job)
+        if not path.is_file():
+            return None
+        try:
+            summary = json.loads(path.read_text())
+            if isinstance(summary, dict) and summary.get("config_hash") == job.config_hash:
+                return summary
+            problem = "it is not this job's summary"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problem = f"not valid JSON: {getattr(exc, 'msg', exc)}"
+        moved = set_aside(path)
+        self.log(f"warning: {path} is damaged ({problem}); moved it to {moved.name} and running job {job.key} again.")
+        return None
+
+    def ensure_source_weights(self, job: Job, report: RunReport) -> None:
+        """The job ``job`` starts from or evaluates has readable selected weights (and summary).
+
+        Weights that are damaged (moved aside) or were not kept (``keep_weights = false`` in an
+        earlier run) are made again by training that job again, so that no file blocks the run.
+        """
+        from affbench.checkpoints import DamagedCheckpointError, set_aside
+        from affbench.train import load_model_state
+
+        source = job.depends
+        path = self.job_dir(source) / "best.pt"
+        problem = None
+        if not path.is_file():
+            problem = f"the selected weights of {source.key} were not kept"
+        else:
+            try:
+                load_model_state(path)
+            except DamagedCheckpointError as exc:
+                problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
+        if problem is None and job.experiment.is_evaluation and self.read_done(source) is None:
+            problem = f"the summary of {source.key} is missing"
+        if problem is None:
+            return
+        self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
+        self.train_job(source, report, again=True)
+
     def run_job(self, job: Job, report: RunReport) -> None:
+        if job.depends is not None:
+            self.ensure_source_weights(job, report)
         if job.experiment.is_evaluation:
             self.evaluate_job(job, report)
         else:
             self.train_job(job, report)
 
-    def train_job(self, job: Job, report: RunReport) -> None:
+    def train_job(self, job: Job, report: RunReport, *, again: bool = False) -> None:
+        """Train ``job`` (or only write its records from its summary, unless ``again``) and score it."""
         from affbench.encoders import create_encoder, get_encoder_spec
         from affbench.train import (check_compatible, evaluate_tasks, fit, load_model_state, seed_everything)
 
         experiment, settings = job.experiment, job.experiment.training
         workdir = self.job_dir(job)
         done = self.done_path(job)
-        if done.is_file():
-            self.write_records(job, json.loads(done.read_text()), report)
+        summary = None if again else self.read_done(job)
+        if summary is not None:
+            self.write_records(job, summary, report)
             return
         started = time.perf_counter()
         prepared, tasks, splits = self.task_data(job)
@@ -724,10 +805,11 @@ class _Runner:
                      log=lambda m: self.log(f"  {m}"),
                      on_epoch_end=(lambda epoch, entry: self.on_epoch_end(job, epoch, entry)) if self.on_epoch_end else None)
         model.load_state_dict(load_model_state(workdir / "best.pt"))
+        notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                               batch_size=settings.eval_batch_size or 2 * settings.batch_size,
                               num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
-                              progress=self.progress)
+                              progress=self.progress, notes=notes)
         selected = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "train",
@@ -740,7 +822,8 @@ class _Runner:
             "primary_metric": {t.name: t.spec.primary_metric for t in tasks},
             "kind": {t.name: t.spec.kind for t in tasks},
             "epochs": result.epochs_run, "epochs_planned": settings.epochs, "selected_epoch": result.best_epoch,
-            "selection": result.selection, "steps": result.steps, "resumed_from": result.resumed_from,
+            "selection": result.selection, "selection_protocol": settings.selection,
+            "metric_warnings": notes, "steps": result.steps, "resumed_from": result.resumed_from,
             "train_seconds": result.train_seconds, "loss": result.losses,
             "curve": {t.name: [
                 {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
@@ -759,6 +842,7 @@ class _Runner:
                                   + sum(h.get("seconds", 0.0) for h in result.history[: result.resumed_from or 0]), 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        self.describe_model(job, model, tasks, prepared, settings, test)  # before done.json: a kill in between redoes it
         write_json_atomic(done, summary)
         report.jobs_trained += 1
         report.jobs_resumed += bool(result.resumed_from)
@@ -767,14 +851,27 @@ class _Runner:
         if not settings.keep_weights and not any(other.depends is job for other in self.plan.jobs):
             (workdir / "best.pt").unlink(missing_ok=True)
 
+    def describe_model(self, job: Job, model, tasks, prepared, settings, metrics) -> None:
+        """``model.json`` beside ``best.pt``: what ``affbench export-model`` and ``predict`` need."""
+        from affbench.bundle import describe_trained_model, write_job_description
+
+        trained_on = {"job": job.key, "suite": self.suite.name, "experiment": job.experiment.id,
+                      "dataset": job.experiment.dataset, "fold": job.fold, "data_fingerprint": prepared.fingerprint,
+                      "git_commit": self.commit, "affbench_version": __version__}
+        description = describe_trained_model(job.key, model.spec, [t.spec for t in tasks],
+                                             prepared.manifest.get("parameters", {}),
+                                             eval_crop=settings.augmentation.eval_crop, metrics=metrics,
+                                             trained_on=trained_on)
+        write_job_description(self.job_dir(job), description)
+
     def evaluate_job(self, job: Job, report: RunReport) -> None:
         from affbench.encoders import create_encoder
         from affbench.train import check_compatible, evaluate_tasks, load_model_state
 
         started = time.perf_counter()
         experiment = job.experiment
-        source_dir = self.job_dir(job.depends)
-        if not (source_dir / "done.json").is_file():
+        source = self.read_done(job.depends)
+        if source is None:
             raise AffbenchError(f"Job {job.depends.key} has not finished; it must run before {job.key}.")
         prepared, tasks, splits = self.task_data(job)
         architecture = {k: v for k, v in experiment.options.items() if k not in WEIGHT_OPTIONS}
@@ -785,9 +882,9 @@ class _Runner:
         model.load_state_dict(load_model_state(self.source_weights(job)))
         images = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
         self.log(f"evaluate {job.depends.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
+        notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
-                              num_workers=self.num_workers, progress=self.progress)
-        source = json.loads((source_dir / "done.json").read_text())
+                              num_workers=self.num_workers, progress=self.progress, notes=notes)
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "evaluate",
             "metrics": test, "validation_metrics": {},
@@ -801,6 +898,7 @@ class _Runner:
             "kind": {t.name: t.spec.kind for t in tasks},
             "epochs": source.get("epochs"), "epochs_planned": source.get("epochs_planned"),
             "selected_epoch": source.get("selected_epoch"), "selection": f"the model of {job.depends.key}",
+            "selection_protocol": source.get("selection_protocol", "validation"), "metric_warnings": notes,
             "steps": source.get("steps"), "resumed_from": None, "train_seconds": 0.0, "loss": {},
             "curve": {t.name: [] for t in tasks},
             "initialisation": f"evaluation only: selected weights of {job.depends.key} "
@@ -825,6 +923,7 @@ class _Runner:
             record = {
                 "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
                 "experiment": experiment.id, "label": experiment.label or experiment.encoder,
+                "variant": experiment.variant or None,
                 "kind": summary["kind"][task], "mode": summary["mode"],
                 "metrics": summary["metrics"].get(task, {}),
                 "validation_metrics": summary["validation_metrics"].get(task, {}),
@@ -838,7 +937,12 @@ class _Runner:
                 "affbench_version": summary["affbench_version"], "wall_seconds": summary["wall_seconds"],
                 "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
                 "epochs_planned": summary["epochs_planned"], "selected_epoch": summary["selected_epoch"],
-                "selection": summary["selection"], "steps": summary["steps"], "resumed_from": summary["resumed_from"],
+                "selection": summary["selection"],
+                # "validation", or "reference-last-epoch": trained on the validation subjects too and
+                # kept the last epoch (ME-GraphAU's protocol): not comparable with held-out selection.
+                "selection_protocol": summary.get("selection_protocol", "validation"),
+                "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
+                "steps": summary["steps"], "resumed_from": summary["resumed_from"],
                 "initialisation": summary["initialisation"], "init_from": summary["init_from"],
                 "loss": summary["loss"].get(task), "training": summary["training"],
                 "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],
@@ -867,6 +971,11 @@ def _check_weights(plan: Plan, runner: _Runner) -> None:
     for job in plan.jobs:
         if not job.experiment.is_evaluation and not runner.cells_finished(job):
             check_weights_available(job.experiment.encoder, **job.experiment.options)
+
+
+def _check_output_folder(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AffbenchError(f"--out {run_dir} is a file, not a folder; give a folder for the run.")
 
 
 def run_benchmark(
@@ -909,12 +1018,13 @@ def run_benchmark(
     validate_encoders(suite)
     device = resolve_device(device)
     run_dir = Path(run_dir)
-    data = _DataCache(Path(data_root), suite)
+    _check_output_folder(run_dir)
+    data = _DataCache(Path(data_root), suite, verify_cache=run_dir / VERIFIED_SHARDS)
     plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, data_cache=data)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "suites").mkdir(exist_ok=True)
     if suite.text:
-        (run_dir / "suites" / f"{suite.name}.toml").write_text(suite.text)
+        write_text_atomic(run_dir / "suites" / f"{suite.name}.toml", suite.text)
     if num_workers is not None:
         for job in plan.jobs:
             job.experiment = _with(job.experiment, training=job.experiment.training.merged({"num_workers": num_workers}))
@@ -931,13 +1041,19 @@ def run_benchmark(
             continue
         runner.run_job(job, report)
     report.seconds = round(time.perf_counter() - started, 3)
-    _write_run_summary(run_dir, suite, report, device)
+    _write_run_summary(run_dir, suite, report, device, log)
     return report
 
 
-def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str) -> None:
+def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str, log: Callable[[str], None]) -> None:
     path = run_dir / "run.json"
-    runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    try:
+        runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+        from affbench.checkpoints import set_aside
+
+        runs = []
+        log(f"warning: {path} was damaged; moved it to {set_aside(path).name} and started a new one.")
     runs.append({
         "suite": suite.name, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device, "cells": report.cells_total, "skipped": report.cells_skipped,
