@@ -83,3 +83,18 @@ def test_without_tensorboard_nothing_is_tracked(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     assert tracking.open_tracker(tmp_path, "job") is None
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_epoch_lines_name_their_validation_metric():
+    from types import SimpleNamespace
+
+    from affbench.train import describe_validation
+
+    def task(name, metric):
+        return SimpleNamespace(name=name, spec=SimpleNamespace(primary_metric=metric))
+
+    au, va = task("au-detection", "f1"), task("va", "ccc")
+    assert describe_validation([au], {"au-detection": {"f1": 0.412, "accuracy": 0.9}}, 0.412) == "validation f1 0.4120"
+    assert describe_validation([au, va], {"au-detection": {"f1": 0.4}, "va": {"ccc": float("nan")}}, 0.4) == (
+        "validation au-detection f1 0.4000, va ccc n/a (mean 0.4000)")
+    assert describe_validation([au], {}, float("nan")) == "validation n/a (no validation rows)"

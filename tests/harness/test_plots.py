@@ -107,3 +107,13 @@ def test_plots_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(AffbenchError, match=r"pip install 'affbench\[plots\]'"):
         plots.plot_run(tmp_path)
+
+
+def test_a_multi_task_curve_says_its_epoch_was_chosen_over_all_tasks_and_why_validation_is_missing(captured):
+    rec = record("smm", 1, 0.1, task="va")
+    rec.update(job_tasks=["au-detection", "expression", "va"], primary_metric="ccc", n={"train": 9, "val": 0, "test": 3})
+    rec["curve"] = [dict(c, val=None) for c in rec["curve"]]
+    plots.plot_curves(rec, "x.png")
+    legend = [t.get_text() for t in captured[0].axes[0].get_legend().get_texts()]
+    assert legend == ["training loss (va)", "validation ccc: n/a (this task has no validation rows)",
+                      "selected epoch 2: best mean validation score of the model's 3 tasks (au-detection, expression, va)"]
