@@ -9,12 +9,10 @@ import pytest
 import torch
 
 from affbench.errors import AffbenchError
+from affbench.losses import AUDetectionLoss, ExpressionLoss, VALoss
 from affbench.train import (
-    AUDetectionLoss,
-    ExpressionLoss,
     TaskData,
     TrainSettings,
-    VALoss,
     build_optimizer,
     build_scheduler,
     check_compatible,
