@@ -333,9 +333,12 @@ def test_cli_run_export_and_list(tmp_path, prepared_root):
     suite = write_suite(tmp_path, ONLY_F)
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["run-benchmark", "--suite", str(suite), "--data", str(prepared_root), "--out",
-                                 str(run_dir), "--device", "cpu", "--epochs", "1", "--max-steps", "2", "--no-plots"])
+                                 str(run_dir), "--device", "cpu", "--epochs", "1", "--max-steps", "2", "--no-plots",
+                                 "--quiet"])
     assert result.exit_code == 0, result.output
     assert "### tiny · caer-s · expression" in result.output and "| emotiram-f | 1 |" in result.output
+    assert "| baseline: majority-class | 1 |" in result.output
+    assert "epoch 1/1" not in result.output and "train caer-s" not in result.output  # --quiet: only the tables
 
     result = runner.invoke(app, ["export", str(run_dir), "--csv", str(tmp_path / "long.csv"), "--no-plots"])
     assert result.exit_code == 0, result.output
