@@ -104,6 +104,7 @@ def plot_curves(record: Mapping[str, Any], path: str | os.PathLike) -> Path | No
     if selected:
         handles.append(loss_axis.axvline(selected, color="black", linestyle=":", linewidth=1.5,
                                          label=f"selected epoch {selected}: {_selection_text(record)}"))
+    loss_axis.set_xlim(min(epochs) - 0.3, max(epochs) + 0.3)  # a selected first or last epoch stays off the frame
     loss_axis.set_title(f"{record['encoder']} · {record['dataset']} {record['task']} · fold {record['fold']}", fontsize=10)
     loss_axis.legend(handles=handles, fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
                      frameon=False)
@@ -176,12 +177,14 @@ def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str 
         means, sds, folds = values[encoder]
         positions = x + (i - (len(encoders) - 1) / 2) * width
         shown = np.nan_to_num(means)
-        bars = axis.bar(positions, shown, width, yerr=sds if folds > 1 else None, capsize=3,
+        spread = np.where(np.isfinite(means) & (sds > 0), sds, np.nan)  # no stray caps on missing or exact bars
+        bars = axis.bar(positions, shown, width, yerr=spread if folds > 1 else None, capsize=3,
                         label=f"{encoder} ({folds} fold{'s' if folds != 1 else ''})")
         color = bars.patches[0].get_facecolor() if bars.patches else None
         for position, mean in zip(positions, means):
             if math.isnan(mean):
-                axis.text(position, 0.01, "n/a", ha="center", va="bottom", fontsize=7, color="grey", rotation=90)
+                axis.text(position, 0.01, "n/a", ha="center", va="bottom", fontsize=8, color="dimgrey", rotation=90,
+                          fontweight="bold")
             elif abs(mean) < TOO_SMALL_TO_SEE:
                 axis.text(position, 0.01, _near_zero(mean), ha="center", va="bottom", fontsize=8, color=color,
                           fontweight="bold", rotation=90 if mean != 0 else 0)

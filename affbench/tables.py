@@ -24,6 +24,7 @@ import pandas as pd
 TableKey = tuple[str, str, str]  # (suite, dataset, task)
 ID_COLUMNS = ("row", "encoder", "name", "folds")
 STD_NOTE = "mean ± sample standard deviation (ddof=1) over folds; – = not available"
+LATEX_NOTE = r"mean $\pm$ sample standard deviation (ddof=1) over folds; -- = not available"
 
 
 def column_name(key: str) -> str:
@@ -164,26 +165,43 @@ def _tex(text: Any) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+def _metric_groups(table: pd.DataFrame, shown: Sequence[str]) -> list[list[str]]:
+    """``shown`` split into one group per metric: its overall column, then its label columns."""
+    overall = set(table.attrs.get("overall", ()))
+    groups: list[list[str]] = []
+    for column in shown:
+        if column in overall or not groups:
+            groups.append([])
+        groups[-1].append(column)
+    return groups
+
+
 def latex(tables: Mapping[TableKey, pd.DataFrame], *, per_label: bool = True, digits: int = 3) -> str:
-    """LaTeX (booktabs) renderings of the tables, one ``table`` environment each."""
+    """LaTeX (booktabs) renderings: one ``table`` environment per (suite, dataset, task, metric)."""
     parts = [f"% affbench tables: {STD_NOTE}. Needs \\usepackage{{booktabs}}."]
     for (suite, dataset, task), table in tables.items():
-        shown = _shown_columns(table, per_label)
-        header = " & ".join(["Predictor", "Folds", *(_tex(c) for c in shown)]) + r" \\"
-        body = []
-        for _, row in table.iterrows():
-            folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
-            cells = [_tex(_row_label(row)), folds]
-            cells += [_cell(row[c], row.get(f"{c}_sd"), digits).replace("±", r"$\pm$").replace("–", "--")
-                      for c in shown]
-            body.append(" & ".join(cells) + r" \\")
-        parts.append("\n".join([
-            r"\begin{table}[ht]", r"\centering", r"\small",
-            rf"\caption{{{_tex(suite)}: {_tex(dataset)} {_tex(task)}; {_tex(STD_NOTE)}.}}",
-            rf"\begin{{tabular}}{{l{'r' * (len(shown) + 1)}}}", r"\toprule", header, r"\midrule", *body,
-            r"\bottomrule", r"\end{tabular}", r"\end{table}",
-        ]))
+        for shown in _metric_groups(table, _shown_columns(table, per_label)):
+            parts.append(_latex_table(table, shown, f"{_tex(suite)}: {_tex(dataset)} {_tex(task)}, {_tex(shown[0])}",
+                                      digits))
     return "\n\n".join(parts)
+
+
+def _latex_table(table: pd.DataFrame, shown: Sequence[str], title: str, digits: int) -> str:
+    """One booktabs table of ``shown`` columns, every row of ``table``."""
+    header = " & ".join(["Predictor", "Folds", *(_tex(c) for c in shown)]) + r" \\"
+    body = []
+    for _, row in table.iterrows():
+        folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
+        cells = [_tex(_row_label(row)), folds]
+        cells += [_cell(row[c], row.get(f"{c}_sd"), digits).replace("±", r"$\pm$").replace("–", "--")
+                  for c in shown]
+        body.append(" & ".join(cells) + r" \\")
+    return "\n".join([
+        r"\begin{table}[ht]", r"\centering", r"\small",
+        rf"\caption{{{title}; {LATEX_NOTE}.}}",
+        rf"\begin{{tabular}}{{l{'r' * (len(shown) + 1)}}}", r"\toprule", header, r"\midrule", *body,
+        r"\bottomrule", r"\end{tabular}", r"\end{table}",
+    ])
 
 
 def comparison_markdown(comparison: pd.DataFrame, digits: int = 3) -> str:

@@ -146,6 +146,8 @@ def test_wide_export_writes_one_csv_per_table_and_latex(tmp_path):
     assert back[back["row"] == "affbench"].set_index("encoder").loc["megraph-au", "f1_au12"] == pytest.approx(0.7)
     tex = (folder / "tables.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "f1\\_au12" in tex and r"0.600 $\pm$ 0.141" in tex
+    assert tex.count(r"\begin{table}") == 4  # one per (table, metric): f1 and accuracy of two tables
+    assert "±" not in tex.split("\n", 1)[1] and "–" not in tex.split("\n", 1)[1]  # LaTeX gets $\pm$ and --
     assert "megraph-au" in exported.markdown
 
 
