@@ -310,6 +310,8 @@ def test_multitask_and_evaluation_only_cells(tmp_path, prepared_root):
     assert len({r["job"] for r in aff}) == 1
     assert {"f1", "f1/au7"} <= set(aff[0]["metrics"]) and "ccc/arousal" in aff[2]["metrics"]
     assert aff[0]["n"] != aff[2]["n"]
+    # The sample VA set has two training videos, so VA gets validation rows and a validation curve.
+    assert aff[2]["n"]["val"] > 0 and all(c["val"] is not None for c in aff[2]["curve"])
     happy = records[("caer-s", "happy")]
     assert happy["mode"] == "evaluate" and happy["n"]["test"] == 3 and happy["n"]["train"] == 0
     assert set(happy["metrics"]) == {"all_active_rate", "any_active_rate"}
