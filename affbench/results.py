@@ -21,13 +21,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError
@@ -35,7 +33,6 @@ from affbench.files import atomic_write, json_default, write_text_atomic
 
 RESULTS_DIR = "results"
 PLOTS_DIR = "plots"
-KEY_COLUMNS = ("suite", "dataset", "task", "encoder")
 
 
 @dataclass(frozen=True)
