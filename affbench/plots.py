@@ -60,7 +60,9 @@ def _finite(value: Any) -> float:
 
 
 def _near_zero(value: float) -> str:
-    return "0" if value == 0 else f"{value:.3f}"
+    if value == 0:
+        return "0"
+    return "0.000" if round(value, 3) == 0 else f"{value:.3f}"  # never "-0.000"
 
 
 def _y_limits(values: Sequence[float]) -> tuple[float, float]:
@@ -89,6 +91,7 @@ def plot_curves(record: Mapping[str, Any], path: str | os.PathLike) -> Path | No
     loss_axis.set_xlabel("epoch")
     loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axis.set_ylabel("training loss", color="tab:blue")
+    loss_axis.ticklabel_format(axis="y", useOffset=False)  # flat losses: plain ticks, not "1e-6+2.074"
     metric = record.get("primary_metric") or "metric"
     values = [_finite(c.get("val")) for c in curve]
     metric_axis = loss_axis.twinx()
