@@ -62,8 +62,9 @@ def app() -> None:
 def prepare() -> None:
     """Detect, align and crop faces from a raw dataset into Parquet shards with a manifest.
 
-    Re-running the same command resumes: finished units (videos, image folders) are skipped, and a
-    run with different preprocessing options into the same --out folder is refused.
+    Re-running the same command resumes: finished units (videos, image folders) are skipped unless
+    their input files changed or they listed failures, and a run with different preprocessing
+    options into the same --out folder, or while another run works in it, is refused.
     """
 
 
@@ -138,7 +139,7 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
         note = f" ({earlier} from earlier runs)" if earlier > 0 else ""
         click.echo(
             f"{out / 'manifest.json'} lists {totals['failures']} failure(s){note}: "
-            "see its 'failures'; failed units are retried when the same command is run again.",
+            "see its 'failures'; the units they belong to are redone when the same command is run again.",
             err=True,
         )
         sys.exit(1)

@@ -468,7 +468,7 @@ def ccc(y_true, y_pred, *, per_label: bool = False) -> float | np.ndarray:
     return _per_column(values, per_label)
 
 
-def torch_ccc(y_true: torch.Tensor, y_pred: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+def torch_ccc(y_true: torch.Tensor, y_pred: torch.Tensor, *, eps: float = 1e-8, ddof: int = 0) -> torch.Tensor:
     """Differentiable CCC over the batch dimension (dim 0), one value per column.
 
     Same definition as :func:`ccc` (population statistics); ``eps`` in the denominator keeps the
@@ -478,6 +478,9 @@ def torch_ccc(y_true: torch.Tensor, y_pred: torch.Tensor, *, eps: float = 1e-8) 
     ----------
     y_true, y_pred : torch.Tensor of shape (batch,) or (batch, n_targets)
     eps : float, default=1e-8
+    ddof : {0, 1}, default=0
+        Variances and covariance divide by ``n - ddof``. The metric uses 0; the ABAW3 reference's
+        training loss uses ``torch.std`` (1), which weighs the squared mean difference slightly less.
 
     Returns
     -------
@@ -497,9 +500,10 @@ def torch_ccc(y_true: torch.Tensor, y_pred: torch.Tensor, *, eps: float = 1e-8) 
             f"and y_pred {tuple(y_pred.shape)}."
         )
     mean_true, mean_pred = y_true.mean(dim=0), y_pred.mean(dim=0)
-    var_true = ((y_true - mean_true) ** 2).mean(dim=0)
-    var_pred = ((y_pred - mean_pred) ** 2).mean(dim=0)
-    covariance = ((y_true - mean_true) * (y_pred - mean_pred)).mean(dim=0)
+    n = y_true.shape[0] - ddof
+    var_true = ((y_true - mean_true) ** 2).sum(dim=0) / n
+    var_pred = ((y_pred - mean_pred) ** 2).sum(dim=0) / n
+    covariance = ((y_true - mean_true) * (y_pred - mean_pred)).sum(dim=0) / n
     return 2.0 * covariance / (var_true + var_pred + (mean_true - mean_pred) ** 2 + eps)
 
 
@@ -710,13 +714,22 @@ def evaluate(task: TaskSpec, y_true, y_score, *, mask=None) -> dict[str, float]:
         _pair(y_true, y_score)
         keep = _as_mask(mask, y_true.shape)
         truth, predicted = y_true[keep], y_score[keep]
-        classes = list(range(task.n_outputs))
+        # The official ABAW evaluation (scikit-learn's f1_score(average="macro") without labels=, as
+        # the ABAW3 code calls it) averages over the classes present in truth or prediction: a class
+        # absent from both has no F1 and leaves the mean; it is reported as nan.
+        present = np.union1d(truth, predicted).astype(np.int64)
+        absent = [task.label_names[c] for c in range(task.n_outputs) if c not in present]
         for name in task.metrics:
             spec = get_metric(name)
             options = _metric_options(task, name)
             if spec.per_class:
-                values = spec.function(truth, predicted, labels=classes, per_label=True, **options)
-                results[name] = float(np.mean(values)) if truth.size else float("nan")
+                if absent and truth.size:
+                    _warn(f"{task.name} {name}: classes {', '.join(absent)} are in neither the truth nor the "
+                          "prediction; they are left out of the macro mean (ABAW / scikit-learn convention).")
+                values = np.full(task.n_outputs, np.nan)
+                if truth.size:
+                    values[present] = spec.function(truth, predicted, labels=present, per_label=True, **options)
+                results[name] = float(np.mean(values[present])) if truth.size else float("nan")
                 results.update({f"{name}/{label}": float(v) for label, v in zip(task.label_names, values)})
             else:
                 results[name] = float(spec.function(truth, predicted, **options))

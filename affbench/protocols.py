@@ -84,6 +84,10 @@ class TaskSpec:
         Label values meaning "not annotated", besides null/NaN, which always mean it.
     metric_options : dict
         Extra keyword arguments per metric name, e.g. ``{"all_active_rate": {"labels": ["au6", "au12"]}}``.
+    joint_annotation : bool, optional
+        True: a row missing any of the task's labels counts as unannotated for all of them (the
+        official Aff-Wild2 VA evaluation drops a frame whose valence or arousal is -5). Default:
+        True for VA tasks, False otherwise (each label on its own annotated rows).
     """
 
     name: str
@@ -98,8 +102,11 @@ class TaskSpec:
     binarize_at: float | None = None
     missing_values: tuple[float, ...] = (-1,)
     metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    joint_annotation: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.joint_annotation is None:
+            object.__setattr__(self, "joint_annotation", self.kind == "va")
         for name in ("label_columns", "label_names", "metrics", "missing_values"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "metric_options", {k: dict(v) for k, v in dict(self.metric_options).items()})
@@ -150,6 +157,8 @@ class TaskSpec:
             "binarize_at": self.binarize_at,
             "missing_values": list(self.missing_values),
             "metric_options": {k: dict(v) for k, v in sorted(self.metric_options.items())},
+            # Only where set, so that the descriptions (and job hashes) of other tasks stay as they were.
+            **({"joint_annotation": True} if self.joint_annotation else {}),
         }
 
     @classmethod
@@ -403,6 +412,8 @@ class Protocol:
         annotated = ~np.isnan(values)
         if spec.missing_values:
             annotated &= ~np.isin(values, np.asarray(spec.missing_values, dtype=np.float64))
+        if spec.joint_annotation:
+            annotated &= annotated.all(axis=1, keepdims=True)
         if spec.is_classification:
             classes = values[:, 0]
             mask = annotated[:, 0]

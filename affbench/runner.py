@@ -7,31 +7,64 @@ locally; a Dask or Ray joblib backend spreads them over a cluster), records each
 manifest the moment it arrives, and summarises the run.
 
 Because a unit's outcome is saved as soon as it finishes, a run stopped at any point (Ctrl-C, a
-kill, a crash) resumes with the same command and redoes only the units that had not finished.
+kill, a crash) resumes with the same command and redoes only the units that had not finished, the
+units with per-item failures (an unreadable image is retried) and the units whose input files
+changed since they were made (see :func:`fingerprint`). Worker processes end with the process that
+started them, even when it is killed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 import shutil
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from affbench.errors import AffbenchError
 from affbench.files import atomic_write
 from affbench.progress import progress_bar
 from affbench.shards import DatasetWriter, ShardInfo
 
 
 class Unit(Protocol):
-    """What the runner needs of a pipeline's unit: a unique key and an expected row count."""
+    """What the runner needs of a pipeline's unit: a unique key and an expected row count.
+
+    A unit may also have ``inputs``, a :func:`fingerprint` of the files it is made from; a finished
+    unit whose fingerprint changed is redone.
+    """
 
     key: str
     size: int
+
+
+def fingerprint(root: str | os.PathLike, files: Iterable[str], *, contents: Iterable[str] = ()) -> str:
+    """A short digest of what a unit is made from: the name, size and modification time of each of
+    ``files`` and the bytes of each of ``contents`` (small files, such as label files, whose edits
+    may keep size and time), all relative to ``root``. A missing file counts as missing."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        try:
+            info = os.stat(os.path.join(root, name))
+            state = f"{info.st_size}:{info.st_mtime_ns}"
+        except OSError:
+            state = "missing"
+        digest.update(f"{name}\0{state}\n".encode("utf-8", "surrogateescape"))
+    for name in sorted(contents):
+        try:
+            with open(os.path.join(root, name), "rb") as handle:
+                state = hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            state = "missing"
+        digest.update(f"{name}\0{state}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
 
 
 U = TypeVar("U", bound=Unit)
@@ -55,17 +88,68 @@ def _no_tick(n: int) -> None:
     pass
 
 
-def _run_one(process: Callable[[U, Tick], UnitOutcome], unit: U, tick: Tick = _no_tick) -> UnitOutcome:
-    """Call ``process`` so that one unit's crash becomes that unit's failure, not the run's."""
+class OutputWriteError(AffbenchError):
+    """The output folder cannot take more data (full disk, quota, read-only): every later unit
+    would fail the same way, so the run stops and the unit stays unfinished."""
+
+
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _run_one(process: Callable[[U, Tick], UnitOutcome], unit: U, tick: Tick = _no_tick,
+             owner: int | None = None) -> UnitOutcome:
+    """Call ``process`` so that one unit's crash becomes that unit's failure, not the run's.
+
+    ``owner`` is the pid of the process that runs the whole job; a worker process it started
+    ends itself when that process is gone (see :func:`_end_with_owner`).
+    """
+    if owner is not None:
+        _end_with_owner(owner)
     start = time.perf_counter()
     try:
         outcome = process(unit, tick)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            outcome = _crashed(unit, exc)
+        else:
+            hint = "make it writable" if exc.errno == errno.EROFS else "free some space"
+            raise OutputWriteError(
+                f"Writing {exc.filename or 'the output folder'} failed ({exc.strerror or exc}) while preparing "
+                f"{unit.key}; {hint}, then run the same command again to resume."
+            ) from None
     except Exception as exc:  # noqa: BLE001 - recorded with its type and last frame, see below
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        reason = f"{type(exc).__name__}: {exc} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
-        outcome = UnitOutcome(key=unit.key, failures=[{"unit": unit.key, "item": unit.key, "reason": reason}], failed=True)
+        outcome = _crashed(unit, exc)
     outcome.stats.setdefault("seconds", round(time.perf_counter() - start, 3))
     return outcome
+
+
+def _crashed(unit: Unit, exc: Exception) -> UnitOutcome:
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    reason = f"{type(exc).__name__}: {exc} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+    return UnitOutcome(key=unit.key, failures=[{"unit": unit.key, "item": unit.key, "reason": reason}], failed=True)
+
+
+_watching: int | None = None
+
+
+def _end_with_owner(owner: int, interval: float = 0.2) -> None:
+    """In a worker process started by ``owner``, end this process soon after ``owner`` is gone.
+
+    A worker whose parent was killed (SIGKILL, SIGTERM) would otherwise go on for minutes,
+    writing shards into a folder that a new run may already be preparing. The parent's death
+    shows as a new parent id. Workers that ``owner`` did not start (Dask, Ray) are left alone.
+    """
+    global _watching
+    if os.getpid() == owner or os.getppid() != owner or _watching == owner:
+        return
+    _watching = owner
+
+    def watch() -> None:
+        while os.getppid() == owner:
+            time.sleep(interval)
+        os._exit(1)  # no cleanup: the next run removes what this unit left
+
+    threading.Thread(target=watch, name="end-with-owner", daemon=True).start()
 
 
 @dataclass
@@ -74,6 +158,8 @@ class RunSummary:
 
     units_total: int
     units_skipped: int
+    units_changed: list[str] = field(default_factory=list)  # finished before, redone: inputs changed
+    units_retried: list[str] = field(default_factory=list)  # finished before, redone: item failures
     units_done: int = 0
     units_failed: int = 0
     rows: int = 0
@@ -103,6 +189,11 @@ class RunSummary:
             f"{self.units_failed} failed)",
             f"{item}: {self.rows} written in {self.seconds:.1f} s ({rate:.1f} {item}/s)",
         ]
+        for units, why in ((self.units_changed, "their input files changed"),
+                           (self.units_retried, "they had failed items")):
+            if units:
+                more = f" and {len(units) - 3} more" if len(units) > 3 else ""
+                lines.append(f"redone because {why}: {len(units)} ({', '.join(units[:3])}{more})")
         lines += [f"{key}: {value:g}" for key, value in sorted(self.stats.items())]
         lines.append(f"failures: {len(self.failures)}")
         lines += [f"  {f.get('item', f.get('unit'))}: {f['reason']}" for f in self.failures[:20]]
@@ -141,9 +232,15 @@ def run_units(
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):
         raise ValueError("unit keys must be unique")
-    pending = [u for u in units if not writer.is_done(u.key)]
+    inputs = {u.key: getattr(u, "inputs", None) for u in units}
+    pending = [u for u in units if not writer.is_done(u.key, inputs[u.key])]
     summary = RunSummary(units_total=len(units), units_skipped=len(units) - len(pending))
     for unit in pending:
+        record = writer.units.get(unit.key)
+        if writer.inputs_changed(unit.key, inputs[unit.key]):
+            summary.units_changed.append(unit.key)
+        elif record is not None and record.status == "done" and record.failures:
+            summary.units_retried.append(unit.key)
         writer.start_unit(unit.key)
 
     start = time.perf_counter()
@@ -155,17 +252,18 @@ def run_units(
                 before = bar.n
                 outcome = _run_one(process, unit, bar.update)
                 bar.update(max(unit.size - (bar.n - before), 0))
-                _record(writer, summary, outcome)
+                _record(writer, summary, outcome, inputs)
         else:
             from joblib import Parallel, delayed
 
             jobs = Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered")
             sizes = {u.key: u.size for u in pending}
             with _ProgressBoard(writer.out_dir, bar, sizes, enabled=progress) as board:
-                calls = (delayed(_run_one)(process, unit, board.tick_for(unit.key)) for unit in pending)
+                owner = os.getpid()
+                calls = (delayed(_run_one)(process, unit, board.tick_for(unit.key), owner) for unit in pending)
                 for outcome in jobs(calls):
                     board.finished(outcome.key)
-                    _record(writer, summary, outcome)
+                    _record(writer, summary, outcome, inputs)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -263,12 +361,14 @@ class _ProgressBoard:
                 self._show(self._running())
 
 
-def _record(writer: DatasetWriter, summary: RunSummary, outcome: UnitOutcome) -> None:
+def _record(writer: DatasetWriter, summary: RunSummary, outcome: UnitOutcome,
+            inputs: Mapping[str, str | None]) -> None:
     writer.record_unit(
         outcome.key,
         shards=outcome.shards,
         failures=outcome.failures,
         stats=outcome.stats,
         failed=outcome.failed,
+        inputs=inputs.get(outcome.key),
     )
     summary.add(outcome)

@@ -3,8 +3,11 @@
 A prepared dataset is one folder::
 
     DIR/manifest.json
-    DIR/shards/<unit>-00000.parquet
-    DIR/shards/<unit>-00001.parquet ...
+    DIR/shards/<unit>-<hash>-00000.parquet
+    DIR/shards/<unit>-<hash>-00001.parquet ...
+
+(``<unit>`` is the unit's name cut to safe characters, ``<hash>`` a short hash of its exact name,
+so that units whose names differ only in other characters or in case never share a file.)
 
 A *unit* is the piece of work a pipeline resumes by: one video, one image folder. Each unit writes
 its own shards, so units can be processed by separate processes (or machines) and a unit is either
@@ -15,6 +18,8 @@ so neither a half-written shard nor a finished shard of an unfinished unit is ev
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -31,6 +36,7 @@ import pyarrow.parquet as pq
 from affbench import __version__
 from affbench.errors import AffbenchError, ParameterMismatchError
 from affbench.files import file_sha256, json_default, temporary_path, write_text_atomic
+from affbench.locks import LOCK_NAME, FolderLock
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -103,7 +109,12 @@ def decode_image(image: Mapping[str, Any] | bytes) -> np.ndarray:
     data = image["bytes"] if isinstance(image, Mapping) else image
     if data is None:
         raise ValueError("this row has no image (face_found is false)")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if not data:
+        raise ValueError("the file is empty")
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        bgr = None
     if bgr is None:
         raise ValueError("the image bytes could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -122,11 +133,22 @@ class ShardInfo:
 
 
 def unit_prefix(unit: str) -> str:
-    """File-name prefix for a unit's shards (``SN001/left`` -> ``SN001-left``)."""
-    prefix = re.sub(r"[^A-Za-z0-9._]+", "-", unit).strip("-.")
-    if not prefix:
-        raise ValueError(f"unit name {unit!r} has no usable characters")
-    return prefix
+    """File-name prefix for a unit's shards (``SN001/left`` -> ``SN001-left-5e42e7b4``).
+
+    The readable part keeps only ``[A-Za-z0-9._]``; the hash of the exact name keeps two units
+    apart whose names differ only in other characters (``clip 1`` / ``clip-1``, ``vidéo7`` /
+    ``vid-o7``) or only in case (which a case-insensitive file system would merge).
+
+    Examples
+    --------
+    >>> unit_prefix("clip 1") != unit_prefix("clip-1")
+    True
+    """
+    if not unit:
+        raise ValueError("a unit needs a non-empty name")
+    readable = re.sub(r"[^A-Za-z0-9._]+", "-", unit).strip("-.")[:80] or "unit"
+    digest = hashlib.sha256(unit.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{readable}-{digest}"
 
 
 class ShardWriter:
@@ -260,19 +282,23 @@ class UnitRecord:
     shards: list[ShardInfo] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    inputs: str | None = None  # the pipeline's fingerprint of the files the unit was made from
 
     @property
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "status": self.status,
             "rows": self.rows,
             "shards": [asdict(s) for s in self.shards],
             "failures": self.failures,
             "stats": self.stats,
         }
+        if self.inputs is not None:
+            data["inputs"] = self.inputs
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UnitRecord:
@@ -281,6 +307,7 @@ class UnitRecord:
             shards=[ShardInfo(**s) for s in data.get("shards", [])],
             failures=list(data.get("failures", [])),
             stats=dict(data.get("stats", {})),
+            inputs=data.get("inputs"),
         )
 
 
@@ -332,16 +359,37 @@ class DatasetWriter:
         self.protocol = _canonical(dict(protocol)) if protocol is not None else None
         self.info = _canonical(dict(info or {}))
         self.created_with = __version__
-        if self.path.exists():
-            self._load_existing()
-        elif self.out_dir.exists() and any(self.out_dir.iterdir()):
-            raise AffbenchError(
-                f"{self.out_dir} is not empty and has no {MANIFEST_NAME}; choose an empty or new folder."
-            )
-        else:
-            # Written before any unit starts, so that even a run killed in its first unit resumes.
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise AffbenchError(f"{self.out_dir} is a file, not a folder; choose a folder for --out.")
+        try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.save()
+            # Held until close(): a second process in this folder would delete this one's units.
+            self._lock = FolderLock(self.out_dir)
+        except OSError as exc:
+            raise _output_error(self.out_dir, exc) from None
+        try:
+            if self.path.exists():
+                self._load_existing()
+            elif any(p.name != LOCK_NAME for p in self.out_dir.iterdir()):
+                raise AffbenchError(
+                    f"{self.out_dir} is not empty and has no {MANIFEST_NAME}; choose an empty or new folder."
+                )
+            else:
+                # Written before any unit starts, so that even a run killed in its first unit resumes.
+                self.save()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output folder for other processes (also done when the writer is collected)."""
+        self._lock.release()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _load_existing(self) -> None:
         manifest = read_manifest(self.out_dir)
@@ -363,12 +411,21 @@ class DatasetWriter:
 
     # -- resume
 
-    def is_done(self, unit: str) -> bool:
-        """True if ``unit`` finished before and all its shards are still on disk."""
+    def is_done(self, unit: str, inputs: str | None = None) -> bool:
+        """True if ``unit`` finished before without per-item failures, all its shards are still on
+        disk and, where both are known, it was made from the same ``inputs`` fingerprint."""
         record = self.units.get(unit)
-        if record is None or record.status != "done":
+        if record is None or record.status != "done" or record.failures:
+            return False
+        if inputs is not None and record.inputs is not None and inputs != record.inputs:
             return False
         return all((self.out_dir / s.file).is_file() for s in record.shards)
+
+    def inputs_changed(self, unit: str, inputs: str | None) -> bool:
+        """True if ``unit`` was finished from other inputs than ``inputs``."""
+        record = self.units.get(unit)
+        return (record is not None and record.status == "done" and None not in (inputs, record.inputs)
+                and inputs != record.inputs)
 
     def pending(self, units: Iterable[str]) -> list[str]:
         """The units that still need work, in the order given."""
@@ -387,6 +444,7 @@ class DatasetWriter:
         failures: Sequence[Mapping[str, str]] = (),
         stats: Mapping[str, Any] | None = None,
         failed: bool = False,
+        inputs: str | None = None,
     ) -> None:
         """Record a unit's outcome and save the manifest at once (so a later kill loses nothing)."""
         self.units[unit] = UnitRecord(
@@ -394,6 +452,7 @@ class DatasetWriter:
             shards=list(shards),
             failures=[dict(f) for f in failures],
             stats=_canonical(dict(stats or {})),
+            inputs=inputs,
         )
         self.save()
 
@@ -423,11 +482,21 @@ class DatasetWriter:
 
     def save(self) -> None:
         # An unchanged manifest is not rewritten: re-running a finished folder changes no byte.
-        write_text_atomic(self.path, json.dumps(self.manifest(), indent=2, default=json_default) + "\n")
+        try:
+            write_text_atomic(self.path, json.dumps(self.manifest(), indent=2, default=json_default) + "\n")
+        except OSError as exc:
+            raise _output_error(self.path, exc) from None
 
     @property
     def failures(self) -> list[dict[str, str]]:
         return self.manifest()["failures"]
+
+
+def _output_error(path: Path, exc: OSError) -> AffbenchError:
+    """One sentence for a failed write into the output folder (full disk, read-only folder...)."""
+    reason = exc.strerror or str(exc)
+    hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable or choose another --out"
+    return AffbenchError(f"Cannot write {path}: {reason}; {hint}, then run the same command again to resume.")
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:

@@ -9,8 +9,9 @@ the epoch with the best validation score, and leaves in ``workdir``:
 * ``best.pt``: the selected weights (``{"model": state_dict, ...}``), loadable by
   ``create_encoder(..., au_checkpoint=...)`` and by evaluation-only cells.
 
-The losses are in :mod:`affbench.losses`. Unannotated labels are masked out of their task's loss and
-metric only.
+The losses are in :mod:`affbench.losses`, the settings and the optimiser and schedule they build in
+:mod:`affbench.settings` (``TrainSettings`` is importable from here too). Unannotated labels are
+masked out of their task's loss and metric only.
 """
 
 from __future__ import annotations
@@ -20,157 +21,19 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from affbench.data import Augmentation, RowGroupBatchSampler, ShardImages, make_loader, normalise
+from affbench.data import RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.errors import AffbenchError
 from affbench.files import atomic_write
 from affbench.losses import build_losses
 from affbench.progress import progress_bar
-
-OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
-SCHEDULES = ("none", "cosine", "step")
-CLASS_WEIGHTS = ("balanced", "none")
-POS_WEIGHTS = ("train", "none")
-
-
-# ----------------------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How one model is trained; suites set these per experiment (``[training]`` tables).
-
-    Attributes
-    ----------
-    epochs, batch_size : int
-    optimizer : {"sgd", "rmsprop", "adam", "adamw"}
-    lr, weight_decay, momentum : float
-        ``momentum`` is used by SGD and RMSprop.
-    schedule : {"none", "cosine", "step"}
-        ``cosine`` anneals per step to 0 over all epochs; ``step`` divides the rate by
-        ``step_factor`` at each epoch of ``step_epochs``.
-    seed : int
-        Model initialisation, data order and augmentation all follow from it.
-    augmentation : Augmentation
-    class_weights : {"balanced", "none"}
-        Expression loss weights: inverse class frequency in the training rows, or none.
-    pos_weight : {"train", "none"}
-        AU loss positive weights: negatives / positives per AU in the training rows, or none.
-    max_steps : int, optional
-        At most this many training batches per epoch (quick runs).
-    num_workers : int, optional
-        DataLoader worker processes; None chooses by device. Does not change results.
-    eval_batch_size : int, optional
-        Batch size for validation and test (default: twice ``batch_size``). Does not change results.
-    grad_clip : float, optional
-        Clip the gradient norm to this value.
-    heatmap_sigma : float
-        Standard deviation in heatmap pixels of the Gaussian AU targets (Fan et al.: 2).
-    keep_weights : bool
-        Keep the selected weights (``best.pt``) after the cell is scored. False deletes them unless
-        another job of the run starts from or evaluates them (the demo: VGG-16 weighs 0.5 GB).
-    guessed : tuple of str
-        Names of the settings the source papers do not give (reported with every result).
-    source : str
-        Where the settings come from, in words.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "none"
-    step_epochs: tuple[int, ...] = ()
-    step_factor: float = 10.0
-    seed: int = 0
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    class_weights: str = "balanced"
-    pos_weight: str = "train"
-    max_steps: int | None = None
-    num_workers: int | None = None
-    eval_batch_size: int | None = None
-    grad_clip: float | None = None
-    heatmap_sigma: float = 2.0
-    keep_weights: bool = True
-    guessed: tuple[str, ...] = ()
-    source: str = ""
-
-    #: Settings that cannot change a trained model's weights or scores.
-    NON_RESULT_FIELDS = ("num_workers", "eval_batch_size", "keep_weights", "guessed", "source")
-
-    def __post_init__(self) -> None:
-        def check(condition: bool, message: str) -> None:
-            if not condition:
-                raise AffbenchError(message)
-
-        check(isinstance(self.epochs, int) and self.epochs >= 1, f"training.epochs must be a positive integer; got {self.epochs!r}.")
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1,
-              f"training.batch_size must be a positive integer; got {self.batch_size!r}.")
-        check(self.optimizer in OPTIMIZERS, f"Unknown optimizer {self.optimizer!r}; valid optimizers are: {', '.join(OPTIMIZERS)}.")
-        check(self.schedule in SCHEDULES, f"Unknown schedule {self.schedule!r}; valid schedules are: {', '.join(SCHEDULES)}.")
-        check(self.class_weights in CLASS_WEIGHTS,
-              f"training.class_weights must be one of {', '.join(CLASS_WEIGHTS)}; got {self.class_weights!r}.")
-        check(self.pos_weight in POS_WEIGHTS, f"training.pos_weight must be one of {', '.join(POS_WEIGHTS)}; got {self.pos_weight!r}.")
-        check(self.lr > 0, f"training.lr must be positive; got {self.lr}.")
-        check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be positive; got {self.max_steps}.")
-        check(self.num_workers is None or self.num_workers >= 0, f"num_workers must be 0 or more; got {self.num_workers}.")
-        object.__setattr__(self, "step_epochs", tuple(int(e) for e in self.step_epochs))
-        object.__setattr__(self, "guessed", tuple(self.guessed))
-        if isinstance(self.augmentation, Mapping):
-            object.__setattr__(self, "augmentation", Augmentation.from_dict(self.augmentation))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainSettings:
-        """Build from a suite's ``[training]`` table; unknown keys are an error naming the valid ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise AffbenchError(f"Unknown training setting {unknown[0]!r}; the settings are: {', '.join(sorted(known))}.")
-        values = dict(data)
-        for name in ("lr", "weight_decay", "momentum", "step_factor", "heatmap_sigma"):
-            if name in values:
-                values[name] = float(values[name])
-        if "grad_clip" in values and values["grad_clip"] is not None:
-            values["grad_clip"] = float(values["grad_clip"])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise AffbenchError(f"Invalid training settings: {exc}.") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["augmentation"] = self.augmentation.to_dict()
-        data["step_epochs"] = list(self.step_epochs)
-        data["guessed"] = list(self.guessed)
-        return data
-
-    def result_dict(self) -> dict[str, Any]:
-        """The settings that determine the trained weights (for config hashes)."""
-        data = self.to_dict()
-        for name in self.NON_RESULT_FIELDS:
-            data.pop(name, None)
-        return data
-
-    def merged(self, overrides: Mapping[str, Any]) -> TrainSettings:
-        """These settings with some replaced (``augmentation`` is merged key by key)."""
-        if not overrides:
-            return self
-        data = self.to_dict()
-        for key, value in overrides.items():
-            if key == "augmentation":
-                data["augmentation"] = {**data["augmentation"], **dict(value)}
-            else:
-                data[key] = value
-        return TrainSettings.from_dict(data)
-
+from affbench.settings import TrainSettings, build_optimizer, build_scheduler
 
 # ----------------------------------------------------------------------------------------- tasks
 
@@ -199,6 +62,16 @@ class TaskData:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+def apply_selection(tasks: Sequence[TaskData], settings: TrainSettings) -> list[TaskData]:
+    """The tasks as ``settings.selection`` trains them: under ``reference-last-epoch`` the validation
+    rows join the training rows (ME-GraphAU trains on every training subject); otherwise unchanged."""
+    if settings.selection != "reference-last-epoch":
+        return list(tasks)
+    empty = np.zeros(0, np.int64)
+    return [TaskData(t.spec, t.y, t.mask, {**t.rows, "train": np.union1d(t.rows["train"], t.rows["val"]), "val": empty})
+            for t in tasks]
 
 
 def device_of(device: str | torch.device) -> torch.device:
@@ -255,33 +128,6 @@ def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
     return output
-
-
-# ----------------------------------------------------------------------------------------- optimiser
-
-
-def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    if settings.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-
-
-def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step scheduler: constant, cosine to zero over all steps, or step decay at epochs."""
-    total = max(1, settings.epochs * steps_per_epoch)
-    if settings.schedule == "cosine":
-        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-    elif settings.schedule == "step":
-        milestones = [e * steps_per_epoch for e in settings.step_epochs]
-        factor = lambda step: settings.step_factor ** -sum(step >= m for m in milestones)  # noqa: E731
-    else:
-        factor = lambda step: 1.0  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ----------------------------------------------------------------------------------------- states
@@ -409,9 +255,15 @@ def predict(
 
 
 def score_tasks(
-    tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec
+    tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec,
+    *, notes: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``."""
+    """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``.
+
+    Warnings raised while scoring (a label without positives, a constant prediction: the value is
+    then 0 or undefined by convention) are not shown; with ``notes`` they are collected per task
+    name, each once, so that the result record can carry them next to the numbers they qualify.
+    """
     import warnings
 
     from affbench.metrics import evaluate
@@ -424,9 +276,15 @@ def score_tasks(
             continue
         index = np.array([position[int(r)] for r in task_rows], dtype=np.int64)
         scores = task_scores(task.spec, encoder_spec, outputs_by_row[task.spec.output_key][index])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # degenerate tiny splits: the values are documented
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             results[task.name] = evaluate(task.spec, task.y[task_rows], scores, mask=task.mask[task_rows])
+        if notes is not None:
+            found = notes.setdefault(task.name, [])
+            for warning in caught:
+                text = str(warning.message)
+                if text not in found:
+                    found.append(text)
     return results
 
 
@@ -501,6 +359,7 @@ def fit(
     FitResult
     """
     device = device_of(device)
+    tasks = apply_selection(tasks, settings)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob(".*.tmp"):  # a checkpoint being written when the last run was killed
@@ -622,10 +481,13 @@ def fit(
         # Validation never gave a usable score: keep the last epoch, and say so.
         best_epoch = len(history)
         _save_best(model, best_epoch, float("nan"), best_path)
-    selection = (
-        "best validation score (mean of the tasks' primary metrics)" if len(val_rows) and not math.isnan(best_score)
-        else "last epoch (no usable validation score)"
-    )
+    if settings.selection == "reference-last-epoch":
+        selection = ("reference protocol: last epoch, trained on the training and validation subjects together "
+                     "(no held-out model selection)")
+    elif len(val_rows) and not math.isnan(best_score):
+        selection = "best validation score (mean of the tasks' primary metrics)"
+    else:
+        selection = "last epoch (no usable validation score)"
     return FitResult(
         best_epoch=best_epoch, best_score=best_score, selection=selection, history=history, steps=steps,
         epochs_run=len(history), resumed_from=resumed_from,
@@ -644,8 +506,9 @@ def evaluate_tasks(
     batch_size: int = 64,
     num_workers: int | None = None,
     progress: bool = False,
+    notes: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on its ``role`` rows (test by default)."""
+    """Metrics of every task on its ``role`` rows (test by default); ``notes`` as :func:`score_tasks`."""
     device = device_of(device)
     rows = [t.rows[role] for t in tasks if len(t.rows[role])]
     if not rows:
@@ -655,5 +518,5 @@ def evaluate_tasks(
     outputs = predict(model, images, all_rows, encoder_spec=model.spec, device=device, batch_size=batch_size,
                       num_workers=choose_workers(device, num_workers), keys={t.spec.output_key for t in tasks},
                       progress=progress, description=role)
-    return score_tasks(tasks, role, outputs, all_rows, model.spec)
+    return score_tasks(tasks, role, outputs, all_rows, model.spec, notes=notes)
 

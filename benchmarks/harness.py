@@ -18,10 +18,13 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
 ``[[experiment]]``
     ``id``, ``dataset``, ``tasks``, ``encoder``, ``options`` (encoder options), ``folds``
     (default: all of the protocol), ``label`` (the paper's name), ``metrics`` (replace the task's
-    metrics), ``[experiment.training]`` (overrides), and one of
+    metrics), ``variant`` (names the cells ``<encoder>-<variant>`` so that two experiments of one
+    encoder, e.g. ME-GraphAU's stage 1 and stage 2, each keep a record), ``[experiment.training]``
+    (overrides), and one of
 
     * ``[experiment.init]``: ``experiment``, ``fold``, ``option``: start from the selected weights of
-      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``);
+      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``, or
+      ``pretrained`` to continue the same encoder, as ME-GraphAU's stage 2 starts from stage 1);
     * ``[experiment.evaluate]``: ``experiment``, ``fold``: no training; score that experiment's
       selected model on this experiment's dataset and tasks (test rows).
 
@@ -55,10 +58,11 @@ from typing import Any
 import numpy as np
 
 from affbench import __version__
+from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.results import CellKey, read_record, write_json_atomic, write_record
+from affbench.settings import TrainSettings
 from affbench.tracking import open_tracker
-from affbench.train import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,8 +73,6 @@ SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
 HARNESS_VERSION = 1
 DATASET_NAMES = ("disfa", "caer-s", "affwild2")
-#: Encoder options that carry weights rather than architecture (see affbench.encoders.registry).
-WEIGHT_OPTIONS = ("pretrained", "au_checkpoint")
 
 
 # ----------------------------------------------------------------------------------------- suites
@@ -130,10 +132,16 @@ class Experiment:
     label: str = ""
     metrics: tuple[str, ...] | None = None
     notes: str = ""
+    variant: str = ""
 
     @property
     def is_evaluation(self) -> bool:
         return self.evaluate is not None
+
+    @property
+    def cell_encoder(self) -> str:
+        """The encoder column of this experiment's cells: the encoder, or ``<encoder>-<variant>``."""
+        return f"{self.encoder}-{self.variant}" if self.variant else self.encoder
 
 
 @dataclass
@@ -233,7 +241,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     for index, table in enumerate(data.get("experiment", [])):
         label = f"[[experiment]] #{index + 1} of {where}"
         _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
-                            "evaluate", "label", "metrics", "notes"), label)
+                            "evaluate", "label", "metrics", "notes", "variant"), label)
         for required in ("id", "dataset", "tasks"):
             if required not in table:
                 raise AffbenchError(f"{label} has no {required!r}.")
@@ -264,7 +272,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
             options=dict(table.get("options", {})), folds=tuple(int(f) for f in folds) if folds is not None else None,
             training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
             label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
-            notes=table.get("notes", ""),
+            notes=table.get("notes", ""), variant=str(table.get("variant", "")),
         ))
     if not experiments:
         raise AffbenchError(f"{where} declares no [[experiment]].")
@@ -319,11 +327,12 @@ def _resolve_references(suite: Suite) -> None:
     owners: dict[tuple[str, str, str], str] = {}
     for experiment in suite.experiments:
         for task in experiment.tasks:
-            key = (experiment.dataset, task, experiment.encoder)
+            key = (experiment.dataset, task, experiment.cell_encoder)
             if key in owners:
                 raise AffbenchError(
-                    f"Experiments {owners[key]!r} and {experiment.id!r} both give {experiment.encoder} on "
-                    f"{experiment.dataset} {task}; a suite has one cell per dataset, task and encoder."
+                    f"Experiments {owners[key]!r} and {experiment.id!r} both give {experiment.cell_encoder} on "
+                    f"{experiment.dataset} {task}; a suite has one cell per dataset, task and encoder "
+                    "(give one of them a 'variant')."
                 )
             owners[key] = experiment.id
 
@@ -369,7 +378,7 @@ class Job:
         return f"{kind}{self.experiment.dataset}-{self.experiment.encoder}-{tasks}-fold{self.fold}-{self.config_hash[:10]}"
 
     def cells(self, suite: str) -> list[CellKey]:
-        return [CellKey(suite, self.experiment.dataset, task, self.experiment.encoder, self.fold)
+        return [CellKey(suite, self.experiment.dataset, task, self.experiment.cell_encoder, self.fold)
                 for task in self.experiment.tasks]
 
 
@@ -496,6 +505,7 @@ def make_plan(
             "fold": fold,
             "encoder": experiment.encoder,
             "options": {k: v for k, v in sorted(experiment.options.items())},
+            **({"variant": experiment.variant} if experiment.variant else {}),
             "training": None if experiment.is_evaluation else experiment.training.result_dict(),
             "source": None if depends is None else {"job": depends.config_hash, "option": source.option},
         }
@@ -597,7 +607,7 @@ class _Runner:
 
     def task_data(self, job: Job):
         from affbench.protocols import Protocol
-        from affbench.train import TaskData
+        from affbench.train import TaskData, apply_selection
 
         experiment = job.experiment
         prepared = self.data.get(experiment.dataset)
@@ -616,6 +626,8 @@ class _Runner:
                 split, rows, y, mask = self._derived_rows(derived, protocol, prepared, job.fold)
             splits[spec.name] = split
             tasks.append(TaskData(spec, y, mask, rows))
+        if not experiment.is_evaluation:
+            tasks = apply_selection(tasks, experiment.training)
         return prepared, tasks, splits
 
     def _require_columns(self, prepared, spec, protocol) -> None:
@@ -733,6 +745,7 @@ class _Runner:
             if self.on_epoch_end is not None:
                 self.on_epoch_end(job, epoch, entry)
 
+        notes: dict[str, list[str]] = {}
         try:
             result = fit(model, tasks, images, settings, workdir=workdir, device=self.device, progress=self.progress,
                          log=lambda m: self.log(f"  {m}"), on_epoch_end=epoch_end)
@@ -740,7 +753,7 @@ class _Runner:
             test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                                   batch_size=settings.eval_batch_size or 2 * settings.batch_size,
                                   num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
-                                  progress=self.progress)
+                                  progress=self.progress, notes=notes)
             if tracker is not None:
                 tracker.log_test(test, result.best_epoch or 0)
         finally:
@@ -757,7 +770,8 @@ class _Runner:
             "primary_metric": {t.name: t.spec.primary_metric for t in tasks},
             "kind": {t.name: t.spec.kind for t in tasks},
             "epochs": result.epochs_run, "epochs_planned": settings.epochs, "selected_epoch": result.best_epoch,
-            "selection": result.selection, "steps": result.steps, "resumed_from": result.resumed_from,
+            "selection": result.selection, "selection_protocol": settings.selection,
+            "metric_warnings": notes, "steps": result.steps, "resumed_from": result.resumed_from,
             "train_seconds": result.train_seconds, "loss": result.losses,
             "curve": {t.name: [
                 {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
@@ -802,8 +816,9 @@ class _Runner:
         model.load_state_dict(load_model_state(self.source_weights(job)))
         images = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
         self.log(f"evaluate {job.depends.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
+        notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
-                              num_workers=self.num_workers, progress=self.progress)
+                              num_workers=self.num_workers, progress=self.progress, notes=notes)
         source = json.loads((source_dir / "done.json").read_text())
         tracker = open_tracker(self.run_dir, job.key)
         if tracker is not None:
@@ -821,6 +836,7 @@ class _Runner:
             "kind": {t.name: t.spec.kind for t in tasks},
             "epochs": source.get("epochs"), "epochs_planned": source.get("epochs_planned"),
             "selected_epoch": source.get("selected_epoch"), "selection": f"the model of {job.depends.key}",
+            "selection_protocol": source.get("selection_protocol", "validation"), "metric_warnings": notes,
             "steps": source.get("steps"), "resumed_from": None, "train_seconds": 0.0, "loss": {},
             "curve": {t.name: [] for t in tasks},
             "initialisation": f"evaluation only: selected weights of {job.depends.key} "
@@ -846,6 +862,7 @@ class _Runner:
                 "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
                 "experiment": experiment.id, "label": experiment.label or experiment.encoder,
                 "job_tasks": list(experiment.tasks),
+                "variant": experiment.variant or None,
                 "kind": summary["kind"][task], "mode": summary["mode"],
                 "metrics": summary["metrics"].get(task, {}),
                 "baselines": (summary.get("baselines") or {}).get(task, {}),
@@ -860,7 +877,12 @@ class _Runner:
                 "affbench_version": summary["affbench_version"], "wall_seconds": summary["wall_seconds"],
                 "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
                 "epochs_planned": summary["epochs_planned"], "selected_epoch": summary["selected_epoch"],
-                "selection": summary["selection"], "steps": summary["steps"], "resumed_from": summary["resumed_from"],
+                "selection": summary["selection"],
+                # "validation", or "reference-last-epoch": trained on the validation subjects too and
+                # kept the last epoch (ME-GraphAU's protocol): not comparable with held-out selection.
+                "selection_protocol": summary.get("selection_protocol", "validation"),
+                "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
+                "steps": summary["steps"], "resumed_from": summary["resumed_from"],
                 "initialisation": summary["initialisation"], "init_from": summary["init_from"],
                 "loss": summary["loss"].get(task), "training": summary["training"],
                 "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],

@@ -20,6 +20,7 @@ frame's image exists and can be read, and ``det_score``, ``box`` and ``landmarks
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -32,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from affbench.errors import DataLayoutError
-from affbench.runner import RunSummary, Tick, UnitOutcome, run_units
+from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, encode_image, make_schema
 
 DATASET = "affwild2"
@@ -252,6 +253,7 @@ class Video:
 
     name: str
     tasks: Mapping[str, TaskLabels] = field(default_factory=dict)
+    inputs: str | None = None  # fingerprint of its images (its labels are in annotations_sha256)
 
     @property
     def key(self) -> str:
@@ -263,6 +265,12 @@ class Video:
         return max((len(t.values) for t in self.tasks.values()), default=0)
 
 
+def _annotation_files(folder: Path) -> list[Path]:
+    """The ``*.txt`` regular files of ``folder``: a FIFO or device of that name would block or
+    never end when read, and a folder is not an annotation."""
+    return sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".txt") and e.is_file())
+
+
 def read_annotations(layout: Layout) -> tuple[list[Video], str]:
     """Every video any challenge annotates, with its checked labels, and one hash of all files."""
     per_video: dict[str, dict[str, TaskLabels]] = {}
@@ -272,7 +280,7 @@ def read_annotations(layout: Layout) -> tuple[list[Video], str]:
         if not split_dirs:
             raise DataLayoutError(f"{folder} has neither {SPLITS[0]}/ nor {SPLITS[1]}/.")
         for split in split_dirs:
-            for path in sorted((folder / split).glob("*.txt")):
+            for path in _annotation_files(folder / split):
                 data = path.read_bytes()
                 relative = f"{folder.name}/{split}/{path.name}"
                 digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -349,6 +357,11 @@ def _frame_labels(video: Video) -> tuple[np.ndarray, np.ndarray, np.ndarray, dic
     return au, expr, va, splits
 
 
+def _image_files(video: Video) -> list[str]:
+    """The images a video's rows are made from, relative to ``cropped_aligned``."""
+    return [f"{video.name}/{image_name(frame)}" for frame in range(video.size)]
+
+
 def _stored_image(data: bytes, settings: Settings) -> tuple[bytes, bool]:
     """The bytes to store for one source image and whether they were re-encoded."""
     rgb = decode_image(data)  # ValueError where it cannot be decoded
@@ -366,8 +379,9 @@ def process_video(settings: Settings, unit: Video, tick: Tick) -> UnitOutcome:
     """Join one video's labels with its images and write its shards."""
     root, images = Path(settings.root), Path(settings.images)
     folder = images / unit.name
-    folder_rel = _relative(folder, root)
-    if not folder.is_dir():
+    folder_rel = _relative(folder, root) if folder.name == unit.name else f"{_relative(images, root)}/{unit.name}"
+    # An annotation named "..txt" names the video "."; no folder below cropped_aligned can be it.
+    if unit.name in (".", "..") or not folder.is_dir():
         reason = f"no image folder {folder_rel} for the annotated video {unit.name}"
         return UnitOutcome(unit.key, failures=[{"unit": unit.key, "item": folder_rel, "reason": reason}], failed=True)
     present = {e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")}
@@ -488,14 +502,16 @@ def prepare(
     }
     from affbench.pipelines.protocols import protocol_for  # imports this module's facts
 
-    writer = DatasetWriter(
+    with DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(annotations_sha256),
         schema=make_schema(LABEL_FIELDS),
         protocol=protocol_for(DATASET).to_dict(),
         info=info,
-    )
-    process = functools.partial(process_video, settings)
-    return run_units(writer, videos, process, workers=workers, progress=progress, item="frames", backend=backend)
+    ) as writer:  # holds the folder: one process at a time
+        # What each video is made from, so that a replaced, added or removed image gets it redone.
+        videos = [dataclasses.replace(v, inputs=fingerprint(layout.images, _image_files(v))) for v in videos]
+        process = functools.partial(process_video, settings)
+        return run_units(writer, videos, process, workers=workers, progress=progress, item="frames", backend=backend)
 

@@ -35,7 +35,7 @@ from affbench.faces import (
     select_face,
     shared_detector,
 )
-from affbench.runner import RunSummary, Tick, UnitOutcome, run_units
+from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, make_schema
 
 DATASET = "caer-s"
@@ -59,8 +59,8 @@ NOTES = {
     "subject": "null: CAER-S names no subjects (the stills come from TV shows)",
     "validation": "not made at prepare time; the loader holds out a seeded, stratified fraction of train",
     "box_landmarks": "MTCNN box (x1, y1, x2, y2) and 5 landmarks in source-image pixels, for context crops",
-    "face_found": "false for images without a detected face and for unreadable images (listed in failures); "
-    "those rows have no image, box or landmarks",
+    "face_found": "false for images without a detected face, for unreadable images and for images MTCNN "
+    "cannot process (both listed in failures); those rows have no image, box or landmarks",
 }
 
 
@@ -75,6 +75,7 @@ class ImageFolder:
     folder: str
     label: int
     files: tuple[str, ...]
+    inputs: str | None = None  # fingerprint of its images: a new, removed or replaced one redoes it
 
     @property
     def key(self) -> str:
@@ -89,13 +90,17 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def find_image_folders(root: str | os.PathLike) -> tuple[list[ImageFolder], list[str]]:
+def find_image_folders(
+    root: str | os.PathLike, exclude: str | os.PathLike | None = None
+) -> tuple[list[ImageFolder], list[str]]:
     """The class folders under ``root/train`` and ``root/test``, and the files that are not images.
 
-    Raises :class:`~affbench.errors.DataLayoutError` where ``root`` lacks a split folder or holds a
-    folder that names no CAER-S class.
+    ``exclude`` (the output folder) is skipped where it lies inside a split folder, so that a
+    folder prepared there can be resumed. Raises :class:`~affbench.errors.DataLayoutError` where
+    ``root`` lacks a split folder or holds a folder that names no CAER-S class.
     """
     root = Path(root)
+    excluded = Path(exclude).resolve() if exclude is not None else None
     if not root.is_dir():
         raise DataLayoutError(f"The CAER-S root {root} is not a folder.")
     missing = [s for s in SPLITS if not (root / s).is_dir()]
@@ -115,6 +120,8 @@ def find_image_folders(root: str | os.PathLike) -> tuple[list[ImageFolder], list
                 ignored.append(f"{split}/{entry.name}")
                 continue
             label = by_lower.get(entry.name.lower())
+            if label is None and excluded is not None and _holds(Path(entry.path).resolve(), excluded):
+                continue
             if label is None:
                 raise DataLayoutError(
                     f"{root / split / entry.name} is not a CAER-S class folder; expected one of "
@@ -123,10 +130,15 @@ def find_image_folders(root: str | os.PathLike) -> tuple[list[ImageFolder], list
             names = sorted(e.name for e in os.scandir(entry.path) if e.is_file())
             files = tuple(n for n in names if _is_image(n))
             ignored += [f"{split}/{entry.name}/{n}" for n in names if not _is_image(n) and not n.startswith(".")]
-            units.append(ImageFolder(split, entry.name, label, files))
+            inputs = fingerprint(root, [f"{split}/{entry.name}/{n}" for n in files])
+            units.append(ImageFolder(split, entry.name, label, files, inputs))
     if not any(u.files for u in units):
         raise DataLayoutError(f"{root} holds no images under train/<Class>/ or test/<Class>/.")
     return units, ignored
+
+
+def _holds(folder: Path, path: Path) -> bool:
+    return folder == path or folder in path.parents
 
 
 def sample_ids(unit: ImageFolder) -> list[str]:
@@ -180,6 +192,25 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
 
 
+def _detect(detector, images: list[np.ndarray | None], sources: list[str],
+            failures: list[dict[str, str]], unit: str) -> dict[int, list]:
+    """MTCNN's faces for each readable image, by index. Where the batch fails, each image is
+    detected alone, so that one image MTCNN cannot take (a 5x5 thumbnail) fails only its own row."""
+    readable = [i for i, rgb in enumerate(images) if rgb is not None]
+    try:
+        return dict(zip(readable, detector.detect([images[i] for i in readable])))
+    except Exception:  # noqa: BLE001 - narrowed to the image below
+        pass
+    detections = {}
+    for i in readable:
+        try:
+            detections[i] = detector.detect([images[i]])[0]
+        except Exception as exc:  # noqa: BLE001 - the image's row stays, without a face
+            failures.append({"unit": unit, "item": sources[i],
+                             "reason": f"face detection failed: {type(exc).__name__}: {exc}"})
+    return detections
+
+
 def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOutcome:
     """Detect, select, align and crop the face of every image of one folder; write its shards."""
     root = Path(settings.root)
@@ -189,7 +220,8 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
     ids = sample_ids(unit)
     # Enough images for full batches of the common size, few enough for a lively progress bar.
     chunk = max(32, 2 * settings.detector.batch_size)
-    stats = {"images": 0, "faces_found": 0, "no_face": 0, "several_faces": 0, "unreadable": 0}
+    stats = {"images": 0, "faces_found": 0, "no_face": 0, "several_faces": 0, "unreadable": 0,
+             "detection_failed": 0}
     failures: list[dict[str, str]] = []
     with ShardWriter(settings.out, unit.key, schema, rows_per_shard=settings.rows_per_shard) as writer:
         for start in range(0, unit.size, chunk):
@@ -203,8 +235,7 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                     failures.append({"unit": unit.key, "item": source, "reason": f"unreadable image: {reason}"})
                     images.append(None)
-            readable = [i for i, rgb in enumerate(images) if rgb is not None]
-            detections = dict(zip(readable, detector.detect([images[i] for i in readable])))
+            detections = _detect(detector, images, [f"{unit.key}/{name}" for name in names], failures, unit.key)
             for i, name in enumerate(names):
                 rgb, faces = images[i], detections.get(i, [])
                 face = select_face(faces, settings.select)
@@ -223,8 +254,9 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
                 writer.write(row)
                 stats["images"] += 1
                 stats["unreadable"] += rgb is None
+                stats["detection_failed"] += rgb is not None and i not in detections
                 stats["faces_found"] += face is not None
-                stats["no_face"] += rgb is not None and face is None
+                stats["no_face"] += i in detections and face is None
                 stats["several_faces"] += len(faces) > 1
             tick(len(names))
     return UnitOutcome(unit.key, writer.shards, failures=failures, stats=stats)
@@ -284,10 +316,10 @@ def prepare(
         device=resolve_device(device),
         rows_per_shard=rows_per_shard,
     )
-    units, ignored = find_image_folders(root)
+    units, ignored = find_image_folders(root, exclude=out)
     from affbench.pipelines.protocols import protocol_for  # imports this module's facts
 
-    writer = DatasetWriter(
+    with DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(),
@@ -300,7 +332,7 @@ def prepare(
             "ignored_files": {"count": len(ignored), "examples": ignored[:20]},
             "notes": NOTES,
         },
-    )
-    process = functools.partial(process_folder, settings)
-    return run_units(writer, units, process, workers=workers, progress=progress, item="images", backend=backend)
+    ) as writer:  # holds the folder: one process at a time
+        process = functools.partial(process_folder, settings)
+        return run_units(writer, units, process, workers=workers, progress=progress, item="images", backend=backend)
 

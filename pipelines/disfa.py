@@ -54,7 +54,7 @@ from affbench.faces import (
     resolve_device,
     shared_detector,
 )
-from affbench.runner import RunSummary, Tick, UnitOutcome, run_units
+from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
 from affbench.video import VideoError, VideoReader, probe_video
 
@@ -130,9 +130,11 @@ def read_label_file(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode("utf-8-sig").splitlines()
     except FileNotFoundError:
         raise DataLayoutError(f"AU label file {path} is missing.") from None
+    except UnicodeDecodeError as exc:
+        raise DataLayoutError(f"{path} is not a UTF-8 text file (byte {exc.start} cannot be decoded).") from None
     while lines and not lines[-1].strip():
         lines.pop()
     values = np.empty(len(lines), dtype=np.int8)
@@ -141,8 +143,8 @@ def read_label_file(path: str | Path) -> np.ndarray:
         try:
             if len(parts) != 2:
                 raise ValueError
-            value = float(parts[1])
-            if value != int(value) or not 0 <= value <= MAX_INTENSITY:
+            value = float(parts[1])  # "inf" and "nan" fail the range check below
+            if not 0 <= value <= MAX_INTENSITY or value != int(value):
                 raise ValueError
         except ValueError:
             raise DataLayoutError(
@@ -170,13 +172,14 @@ def read_labels(paths: Sequence[str | Path]) -> tuple[np.ndarray, list[int]]:
 class DisfaVideo:
     """One unit of work: a subject's video from one camera with its 12 label files."""
 
-    key: str  # "SN001/left": unique across cameras, names the unit's shards (SN001-left-00000.parquet)
+    key: str  # "SN001/left": unique across cameras, names the unit's shards (SN001-left-<hash>-00000.parquet)
     size: int  # frames the container declares (0 when unknown), for the progress bar
     subject: str
     camera: str
     root: str
     video: str  # relative to root
     labels: tuple[str, ...]  # relative to root, in AUS order
+    inputs: str | None = None  # fingerprint of the video (size, time) and label files (content)
 
 
 _VIDEO_NAME = re.compile(r"^(Left|Right)Video(SN\d{3})_comp\.avi$", re.IGNORECASE)
@@ -199,38 +202,38 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
     units = []
     for cam in cameras:
         folder = root / CAMERA_DIRS[cam]
-        subjects = sorted(
-            m.group(2).upper()
-            for p in folder.iterdir()
-            if (m := _VIDEO_NAME.match(p.name)) and m.group(1).lower() == cam and p.is_file()
-        )
+        by_subject: dict[str, list[str]] = {}
+        for p in sorted(folder.iterdir()):
+            if (m := _VIDEO_NAME.match(p.name)) and m.group(1).lower() == cam and p.is_file():
+                by_subject.setdefault(m.group(2).upper(), []).append(p.name)
+        twice = next((names for names in by_subject.values() if len(names) > 1), None)
+        if twice:
+            raise DataLayoutError(
+                f"{folder} holds {twice[0]} and {twice[1]}, two videos of one subject whose names differ "
+                "only in case; keep one."
+            )
+        subjects = sorted(by_subject)
         if not subjects:
             raise DataLayoutError(
                 f"{folder} holds no {CAMERA_PREFIX[cam]}VideoSNnnn_comp.avi videos, so {root} is not a DISFA root."
             )
         for subject in subjects:
-            video = _existing_name(folder, video_path(cam, subject).split("/", 1)[1])
+            video = by_subject[subject][0]  # its name as on disk (the match ignores case)
             labels = tuple(label_path(subject, au) for au in AUS)
             absent = [p for p in labels if not (root / p).is_file()]
             if absent:
                 more = f" (and {len(absent) - 1} more of its label files)" if len(absent) > 1 else ""
-                raise DataLayoutError(f"AU label file {root / absent[0]} is missing{more}.")
+                raise DataLayoutError(f"AU label file {root / absent[0]} is missing or not a regular file{more}.")
             try:
                 size = probe_video(folder / video).frames or 0
             except VideoError:
                 size = 0  # the unit fails with the reason when it is processed
+            video = f"{CAMERA_DIRS[cam]}/{video}"
             units.append(DisfaVideo(
                 key=f"{subject}/{cam}", size=size, subject=subject, camera=cam, root=str(root.resolve()),
-                video=f"{CAMERA_DIRS[cam]}/{video}", labels=labels,
+                video=video, labels=labels, inputs=fingerprint(root, [video], contents=labels),
             ))
     return units
-
-
-def _existing_name(folder: Path, name: str) -> str:
-    """The file's name as it is on disk (the pattern match is case-insensitive)."""
-    if (folder / name).is_file():
-        return name
-    return next(p.name for p in folder.iterdir() if p.name.lower() == name.lower())
 
 
 # ----------------------------------------------------------------------------------------- preparing
@@ -370,7 +373,7 @@ def prepare(
     settings = dataclasses.replace(settings, device=device)
     from affbench.pipelines.protocols import protocol_for  # imports this module's facts
 
-    writer = DatasetWriter(
+    with DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(camera),
@@ -378,10 +381,10 @@ def prepare(
         protocol=protocol_for(DATASET).to_dict(),
         info={"root": str(Path(root).resolve()), "device": device, "rows_per_shard": settings.rows_per_shard,
               "videos": len(units)},
-    )
-    # Absolute paths: a worker elsewhere (Dask, Ray) does not share this process's directory.
-    process = functools.partial(prepare_video, out_dir=str(Path(out).resolve()), settings=settings)
-    return run_units(writer, units, process, workers=workers, progress=progress, item="frames", backend=backend)
+    ) as writer:  # holds the folder: one process at a time
+        # Absolute paths: a worker elsewhere (Dask, Ray) does not share this process's directory.
+        process = functools.partial(prepare_video, out_dir=str(Path(out).resolve()), settings=settings)
+        return run_units(writer, units, process, workers=workers, progress=progress, item="frames", backend=backend)
 
 
 def length_mismatches(manifest: dict) -> list[str]:

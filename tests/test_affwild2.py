@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import cv2
@@ -209,16 +210,157 @@ def test_corrupt_image_and_missing_image_folder_are_failures_and_resume_retries(
     assert rows[("video7", 3)]["face_found"] is False and rows[("video7", 4)]["face_found"] is True
     assert {s for s, _ in rows} == set(sd.AFFWILD2_VIDEOS) - {"1-30-1280x720"}
 
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir() if not p.name.startswith("video7")}
     shutil.move(tmp_path / "aside", root / "cropped_aligned" / "1-30-1280x720")
     result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
-    assert "units: 4 (3 already done, 1 processed, 0 failed)" in result.output
-    assert result.exit_code == 1 and "(1 from earlier runs)" in result.output  # the corrupt JPEG stays listed
+    # The failed video and the video with a failed image are redone; the corrupt JPEG fails again.
+    assert "units: 4 (2 already done, 2 processed, 0 failed)" in result.output
+    assert "redone because they had failed items: 1 (video7)" in result.output
+    assert result.exit_code == 1 and "lists 1 failure(s):" in result.output and "earlier runs" not in result.output
     assert {n: t for n, t in ((p.name, p.stat().st_mtime_ns) for p in (out / "shards").iterdir()) if n in before} == before
     assert ShardReader(out).num_rows == len(sd.AFFWILD2_VIDEOS) * sd.AFFWILD2_FRAMES
+
+    # Once the image is replaced, the next run reads it and the folder is complete.
+    shutil.copy(root / "cropped_aligned" / "video7" / "00003.jpg", root / "cropped_aligned" / "video7" / "00004.jpg")
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 0 and "units: 4 (3 already done, 1 processed, 0 failed)" in result.output
+    rows = {(r["subject"], r["frame"]): r for r in ShardReader(out).iter_rows(columns=["subject", "frame", "face_found"])}
+    assert rows[("video7", 3)]["face_found"] is True
 
     # Changed annotations must not be mixed into the same folder.
     path = root / CHALLENGE["expr"] / "Train_Set" / "1-30-1280x720.txt"
     path.write_text(path.read_text().replace("\n0\n", "\n1\n", 1))
     with pytest.raises(ParameterMismatchError, match="annotations_sha256"):
         affwild2.prepare(root, out, progress=False)
+
+
+def copy_video(root, source: str, name: str, shift: int) -> None:
+    """Add a video called ``name``: ``source``'s annotations, and its images with frame i's image
+    taken from frame i + ``shift``, so that each copy's rows can be told from the others'."""
+    folder = root / "cropped_aligned" / name
+    folder.mkdir()
+    images = sorted((root / "cropped_aligned" / source).glob("*.jpg"))
+    for image, other in zip(images, images[shift:] + images[:shift]):
+        shutil.copy(other, folder / image.name)
+    for task, split in ((t, s[source]) for t, s in sd.AFFWILD2_SPLITS.items() if source in s):
+        shutil.copy(root / CHALLENGE[task] / split / f"{source}.txt", root / CHALLENGE[task] / split / f"{name}.txt")
+
+
+def test_video_names_that_differ_only_in_other_characters_or_case_keep_their_own_rows(root, tmp_path):
+    # Each name once held the shards of its twin: one video vanished, the other was read twice.
+    names = ["clip 1", "clip-1", "vidéo7", "vid-o7", "视频", "Clip", "clip"]
+    for shift, name in enumerate(names, start=1):
+        copy_video(root, "video7", name, shift)
+    (root / CHALLENGE["va"] / "Validation_Set" / "..txt").write_text(
+        (root / CHALLENGE["va"] / "Validation_Set" / "video7.txt").read_text())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    # "..txt" names a video "." whose images no folder can hold: a failed unit, nothing else.
+    assert [f["unit"] for f in manifest["failures"]] == ["."]
+    assert "no image folder cropped_aligned/." in manifest["failures"][0]["reason"]
+    files = [s["file"] for u in manifest["units"].values() for s in u["shards"]]
+    assert len({f.lower() for f in files}) == len(files)
+    rows = {(r["subject"], r["frame"]): r for r in ShardReader(out).iter_rows(columns=["subject", "frame", "image"])}
+    for video in [*names, "video7"]:
+        assert sum(subject == video for subject, _ in rows) == sd.AFFWILD2_FRAMES
+        expected = (root / "cropped_aligned" / video / "00001.jpg").read_bytes()
+        assert rows[(video, 0)]["image"]["bytes"] == expected
+
+
+def test_an_empty_image_fails_only_its_own_row(root, tmp_path):
+    (root / "cropped_aligned" / "video7" / "00004.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["failures"] == [{"unit": "video7", "item": "cropped_aligned/video7/00004.jpg",
+                                     "reason": "unreadable image: the file is empty"}]
+    assert manifest["units"]["video7"]["status"] == "done"
+    rows = {r["frame"]: r["face_found"] for r in ShardReader(out).iter_rows(columns=["subject", "frame", "face_found"])
+            if r["subject"] == "video7"}
+    assert len(rows) == sd.AFFWILD2_FRAMES and rows[3] is False and rows[4] is True and rows[2] is True
+
+
+def test_a_replaced_or_added_image_redoes_its_video(root, tmp_path):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)]).exit_code == 0
+    folder = root / "cropped_aligned" / "video7"
+    shutil.copy(folder / "00003.jpg", folder / "00002.jpg")  # a replaced image
+    shutil.copy(folder / "00003.jpg", folder / "00008.jpg")  # an image that was missing (frame 7)
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "units: 4 (3 already done, 1 processed, 0 failed)" in result.output
+    assert "redone because their input files changed: 1 (video7)" in result.output
+    rows = {r["frame"]: r for r in ShardReader(out).iter_rows(columns=["subject", "frame", "image", "face_found"])
+            if r["subject"] == "video7"}
+    assert rows[1]["image"]["bytes"] == (folder / "00003.jpg").read_bytes()
+    assert rows[7]["face_found"] is True
+
+
+def test_a_fifo_among_the_annotation_files_is_not_read(root, tmp_path):
+    import threading
+
+    os.mkfifo(root / CHALLENGE["au"] / "Train_Set" / "waiting.txt")  # opening it would block for ever
+    found = []
+    reader = threading.Thread(target=lambda: found.append(affwild2.read_annotations(affwild2.find_layout(root))),
+                              daemon=True)
+    reader.start()
+    reader.join(30)
+    assert found, "reading the annotations blocked on a FIFO"
+    videos, _ = found[0]
+    assert [v.name for v in videos] == sorted(sd.AFFWILD2_VIDEOS)
+
+
+def test_a_full_disk_stops_prepare_with_one_sentence_and_the_rerun_completes(root, tmp_path, monkeypatch):
+    import errno
+
+    from affbench.shards import ShardWriter
+
+    flush = ShardWriter._flush
+
+    def full(self):
+        if self.prefix.startswith("video7"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.shard_dir / "x.parquet"))
+        return flush(self)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(ShardWriter, "_flush", full)
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
+    assert "(No space left on device) while preparing video7; free some space" in result.output
+    units = json.loads((out / "manifest.json").read_text())["units"]
+    assert "video7" not in units and all(u["status"] == "done" for u in units.values())
+
+    monkeypatch.setattr(ShardWriter, "_flush", flush)
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    assert result.exit_code == 0 and ShardReader(out).num_rows == len(sd.AFFWILD2_VIDEOS) * sd.AFFWILD2_FRAMES
+
+
+def test_an_unwritable_or_busy_or_file_out_is_one_sentence(root, tmp_path, monkeypatch):
+    import errno
+
+    import affbench.shards
+    from affbench.locks import FolderLock
+
+    def prepare(out):
+        result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+        assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
+        return result.output.strip()
+
+    (tmp_path / "file").write_text("not a folder")
+    assert prepare(tmp_path / "file") == f"Error: {tmp_path / 'file'} is a file, not a folder; choose a folder for --out."
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    lock = FolderLock(busy)  # as another prepare would hold it
+    assert prepare(busy).startswith(f"Error: {busy} is in use by process {os.getpid()} (another affbench run)")
+    lock.release()
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(affbench.shards, "write_text_atomic", read_only)
+    assert prepare(tmp_path / "ro") == (f"Error: Cannot write {tmp_path / 'ro' / 'manifest.json'}: Read-only file system; "
+                                        "make it writable or choose another --out, then run the same command again to resume.")

@@ -195,7 +195,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
     assert calls == ["train/Angry/0001.png", "test/Anger/0001.png", "test/Happy/0002.png"]
     assert ShardReader(out).num_rows == 2
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
-    assert sorted(finished) == ["test-Anger-00000.parquet", "train-Angry-00000.parquet"]
+    assert sorted(finished) == ["test-Anger-9c755541-00000.parquet", "train-Angry-549e8b12-00000.parquet"]
 
     monkeypatch.setattr(caer_s, "_read_rgb", lambda path: (calls.append(path.name), read(path))[1])
     calls.clear()
@@ -237,3 +237,46 @@ def test_layout_errors_are_one_clear_sentence(tmp_path):
         caer_s.find_image_folders(tmp_path)
     result = CliRunner().invoke(app, ["prepare", "caer-s", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "is not a folder" in result.output and "Traceback" not in result.output
+
+
+def test_images_mtcnn_cannot_take_fail_alone_and_changes_are_picked_up(sample_data, detector, tmp_path):
+    # --out inside ROOT/train/ once made every resume fail: the output folder looked like a class.
+    root = small_caer(sample_data["caer-s"], tmp_path / "CAER-S", [("train", "Happy", "0001.png"), ("test", "Happy", "0002.png")])
+    rng = np.random.default_rng(0)
+    write_png(root / "train/Happy/tiny.png", rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+    write_png(root / "train/Happy/wide.png", rng.integers(0, 256, (12, 4000, 3), dtype=np.uint8))
+    out = root / "train" / "prepared"
+    command = ["prepare", "caer-s", str(root), "--out", str(out), "--device", "cpu"]
+
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {f["item"]: f["reason"].split(":")[0] for f in manifest["failures"]} == {
+        "train/Happy/tiny.png": "face detection failed", "train/Happy/wide.png": "face detection failed"}
+    rows = {r["source"]: r["face_found"] for r in ShardReader(out).iter_rows(columns=["source", "face_found"])}
+    assert rows == {"train/Happy/0001.png": True, "train/Happy/tiny.png": False, "train/Happy/wide.png": False,
+                    "test/Happy/0002.png": True}
+
+    result = CliRunner().invoke(app, command)  # the folder with failed images is tried again
+    assert result.exit_code == 1 and "units: 2 (1 already done, 1 processed, 0 failed)" in result.output
+    assert "redone because they had failed items: 1 (train/Happy)" in result.output
+
+    (root / "train/Happy/tiny.png").unlink()
+    (root / "train/Happy/wide.png").unlink()
+    shutil.copy(sample_data["caer-s"] / "train/Happy/0002.png", root / "train/Happy/0002.png")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "redone because their input files changed: 1 (train/Happy)" in result.output
+    rows = {r["source"]: r["face_found"] for r in ShardReader(out).iter_rows(columns=["source", "face_found"])}
+    assert rows == {"train/Happy/0001.png": True, "train/Happy/0002.png": True, "test/Happy/0002.png": True}
+
+
+def test_class_folders_whose_names_differ_only_in_case_do_not_share_shards(tmp_path):
+    from affbench.shards import unit_prefix
+
+    for folder in ("train/Happy", "train/happy", "test/Happy"):
+        (tmp_path / folder).mkdir(parents=True)
+        write_png(tmp_path / folder / "0001.png", np.zeros((8, 8, 3), np.uint8))
+    units, _ = caer_s.find_image_folders(tmp_path)
+    assert [u.key for u in units] == ["train/Happy", "train/happy", "test/Happy"]
+    assert len({unit_prefix(u.key).lower() for u in units}) == 3

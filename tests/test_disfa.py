@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -328,3 +329,62 @@ def test_asking_for_cuda_without_a_gpu_is_one_sentence(sample_data, tmp_path):
     result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "o"), "--device", "cuda"])
     assert result.exit_code == 1 and "PyTorch sees no CUDA GPU" in result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data.replace(b"\n", b"\n5,inf\n", 1), r"line 2 is '5,inf', not 'frame,intensity'"),
+        (lambda data: data.replace(b"\n", b"\n5,nan\n", 1), r"line 2 is '5,nan'"),
+        (lambda data: data + "7,0 \u00e9t\u00e9\n".encode("latin-1"), r"is not a UTF-8 text file"),
+    ],
+)
+def test_a_label_line_that_is_not_an_intensity_is_one_sentence(sample_data, tmp_path, damage, message):
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001"], copy_labels=["SN001"])
+    path = root / disfa.label_path("SN001", 4)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataLayoutError, match=message):
+        disfa.read_label_file(path)
+    result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "SN001_au4.txt" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_two_videos_whose_names_differ_only_in_case_are_one_sentence(sample_data, tmp_path):
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001"])
+    (root / disfa.LEFT_DIR / "leftvideosn001_comp.avi").symlink_to(sample_data["disfa"] / disfa.video_path("left", "SN001"))
+    result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "LeftVideoSN001_comp.avi and leftvideosn001_comp.avi" in result.output and "differ only in case" in result.output
+
+
+def test_a_changed_label_file_changes_the_unit_fingerprint_even_at_the_same_size_and_time(sample_data, tmp_path):
+    # The runner redoes a finished unit whose fingerprint changed (test_runner.py); a label edit
+    # that keeps the file's size and time must change it too.
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001", "SN003"], copy_labels=["SN001"])
+    before = {u.key: u.inputs for u in disfa.find_videos(root)}
+    path = root / disfa.label_path("SN001", 12)
+    info = path.stat()
+    data = path.read_bytes()
+    last = data.rstrip()[-1:]
+    path.write_bytes(data.rstrip()[:-1] + (b"1" if last != b"1" else b"2") + data[len(data.rstrip()):])
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert path.stat().st_size == info.st_size
+    after = {u.key: u.inputs for u in disfa.find_videos(root)}
+    assert after["SN003/left"] == before["SN003/left"] and after["SN001/left"] != before["SN001/left"]
+
+
+@pytest.mark.slow
+def test_a_changed_label_file_redoes_its_video(sample_data, tmp_path):
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN003"], copy_labels=["SN003"])
+    out = tmp_path / "out"
+    disfa.prepare(root, out, settings=SETTINGS, progress=False)
+    path = root / disfa.label_path("SN003", 12)
+    lines = path.read_text().splitlines()
+    frame, value = lines[0].split(",")
+    lines[0] = f"{frame},{(int(value) + 1) % 6}"
+    path.write_text("\n".join(lines) + "\n")
+    summary = disfa.prepare(root, out, settings=SETTINGS, progress=False)
+    assert summary.units_changed == ["SN003/left"] and summary.units_done == 1
+    row = next(r for r in ShardReader(out).iter_rows(columns=["frame", "au12"]) if r["frame"] == 0)
+    assert row["au12"] == (int(value) + 1) % 6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 import sys
@@ -242,8 +244,10 @@ def test_affwild2_uses_each_tasks_split_column(aff_meta):
         assert split["val"].size > 0 and not _subjects(aff_meta, split["train"]) & _subjects(aff_meta, split["val"])
         unassigned = len(AFF_VIDEOS) - len(official_val) - len(train_set)
         assert split["excluded"]["no_split"] == 10 * unassigned
-        # frame 3 is unannotated and frame 7 faceless in every video of the task
-        assert sum(split["excluded"]["unannotated"].values()) == len(official_val | train_set)
+        # frame 3 is unannotated and frame 7 faceless in every video of the task; for VA frame 5 too
+        # (valence alone missing: the official evaluation drops the frame)
+        per_video = 2 if task == "va" else 1
+        assert sum(split["excluded"]["unannotated"].values()) == per_video * len(official_val | train_set)
         assert sum(split["excluded"]["no_face"].values()) == len(official_val | train_set)
 
 
@@ -255,14 +259,23 @@ def test_affwild2_two_person_halves_stay_together(aff_meta):
         assert not any(g.endswith(("_left", "_right")) for g in split["validation"]["groups"])
 
 
-def test_affwild2_va_partial_annotation_is_masked_not_dropped(aff_meta):
+def test_affwild2_va_frame_with_one_value_missing_is_dropped_as_the_official_evaluation_does(aff_meta):
+    # The official Aff-Wild2 VA annotation reading keeps a frame only when neither value is -5;
+    # a frame with valence alone missing was scored for arousal before.
     y, mask = AFFWILD2.targets(aff_meta, "va")
     frame5 = (aff_meta.frame == 5).to_numpy()
-    assert (~mask[frame5, 0]).all() and mask[frame5, 1].all()
+    assert not mask[frame5].any()
     split = AFFWILD2.split_indices(aff_meta, "va")
     chosen = np.concatenate([split[r] for r in ("train", "val", "test")])
-    assert frame5[chosen].any() and not (aff_meta.frame.to_numpy()[chosen] == 3).any()
+    frames = aff_meta.frame.to_numpy()[chosen]
+    assert not ((frames == 3) | (frames == 5)).any() and (frames == 4).any()
     assert np.isfinite(y).all()
+    # The per-label reading stays available as a task option.
+    per_label = dataclasses.replace(AFFWILD2.task("va"), joint_annotation=False)
+    assert AFFWILD2.task("va").joint_annotation and not AFFWILD2.task("au-detection").joint_annotation
+    protocol = dataclasses.replace(AFFWILD2, tasks={**AFFWILD2.tasks, "va": per_label})
+    _, mask = protocol.targets(aff_meta, "va")
+    assert (~mask[frame5, 0]).all() and mask[frame5, 1].all()
 
 
 def test_affwild2_raw_va_marker_counts_as_missing(aff_meta):

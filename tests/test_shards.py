@@ -86,7 +86,7 @@ def test_round_trip_values_and_hashes(tmp_path):
         rows = [make_row("SN001", i, with_face=i != 5) for i in range(10)]
         writer.write_many(rows)
     assert [s.rows for s in writer.shards] == [4, 4, 2]
-    assert [s.file for s in writer.shards] == [f"shards/SN001-left-{i:05d}.parquet" for i in range(3)]
+    assert [s.file for s in writer.shards] == [f"shards/SN001-left-5e42e7b4-{i:05d}.parquet" for i in range(3)]  # 5e42e7b4: sha256("SN001/left")
     for shard in writer.shards:
         assert file_sha256(tmp_path / shard.file) == shard.sha256
         assert pq.read_schema(tmp_path / shard.file).equals(schema, check_metadata=False)
@@ -117,7 +117,7 @@ def test_writer_abort_leaves_no_visible_shard(tmp_path):
                 writer.write(make_row("u", i))
             raise RuntimeError("boom")
     files = sorted(p.name for p in (tmp_path / "shards").iterdir())
-    assert files == ["u-00000.parquet"]  # the finished shard stays until the unit is redone
+    assert files == ["u-0bfe935e-00000.parquet"]  # the finished shard stays until the unit is redone
 
 
 def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
@@ -139,9 +139,9 @@ def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
     assert result.returncode == -9, result.stderr.decode()
     names = sorted(p.name for p in (tmp_path / "shards").iterdir())
     visible = [n for n in names if not n.startswith(".")]
-    assert visible == ["SN002-00000.parquet"]
+    assert visible == ["SN002-afcb988c-00000.parquet"]
     assert any(n.endswith(".tmp") for n in names)
-    assert pq.read_table(tmp_path / "shards" / "SN002-00000.parquet").num_rows == 4
+    assert pq.read_table(tmp_path / "shards" / "SN002-afcb988c-00000.parquet").num_rows == 4
 
     writer = DatasetWriter(tmp_path / "out", dataset="toy", parameters=PARAMS, schema=make_schema(LABELS))
     assert not writer.is_done("SN002")

@@ -19,11 +19,26 @@ Because a node's feature is its spatial map, the SCC weights' shapes depend on t
 The public TensorFlow code (EvelynFan/FAU) reshapes its NHWC tensors to (C, H*W) without a
 transpose, so there a "node" is a block of consecutive memory: at 256, one position's 256 channels in
 SCC1, eight neighbouring positions in SCC2, one image row in SCC3. The weights have the same shapes
-either way; affbench builds the paper's channel graph.
+either way; affbench builds the paper's channel graph by default (``graph_nodes="channels"``) and
+the code's with ``graph_nodes="reference-code"`` (nodes and the result are read and written through
+the same NHWC memory reinterpretation as the TensorFlow reshapes).
 
-Heatmap targets follow the code's scale rather than the paper's formula: the paper writes
-I / (2 pi sigma^2) exp(...); the code renders 255 * I * exp(...) and reads intensity = max / 255.
-Here the target is I * exp(-d^2 / (2 sigma^2)), so an AU's intensity is its heatmap maximum itself.
+Heatmap targets: the paper writes I / (2 pi sigma^2) exp(...); the code renders
+255 * I * exp(...) and reads a point's intensity as its maximum / 255. Here the target is
+``heatmap_scale * I * exp(-d^2 / (2 sigma^2))`` and a point's intensity its maximum /
+``heatmap_scale``: 1 by default, 255 as the code (which, with the same L2 weight, makes the data
+term 255^2 times heavier relative to the regulariser).
+
+Input: ImageNet normalisation by default (the torchvision trunk's); ``input_normalisation=
+"reference-code"`` feeds what the TensorFlow code does: BGR channel order, 0-255 values minus the
+per-channel means [123.68, 116.78, 103.94] (the RGB means, subtracted from B, G, R in that order), not
+divided by a standard deviation.
+
+**AU intensity from points.** The reference's DISFA point list has 24 entries: AU4 once, AU9 three
+times, AU20's first point twice (``AU20_1``, ``AU20_1``), every other AU twice; its test script
+writes each point's value (heatmap maximum / 255) and leaves the per-AU reading to an evaluation
+that is not public. affbench places exactly two points per AU (:data:`AU_POINT_RULES`) and reads an
+AU's intensity as the mean of its two points' values.
 
 **emotiram-fau** -- Masur (2022): the same network with 10 heatmap points (the BP4D model: AU6,
 AU10, AU12, AU14, AU17) on a 96x96 face, giving 10x24x24 = 5760 values, flattened into an FC
@@ -44,7 +59,7 @@ import torch
 from torch import nn
 
 from affbench.encoders.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_positive, register_encoder,
+    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
 )
 from affbench.encoders.trunks import ResNet50Trunk
 from affbench.encoders.weights import apply_pretrained, load_au_checkpoint
@@ -201,12 +216,23 @@ def heatmap_targets(points, intensities, heatmap_size: int, input_size: int, sig
 # ----------------------------------------------------------------------------------------- network
 
 
-class SemanticCorrespondence(nn.Module):
-    """SCC: EdgeConv over a dynamic kNN graph whose nodes are the feature channels."""
+#: How SCC reads its graph nodes from a feature map: the paper's channels, or the TensorFlow
+#: code's reshape of NHWC memory to (C, H*W) without a transpose.
+GRAPH_NODES = ("channels", "reference-code")
+#: Input normalisation: torchvision's ImageNet mean/std, or the TensorFlow code's BGR minus means.
+INPUT_NORMALISATIONS = ("imagenet", "reference-code")
+#: The reference code's means (0-255), subtracted from its BGR image channel by channel.
+REFERENCE_PIXEL_MEANS = (123.68, 116.78, 103.94)
 
-    def __init__(self, spatial: int, k: int = SCC_NEIGHBOURS):
+
+class SemanticCorrespondence(nn.Module):
+    """SCC: EdgeConv over a dynamic kNN graph whose nodes are the feature channels (or, with
+    ``nodes="reference-code"``, blocks of H*W values of the NHWC memory)."""
+
+    def __init__(self, spatial: int, k: int = SCC_NEIGHBOURS, nodes: str = "channels"):
         super().__init__()
         self.k = k
+        self.nodes = nodes
         node_dim = spatial * spatial
         # One 1x1 convolution over [x_i, x_j - x_i], kept as a Conv2d so its weight has the
         # reference's layout; forward applies it in the factored form.
@@ -216,7 +242,10 @@ class SemanticCorrespondence(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        nodes = x.flatten(2)  # (B, C, HW): one node per channel
+        if self.nodes == "channels":
+            nodes = x.flatten(2)  # (B, C, HW): one node per channel
+        else:  # TensorFlow's reshape of NHWC memory to (C, HW): node i = values i*HW .. (i+1)*HW - 1
+            nodes = x.permute(0, 2, 3, 1).reshape(b, c, h * w)
         k = min(self.k, c)
         # Distances in float32 even under mixed precision: squared norms of H*W values overflow fp16.
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
@@ -231,14 +260,18 @@ class SemanticCorrespondence(nn.Module):
         batch = torch.arange(b, device=x.device).view(b, 1, 1)
         edges = own.unsqueeze(2) + other[batch, neighbours]  # (B, C, k, HW)
         edges = torch.relu(self.bn(edges.permute(0, 3, 1, 2)))  # (B, HW, C, k)
-        return edges.amax(dim=-1).view(b, h * w, c).transpose(1, 2).reshape(b, c, h, w)
+        result = edges.amax(dim=-1).view(b, h * w, c).transpose(1, 2)  # (B, C nodes, HW)
+        if self.nodes == "channels":
+            return result.reshape(b, c, h, w)
+        return result.reshape(b, h, w, c).permute(0, 3, 1, 2)  # the same memory read back as NHWC
 
 
 class FanHeatmapNet(nn.Module):
     """ResNet-50 -> 3 x (transposed conv, BN, ReLU, SCC) -> 1x1 conv to ``n_points`` heatmaps."""
 
-    def __init__(self, n_points: int, input_size: int):
+    def __init__(self, n_points: int, input_size: int, graph_nodes: str = "channels", bgr: bool = False):
         super().__init__()
+        self.bgr = bgr
         self.trunk = ResNet50Trunk()
         spatial = input_size // ResNet50Trunk.stride
         in_channels = ResNet50Trunk.out_channels
@@ -247,22 +280,22 @@ class FanHeatmapNet(nn.Module):
             deconv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False)
             nn.init.normal_(deconv.weight, std=0.01)
             setattr(self, f"deconv{stage}", nn.Sequential(deconv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)))
-            setattr(self, f"scc{stage}", SemanticCorrespondence(spatial))
+            setattr(self, f"scc{stage}", SemanticCorrespondence(spatial, nodes=graph_nodes))
             in_channels = out_channels
         self.heatmap_head = nn.Conv2d(in_channels, n_points, kernel_size=1)
         nn.init.kaiming_normal_(self.heatmap_head.weight, mode="fan_in", nonlinearity="relu")
         nn.init.zeros_(self.heatmap_head.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.trunk(images)
+        x = self.trunk(images.flip(1) if self.bgr else images)
         for stage in (1, 2, 3):
             x = getattr(self, f"scc{stage}")(getattr(self, f"deconv{stage}")(x))
         return self.heatmap_head(x)
 
 
-def au_intensities(heatmaps: torch.Tensor) -> torch.Tensor:
-    """Per-AU intensity: each point's heatmap maximum, averaged over the AU's two points."""
-    peaks = heatmaps.amax(dim=(-2, -1))
+def au_intensities(heatmaps: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Per-AU intensity: each point's heatmap maximum / ``scale``, averaged over the AU's two points."""
+    peaks = heatmaps.amax(dim=(-2, -1)) / scale
     return peaks.view(peaks.shape[0], -1, 2).mean(dim=-1)
 
 
@@ -270,7 +303,14 @@ class _HeatmapEncoder(Encoder):
     """What fan-au and emotiram-fau share: the heatmap network and the target helpers."""
 
     def _build_heatmap_net(self):
-        self.heatmap_net = FanHeatmapNet(self.spec.heads["heatmaps"], self.spec.input_size)
+        options = self.spec.options
+        self.heatmap_net = FanHeatmapNet(
+            self.spec.heads["heatmaps"], self.spec.input_size, graph_nodes=options.get("graph_nodes", "channels"),
+            bgr=options.get("input_normalisation", "imagenet") == "reference-code",
+        )
+
+    def intensities(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        return au_intensities(heatmaps, float(self.spec.options.get("heatmap_scale", 1.0)))
 
     def au_points(self, landmarks5, *, image_size: int | None = None):
         """This model's AU points (input pixels) from 5 landmarks given in pixels of ``image_size``."""
@@ -295,7 +335,9 @@ class _HeatmapEncoder(Encoder):
         Tensor of shape (B, n_points, heatmap_size, heatmap_size)
         """
         points = self.au_points(torch.as_tensor(landmarks5, dtype=torch.float32), image_size=image_size)
-        return heatmap_targets(points, intensities, self.spec.heatmap_size, self.spec.input_size)
+        scale = float(self.spec.options.get("heatmap_scale", 1.0))
+        return heatmap_targets(points, torch.as_tensor(intensities, dtype=torch.float32) * scale,
+                               self.spec.heatmap_size, self.spec.input_size)
 
 
 def _check_fan_options(name: str, options: dict) -> tuple[int, ...]:
@@ -313,14 +355,30 @@ def _check_fan_options(name: str, options: dict) -> tuple[int, ...]:
     size = options["input_size"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 64 or size % 32:
         raise AffbenchError(f"Encoder {name!r}: option input_size must be a multiple of 32, at least 64, got {size!r}.")
+    check_choice(name, "graph_nodes", options["graph_nodes"], GRAPH_NODES)
+    check_choice(name, "input_normalisation", options["input_normalisation"], INPUT_NORMALISATIONS)
+    scale = options["heatmap_scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise AffbenchError(f"Encoder {name!r}: option heatmap_scale must be a positive number, got {scale!r}.")
     return aus
+
+
+def _normalisation(options: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for :func:`affbench.data.normalise`, which works on RGB in [0, 1]: the reference
+    code's values come out once the network flips the channels to BGR."""
+    if options["input_normalisation"] == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    # Channel c of the RGB input meets reference mean (B, G, R order) of position 2 - c after the flip.
+    mean = tuple(m / 255.0 for m in reversed(REFERENCE_PIXEL_MEANS))
+    return mean, (1.0 / 255.0,) * 3
 
 
 def _fan_au_spec(name: str, options: dict) -> EncoderSpec:
     aus = _check_fan_options(name, options)
     options = {**options, "aus": aus}
+    mean, std = _normalisation(options)
     return EncoderSpec(
-        name=name, family="fan", input_size=options["input_size"], mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        name=name, family="fan", input_size=options["input_size"], mean=mean, std=std,
         heads={"au": len(aus), "heatmaps": 2 * len(aus)}, au_output="intensities", options=options,
         aus=aus, heatmap_size=options["input_size"] // 4,
     )
@@ -330,8 +388,9 @@ def _emotiram_fau_spec(name: str, options: dict) -> EncoderSpec:
     aus = _check_fan_options(name, options)
     check_positive(name, "n_classes", options["n_classes"])
     options = {**options, "aus": aus}
+    mean, std = _normalisation(options)
     return EncoderSpec(
-        name=name, family="fan", input_size=options["input_size"], mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        name=name, family="fan", input_size=options["input_size"], mean=mean, std=std,
         heads={"expression": options["n_classes"], "au": len(aus), "heatmaps": 2 * len(aus)},
         au_output="intensities", options=options, aus=aus, heatmap_size=options["input_size"] // 4,
     )
@@ -347,7 +406,7 @@ class FanAU(_HeatmapEncoder):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         heatmaps = self.heatmap_net(images)
-        return {"au": au_intensities(heatmaps), "heatmaps": heatmaps}
+        return {"au": self.intensities(heatmaps), "heatmaps": heatmaps}
 
     def load_imagenet(self) -> str:
         return self.heatmap_net.trunk.load_imagenet()
@@ -369,7 +428,7 @@ class EmotiRAMFAU(_HeatmapEncoder):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         heatmaps = self.heatmap_net(images)
-        return {"expression": self.bottleneck(heatmaps), "au": au_intensities(heatmaps), "heatmaps": heatmaps}
+        return {"expression": self.bottleneck(heatmaps), "au": self.intensities(heatmaps), "heatmaps": heatmaps}
 
     def load_imagenet(self) -> str:
         return self.heatmap_net.trunk.load_imagenet()
@@ -380,15 +439,24 @@ def _load_imagenet(model) -> str:
 
 
 @register_encoder(spec=_fan_au_spec)
-def fan_au(*, aus=DISFA_AUS, input_size: int = 256, pretrained=None) -> FanAU:
-    """Fan et al. AU heatmap net: ResNet-50, 3 deconv+SCC (kNN k=7), 2 heatmaps per AU; 256x256; DISFA 12 AUs."""
-    spec = _fan_au_spec("fan-au", dict(aus=aus, input_size=input_size))
+def fan_au(
+    *, aus=DISFA_AUS, input_size: int = 256, graph_nodes: str = "channels", input_normalisation: str = "imagenet",
+    heatmap_scale: float = 1.0, pretrained=None,
+) -> FanAU:
+    """Fan et al. AU heatmap net: ResNet-50, 3 deconv+SCC (kNN k=7), 2 heatmaps per AU; 256x256; DISFA 12 AUs.
+
+    ``graph_nodes``, ``input_normalisation`` and ``heatmap_scale`` choose between the paper's reading
+    (the defaults) and the public TensorFlow code's (``"reference-code"``, ``"reference-code"``, 255).
+    """
+    spec = _fan_au_spec("fan-au", dict(aus=aus, input_size=input_size, graph_nodes=graph_nodes,
+                                       input_normalisation=input_normalisation, heatmap_scale=heatmap_scale))
     return apply_pretrained(FanAU(spec), pretrained, _load_imagenet)
 
 
 @register_encoder(spec=_emotiram_fau_spec)
 def emotiram_fau(
-    *, n_classes: int = 7, aus=BP4D_INTENSITY_AUS, input_size: int = 96, pretrained=None, au_checkpoint=None,
+    *, n_classes: int = 7, aus=BP4D_INTENSITY_AUS, input_size: int = 96, graph_nodes: str = "channels",
+    input_normalisation: str = "imagenet", heatmap_scale: float = 1.0, pretrained=None, au_checkpoint=None,
 ) -> EmotiRAMFAU:
     """EmotiRAM-FAU: Fan et al.'s net (10 points) on 96x96 -> 10x24x24 -> FC 5760-2048-1024-512-256-7.
 
@@ -400,7 +468,9 @@ def emotiram_fau(
     when the checkpoint was trained at another input size (their width is the heatmap area; train
     fan-au with ``input_size=96`` to carry them over). Anything else that does not match raises.
     """
-    spec = _emotiram_fau_spec("emotiram-fau", dict(n_classes=n_classes, aus=aus, input_size=input_size))
+    spec = _emotiram_fau_spec("emotiram-fau", dict(n_classes=n_classes, aus=aus, input_size=input_size,
+                                                   graph_nodes=graph_nodes, input_normalisation=input_normalisation,
+                                                   heatmap_scale=heatmap_scale))
     model = EmotiRAMFAU(spec)
     if au_checkpoint is not None:
         if pretrained is not None:

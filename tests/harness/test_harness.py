@@ -135,8 +135,12 @@ def test_thesis_suites_plan_dependencies_and_evaluation_cells(prepared_root):
 def test_disfa_suite_runs_three_folds_and_narrowing(prepared_root):
     suite = load_suite("disfa-au")
     plan = make_plan(suite, prepared_root)
-    assert sorted((j.experiment.encoder, j.fold) for j in plan.jobs) == [
-        ("fan-au", 1), ("fan-au", 2), ("fan-au", 3), ("megraph-au", 1), ("megraph-au", 2), ("megraph-au", 3)]
+    assert sorted((j.experiment.id, j.fold) for j in plan.jobs) == [
+        ("fan", 1), ("fan", 2), ("fan", 3), ("megraph", 1), ("megraph", 2), ("megraph", 3),
+        ("megraph-stage1", 1), ("megraph-stage1", 2), ("megraph-stage1", 3)]
+    # Each fold's stage 2 starts from the same fold's stage 1.
+    assert all(j.depends.experiment.id == "megraph-stage1" and j.depends.fold == j.fold
+               for j in plan.jobs if j.experiment.id == "megraph")
     narrowed = make_plan(suite, prepared_root, encoders=["fan-au"], folds=[2])
     assert [(j.experiment.encoder, j.fold) for j in narrowed.jobs] == [("fan-au", 2)]
     longer = make_plan(suite, prepared_root, encoders=["fan-au"], folds=[2], epochs=3)
