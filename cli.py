@@ -6,6 +6,7 @@ commands so that ``affbench --help`` answers at once.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,32 @@ from affbench.errors import AffbenchError
 _CODECS = click.Choice(["png", "jpeg", "webp"])
 
 
+# What the file system says, in one sentence; the user can fix each of these (the rest are bugs
+# and keep their tracebacks).
+_OS_ERRORS = {
+    errno.ENOSPC: "No space left on the device while writing {path}; free some space and run the same command "
+                  "again (finished work is kept).",
+    errno.EDQUOT: "The disk quota is exceeded while writing {path}; free some space and run the same command again "
+                  "(finished work is kept).",
+    errno.EROFS: "{path} is on a read-only file system; choose an output folder you can write to.",
+    errno.EACCES: "Permission denied for {path}; change its permissions or choose a path you may use.",
+    errno.EPERM: "Operation not permitted on {path}; change its permissions or choose a path you may use.",
+    errno.ENOTDIR: "{path} is not a folder: a part of that path is a file.",
+    errno.EISDIR: "{path} is a folder where a file was expected; give a file name.",
+    errno.EEXIST: "{path} already exists and is not a folder; give another path.",
+    errno.ENAMETOOLONG: "The file name {path} is too long for the file system.",
+}
+
+
+def os_error_sentence(exc: OSError) -> str | None:
+    """The one sentence for a file-system error the user can fix, naming the path; None for others."""
+    template = _OS_ERRORS.get(exc.errno)
+    if template is None:
+        return None
+    path = exc.filename if exc.filename is not None else "a file"
+    return template.format(path=os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else path)
+
+
 class _AffbenchGroup(click.Group):
     """Turns the errors a user can cause into one sentence and a non-zero exit, never a traceback."""
 
@@ -27,6 +54,11 @@ class _AffbenchGroup(click.Group):
             return super().invoke(ctx)
         except AffbenchError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            sentence = os_error_sentence(exc)
+            if sentence is None:
+                raise
+            raise click.ClickException(sentence) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted: finished work is kept; re-run the same command to resume.", err=True)
             ctx.exit(130)
@@ -210,6 +242,7 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
     """
     from affbench.pipelines import sample_data as generator
 
+    _require_folder(directory, "DIRECTORY")
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     written = generator.write_sample_data(directory, datasets=chosen, frames=frames)
     for name, root in written.items():
@@ -265,6 +298,12 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
     _maybe_plot(out, records, plots)
 
 
+def _require_folder(path: Path, option: str) -> None:
+    """An output path that exists must be a folder."""
+    if path.exists() and not path.is_dir():
+        raise AffbenchError(f"{option} {path} is a file, not a folder; give a folder.")
+
+
 def _split_names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
@@ -283,11 +322,11 @@ def _maybe_plot(run_dir: Path, records, plots: bool | None) -> None:
     from affbench import plots as plotting
     from affbench import results
 
-    if plots is False:
+    if plots is False or not records:  # no results, nothing to draw
         return
     try:
         written = plotting.plot_run(run_dir, records)
-    except AffbenchError:
+    except plotting.PlotsUnavailableError:
         if plots:
             raise
         click.echo("plots skipped: matplotlib is not installed (pip install 'affbench[plots]').")
@@ -305,13 +344,19 @@ def _maybe_plot(run_dir: Path, records, plots: bool | None) -> None:
 @click.option("--plots/--no-plots", default=None,
               help="Write training curves, per-label bars and the paper comparison into RUN_DIR/plots "
                    "(default: when matplotlib is installed).")
-def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool | None) -> None:
+@click.option("--force", is_flag=True, default=False,
+              help="Replace --csv even when it is not an earlier affbench export.")
+def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool | None, force: bool) -> None:
     """Export a run folder's results: a tidy CSV (one row per value, with provenance), the published
     numbers beside affbench's (CSV_STEM-vs-paper.csv, when the suites declare them) and, with --wide
-    or --latex, paper-style tables. The headline tables are printed as Markdown."""
+    or --latex, paper-style tables. The headline tables are printed as Markdown.
+
+    An existing --csv file is replaced only when it is an earlier affbench export, unless --force
+    is given.
+    """
     from affbench import results
 
-    exported = results.export(run_dir, csv_path, wide=wide, latex=latex)
+    exported = results.export(run_dir, csv_path, wide=wide, latex=latex, force=force)
     click.echo(exported.markdown)
     click.echo("")
     click.echo(f"{len(exported.long)} row(s) written to {csv_path} (tidy long format, schema {results.SCHEMA_VERSION}).")

@@ -28,6 +28,10 @@ LEGEND_SIZE = 9
 TOO_SMALL_TO_SEE = 0.02
 
 
+class PlotsUnavailableError(AffbenchError):
+    """Plots were asked for, but matplotlib is not installed."""
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -35,7 +39,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise AffbenchError(
+        raise PlotsUnavailableError(
             "Plots need matplotlib, which is not installed; install it with pip install 'affbench[plots]'."
         ) from None
     return plt

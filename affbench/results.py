@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from affbench.errors import AffbenchError
-from affbench.files import atomic_write, json_default, write_text_atomic
+from affbench.files import atomic_write, check_name, json_default, write_text_atomic
 
 RESULTS_DIR = "results"
 PLOTS_DIR = "plots"
@@ -50,6 +50,9 @@ class CellKey:
         return f"{self.dataset}__{self.task}__{self.encoder}__fold{self.fold}.json"
 
     def path(self, run_dir: str | os.PathLike) -> Path:
+        for kind, name in (("suite", self.suite), ("dataset", self.dataset), ("task", self.task),
+                           ("encoder", self.encoder)):
+            check_name(f"{kind} name", name)
         return Path(run_dir) / RESULTS_DIR / self.suite / self.filename
 
     def __str__(self) -> str:
@@ -81,11 +84,23 @@ def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     return path
 
 
+class DamagedRecordError(AffbenchError):
+    """A result record that cannot be read (not JSON, or without the keys of a record)."""
+
+
+#: Keys every record has; tables and the harness rely on them.
+RECORD_KEYS = ("suite", "dataset", "task", "encoder", "fold", "metrics")
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise AffbenchError(f"{path} is not a valid result record ({exc.msg}); delete it to redo that cell.") from None
+        record = json.loads(Path(path).read_text())
+        problem = None if isinstance(record, dict) and all(k in record for k in RECORD_KEYS) else "keys are missing"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "msg", "not UTF-8 text")
+    if problem is not None:
+        raise DamagedRecordError(f"{path} is not a valid result record ({problem}); delete it to redo that cell.")
+    return record
 
 
 def load_records(run_dir: str | os.PathLike, *, suite: str | None = None) -> list[dict[str, Any]]:
@@ -220,6 +235,36 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+#: How an earlier export is recognised: the first columns of each file export writes (the long
+#: table, schema 2 and the schema-1 long and wide tables; the comparison; a paper-style table).
+EXPORT_HEADERS = ("schema,suite,dataset,task,", "suite,dataset,task,encoder,", "suite,experiment,name,dataset,",
+                  "row,encoder,name,folds,")
+
+
+def is_earlier_export(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a plain file that :func:`export` wrote: its first line starts with
+    one of :data:`EXPORT_HEADERS`."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        first_line = handle.readline(4096)
+    return first_line.startswith(tuple(h.encode() for h in EXPORT_HEADERS))
+
+
+def check_export_target(csv_path: str | os.PathLike, *, force: bool = False) -> None:
+    """One clear sentence where writing ``csv_path`` would replace a folder or a file that is not an
+    earlier export (a manifest, a suite, someone's notes); ``force`` allows the latter."""
+    path = Path(csv_path)
+    if path.is_dir():
+        raise AffbenchError(f"--csv {path} is a folder; give the name of the CSV file to write.")
+    if path.exists() and not force and not is_earlier_export(path):
+        raise AffbenchError(
+            f"{path} exists and is not an earlier affbench export, so it is left alone; "
+            "choose another file name or add --force to replace it."
+        )
+
+
 def published_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str, list]:
     """The published values of each suite, from the copy of its TOML that run-benchmark keeps."""
     from affbench.published import load_published
@@ -244,28 +289,36 @@ class Export:
 
 
 def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: bool = False,
-           latex: bool = False) -> Export:
+           latex: bool = False, force: bool = False) -> Export:
     """Write a run's results; return them with the Markdown the console shows.
 
     Always the tidy long CSV at ``csv_path`` and, when the run's suites declare published values,
     ``<stem>-vs-paper.csv`` beside it. With ``wide`` (or ``latex``), ``<stem>-tables/``: one CSV per
     (suite, dataset, task) table, ``tables.md`` and, with ``latex``, ``tables.tex``.
+
+    An existing ``csv_path`` (or comparison CSV) is replaced only when it is an earlier export, or
+    with ``force``; the tables folder must be a folder where it exists.
     """
     from affbench import tables as paper_tables
     from affbench.published import comparison_table
 
+    csv_path = Path(csv_path)
+    comparison_path = csv_path.with_name(f"{csv_path.stem}-vs-paper.csv")
+    folder = csv_path.with_name(f"{csv_path.stem}-tables")
+    check_export_target(csv_path, force=force)
+    check_export_target(comparison_path, force=force)
+    if (wide or latex) and folder.exists() and not folder.is_dir():
+        raise AffbenchError(f"{folder} is a file; the paper-style tables go into a folder of that name.")
     records = load_records(run_dir)
     _require(records, run_dir)
-    csv_path = Path(csv_path)
     long = long_table(records)
     written = [write_csv(long, csv_path)]
     published = published_for(run_dir, dict.fromkeys(r["suite"] for r in records))
     comparison = comparison_table(records, published)
     if not comparison.empty:
-        written.append(write_csv(comparison, csv_path.with_name(f"{csv_path.stem}-vs-paper.csv")))
+        written.append(write_csv(comparison, comparison_path))
     tables = paper_tables.wide_tables(records, published)
     if wide or latex:
-        folder = csv_path.with_name(f"{csv_path.stem}-tables")
         for key, table in tables.items():
             written.append(write_csv(table, folder / f"{paper_tables.table_name(key)}.csv"))
         write_text_atomic(folder / "tables.md", paper_tables.markdown(tables, per_label=True) + "\n")
