@@ -709,10 +709,7 @@ class _Runner:
         """The selected weights of the job ``job`` starts from or evaluates."""
         path = self.job_dir(job.depends) / "best.pt"
         if not path.is_file():
-            raise AffbenchError(
-                f"{job.key} needs the weights of {job.depends.key}, which were not kept (keep_weights = false); "
-                f"delete {self.job_dir(job.depends)} to train it again."
-            )
+            raise AffbenchError(f"{job.key} needs the weights of {job.depends.key}, which are missing: {path}.")
         return path
 
     def encoder_options(self, job: Job) -> dict[str, Any]:
@@ -748,28 +745,30 @@ class _Runner:
         return None
 
     def ensure_source_weights(self, job: Job, report: RunReport) -> None:
-        """The job ``job`` starts from or evaluates has readable selected weights (and summary): damaged
-        ones are moved aside and that job is trained again, so that a bad file never blocks the run."""
+        """The job ``job`` starts from or evaluates has readable selected weights (and summary).
+
+        Weights that are damaged (moved aside) or were not kept (``keep_weights = false`` in an
+        earlier run) are made again by training that job again, so that no file blocks the run.
+        """
         from affbench.checkpoints import DamagedCheckpointError, set_aside
         from affbench.train import load_model_state
 
         source = job.depends
         path = self.job_dir(source) / "best.pt"
+        problem = None
         if not path.is_file():
-            return  # not kept: source_weights() says what to do
-        try:
-            load_model_state(path)
-            problem = None
-        except DamagedCheckpointError as exc:
-            problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
+            problem = f"the selected weights of {source.key} were not kept"
+        else:
+            try:
+                load_model_state(path)
+            except DamagedCheckpointError as exc:
+                problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
         if problem is None and job.experiment.is_evaluation and self.read_done(source) is None:
             problem = f"the summary of {source.key} is missing"
         if problem is None:
             return
-        if self.done_path(source).is_file():
-            set_aside(self.done_path(source))
         self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
-        self.train_job(source, report)
+        self.train_job(source, report, again=True)
 
     def run_job(self, job: Job, report: RunReport) -> None:
         if job.depends is not None:
@@ -779,14 +778,15 @@ class _Runner:
         else:
             self.train_job(job, report)
 
-    def train_job(self, job: Job, report: RunReport) -> None:
+    def train_job(self, job: Job, report: RunReport, *, again: bool = False) -> None:
+        """Train ``job`` (or only write its records from its summary, unless ``again``) and score it."""
         from affbench.encoders import create_encoder, get_encoder_spec
         from affbench.train import (check_compatible, evaluate_tasks, fit, load_model_state, seed_everything)
 
         experiment, settings = job.experiment, job.experiment.training
         workdir = self.job_dir(job)
         done = self.done_path(job)
-        summary = self.read_done(job)
+        summary = None if again else self.read_done(job)
         if summary is not None:
             self.write_records(job, summary, report)
             return
@@ -859,6 +859,7 @@ class _Runner:
                                   + sum(h.get("seconds", 0.0) for h in result.history[: result.resumed_from or 0]), 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        self.describe_model(job, model, tasks, prepared, settings, test)  # before done.json: a kill in between redoes it
         write_json_atomic(done, summary)
         report.jobs_trained += 1
         report.jobs_resumed += bool(result.resumed_from)
@@ -866,6 +867,19 @@ class _Runner:
         (workdir / "last.pt").unlink(missing_ok=True)  # the optimiser state is not needed once done
         if not settings.keep_weights and not any(other.depends is job for other in self.plan.jobs):
             (workdir / "best.pt").unlink(missing_ok=True)
+
+    def describe_model(self, job: Job, model, tasks, prepared, settings, metrics) -> None:
+        """``model.json`` beside ``best.pt``: what ``affbench export-model`` and ``predict`` need."""
+        from affbench.bundle import describe_trained_model, write_job_description
+
+        trained_on = {"job": job.key, "suite": self.suite.name, "experiment": job.experiment.id,
+                      "dataset": job.experiment.dataset, "fold": job.fold, "data_fingerprint": prepared.fingerprint,
+                      "git_commit": self.commit, "affbench_version": __version__}
+        description = describe_trained_model(job.key, model.spec, [t.spec for t in tasks],
+                                             prepared.manifest.get("parameters", {}),
+                                             eval_crop=settings.augmentation.eval_crop, metrics=metrics,
+                                             trained_on=trained_on)
+        write_job_description(self.job_dir(job), description)
 
     def evaluate_job(self, job: Job, report: RunReport) -> None:
         from affbench.encoders import create_encoder
