@@ -472,7 +472,7 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     inference.check_output_path(out)
     inference.collect_inputs(inputs)  # a wrong input is said before the models load
     if plot:
-        from affbench.results import _pyplot
+        from affbench.plots import _pyplot
 
         _pyplot()  # a missing matplotlib is said before the work, not after it
     models = [inference.load_model(path, device=device, batch_size=batch_size) for path in (model, *more_models)]
