@@ -24,7 +24,7 @@ from typing import Any
 
 from affbench.errors import AffbenchError
 from affbench.faces import AlignmentTemplate, DetectorSettings
-from affbench.tracking import TrackerSettings
+from affbench.face_tracking import TrackerSettings
 from affbench.files import json_default
 
 FORMAT = "affbench-model"

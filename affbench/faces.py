@@ -5,7 +5,7 @@ template, the eye-weighted similarity fit and the anti-aliased, constant-border 
 
 MTCNN's last stage (O-Net) places the five landmarks from a 48x48 resampling of the face box, so
 :meth:`FaceDetector.refine` can run it alone on boxes from elsewhere; videos use that to track a
-face cheaply (:mod:`affbench.tracking`).
+face cheaply (:mod:`affbench.face_tracking`).
 """
 
 from __future__ import annotations

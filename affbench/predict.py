@@ -1,7 +1,7 @@
 """Run saved models on new videos and images: one table row per frame or image.
 
 Every frame goes through what ``prepare`` does to a dataset (:mod:`affbench.faces`): videos through
-:class:`~affbench.tracking.FaceTracker`, still images through the full MTCNN cascade and the same face
+:class:`~affbench.face_tracking.FaceTracker`, still images through the full MTCNN cascade and the same face
 choice, then the similarity alignment onto the model's own template at its own crop size, and the
 evaluation framing of training (:func:`affbench.data.transform_crop`). Then the model, in batches.
 
@@ -37,7 +37,7 @@ import pandas as pd
 from affbench.bundle import ModelDescription, TaskOutput, build_model, read_model_file
 from affbench.errors import AffbenchError
 from affbench.faces import Face, align_face, resolve_device, select_face, shared_detector
-from affbench.tracking import FaceTracker
+from affbench.face_tracking import FaceTracker
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -12,6 +12,9 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
     Derived evaluation tasks that no protocol declares, e.g. the thesis' "AU6 and AU12 on CAER-S
     Happy images" (rows of one class of a source task, AUs assumed active, the AU co-activation
     metrics).
+``[[published]]``
+    The numbers the reproduced paper reports, with their source (see :mod:`affbench.published`);
+    ``affbench export`` shows them beside affbench's.
 ``[[experiment]]``
     ``id``, ``dataset``, ``tasks``, ``encoder``, ``options`` (encoder options), ``folds``
     (default: all of the protocol), ``label`` (the paper's name), ``metrics`` (replace the task's
@@ -20,8 +23,9 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
     (overrides), and one of
 
     * ``[experiment.init]``: ``experiment``, ``fold``, ``option``: start from the selected weights of
-      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``, or
-      ``pretrained`` to continue the same encoder, as ME-GraphAU's stage 2 starts from stage 1);
+      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``,
+      ``stage1_checkpoint`` for ME-GraphAU's stage 2 from stage 1, or ``pretrained`` to continue the
+      same encoder with the same structure);
     * ``[experiment.evaluate]``: ``experiment``, ``fold``: no training; score that experiment's
       selected model on this experiment's dataset and tasks (test rows).
 
@@ -60,6 +64,7 @@ from affbench.errors import AffbenchError, UnknownNameError
 from affbench.files import check_name, write_text_atomic
 from affbench.results import CellKey, DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.settings import TrainSettings
+from affbench.tracking import open_tracker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,7 +73,7 @@ else:  # pragma: no cover - Python 3.10
 
 SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
-HARNESS_VERSION = 1
+HARNESS_VERSION = 2
 DATASET_NAMES = ("disfa", "caer-s", "affwild2")
 #: In the run folder: which shards were verified against their manifest (see affbench.integrity).
 VERIFIED_SHARDS = "verified-shards.json"
@@ -154,6 +159,7 @@ class Suite:
     training: TrainSettings
     path: Path | None = None
     text: str = ""
+    published: list = field(default_factory=list)  # affbench.published.Published
 
     def experiment(self, experiment_id: str) -> Experiment:
         for experiment in self.experiments:
@@ -205,7 +211,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 
 def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str = "") -> Suite:
     where = path.name if path else "the suite"
-    _check_keys(data, ("suite", "datasets", "training", "tasks", "experiment"), where)
+    _check_keys(data, ("suite", "datasets", "training", "tasks", "experiment", "published"), where)
     meta = data.get("suite", {})
     _check_keys(meta, ("name", "description", "reproduces"), f"[suite] of {where}")
     name = meta.get("name") or (path.stem if path else "")
@@ -288,8 +294,11 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise AffbenchError(f"{where} declares experiment {duplicates[0]!r} twice.")
+    from affbench.published import parse_published
+
+    published = parse_published(data.get("published", []), {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
-                  defaults, path, text)
+                  defaults, path, text, published)
     _resolve_references(suite)
     return suite
 
@@ -788,7 +797,7 @@ class _Runner:
         started = time.perf_counter()
         prepared, tasks, splits = self.task_data(job)
         options = self.encoder_options(job)
-        spec = get_encoder_spec(experiment.encoder, **{k: v for k, v in options.items() if k not in WEIGHT_OPTIONS})
+        spec = get_encoder_spec(experiment.encoder, **options)  # checkpoints given may imply the structure
         for task in tasks:
             check_compatible(task.spec, spec)
         seed_everything(settings.seed)
@@ -801,19 +810,32 @@ class _Runner:
         resumed = (workdir / "last.pt").is_file()
         self.log(f"{'resume' if resumed else 'train'} {job.key}: {experiment.encoder} on {experiment.dataset} "
                  f"{'+'.join(experiment.tasks)}, fold {job.fold}, {len(tasks[0].rows['train'])} training rows")
-        result = fit(model, tasks, images, settings, workdir=workdir, device=self.device, progress=self.progress,
-                     log=lambda m: self.log(f"  {m}"),
-                     on_epoch_end=(lambda epoch, entry: self.on_epoch_end(job, epoch, entry)) if self.on_epoch_end else None)
-        model.load_state_dict(load_model_state(workdir / "best.pt"))
+        tracker = open_tracker(self.run_dir, job.key)
+
+        def epoch_end(epoch: int, entry: dict[str, Any]) -> None:
+            if tracker is not None:
+                tracker.log_epoch(entry)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(job, epoch, entry)
+
         notes: dict[str, list[str]] = {}
-        test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
-                              batch_size=settings.eval_batch_size or 2 * settings.batch_size,
-                              num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
-                              progress=self.progress, notes=notes)
+        try:
+            result = fit(model, tasks, images, settings, workdir=workdir, device=self.device, progress=self.progress,
+                         log=lambda m: self.log(f"  {m}"), on_epoch_end=epoch_end)
+            model.load_state_dict(load_model_state(workdir / "best.pt"))
+            test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
+                                  batch_size=settings.eval_batch_size or 2 * settings.batch_size,
+                                  num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
+                                  progress=self.progress, notes=notes)
+            if tracker is not None:
+                tracker.log_test(test, result.best_epoch or 0)
+        finally:
+            if tracker is not None:
+                tracker.close()
         selected = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "train",
-            "metrics": test, "validation_metrics": selected.get("val", {}),
+            "metrics": test, "validation_metrics": selected.get("val", {}), "baselines": _baselines(tasks),
             "n": {t.name: {r: int(len(t.rows[r])) for r in ("train", "val", "test")} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
             "fallback_crops": {t.name: splits[t.name].get("fallback_crops") for t in tasks},
@@ -829,7 +851,7 @@ class _Runner:
                 {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
                  "val": (h.get("val") or {}).get(t.name, {}).get(t.spec.primary_metric)}
                 for h in result.history] for t in tasks},
-            "initialisation": model.spec.init,
+            "initialisation": model.spec.init, "fresh_parameters": list(model.spec.fresh),
             "init_from": None if job.depends is None else {"job": job.depends.key, "experiment": job.depends.experiment.id,
                                                            "fold": job.depends.fold},
             "seed": settings.seed, "training": settings.to_dict(), "encoder_options": dict(experiment.options),
@@ -885,9 +907,13 @@ class _Runner:
         notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                               num_workers=self.num_workers, progress=self.progress, notes=notes)
+        tracker = open_tracker(self.run_dir, job.key)
+        if tracker is not None:
+            tracker.log_test(test, source.get("selected_epoch") or 0)
+            tracker.close()
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "evaluate",
-            "metrics": test, "validation_metrics": {},
+            "metrics": test, "validation_metrics": {}, "baselines": _baselines(tasks),
             # Nothing was trained here: the model's own training rows are in the source job's records.
             "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
@@ -903,6 +929,7 @@ class _Runner:
             "curve": {t.name: [] for t in tasks},
             "initialisation": f"evaluation only: selected weights of {job.depends.key} "
                               f"({source.get('initialisation')})",
+            "fresh_parameters": source.get("fresh_parameters", []),
             "init_from": {"job": job.depends.key, "experiment": job.depends.experiment.id, "fold": job.depends.fold},
             "seed": source.get("seed"), "training": None, "encoder_options": dict(experiment.options),
             "encoder_spec": {"input_size": model.spec.input_size, "heads": dict(model.spec.heads),
@@ -923,9 +950,11 @@ class _Runner:
             record = {
                 "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
                 "experiment": experiment.id, "label": experiment.label or experiment.encoder,
+                "job_tasks": list(experiment.tasks),
                 "variant": experiment.variant or None,
                 "kind": summary["kind"][task], "mode": summary["mode"],
                 "metrics": summary["metrics"].get(task, {}),
+                "baselines": (summary.get("baselines") or {}).get(task, {}),
                 "validation_metrics": summary["validation_metrics"].get(task, {}),
                 "primary_metric": summary["primary_metric"][task],
                 "n": summary["n"][task], "excluded": summary["excluded"][task],
@@ -933,7 +962,8 @@ class _Runner:
                 "validation_split": summary["validation_split"][task],
                 "test_groups": summary["test_groups"][task],
                 "config_hash": job.config_hash, "job": job.key,
-                "seed": summary["seed"], "device": summary["device"], "git_commit": summary["git_commit"],
+                "seed": summary["seed"], "device": summary["device"], "world_size": summary.get("world_size"),
+                "git_commit": summary["git_commit"],
                 "affbench_version": summary["affbench_version"], "wall_seconds": summary["wall_seconds"],
                 "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
                 "epochs_planned": summary["epochs_planned"], "selected_epoch": summary["selected_epoch"],
@@ -944,6 +974,7 @@ class _Runner:
                 "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
                 "steps": summary["steps"], "resumed_from": summary["resumed_from"],
                 "initialisation": summary["initialisation"], "init_from": summary["init_from"],
+                "fresh_parameters": summary.get("fresh_parameters", []),
                 "loss": summary["loss"].get(task), "training": summary["training"],
                 "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],
                 "data": summary["data"], "curve": summary["curve"].get(task, []),
@@ -951,6 +982,13 @@ class _Runner:
             }
             write_record(self.run_dir, record)
             report.cells_written += 1
+
+
+def _baselines(tasks) -> dict[str, dict[str, dict[str, float]]]:
+    """Each task's trivial predictors on the job's test rows (see affbench.baselines)."""
+    from affbench.baselines import trivial_baselines
+
+    return {t.name: trivial_baselines(t.spec, t.y, t.mask, t.rows) for t in tasks}
 
 
 @contextlib.contextmanager

@@ -14,10 +14,10 @@ Preparing (``affbench prepare disfa``)
 :func:`prepare_video` turns one of them into shards, and :func:`prepare` runs it over every
 unfinished video with :func:`affbench.runner.run_units`. Every frame becomes one row, ``frame``
 0-based, with the 12 AU intensities of the label lines at the same position (``-1`` past the end of
-a label file). Faces are followed by :class:`affbench.tracking.FaceTracker` (``--tracking off``: the
+a label file). Faces are followed by :class:`affbench.face_tracking.FaceTracker` (``--tracking off``: the
 full cascade on every frame). A frame where no face is found keeps its row with ``face_found=False``
 but still gets a crop, from the landmarks of its nearest good frames in time
-(:func:`affbench.tracking.fill_gaps`): ``landmark_source`` says ``interpolated`` or ``carried``, and
+(:func:`affbench.face_tracking.fill_gaps`): ``landmark_source`` says ``interpolated`` or ``carried``, and
 the unit's stats count these fallback crops. Only a video without any face has rows with no image.
 ``sample_id`` is ``disfa/SN001/000123`` for the left camera and ``disfa/SN001/right/000123`` for the
 right one, so ``--camera both`` keeps ids unique and left-camera ids stay the same whichever cameras
@@ -58,7 +58,7 @@ from affbench.faces import (
 )
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
-from affbench.tracking import FALLBACK_SOURCES, LANDMARK_SOURCES, FaceTracker, TrackedFace, TrackerSettings, fill_gaps
+from affbench.face_tracking import FALLBACK_SOURCES, LANDMARK_SOURCES, FaceTracker, TrackedFace, TrackerSettings, fill_gaps
 from affbench.video import VideoError, VideoReader, probe_video
 
 #: The 12 annotated AUs, in label-column order.

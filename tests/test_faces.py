@@ -18,7 +18,7 @@ from affbench.faces import (
     transform_points,
 )
 from affbench.pipelines import sample_data as sd
-from affbench.tracking import FaceTracker, TrackerSettings
+from affbench.face_tracking import FaceTracker, TrackerSettings
 from affbench.shards import decode_image
 
 FRAMES = 24  # the motion of the sample DISFA videos: a full cycle in 24 frames, fast on purpose

@@ -20,7 +20,7 @@ from affbench.bundle import ModelDescription, describe_trained_model, read_model
 from affbench.cli import app
 from affbench.encoders import create_encoder
 from affbench.faces import AlignmentTemplate, align_face, shared_detector
-from affbench.tracking import FaceTracker, TrackerSettings
+from affbench.face_tracking import FaceTracker, TrackerSettings
 from affbench.pipelines.protocols import PROTOCOLS
 from affbench.pipelines.sample_data import CAER_NO_FACE, NO_FACE_FRAMES
 from affbench.predict import FACE_COLUMNS, load_model, task_columns

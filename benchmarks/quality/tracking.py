@@ -2,11 +2,11 @@
 
 For each video, three ways of finding the face in every frame are compared, all aligned with the
 same template (:class:`affbench.faces.AlignmentTemplate`, 256 px crops) and gap filling
-(:func:`affbench.tracking.fill_gaps`):
+(:func:`affbench.face_tracking.fill_gaps`):
 
 * ``old``: the tracker before issue 10 (O-Net from the previous box, full cascade only when O-Net
   rejects the box and every 100 frames), loaded from ``--old-commit`` of this repository;
-* ``new``: :class:`affbench.tracking.FaceTracker` with its default settings (``--tracking on``);
+* ``new``: :class:`affbench.face_tracking.FaceTracker` with its default settings (``--tracking on``);
 * ``full``: the full cascade on every frame (``--tracking off``).
 
 The judge is dlib's HOG face detector and 68-point shape predictor, run on each crop: its eye
@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 
 from affbench.faces import AlignmentTemplate, FaceDetector, align_face
-from affbench.tracking import FaceTracker, TrackedFace, TrackerSettings, fill_gaps
+from affbench.face_tracking import FaceTracker, TrackedFace, TrackerSettings, fill_gaps
 
 SIZE = 256
 FRAME = (1024, 768)

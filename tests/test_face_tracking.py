@@ -1,4 +1,4 @@
-"""affbench.tracking: verified tracking (no silent drift), --tracking off, fallback crops for faceless frames."""
+"""affbench.face_tracking: verified tracking (no silent drift), --tracking off, fallback crops for faceless frames."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from affbench.faces import Face
 from affbench.pipelines import sample_data as sd
-from affbench.tracking import FaceTracker, TrackedFace, TrackerSettings, fill_gaps, landmark_disagreement
+from affbench.face_tracking import FaceTracker, TrackedFace, TrackerSettings, fill_gaps, landmark_disagreement
 
 
 def jumping_face(n: int = 6, jump_at: int = 3):
