@@ -127,7 +127,9 @@ def test_the_same_crop_through_load_model_and_predict_gives_the_same_numbers(vid
     direct = model.predict(crops)
     rows = table.set_index("frame").loc[frames]
     numeric = [c for c in model.columns if c != "expression"]
-    np.testing.assert_allclose(direct[numeric].to_numpy(), rows[numeric].to_numpy(), rtol=1e-5, atol=1e-6)
+    # 3 crops in one batch against the whole video's batches: float32 sums differ in the 5th digit
+    # on this untrained model's huge raw regressions (-2000)
+    np.testing.assert_allclose(direct[numeric].to_numpy(), rows[numeric].to_numpy(), rtol=1e-4, atol=1e-6)
     assert direct["expression"].tolist() == rows["expression"].tolist()
     # and the Python API's video path gives the CLI's table
     api = model.predict_video(video)
