@@ -613,7 +613,7 @@ def list_(what: str) -> None:
             click.echo(f"{spec.name:10s} {spec.description}")
         return
     if what == "metrics":
-        from affbench.metrics import list_metrics
+        from affbench.scoring import list_metrics
 
         click.echo(f"{'name':16s} {'better':7s} {'task kinds':28s} description")
         for spec in list_metrics():

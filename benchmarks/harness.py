@@ -277,7 +277,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
         folds = table.get("folds")
         metrics = table.get("metrics")
         if metrics is not None:
-            from affbench.metrics import get_metric
+            from affbench.scoring import get_metric
 
             for metric in metrics:
                 get_metric(metric)  # UnknownNameError lists the registered ones
