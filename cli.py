@@ -6,6 +6,7 @@ commands so that ``affbench --help`` answers at once.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,32 @@ from affbench.errors import AffbenchError
 _CODECS = click.Choice(["png", "jpeg", "webp"])
 
 
+# What the file system says, in one sentence; the user can fix each of these (the rest are bugs
+# and keep their tracebacks).
+_OS_ERRORS = {
+    errno.ENOSPC: "No space left on the device while writing {path}; free some space and run the same command "
+                  "again (finished work is kept).",
+    errno.EDQUOT: "The disk quota is exceeded while writing {path}; free some space and run the same command again "
+                  "(finished work is kept).",
+    errno.EROFS: "{path} is on a read-only file system; choose an output folder you can write to.",
+    errno.EACCES: "Permission denied for {path}; change its permissions or choose a path you may use.",
+    errno.EPERM: "Operation not permitted on {path}; change its permissions or choose a path you may use.",
+    errno.ENOTDIR: "{path} is not a folder: a part of that path is a file.",
+    errno.EISDIR: "{path} is a folder where a file was expected; give a file name.",
+    errno.EEXIST: "{path} already exists and is not a folder; give another path.",
+    errno.ENAMETOOLONG: "The file name {path} is too long for the file system.",
+}
+
+
+def os_error_sentence(exc: OSError) -> str | None:
+    """The one sentence for a file-system error the user can fix, naming the path; None for others."""
+    template = _OS_ERRORS.get(exc.errno)
+    if template is None:
+        return None
+    path = exc.filename if exc.filename is not None else "a file"
+    return template.format(path=os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else path)
+
+
 class _AffbenchGroup(click.Group):
     """Turns the errors a user can cause into one sentence and a non-zero exit, never a traceback."""
 
@@ -27,6 +54,11 @@ class _AffbenchGroup(click.Group):
             return super().invoke(ctx)
         except AffbenchError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            sentence = os_error_sentence(exc)
+            if sentence is None:
+                raise
+            raise click.ClickException(sentence) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted: finished work is kept; re-run the same command to resume.", err=True)
             ctx.exit(130)
@@ -208,6 +240,7 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
     """
     from affbench.pipelines import sample_data as generator
 
+    _require_folder(directory, "DIRECTORY")
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     written = generator.write_sample_data(directory, datasets=chosen, frames=frames)
     for name, root in written.items():
@@ -261,6 +294,12 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
     _maybe_plot(out, records, plots)
 
 
+def _require_folder(path: Path, option: str) -> None:
+    """An output path that exists must be a folder."""
+    if path.exists() and not path.is_dir():
+        raise AffbenchError(f"{option} {path} is a file, not a folder; give a folder.")
+
+
 def _split_names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
@@ -278,11 +317,11 @@ def _maybe_plot(run_dir: Path, records, plots: bool | None) -> None:
     """Plots when asked (an error without matplotlib), or by default when matplotlib is there."""
     from affbench import results
 
-    if plots is False:
+    if plots is False or not records:  # no results, nothing to draw
         return
     try:
         written = results.plot_run(run_dir, records)
-    except AffbenchError:
+    except results.PlotsUnavailableError:
         if plots:
             raise
         click.echo("plots skipped: matplotlib is not installed (pip install 'affbench[plots]').")
@@ -297,11 +336,17 @@ def _maybe_plot(run_dir: Path, records, plots: bool | None) -> None:
               help="Paper-style table (encoders x metrics, mean and std over folds) or one row per metric value.")
 @click.option("--plots/--no-plots", default=None,
               help="Write training curves and per-AU bars into RUN_DIR/plots (default: when matplotlib is installed).")
-def export(run_dir: Path, csv_path: Path, wide: bool, plots: bool | None) -> None:
-    """Export a run folder's results to CSV and print them as a Markdown table."""
+@click.option("--force", is_flag=True, default=False,
+              help="Replace --csv even when it is not an earlier affbench export.")
+def export(run_dir: Path, csv_path: Path, wide: bool, plots: bool | None, force: bool) -> None:
+    """Export a run folder's results to CSV and print them as a Markdown table.
+
+    An existing --csv file is replaced only when it is an earlier export (its header starts with
+    suite,dataset,task,encoder), unless --force is given.
+    """
     from affbench import results
 
-    frame, table = results.export(run_dir, csv_path, wide=wide)
+    frame, table = results.export(run_dir, csv_path, wide=wide, force=force)
     click.echo(table)
     click.echo("")
     click.echo(f"{len(frame)} row(s) written to {csv_path} ({'wide' if wide else 'long'} format).")

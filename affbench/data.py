@@ -119,7 +119,7 @@ def find_dataset_folder(data_root: str | os.PathLike, dataset: str, folder: str 
             continue
         try:
             found = json.loads(manifest_path.read_text()).get("dataset")
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # unreadable, not JSON or not UTF-8
             raise AffbenchError(f"{manifest_path} is not a readable manifest; re-run the prepare command.") from None
         if found == dataset:
             return candidate
@@ -142,6 +142,8 @@ def open_prepared(
     *,
     columns: Sequence[str] = (),
     folder: str | None = None,
+    verify_cache: str | os.PathLike | None = None,
+    verify: bool = False,
 ) -> PreparedData:
     """Find, check and load the label table of one prepared dataset.
 
@@ -154,9 +156,16 @@ def open_prepared(
     columns : sequence of str
         Label columns that must exist (a clear error names the missing ones); the base columns of
         :data:`META_COLUMNS` and ``landmarks`` are loaded too where present.
+    verify : bool
+        Check every shard against the SHA-256 the manifest recorded before reading anything
+        (:func:`affbench.integrity.verify_shards`), remembering verified shards in ``verify_cache``.
     """
     path = find_dataset_folder(data_root, dataset, folder)
     reader = ShardReader(path)
+    if verify:
+        from affbench.integrity import verify_shards
+
+        verify_shards(reader, verify_cache)
     if not reader.shards:
         raise AffbenchError(f"{path} has no finished shards yet; run its prepare command to the end.")
     available = reader.columns

@@ -1,4 +1,5 @@
-"""Writing files so that a killed process never leaves a half-written file under its final name.
+"""Writing files so that a killed process never leaves a half-written file under its final name,
+and checking the names that become parts of file names.
 
 Every output of affbench (shards, manifests, result records, CSV exports, checkpoints) is written
 to a hidden temporary name beside its destination and renamed over it when complete; a rename
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from affbench.errors import AffbenchError
 
 
 def temporary_path(path: str | os.PathLike) -> Path:
@@ -47,6 +51,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None or os.fspath(exc.filename) == os.fspath(tmp):
+            exc.filename = str(path)  # name the file the user asked for, not our temporary one
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -83,3 +92,22 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return value.as_posix()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+#: A name that may become part of a file or folder name: no separators, no leading dot (so never
+#: ``..``), nothing a shell or another file system would read differently.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_name(kind: str, name: Any) -> str:
+    """Return ``name`` if it is safe to use inside a path; otherwise one clear sentence.
+
+    Suites, experiments, datasets, tasks and encoders name files and folders of a run, so a name
+    such as ``../../x`` or ``/etc/x`` must never reach :class:`pathlib.Path`.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise AffbenchError(
+            f"The {kind} {name!r} cannot be used: names become file names, so use 1 to 100 letters, digits, "
+            "'.', '_', '+' or '-', starting with a letter or digit."
+        )
+    return name

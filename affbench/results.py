@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError
-from affbench.files import atomic_write, json_default, write_text_atomic
+from affbench.files import atomic_write, check_name, json_default, write_text_atomic
 
 RESULTS_DIR = "results"
 PLOTS_DIR = "plots"
@@ -56,6 +56,9 @@ class CellKey:
         return f"{self.dataset}__{self.task}__{self.encoder}__fold{self.fold}.json"
 
     def path(self, run_dir: str | os.PathLike) -> Path:
+        for kind, name in (("suite", self.suite), ("dataset", self.dataset), ("task", self.task),
+                           ("encoder", self.encoder)):
+            check_name(f"{kind} name", name)
         return Path(run_dir) / RESULTS_DIR / self.suite / self.filename
 
     def __str__(self) -> str:
@@ -87,11 +90,23 @@ def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     return path
 
 
+class DamagedRecordError(AffbenchError):
+    """A result record that cannot be read (not JSON, or without the keys of a record)."""
+
+
+#: Keys every record has; tables and the harness rely on them.
+RECORD_KEYS = ("suite", "dataset", "task", "encoder", "fold", "metrics")
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise AffbenchError(f"{path} is not a valid result record ({exc.msg}); delete it to redo that cell.") from None
+        record = json.loads(Path(path).read_text())
+        problem = None if isinstance(record, dict) and all(k in record for k in RECORD_KEYS) else "keys are missing"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "msg", "not UTF-8 text")
+    if problem is not None:
+        raise DamagedRecordError(f"{path} is not a valid result record ({problem}); delete it to redo that cell.")
+    return record
 
 
 def load_records(run_dir: str | os.PathLike, *, suite: str | None = None) -> list[dict[str, Any]]:
@@ -204,8 +219,41 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: bool = False) -> tuple[pd.DataFrame, str]:
-    """Write the run's results as CSV (long by default) and return the table and its Markdown."""
+#: How an earlier export is recognised: its header starts with the columns every export starts with.
+EXPORT_HEADER = ",".join(KEY_COLUMNS) + ","
+
+
+def is_earlier_export(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a CSV file that :func:`export` wrote (long or wide): its first line
+    starts with :data:`EXPORT_HEADER` and the file is a plain one."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        first_line = handle.readline(4096)
+    return first_line.startswith(EXPORT_HEADER.encode())
+
+
+def check_export_target(csv_path: str | os.PathLike, *, force: bool = False) -> None:
+    """One clear sentence where writing ``csv_path`` would replace a folder or a file that is not an
+    earlier export (a manifest, a suite, someone's notes); ``force`` allows the latter."""
+    path = Path(csv_path)
+    if path.is_dir():
+        raise AffbenchError(f"--csv {path} is a folder; give the name of the CSV file to write.")
+    if path.exists() and not force and not is_earlier_export(path):
+        raise AffbenchError(
+            f"{path} exists and is not an earlier affbench export, so it is left alone; "
+            "choose another file name or add --force to replace it."
+        )
+
+
+def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: bool = False,
+           force: bool = False) -> tuple[pd.DataFrame, str]:
+    """Write the run's results as CSV (long by default) and return the table and its Markdown.
+
+    An existing ``csv_path`` is replaced only when it is an earlier export, or with ``force``.
+    """
+    check_export_target(csv_path, force=force)
     records = load_records(run_dir)
     _require(records, run_dir)
     frame = wide_table(records) if wide else long_table(records)
@@ -216,6 +264,10 @@ def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: boo
 # ----------------------------------------------------------------------------------------- plots
 
 
+class PlotsUnavailableError(AffbenchError):
+    """Plots were asked for, but matplotlib is not installed."""
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -223,7 +275,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise AffbenchError(
+        raise PlotsUnavailableError(
             "Plots need matplotlib, which is not installed; install it with pip install 'affbench[plots]'."
         ) from None
     return plt

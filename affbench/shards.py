@@ -508,11 +508,21 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise AffbenchError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    except UnicodeDecodeError:
+        raise AffbenchError(f"{path} is not valid JSON (it is not UTF-8 text).") from None
+    if not isinstance(manifest, dict):
+        raise AffbenchError(f"{path} is not an affbench manifest (it holds no JSON object).")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise AffbenchError(
             f"{path} has shard schema version {version}; this affbench reads version {SCHEMA_VERSION}."
         )
+    for key, kind in (("dataset", str), ("parameters", dict), ("units", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise AffbenchError(
+                f"{path} has no valid {key!r} entry, so it is damaged or was not written by `affbench prepare`; "
+                "prepare the dataset again into a new folder."
+            )
     return manifest
 
 

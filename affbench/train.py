@@ -5,7 +5,8 @@ as SMM-EmotionNet learn AU, EXPR and VA together, each loss on the rows that tas
 the epoch with the best validation score, and leaves in ``workdir``:
 
 * ``last.pt``: everything needed to continue after the last finished epoch (model, optimiser,
-  scheduler, random states, history), written atomically at the end of every epoch;
+  scheduler, random states, history), written atomically at the end of every epoch, as tensors and
+  plain values only (:mod:`affbench.checkpoints`; a damaged one is set aside and training restarts);
 * ``best.pt``: the selected weights (``{"model": state_dict, ...}``), loadable by
   ``create_encoder(..., au_checkpoint=...)`` and by evaluation-only cells.
 
@@ -29,9 +30,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from affbench.checkpoints import (
+    TRAIN_STATE_FORMAT,
+    DamagedCheckpointError,
+    load_checkpoint,
+    resume_training_state,
+    rng_state,
+    save_checkpoint,
+)
 from affbench.data import RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.errors import AffbenchError
-from affbench.files import atomic_write
 from affbench.losses import build_losses
 from affbench.settings import TrainSettings, build_optimizer, build_scheduler
 
@@ -133,31 +141,11 @@ def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- states
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _save_best(model: torch.nn.Module, epoch: int, score: float, path: Path) -> None:
     """The selected weights, with what rebuilds their architecture (read by :func:`load_model_state`)."""
     spec = model.spec
-    _save_atomic({"model": model.state_dict(), "epoch": epoch, "score": score,
-                  "encoder": spec.name, "options": dict(spec.options)}, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    save_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": score,
+                     "encoder": spec.name, "options": dict(spec.options)}, path)
 
 
 def seed_everything(seed: int) -> None:
@@ -168,11 +156,14 @@ def seed_everything(seed: int) -> None:
 
 
 def load_model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The weights of a ``best.pt`` (or any ``{"model": state}`` / plain state dict)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    """The weights of a ``best.pt`` (or any ``{"model": state}`` / plain state dict), read as tensors
+    only; an unreadable file is a :class:`~affbench.checkpoints.DamagedCheckpointError`."""
+    blob = load_checkpoint(path)
     if isinstance(blob, Mapping) and "model" in blob:
-        return blob["model"]
-    return blob
+        blob = blob["model"]
+    if not isinstance(blob, Mapping) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise DamagedCheckpointError(path, "it holds no model weights")
+    return dict(blob)
 
 
 # ----------------------------------------------------------------------------------------- loops
@@ -377,12 +368,8 @@ def fit(
     best_epoch, best_score = None, float("nan")
     steps, start_epoch, resumed_from = 0, 0, None
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
-    if last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+    state = resume_training_state(workdir, model, optimizer, scheduler, log)
+    if state is not None:
         history, steps = state["history"], state["steps"]
         best_epoch, best_score = state["best_epoch"], state["best_score"]
         start_epoch = resumed_from = state["epoch"] + 1
@@ -445,9 +432,9 @@ def fit(
         entry["seconds"] = round(time.perf_counter() - started, 3)
         train_seconds += entry["seconds"]
         history.append(entry)
-        _save_atomic(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": _rng_state(), "history": history, "steps": steps, "epoch": epoch,
+        save_checkpoint(
+            {"format": TRAIN_STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history, "steps": steps, "epoch": epoch,
              "best_epoch": best_epoch, "best_score": best_score},
             last_path,
         )

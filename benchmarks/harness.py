@@ -57,7 +57,8 @@ import numpy as np
 from affbench import __version__
 from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.results import CellKey, read_record, write_json_atomic, write_record
+from affbench.files import check_name, write_text_atomic
+from affbench.results import CellKey, DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.settings import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -69,6 +70,8 @@ SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
 HARNESS_VERSION = 1
 DATASET_NAMES = ("disfa", "caer-s", "affwild2")
+#: In the run folder: which shards were verified against their manifest (see affbench.integrity).
+VERIFIED_SHARDS = "verified-shards.json"
 
 
 # ----------------------------------------------------------------------------------------- suites
@@ -208,14 +211,17 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     name = meta.get("name") or (path.stem if path else "")
     if not name:
         raise AffbenchError(f"{where} has no [suite] name.")
+    check_name("suite name", name)
     folders = dict(data.get("datasets", {}))
-    for dataset in folders:
+    for dataset, folder in folders.items():
         if dataset not in DATASET_NAMES:
             raise UnknownNameError("dataset", dataset, DATASET_NAMES)
+        check_name(f"[datasets] folder of {dataset}", folder)
     defaults = TrainSettings.from_dict(data.get("training", {}))
 
     derived: dict[str, DerivedTask] = {}
     for task_name, table in data.get("tasks", {}).items():
+        check_name("task name", task_name)
         _check_keys(table, ("dataset", "source_task", "classes", "kind", "output_key", "label_names",
                             "assume_active", "metrics", "role", "description"), f"[tasks.{task_name}] of {where}")
         try:
@@ -244,6 +250,13 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
             raise UnknownNameError("dataset", table["dataset"], DATASET_NAMES)
         if "encoder" not in table and "evaluate" not in table:
             raise AffbenchError(f"{label} ({table['id']}) has no 'encoder'.")
+        check_name("experiment id", table["id"])
+        if not isinstance(table["tasks"], list):
+            raise AffbenchError(f"{label} ({table['id']}): 'tasks' must be a list of task names.")
+        for task in table["tasks"]:
+            check_name(f"task name of experiment {table['id']!r}", task)
+        if "encoder" in table:
+            check_name(f"encoder name of experiment {table['id']!r}", table["encoder"])
         init = evaluate = None
         if "init" in table:
             _check_keys(table["init"], ("experiment", "fold", "option"), f"[experiment.init] of {table['id']}")
@@ -384,15 +397,17 @@ class Plan:
 class _DataCache:
     """Prepared datasets are opened once per run (the label tables are what costs)."""
 
-    def __init__(self, data_root: Path, suite: Suite):
-        self.data_root, self.suite = data_root, suite
+    def __init__(self, data_root: Path, suite: Suite, verify_cache: Path | None = None):
+        self.data_root, self.suite, self.verify_cache = data_root, suite, verify_cache
         self._cache: dict[str, Any] = {}
 
     def get(self, dataset: str):
         if dataset not in self._cache:
             from affbench.data import open_prepared
 
-            self._cache[dataset] = open_prepared(self.data_root, dataset, folder=self.suite.folders.get(dataset))
+            # Shards are checked against their manifest's hashes before a run trains on them.
+            self._cache[dataset] = open_prepared(self.data_root, dataset, folder=self.suite.folders.get(dataset),
+                                                 verify=self.verify_cache is not None, verify_cache=self.verify_cache)
         return self._cache[dataset]
 
     def protocol(self, dataset: str):
@@ -586,7 +601,16 @@ class _Runner:
             if not path.is_file():
                 finished = False
                 continue
-            record = read_record(path)
+            try:
+                record = read_record(path)
+            except DamagedRecordError:
+                from affbench.checkpoints import set_aside
+
+                # The job's done.json (or its training) rewrites it; the damaged file is kept.
+                self.log(f"warning: {path} is not a valid result record; moved it to {set_aside(path).name} "
+                         "and writing that cell again.")
+                finished = False
+                continue
             if record.get("config_hash") != job.config_hash:
                 raise AffbenchError(
                     f"{path} holds a result of cell {cell} made with other settings "
@@ -697,7 +721,51 @@ class _Runner:
 
     # -- jobs
 
+    def read_done(self, job: Job) -> dict[str, Any] | None:
+        """A finished job's summary; None when it has none, or a damaged one (moved aside, with a warning)."""
+        from affbench.checkpoints import set_aside
+
+        path = self.done_path(job)
+        if not path.is_file():
+            return None
+        try:
+            summary = json.loads(path.read_text())
+            if isinstance(summary, dict) and summary.get("config_hash") == job.config_hash:
+                return summary
+            problem = "it is not this job's summary"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problem = f"not valid JSON: {getattr(exc, 'msg', exc)}"
+        moved = set_aside(path)
+        self.log(f"warning: {path} is damaged ({problem}); moved it to {moved.name} and running job {job.key} again.")
+        return None
+
+    def ensure_source_weights(self, job: Job, report: RunReport) -> None:
+        """The job ``job`` starts from or evaluates has readable selected weights (and summary): damaged
+        ones are moved aside and that job is trained again, so that a bad file never blocks the run."""
+        from affbench.checkpoints import DamagedCheckpointError, set_aside
+        from affbench.train import load_model_state
+
+        source = job.depends
+        path = self.job_dir(source) / "best.pt"
+        if not path.is_file():
+            return  # not kept: source_weights() says what to do
+        try:
+            load_model_state(path)
+            problem = None
+        except DamagedCheckpointError as exc:
+            problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
+        if problem is None and job.experiment.is_evaluation and self.read_done(source) is None:
+            problem = f"the summary of {source.key} is missing"
+        if problem is None:
+            return
+        if self.done_path(source).is_file():
+            set_aside(self.done_path(source))
+        self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
+        self.train_job(source, report)
+
     def run_job(self, job: Job, report: RunReport) -> None:
+        if job.depends is not None:
+            self.ensure_source_weights(job, report)
         if job.experiment.is_evaluation:
             self.evaluate_job(job, report)
         else:
@@ -710,8 +778,9 @@ class _Runner:
         experiment, settings = job.experiment, job.experiment.training
         workdir = self.job_dir(job)
         done = self.done_path(job)
-        if done.is_file():
-            self.write_records(job, json.loads(done.read_text()), report)
+        summary = self.read_done(job)
+        if summary is not None:
+            self.write_records(job, summary, report)
             return
         started = time.perf_counter()
         prepared, tasks, splits = self.task_data(job)
@@ -783,8 +852,8 @@ class _Runner:
 
         started = time.perf_counter()
         experiment = job.experiment
-        source_dir = self.job_dir(job.depends)
-        if not (source_dir / "done.json").is_file():
+        source = self.read_done(job.depends)
+        if source is None:
             raise AffbenchError(f"Job {job.depends.key} has not finished; it must run before {job.key}.")
         prepared, tasks, splits = self.task_data(job)
         architecture = {k: v for k, v in experiment.options.items() if k not in WEIGHT_OPTIONS}
@@ -798,7 +867,6 @@ class _Runner:
         notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                               num_workers=self.num_workers, progress=self.progress, notes=notes)
-        source = json.loads((source_dir / "done.json").read_text())
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "evaluate",
             "metrics": test, "validation_metrics": {},
@@ -885,6 +953,11 @@ def _check_weights(plan: Plan, runner: _Runner) -> None:
             check_weights_available(job.experiment.encoder, **job.experiment.options)
 
 
+def _check_output_folder(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AffbenchError(f"--out {run_dir} is a file, not a folder; give a folder for the run.")
+
+
 def run_benchmark(
     suite: Suite | str | os.PathLike,
     data_root: str | os.PathLike,
@@ -925,12 +998,13 @@ def run_benchmark(
     validate_encoders(suite)
     device = resolve_device(device)
     run_dir = Path(run_dir)
-    data = _DataCache(Path(data_root), suite)
+    _check_output_folder(run_dir)
+    data = _DataCache(Path(data_root), suite, verify_cache=run_dir / VERIFIED_SHARDS)
     plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, data_cache=data)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "suites").mkdir(exist_ok=True)
     if suite.text:
-        (run_dir / "suites" / f"{suite.name}.toml").write_text(suite.text)
+        write_text_atomic(run_dir / "suites" / f"{suite.name}.toml", suite.text)
     if num_workers is not None:
         for job in plan.jobs:
             job.experiment = _with(job.experiment, training=job.experiment.training.merged({"num_workers": num_workers}))
@@ -947,13 +1021,19 @@ def run_benchmark(
             continue
         runner.run_job(job, report)
     report.seconds = round(time.perf_counter() - started, 3)
-    _write_run_summary(run_dir, suite, report, device)
+    _write_run_summary(run_dir, suite, report, device, log)
     return report
 
 
-def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str) -> None:
+def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str, log: Callable[[str], None]) -> None:
     path = run_dir / "run.json"
-    runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    try:
+        runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+        from affbench.checkpoints import set_aside
+
+        runs = []
+        log(f"warning: {path} was damaged; moved it to {set_aside(path).name} and started a new one.")
     runs.append({
         "suite": suite.name, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device, "cells": report.cells_total, "skipped": report.cells_skipped,
