@@ -175,6 +175,28 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
         sys.exit(1)
 
 
+@prepare.command("bp4d")
+@_prepare_options(default_size=256)
+def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
+                 rows_per_shard: int) -> None:
+    """BP4D-Spontaneous: every coded frame, MTCNN-aligned (tracked per task), 256x256 crops.
+
+    ROOT holds <subject>/<task>/<frame>.jpg and AUCoding/AU_OCC/<subject>_<task>.csv (found within
+    a few folder levels), and, where the copy has them, the FERA 2015 intensity codes in
+    AUCoding/AU_INT/AU06/<subject>_<task>_AU06.csv (AU6, 10, 12, 14, 17). One row per coded frame
+    with the 12 protocol AUs (9 = unknown stored as -1); frames without codes are counted, not
+    stored. A missing or unreadable coded image keeps its row without a face and is listed in the
+    manifest's failures. One (subject, task) per process: use --workers N to keep N cores busy.
+    """
+    from affbench.pipelines import bp4d
+
+    settings = bp4d.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
+                                    rows_per_shard=rows_per_shard)
+    summary = bp4d.prepare(root, out, settings=settings, workers=workers)
+    _finish_prepare(summary, out, "frames", notes=lambda manifest: [
+        f"frames without codes (not stored): {bp4d.uncoded_frames(manifest)}"])
+
+
 @prepare.command("caer-s")
 @_prepare_options(default_size=96)
 @click.option("--select", default="largest", show_default=True, type=click.Choice(["largest", "prob"]),
