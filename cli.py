@@ -249,12 +249,12 @@ def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int,
 
 @app.command("sample-data")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--datasets", "names", default="disfa,caer-s,affwild2", show_default=True,
+@click.option("--datasets", "names", default="disfa,bp4d,caer-s,affwild2", show_default=True,
               help="Comma-separated datasets to generate.")
 @click.option("--frames", default=None, type=click.IntRange(4, 10000),
-              help="Frames per DISFA video / Aff-Wild2 video (default: small demo size).")
+              help="Frames per DISFA video / BP4D task / Aff-Wild2 video (default: small demo size).")
 def sample_data(directory: Path, names: str, frames: int | None) -> None:
-    """Write small, deterministic datasets in the exact on-disk layouts of DISFA, CAER-S and Aff-Wild2.
+    """Write small, deterministic datasets in the exact on-disk layouts of DISFA, BP4D, CAER-S and Aff-Wild2.
 
     The faces are real (scikit-image's astronaut photograph and LFW crops), moved, rotated and
     scaled frame by frame, so that MTCNN must find and align them; a few frames and images have
@@ -403,7 +403,7 @@ def demo(out: Path, device: str) -> None:
     import torch
 
     threads = torch.get_num_threads()
-    for name in ("disfa", "caer-s", "affwild2"):
+    for name in ("disfa", "bp4d", "caer-s", "affwild2"):
         _demo_prepare(name, written[name], prepared / name, device)
     torch.set_num_threads(threads)  # a pipeline may narrow it for its detector; training wants them all
     click.echo(f"prepared     {prepared}  ({time.perf_counter() - started:.0f} s so far)")
@@ -421,12 +421,14 @@ def demo(out: Path, device: str) -> None:
 
 def _demo_prepare(name: str, root: Path, out: Path, device: str) -> None:
     """Prepare one sample dataset (finished units are skipped on a re-run)."""
-    from affbench.pipelines import affwild2, caer_s, disfa
+    from affbench.pipelines import affwild2, bp4d, caer_s, disfa
 
     where = "cpu" if device == "cpu" else "auto"
     progress = sys.stderr.isatty()
     if name == "disfa":
         summary = disfa.prepare(root, out, settings=disfa.PrepareSettings(device=where), progress=progress)
+    elif name == "bp4d":
+        summary = bp4d.prepare(root, out, settings=bp4d.PrepareSettings(device=where), progress=progress)
     elif name == "caer-s":
         summary = caer_s.prepare(root, out, device=where, progress=progress)
     else:
