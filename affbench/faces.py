@@ -1,12 +1,7 @@
-"""Face detection (MTCNN from facenet-pytorch), video face tracking, 5-point similarity alignment.
+"""Face detection (MTCNN from facenet-pytorch), video face tracking, crop rows.
 
-Every pipeline aligns faces the same way: the five MTCNN landmarks (eye centres, nose tip, mouth
-corners) are mapped onto one fixed template by the weighted least-squares similarity transform
-(rotation, uniform scale, translation; Umeyama 1991), and the crop is cut with that transform. The
-eyes weigh most, so that they land on the template for every face whatever its proportions; the
-nose and mouth steady rotation and scale. Because the
-transform is a pure function of the landmarks, the template and the crop size (all recorded in each
-manifest), a crop's landmark positions can be recomputed later without detecting again.
+Every pipeline aligns the chosen face by its five MTCNN landmarks (:mod:`affbench.align`: the
+template, the eye-weighted similarity fit and the anti-aliased, constant-border warp).
 
 Videos go through :class:`FaceTracker`: MTCNN's last stage (O-Net) places the five landmarks from a
 48x48 resampling of the face box, so once a face is known, running O-Net alone on full-resolution
@@ -19,135 +14,19 @@ only where tracking has no face to start from, where O-Net rejects the tracked b
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
 
-#: The five-point template of the ArcFace/InsightFace 112x112 crop, divided by 112: left eye,
-#: right eye, nose tip, left mouth corner, right mouth corner, as (x, y) fractions of the crop.
-ARCFACE_TEMPLATE = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-) / 112.0
-
-
-@dataclass(frozen=True)
-class AlignmentTemplate:
-    """Where the five landmarks land in the crop.
-
-    ``face_scale`` shrinks the ArcFace template about the crop centre so that more of the forehead
-    and chin stays in view (AU1/AU2 live above the brows, AU17/AU26 at the chin); ``shift_y`` moves
-    it down by a fraction of the crop.
-
-    ``landmark_weights`` weigh the five points in the fit. With equal weights a face whose
-    eye-to-mouth proportions differ from the template's has its eyes 4-5 px (in a 256 crop) off the
-    template, a different offset for each person; weighting each eye 32 times a nose or mouth point
-    brings every subject's eyes to within MTCNN's own landmark noise (about 1.5 px), measured by
-    re-detecting the landmarks in crops of the sample subjects.
-    """
-
-    face_scale: float = 0.8
-    shift_y: float = 0.0
-    landmark_weights: tuple[float, float, float, float, float] = (32.0, 32.0, 1.0, 1.0, 1.0)
-
-    def points(self, size: int) -> np.ndarray:
-        """The template in pixel coordinates of a ``size`` x ``size`` crop, shape (5, 2)."""
-        centred = (ARCFACE_TEMPLATE - 0.5) * self.face_scale + 0.5
-        centred = centred + np.array([0.0, self.shift_y])
-        return centred * size
-
-    @classmethod
-    def from_description(cls, description: dict) -> AlignmentTemplate:
-        """The template a manifest's :meth:`describe` dictionary records (inverse of ``describe``)."""
-        return cls(**{f.name: description[f.name] for f in fields(cls) if f.name in description})
-
-    def __post_init__(self) -> None:
-        # JSON gives lists back: keep the weights a tuple, so templates stay hashable and comparable.
-        object.__setattr__(self, "landmark_weights", tuple(float(w) for w in self.landmark_weights))
-
-    def describe(self, size: int) -> dict:
-        """What a manifest records about the alignment."""
-        return {
-            "method": "similarity (Umeyama weighted least squares) from 5 MTCNN landmarks",
-            "base_template": "arcface-112",
-            **asdict(self),
-            "size": size,
-            "points": np.round(self.points(size), 4).tolist(),
-        }
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
-    """Weighted least-squares similarity transform mapping ``src`` points onto ``dst`` points.
-
-    Parameters
-    ----------
-    src, dst : ndarray of shape (n, 2)
-        Corresponding points, n >= 2.
-    weights : sequence of n positive floats, optional
-        How much each point's squared error counts; equal by default.
-
-    Returns
-    -------
-    ndarray of shape (2, 3)
-        The affine matrix ``[s*R | t]`` as used by :func:`cv2.warpAffine`.
-
-    Examples
-    --------
-    >>> src = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    >>> m = similarity_transform(src, 2 * src + 5)
-    >>> np.round(m, 6).tolist()
-    [[2.0, 0.0, 5.0], [0.0, 2.0, 5.0]]
-    """
-    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
-    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
-    if src.shape != dst.shape or len(src) < 2:
-        raise ValueError(f"need matching (n, 2) point sets with n >= 2, got {src.shape} and {dst.shape}")
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(src),) or (w <= 0).any():
-        raise ValueError(f"need {len(src)} positive weights, got {w}")
-    w = w / w.sum()
-    src_mean, dst_mean = w @ src, w @ dst
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = (w[:, None] * dst_c).T @ src_c
-    u, singular, vt = np.linalg.svd(cov)
-    sign = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1.0  # a reflection is not a similarity
-    rotation = u @ np.diag(sign) @ vt
-    src_var = w @ (src_c**2).sum(axis=1)
-    scale = (singular * sign).sum() / src_var if src_var > 0 else 1.0
-    translation = dst_mean - scale * rotation @ src_mean
-    return np.hstack([scale * rotation, translation[:, None]])
-
-
-def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a (2, 3) affine matrix to (n, 2) points."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    return points @ matrix[:, :2].T + matrix[:, 2]
-
-
-def alignment_matrix(landmarks: np.ndarray, size: int, template: AlignmentTemplate) -> np.ndarray:
-    """The transform that puts these 5 landmarks onto the template of a ``size`` crop."""
-    return similarity_transform(np.asarray(landmarks).reshape(5, 2), template.points(size), template.landmark_weights)
-
-
-def align_face(
-    image: np.ndarray, landmarks: np.ndarray, size: int, template: AlignmentTemplate
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cut the aligned ``size`` x ``size`` crop; returns the crop and the transform used."""
-    matrix = alignment_matrix(landmarks, size, template)
-    crop = cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    return crop, matrix
-
+from affbench.align import (  # noqa: F401  (the alignment API, also importable from here)
+    ARCFACE_TEMPLATE,
+    AlignmentTemplate,
+    align_face,
+    alignment_matrix,
+    similarity_transform,
+    transform_points,
+)
 
 # ----------------------------------------------------------------------------------------- detection
 

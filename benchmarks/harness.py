@@ -701,10 +701,7 @@ class _Runner:
         """The selected weights of the job ``job`` starts from or evaluates."""
         path = self.job_dir(job.depends) / "best.pt"
         if not path.is_file():
-            raise AffbenchError(
-                f"{job.key} needs the weights of {job.depends.key}, which were not kept (keep_weights = false); "
-                f"delete {self.job_dir(job.depends)} to train it again."
-            )
+            raise AffbenchError(f"{job.key} needs the weights of {job.depends.key}, which are missing: {path}.")
         return path
 
     def encoder_options(self, job: Job) -> dict[str, Any]:
@@ -740,28 +737,30 @@ class _Runner:
         return None
 
     def ensure_source_weights(self, job: Job, report: RunReport) -> None:
-        """The job ``job`` starts from or evaluates has readable selected weights (and summary): damaged
-        ones are moved aside and that job is trained again, so that a bad file never blocks the run."""
+        """The job ``job`` starts from or evaluates has readable selected weights (and summary).
+
+        Weights that are damaged (moved aside) or were not kept (``keep_weights = false`` in an
+        earlier run) are made again by training that job again, so that no file blocks the run.
+        """
         from affbench.checkpoints import DamagedCheckpointError, set_aside
         from affbench.train import load_model_state
 
         source = job.depends
         path = self.job_dir(source) / "best.pt"
+        problem = None
         if not path.is_file():
-            return  # not kept: source_weights() says what to do
-        try:
-            load_model_state(path)
-            problem = None
-        except DamagedCheckpointError as exc:
-            problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
+            problem = f"the selected weights of {source.key} were not kept"
+        else:
+            try:
+                load_model_state(path)
+            except DamagedCheckpointError as exc:
+                problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
         if problem is None and job.experiment.is_evaluation and self.read_done(source) is None:
             problem = f"the summary of {source.key} is missing"
         if problem is None:
             return
-        if self.done_path(source).is_file():
-            set_aside(self.done_path(source))
         self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
-        self.train_job(source, report)
+        self.train_job(source, report, again=True)
 
     def run_job(self, job: Job, report: RunReport) -> None:
         if job.depends is not None:
@@ -771,14 +770,15 @@ class _Runner:
         else:
             self.train_job(job, report)
 
-    def train_job(self, job: Job, report: RunReport) -> None:
+    def train_job(self, job: Job, report: RunReport, *, again: bool = False) -> None:
+        """Train ``job`` (or only write its records from its summary, unless ``again``) and score it."""
         from affbench.encoders import create_encoder, get_encoder_spec
         from affbench.train import (check_compatible, evaluate_tasks, fit, load_model_state, seed_everything)
 
         experiment, settings = job.experiment, job.experiment.training
         workdir = self.job_dir(job)
         done = self.done_path(job)
-        summary = self.read_done(job)
+        summary = None if again else self.read_done(job)
         if summary is not None:
             self.write_records(job, summary, report)
             return

@@ -213,6 +213,9 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
         caer_s.prepare(root, out, size=64, progress=False)
     with pytest.raises(ParameterMismatchError, match="select"):
         caer_s.prepare(root, out, select="prob", progress=False)
+    # crops resampled another way (the warp before issue 10) are not mixed in either
+    with pytest.raises(ParameterMismatchError, match=r"alignment\.antialias, alignment\.border"):
+        caer_s.prepare(root, out, template=AlignmentTemplate(border="replicate", antialias=False), progress=False)
 
 
 def test_the_unit_work_pickles_for_joblib_workers_and_gives_the_same_rows(caer_root, prepared, detector, tmp_path):

@@ -151,6 +151,9 @@ def test_manifest_records_template_detector_and_tracker(prepared):
     assert parameters["camera"] == "left" and parameters["crop"] == {"size": 256, "codec": "png"}
     assert np.allclose(parameters["alignment"]["points"], AlignmentTemplate().points(256), atol=1e-3)
     assert parameters["alignment"]["face_scale"] == AlignmentTemplate().face_scale
+    # how the crop is resampled: a constant grey outside the frame, anti-aliased when shrinking
+    assert {"border": "constant", "fill": 128, "antialias": True}.items() <= parameters["alignment"].items()
+    assert "bilinear" in parameters["alignment"]["interpolation"]
     default = DetectorSettings()
     detector = parameters["detector"]
     assert detector["thresholds"] == list(default.thresholds) and detector["min_face_size"] == default.min_face_size

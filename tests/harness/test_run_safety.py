@@ -254,10 +254,28 @@ def test_damaged_weights_that_another_job_starts_from_are_trained_again(tmp_path
     report = run(suite, prepared_root, out, messages)
 
     assert any(str(fan / "best.pt") in m and f"training job {fan.name} again" in m for m in messages)
-    assert (fan / "best.pt.damaged").is_file() and (fan / "done.json.damaged").is_file()
-    assert report.cells_written == 2
+    assert (fan / "best.pt.damaged").is_file()
+    assert report.jobs_trained == 2 and report.cells_written == 2
     records = {r["encoder"]: r for r in load_records(out)}
     assert records["emotiram-fau"]["init_from"]["experiment"] == "disfa-fan"
+
+
+def test_weights_that_were_not_kept_are_trained_again_when_another_job_needs_them(tmp_path, prepared_root):
+    """keep_weights = false in an earlier run, then a suite that starts from those weights."""
+    suite, out = suite_file(tmp_path, DEPENDENT), tmp_path / "run"
+    run(suite, prepared_root, out)
+    fan = next(p for p in (out / "jobs").iterdir() if p.name.startswith("disfa-fan-au-"))
+    fau = next(p for p in (out / "jobs").iterdir() if p.name.startswith("caer-s-emotiram-fau-"))
+    (out / "results" / "dependent" / "caer-s__expression__emotiram-fau__fold1.json").unlink()
+    (fau / "done.json").unlink()
+    (fan / "best.pt").unlink()
+
+    messages: list[str] = []
+    report = run(suite, prepared_root, out, messages)
+
+    assert any(f"the selected weights of {fan.name} were not kept; training job {fan.name} again" in m for m in messages)
+    assert report.jobs_trained == 2 and (fan / "best.pt").is_file()
+    assert {r["encoder"] for r in load_records(out)} == {"fan-au", "emotiram-fau"}
 
 
 def test_a_damaged_run_summary_is_set_aside(tmp_path, prepared_root):
