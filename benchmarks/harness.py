@@ -69,7 +69,7 @@ else:  # pragma: no cover - Python 3.10
 SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
 HARNESS_VERSION = 1
-DATASET_NAMES = ("disfa", "caer-s", "affwild2")
+DATASET_NAMES = ("disfa", "bp4d", "caer-s", "affwild2")
 #: In the run folder: which shards were verified against their manifest (see affbench.integrity).
 VERIFIED_SHARDS = "verified-shards.json"
 
