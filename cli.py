@@ -375,6 +375,140 @@ def export(run_dir: Path, csv_path: Path, wide: bool, plots: bool | None, force:
     _maybe_plot(run_dir, results.load_records(run_dir), plots)
 
 
+# ----------------------------------------------------------------------------------------- models
+
+
+@app.command("export-model")
+@click.argument("job_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (e.g. model.pt).")
+@click.option("--encoder", default=None, help="Wrap a published checkpoint instead: the encoder it loads into.")
+@click.option("--pretrained", default=None, type=click.Path(path_type=Path),
+              help="With --encoder: the checkpoint file (what the encoder's pretrained=PATH option reads).")
+@click.option("--labels", default=None,
+              help="With --encoder: comma-separated names of its outputs, in order (au1,au2,... or class names).")
+@click.option("--option", "options", multiple=True, help="With --encoder: an encoder option KEY=VALUE (repeatable).")
+@click.option("--crop-size", default=256, show_default=True, type=click.IntRange(16, 1024),
+              help="With --encoder: side of the aligned face crop fed to the model's framing.")
+@click.option("--eval-crop", default=1.0, show_default=True, type=click.FloatRange(0.1, 1.0),
+              help="With --encoder: centre fraction of the crop kept before resizing to the input size.")
+def export_model(job_dir: Path | None, out: Path, encoder: str | None, pretrained: Path | None, labels: str | None,
+                 options: tuple[str, ...], crop_size: int, eval_crop: float) -> None:
+    """Write a finished job's model as one self-describing file (RUNDIR/jobs/<job> -> model.pt).
+
+    \b
+    The file holds the weights and what inference needs: encoder and options, tasks with label
+    names, the alignment template and crop size, normalisation, initialisation and test metrics.
+    It loads with torch.load(path, weights_only=True); use it with `affbench predict` or
+    affbench.load_model(path). A published checkpoint is wrapped the same way when you name its
+    outputs, e.g.:
+      affbench export-model --encoder megraph-au --pretrained MEFARG_resnet50_DISFA_fold1.pth \\
+          --labels au1,au2,au4,au6,au9,au12,au25,au26 --eval-crop 0.875 --out megraph-disfa.pt
+    """
+    from affbench.bundle import export_job, save_model_file, wrap_checkpoint
+
+    if encoder is None:
+        if job_dir is None or pretrained or labels or options:
+            raise AffbenchError("Give a job folder (RUNDIR/jobs/<job>), or --encoder with --pretrained and --labels "
+                                "to wrap a published checkpoint.")
+        path, description = export_job(job_dir, out)
+    else:
+        if job_dir is not None or pretrained is None or not labels:
+            raise AffbenchError("--encoder wraps a published checkpoint: give --pretrained PATH and --labels, "
+                                "and no job folder.")
+        description, state = wrap_checkpoint(encoder, pretrained, labels.split(","), options=_parse_options(options),
+                                             crop_size=crop_size, eval_crop=eval_crop)
+        path = save_model_file(out, description, state)
+    for line in _describe_model(description):
+        click.echo(line)
+    click.echo(f"model file: {path}")
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs; values read as TOML scalars (numbers, true/false, "strings"), else as text."""
+    import tomllib
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AffbenchError(f"--option takes KEY=VALUE, got {pair!r}.")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def _describe_model(description) -> list[str]:
+    lines = [f"model      {description.name}: {description.encoder} "
+             f"(input {description.encoder_spec.get('input_size')}, crop {description.crop_size})"]
+    for task in description.tasks:
+        lines.append(f"task       {task.name} ({task.kind}): {', '.join(task.label_names)}")
+    for task, values in description.metrics.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items() if isinstance(v, float) and "/" not in k)
+        lines.append(f"test       {task}: {shown}")
+    lines += [f"note       {note}" for note in description.notes]
+    return lines
+
+
+@app.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Table to write: FILE.csv or FILE.parquet (one row per frame or image).")
+@click.option("--model", "-m", "more_models", multiple=True, type=click.Path(path_type=Path),
+              help="Another model file whose columns are added side by side (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda[:N].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Frames per batch through the face pipeline and the model.")
+@click.option("--plot", is_flag=True, help="Also write a timeline PNG per video beside --out (needs matplotlib).")
+def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
+            batch_size: int, plot: bool) -> None:
+    """Run MODEL (from export-model) on videos, images or folders of them: one row per frame.
+
+    \b
+    Every frame or image goes through the detection, tracking and alignment the model was trained
+    on. Columns: source, frame, time (s), face_found, landmark_source, det_score, box_x1..box_y2,
+    then the predictions: AU12_c (presence probability), AU12_r (intensity), expression plus one
+    probability column per class, valence, arousal. A frame without a face keeps its row with
+    empty predictions. An interrupted run resumes: inputs already finished are not redone. Example:
+      affbench predict model.pt interview.mp4 photos/ --out predictions.csv --plot
+    """
+    _quiet_openmp()
+    import shutil
+
+    from affbench import predict as inference
+
+    inference.check_output_path(out)
+    inference.collect_inputs(inputs)  # a wrong input is said before the models load
+    if plot:
+        from affbench.results import _pyplot
+
+        _pyplot()  # a missing matplotlib is said before the work, not after it
+    models = [inference.load_model(path, device=device, batch_size=batch_size) for path in (model, *more_models)]
+    for loaded in models:
+        click.echo(f"model      {loaded!r}")
+    parts = inference.resume_folder(out)  # finished inputs are kept there until the table is written
+    result = inference.predict_table(models, inputs, progress=sys.stderr.isatty(), batch_size=batch_size,
+                                     resume=parts)
+    inference.write_table(result.table, out)
+    shutil.rmtree(parts, ignore_errors=True)
+    for note in result.notes:
+        click.echo(f"note       {note}")
+    table = result.table
+    click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face, from "
+               f"{table['source'].nunique()} source(s) written to {out}")
+    if plot:
+        for path in inference.write_plots(result, out):
+            click.echo(f"plot       {path}")
+    if result.failures:
+        for failure in result.failures:
+            click.echo(f"failed     {failure['source']}: {failure['reason']}", err=True)
+        click.echo(f"{len(result.failures)} input(s) failed (listed above); every frame read and every image "
+                   f"keeps its row in {out}.", err=True)
+        sys.exit(1)
+
+
 @app.command("demo")
 @click.option("--out", default=Path("affbench-demo"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the sample data, prepared shards, run and CSV.")
@@ -416,7 +550,48 @@ def demo(out: Path, device: str) -> None:
     click.echo(f"{report.cells_total} cells ({report.cells_skipped} already finished); "
                f"wide table in {csv_path}; run folder {run_dir}")
     _maybe_plot(run_dir, results.load_records(run_dir), None)
+    _demo_predict(run_dir, written["disfa"], out, device)
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+#: The demo's model that runs on a sample video at the end (experiment id, model file name): small
+#: enough to keep that step to seconds, and it predicts AUs, expression and valence/arousal at once.
+_DEMO_MODEL = ("smm", "smm-affwild2.pt")
+
+
+def _demo_predict(run_dir: Path, disfa_root: Path, out: Path, device: str) -> None:
+    """Export the demo's kept multi-task model and run `affbench predict` with it on a sample video."""
+    import json
+
+    import pandas as pd
+
+    from affbench import predict as inference
+    from affbench.bundle import WEIGHTS_FILE, export_job
+
+    experiment, name = _DEMO_MODEL
+    job = next((d for d in sorted((run_dir / "jobs").iterdir()) if (d / "job.json").is_file()
+                and json.loads((d / "job.json").read_text()).get("experiment") == experiment), None)
+    path = out / "models" / name
+    if job is not None and (not path.is_file() or path.stat().st_mtime < (job / WEIGHTS_FILE).stat().st_mtime):
+        export_job(job, path)
+    model = inference.load_model(path, device="cpu" if device == "cpu" else "auto")
+    video = disfa_root / "Videos_LeftCamera" / "LeftVideoSN001_comp.avi"
+    table_path = out / "demo-predictions.csv"
+    result = inference.predict_table([model], [video], progress=sys.stderr.isatty())
+    inference.write_table(result.table, table_path)
+    click.echo("")
+    click.echo(f"$ affbench predict {path} {video} --out {table_path} --plot")
+    shown = ["frame", "time", "face_found", "landmark_source", "AU06_c", "AU12_c", "expression", "happiness",
+             "valence", "arousal"]
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.precision", 3):
+        click.echo(result.table[[c for c in shown if c in result.table.columns]].head(6).to_string(index=False))
+    click.echo(f"{len(result.table)} frames ({int(result.table['face_found'].sum())} with a face), "
+               f"{len(result.table.columns)} columns in {table_path}")
+    try:
+        for png in inference.write_plots(result, table_path):
+            click.echo(f"timeline plot {png}")
+    except AffbenchError:
+        pass  # no matplotlib: the run's plots said so already
 
 
 def _demo_prepare(name: str, root: Path, out: Path, device: str) -> None:

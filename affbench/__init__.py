@@ -14,4 +14,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from affbench.errors import AffbenchError
 
-__all__ = ["AffbenchError", "__version__"]
+__all__ = ["AffbenchError", "__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    # Lazy: ``import affbench`` stays light (no torch) until a model is loaded.
+    if name == "load_model":
+        from affbench.predict import load_model
+
+        return load_model
+    raise AttributeError(f"module 'affbench' has no attribute {name!r}")

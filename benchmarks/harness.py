@@ -856,6 +856,7 @@ class _Runner:
                                   + sum(h.get("seconds", 0.0) for h in result.history[: result.resumed_from or 0]), 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        self.describe_model(job, model, tasks, prepared, settings, test)  # before done.json: a kill in between redoes it
         write_json_atomic(done, summary)
         report.jobs_trained += 1
         report.jobs_resumed += bool(result.resumed_from)
@@ -863,6 +864,19 @@ class _Runner:
         (workdir / "last.pt").unlink(missing_ok=True)  # the optimiser state is not needed once done
         if not settings.keep_weights and not any(other.depends is job for other in self.plan.jobs):
             (workdir / "best.pt").unlink(missing_ok=True)
+
+    def describe_model(self, job: Job, model, tasks, prepared, settings, metrics) -> None:
+        """``model.json`` beside ``best.pt``: what ``affbench export-model`` and ``predict`` need."""
+        from affbench.bundle import describe_trained_model, write_job_description
+
+        trained_on = {"job": job.key, "suite": self.suite.name, "experiment": job.experiment.id,
+                      "dataset": job.experiment.dataset, "fold": job.fold, "data_fingerprint": prepared.fingerprint,
+                      "git_commit": self.commit, "affbench_version": __version__}
+        description = describe_trained_model(job.key, model.spec, [t.spec for t in tasks],
+                                             prepared.manifest.get("parameters", {}),
+                                             eval_crop=settings.augmentation.eval_crop, metrics=metrics,
+                                             trained_on=trained_on)
+        write_job_description(self.job_dir(job), description)
 
     def evaluate_job(self, job: Job, report: RunReport) -> None:
         from affbench.encoders import create_encoder

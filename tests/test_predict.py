@@ -1,0 +1,244 @@
+"""affbench predict, model files and load_model, on the sample data (real faces, MTCNN on the CPU).
+
+The models carry random (seeded) weights: what is tested is that every frame keeps its row, that
+the crops are the tracker's and the template's, and that the numbers are the network's own.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from affbench.bundle import ModelDescription, describe_trained_model, read_model_file, save_model_file
+from affbench.cli import app
+from affbench.encoders import create_encoder
+from affbench.faces import AlignmentTemplate, FaceTracker, TrackerSettings, align_face, shared_detector
+from affbench.pipelines.protocols import PROTOCOLS
+from affbench.pipelines.sample_data import CAER_NO_FACE, NO_FACE_FRAMES
+from affbench.predict import FACE_COLUMNS, load_model, task_columns
+from affbench.video import VideoReader
+
+# Not the default template: predict must use the one the model records, not a default.
+TEMPLATE = AlignmentTemplate(face_scale=0.75, shift_y=0.02)
+
+
+def make_model_file(path: Path, *, seed: int = 0, name: str = "mtl") -> Path:
+    """A small multi-task model (AU presence, expression, VA) described as trained on 112 crops."""
+    torch.manual_seed(seed)
+    model = create_encoder("inceptionv3-mtl", input_size=75).eval()
+    protocol = PROTOCOLS["affwild2"]
+    tasks = [protocol.task(n) for n in ("au-detection", "expression", "va")]
+    description = describe_trained_model(name, model.spec, tasks, {"alignment": TEMPLATE.describe(112)},
+                                         eval_crop=0.875, metrics={"expression": {"accuracy": 0.5}})
+    return save_model_file(path, description, model.state_dict())
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return make_model_file(tmp_path_factory.mktemp("models") / "mtl.pt")
+
+
+@pytest.fixture(scope="module")
+def video(sample_data) -> Path:
+    return sample_data["disfa"] / "Videos_LeftCamera" / "LeftVideoSN001_comp.avi"
+
+
+@pytest.fixture(scope="module")
+def video_run(model_file, video, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "frames.csv"
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(video), "--out", str(out), "--device", "cpu",
+                                      "--plot"])
+    assert result.exit_code == 0, result.output
+    return out, pd.read_csv(out)
+
+
+def test_a_model_file_round_trips_through_weights_only_load(model_file):
+    blob = torch.load(model_file, map_location="cpu", weights_only=True)
+    assert set(blob) == {"affbench_model", "state_dict"}
+    description, state = read_model_file(model_file)
+    assert description == ModelDescription.from_dict(blob["affbench_model"])
+    assert description.template == TEMPLATE and description.crop_size == 112 and description.eval_crop == 0.875
+    assert [t.label_names for t in description.tasks] == [
+        PROTOCOLS["affwild2"].task(n).label_names for n in ("au-detection", "expression", "va")]
+    torch.manual_seed(0)
+    original = create_encoder("inceptionv3-mtl", input_size=75).eval()
+    assert description.encoder_spec["mean"] == list(original.spec.mean)
+    assert description.encoder_spec["input_size"] == 75 and description.options == original.spec.options
+    assert all(torch.equal(state[k], v) for k, v in original.state_dict().items())
+    # the loaded network computes what the original computes
+    x = torch.rand(2, 3, 75, 75)
+    loaded = load_model(model_file, device="cpu").network
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x)["va"], original(x)["va"])
+
+
+def test_predict_on_a_video_gives_one_row_per_frame_with_values_in_range(video_run, video):
+    out, table = video_run
+    with VideoReader(video) as reader:
+        frames = sum(1 for _ in reader)
+        fps = reader.info.fps
+    assert len(table) == frames
+    assert table["frame"].tolist() == list(range(frames))
+    np.testing.assert_allclose(table["time"], np.arange(frames) / fps)
+    protocol = PROTOCOLS["affwild2"]
+    expected = list(FACE_COLUMNS) + [c for n in ("au-detection", "expression", "va")
+                                     for c in task_columns(protocol.task(n))]
+    assert list(table.columns) == expected
+    assert "AU12_c" in table.columns and "happiness" in table.columns
+    found = table[table["face_found"]]
+    missing = table[~table["face_found"]]
+    assert set(missing["frame"]) >= set(NO_FACE_FRAMES)
+    assert len(found) >= frames - len(NO_FACE_FRAMES) - 1
+    assert missing[expected[10:]].isna().all().all()  # kept rows, empty predictions
+    aus = found[[c for c in table.columns if c.endswith("_c")]].to_numpy()
+    assert ((aus >= 0) & (aus <= 1)).all()
+    classes = list(protocol.task("expression").label_names)
+    np.testing.assert_allclose(found[classes].sum(axis=1), 1.0, atol=1e-6)
+    assert (found["expression"] == found[classes].idxmax(axis=1)).all()
+    assert np.isfinite(found[["valence", "arousal"]].to_numpy()).all()
+    assert set(found["landmark_source"]) <= {"detected", "tracked"} and "detected" in set(found["landmark_source"])
+    boxes = found[["box_x1", "box_y1", "box_x2", "box_y2"]].to_numpy()
+    assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+    plot = out.with_name(f"{out.stem}-{video.stem}.png")
+    assert plot.is_file() and plot.stat().st_size > 10_000
+
+
+def test_the_same_crop_through_load_model_and_predict_gives_the_same_numbers(video_run, model_file, video):
+    """Track the video independently (the tracker's public interface, the recorded template) and
+    feed the crops to load_model(...).predict: the numbers equal those of the predict table."""
+    _, table = video_run
+    model = load_model(model_file, device="cpu")
+    tracker = FaceTracker(shared_detector(model.description.detector_settings, "cpu"), TrackerSettings())
+    crops, frames = [], []
+    with VideoReader(video) as reader:
+        for index, frame, result in tracker.follow(reader):
+            if result.face is not None and index in (0, 7, 15):
+                crops.append(align_face(frame, result.face.landmarks, 112, TEMPLATE)[0])
+                frames.append(index)
+    assert len(frames) == 3
+    direct = model.predict(crops)
+    rows = table.set_index("frame").loc[frames]
+    numeric = [c for c in model.columns if c != "expression"]
+    np.testing.assert_allclose(direct[numeric].to_numpy(), rows[numeric].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert direct["expression"].tolist() == rows["expression"].tolist()
+    # and the Python API's video path gives the CLI's table
+    api = model.predict_video(video)
+    np.testing.assert_allclose(api[numeric].to_numpy(dtype=float), table[numeric].to_numpy(dtype=float),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_folder_of_images_with_faceless_broken_and_tiny_images_keeps_every_row(sample_data, model_file, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(sample_data["caer-s"] / "test" / "Neutral", folder)
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    cv2.imwrite(str(folder / "tiny.png"), np.full((5, 5, 3), 90, np.uint8))  # MTCNN fails on it in a batch
+    images = sorted(p.name for p in folder.iterdir())
+    faceless = Path(next(p for p in CAER_NO_FACE if p.startswith("test/Neutral/"))).name
+    out = tmp_path / "images.parquet"
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(folder), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 1  # the broken image is reported ...
+    assert "broken.png" in result.output and "tiny.png" in result.output and "Traceback" not in result.output
+    table = pd.read_parquet(out)  # ... and every image, the broken one included, keeps its row
+    assert sorted(Path(s).name for s in table["source"]) == images
+    by_name = table.set_index(table["source"].map(lambda s: Path(s).name))
+    for name in (faceless, "broken.png", "tiny.png"):
+        assert not by_name.loc[name, "face_found"]
+        assert pd.isna(by_name.loc[name, "AU12_c"]) and pd.isna(by_name.loc[name, "expression"])
+    assert by_name["face_found"].sum() == len(images) - 3
+    assert table["frame"].isna().all() and table["time"].isna().all()
+
+
+def test_two_models_side_by_side_prefix_clashing_columns(sample_data, model_file, tmp_path):
+    other = make_model_file(tmp_path / "other.pt", seed=1, name="other")
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    out = tmp_path / "two.csv"
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "-m", str(other),
+                                      "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert "mtl_AU12_c" in table.columns and "other_AU12_c" in table.columns and "AU12_c" not in table.columns
+    alone = load_model(model_file, device="cpu").predict_images([image])
+    np.testing.assert_allclose(table["mtl_valence"], alone["valence"], rtol=1e-5)
+    assert not np.allclose(table["mtl_valence"], table["other_valence"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{model}", "missing.mp4", "--out", "{tmp}/x.csv"], "does not exist"),
+    (["{model}", "{tmp}", "--out", "{tmp}/x.txt"], "must end in .csv or .parquet"),
+    (["{tmp}/fake.pt", "{tmp}/blank.png", "--out", "{tmp}/x.csv"], "not an affbench model file"),
+    (["{model}", "{tmp}/notes.txt", "--out", "{tmp}/x.csv"], "neither a video"),
+])
+def test_bad_input_is_one_sentence_and_a_non_zero_exit(model_file, tmp_path, args, message):
+    (tmp_path / "fake.pt").write_bytes(b"\x80\x04garbage")
+    (tmp_path / "notes.txt").write_text("hello")
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros((32, 32, 3), np.uint8))
+    args = [a.format(model=model_file, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(app, ["predict", *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_predict_takes_single_crops_and_arrays(model_file):
+    model = load_model(model_file, device="cpu")
+    crops = np.random.default_rng(0).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8)
+    batch = model.predict(crops)
+    single = model.predict(crops[1])
+    assert list(batch.columns) == model.columns and len(batch) == 3 and len(single) == 1
+    np.testing.assert_allclose(single["valence"], batch["valence"][1:2], rtol=1e-5)
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_inputs(sample_data, model_file, video, tmp_path,
+                                                                     monkeypatch):
+    import affbench.predict as inference
+
+    model = load_model(model_file, device="cpu")
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    parts = tmp_path / "parts"
+    first = inference.predict_table([model], [video], resume=parts)
+    assert len(list(parts.glob("*.parquet"))) == 1
+
+    def no_tracking(*args, **kwargs):
+        raise AssertionError("the finished video was processed again")
+
+    monkeypatch.setattr(inference, "video_faces", no_tracking)
+    again = inference.predict_table([model], [video, image], resume=parts)
+    assert len(again.table) == len(first.table) + 1
+    pd.testing.assert_frame_equal(again.table.iloc[: len(first.table)], first.table, check_dtype=False)
+    assert len(list(parts.glob("*.parquet"))) == 2
+
+
+def test_a_published_checkpoint_is_wrapped_when_its_labels_are_named(tmp_path):
+    torch.manual_seed(5)
+    original = create_encoder("emotiram-f", input_size=64).eval()
+    checkpoint = tmp_path / "published.pth"
+    torch.save({"state_dict": original.state_dict()}, checkpoint)
+    classes = ["anger", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    out = tmp_path / "wrapped.pt"
+    runner = CliRunner()
+    result = runner.invoke(app, ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint),
+                                 "--option", "input_size=64", "--labels", ",".join(classes), "--crop-size", "96",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = load_model(out, device="cpu")
+    assert model.columns == ["expression", *classes] and model.crop_size == 96
+    assert "published checkpoint" in model.description.notes[0]
+    assert str(checkpoint) in model.description.initialisation
+    crops = np.random.default_rng(1).integers(0, 255, (2, 96, 96, 3), dtype=np.uint8)
+    x = model._inputs(list(crops)).float().div(255)
+    mean = torch.tensor(original.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(original.spec.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = torch.softmax(original((x - mean) / std)["expression"], dim=1).numpy()
+    np.testing.assert_allclose(model.predict(crops)[classes].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+
+    wrong = runner.invoke(app, ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint),
+                                "--option", "input_size=64", "--labels", "a,b", "--out", str(tmp_path / "w.pt")])
+    assert wrong.exit_code != 0 and "outputs 7 expression values" in wrong.output
