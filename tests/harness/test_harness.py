@@ -151,7 +151,8 @@ def test_disfa_suite_runs_three_folds_and_narrowing(prepared_root):
 
 def test_narrowing_keeps_what_a_cell_starts_from(prepared_root):
     plan = make_plan(load_suite("thesis-caer"), prepared_root, encoders=["emotiram-fau"])
-    assert [(j.experiment.id, j.requested) for j in plan.jobs] == [("disfa-fan", False), ("caer-emotiram-fau", True)]
+    assert [(j.experiment.id, j.requested) for j in plan.jobs] == [
+        ("disfa-fan", False), ("caer-emotiram-fau", True), ("bp4d-fan", False), ("caer-emotiram-fau-bp4d", True)]
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path, prepared_root):
