@@ -20,8 +20,9 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
     (overrides), and one of
 
     * ``[experiment.init]``: ``experiment``, ``fold``, ``option``: start from the selected weights of
-      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``, or
-      ``pretrained`` to continue the same encoder, as ME-GraphAU's stage 2 starts from stage 1);
+      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``,
+      ``stage1_checkpoint`` for ME-GraphAU's stage 2 from stage 1, or ``pretrained`` to continue the
+      same encoder with the same structure);
     * ``[experiment.evaluate]``: ``experiment``, ``fold``: no training; score that experiment's
       selected model on this experiment's dataset and tasks (test rows).
 
@@ -68,7 +69,7 @@ else:  # pragma: no cover - Python 3.10
 
 SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
-HARNESS_VERSION = 1
+HARNESS_VERSION = 2
 DATASET_NAMES = ("disfa", "bp4d", "caer-s", "affwild2")
 #: In the run folder: which shards were verified against their manifest (see affbench.integrity).
 VERIFIED_SHARDS = "verified-shards.json"
@@ -803,7 +804,7 @@ class _Runner:
         started = time.perf_counter()
         prepared, tasks, splits = self.task_data(job)
         options = self.encoder_options(job)
-        spec = get_encoder_spec(experiment.encoder, **{k: v for k, v in options.items() if k not in WEIGHT_OPTIONS})
+        spec = get_encoder_spec(experiment.encoder, **options)  # checkpoints given may imply the structure
         for task in tasks:
             check_compatible(task.spec, spec)
         seed_everything(settings.seed)
@@ -843,7 +844,7 @@ class _Runner:
                 {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
                  "val": (h.get("val") or {}).get(t.name, {}).get(t.spec.primary_metric)}
                 for h in result.history] for t in tasks},
-            "initialisation": model.spec.init,
+            "initialisation": model.spec.init, "fresh_parameters": list(model.spec.fresh),
             "init_from": None if job.depends is None else {"job": job.depends.key, "experiment": job.depends.experiment.id,
                                                            "fold": job.depends.fold},
             "seed": settings.seed, "training": settings.to_dict(), "encoder_options": dict(experiment.options),
@@ -916,6 +917,7 @@ class _Runner:
             "curve": {t.name: [] for t in tasks},
             "initialisation": f"evaluation only: selected weights of {job.depends.key} "
                               f"({source.get('initialisation')})",
+            "fresh_parameters": source.get("fresh_parameters", []),
             "init_from": {"job": job.depends.key, "experiment": job.depends.experiment.id, "fold": job.depends.fold},
             "seed": source.get("seed"), "training": None, "encoder_options": dict(experiment.options),
             "encoder_spec": {"input_size": model.spec.input_size, "heads": dict(model.spec.heads),
@@ -956,6 +958,7 @@ class _Runner:
                 "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
                 "steps": summary["steps"], "resumed_from": summary["resumed_from"],
                 "initialisation": summary["initialisation"], "init_from": summary["init_from"],
+                "fresh_parameters": summary.get("fresh_parameters", []),
                 "loss": summary["loss"].get(task), "training": summary["training"],
                 "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],
                 "data": summary["data"], "curve": summary["curve"].get(task, []),

@@ -197,8 +197,10 @@ def test_variant_forward_backward_and_checkpoint_round_trip(name, tmp_path):
 def test_checkpoint_of_another_variant_is_refused_in_one_sentence(tmp_path):
     path = tmp_path / "f.pt"
     torch.save(create_encoder("emotiram-f", n_classes=3).state_dict(), path)
-    with pytest.raises(AffbenchError, match=r"of another shape \(head\.3\.weight"):
-        create_encoder("emotiram-f", pretrained=path)
+    # Left out, the class count follows the checkpoint; asked for, a contradiction is refused.
+    assert create_encoder("emotiram-f", pretrained=path).spec.heads == {"expression": 3}
+    with pytest.raises(AffbenchError, match=r"checkpoint given is a n_classes=3 model, but n_classes=7 was asked"):
+        create_encoder("emotiram-f", n_classes=7, pretrained=path)
     with pytest.raises(AffbenchError, match="shares no weights"):
         create_encoder("inceptionv3-mtl", pretrained=path)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -216,6 +218,7 @@ def test_partial_load_keeps_the_rest_and_says_so(tmp_path):
         report = load_checkpoint(model, path, partial=True)
     assert report.mismatched and all(key.startswith("head.3.") for key in report.mismatched)
     assert "kept their fresh initialisation: head.3.weight" in model.spec.init
+    assert model.spec.fresh == ("head.3.weight", "head.3.bias")
 
 
 # ----------------------------------------------------------------------------------------- ImageNet weights
@@ -268,6 +271,7 @@ def test_emotiram_f_is_the_caer_net_s_face_stream():
     convs = [m for m in model.features.modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128, 256, 256]
     assert all(c.kernel_size == (3, 3) for c in convs)
+    assert all(c.bias is not None for c in convs)  # conv with bias, then BN, as both CAER codes build it
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.features.modules()) == 5
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.features.modules()) == 5
     head = [m for m in model.head if isinstance(m, nn.Conv2d)]
@@ -461,15 +465,24 @@ def test_megraph_loads_a_public_style_checkpoint_and_ignores_its_edge_head(tmp_p
     assert torch.equal(model.head.gnn.bne1.running_var, source.head.gnn.bne1.running_var)
 
 
-def test_megraph_stage_one_checkpoint_initialises_stage_two(tmp_path):
+def test_megraph_stage_two_starts_from_a_stage_one_checkpoint_only_when_asked(tmp_path):
     torch.manual_seed(0)
     stage1 = create_encoder("megraph-au", stage=1)
     assert hasattr(stage1.head.gnn, "U") and not hasattr(stage1.head, "edge_extractor")
     path = tmp_path / "stage1.pt"
     torch.save(stage1.state_dict(), path)
-    stage2 = create_encoder("megraph-au", pretrained=path)
+    stage2 = create_encoder("megraph-au", stage1_checkpoint=path)
+    assert stage2.spec.options["stage"] == 2
     assert torch.equal(stage2.head.class_linears[3].fc.weight, stage1.head.class_linears[3].fc.weight)
     assert "ANFL (stage 1) layout" in stage2.spec.init and "head.edge_extractor" in stage2.spec.init
+    # MEFL is new by request: 19 tensors of the edge extractor, 30 of the gated GCN.
+    assert len(stage2.spec.fresh) == 49 and all(k.startswith(("head.edge_extractor.", "head.gnn.")) for k in stage2.spec.fresh)
+    with pytest.raises(AffbenchError, match="stage=1 model, but stage=2 was asked"):
+        create_encoder("megraph-au", stage=2, pretrained=path)
+    stage2_file = tmp_path / "stage2.pt"
+    torch.save(stage2.state_dict(), stage2_file)
+    with pytest.raises(AffbenchError, match="not a stage-1"):
+        create_encoder("megraph-au", stage1_checkpoint=stage2_file)
 
 
 def test_megraph_au_scores_are_cosine_similarities_in_unit_interval():
@@ -502,8 +515,14 @@ def test_emotiram_fau_megraph_starts_from_a_megraph_au_checkpoint(tmp_path):
     mine = model.au_model.state_dict()
     assert all(torch.equal(mine[key], value) for key, value in source.state_dict().items())
     assert model.expression_head.in_features == 8 and model.expression_head.out_features == 7
-    with pytest.raises(AffbenchError, match="not a megraph-au checkpoint"):
+    with pytest.raises(AffbenchError, match="n_aus=8 model, but n_aus=12 was asked"):
         create_encoder("emotiram-fau-megraph", n_aus=12, au_checkpoint=path)
+    # A stage-1 AU model gives a stage-1 AU part, nothing left fresh but the expression layer.
+    stage1 = tmp_path / "stage1.pt"
+    torch.save(create_encoder("megraph-au", stage=1).state_dict(), stage1)
+    model = create_encoder("emotiram-fau-megraph", au_checkpoint=stage1)
+    assert model.spec.options["stage"] == 1
+    assert set(model.spec.fresh) == {"expression_head.weight", "expression_head.bias"}
 
 
 # ----------------------------------------------------------------------------------------- InceptionV3 models
@@ -583,37 +602,7 @@ def test_smm_loads_an_abaw3_checkpoint(tmp_path):
     assert torch.equal(model.au_weight, state["emotion_classifiers.0.fc.weight"])
     assert torch.equal(model.roi_embeddings[5].conv2[1].running_mean, state["AU_Metric_Modules.5.Conv2.1.running_mean"])
     assert torch.equal(model.message_maps[16].weight, state["transformation_matrices.16.weight"])
-    # The paper's heads have no bias: the public code's biases do not fit them.
-    with pytest.raises(AffbenchError, match="unexpected"):
-        create_encoder("smm-emotionnet", pretrained=path)
-
-
-def test_inceptionv3_mtl_reads_the_abaw3_baseline_partly(tmp_path):
-    torch.manual_seed(0)
-    template = create_encoder("inceptionv3-mtl")
-    state = {}
-    for key, value in template.trunk.state_dict().items():
-        name, rest = key.split(".", 1)
-        state[f"backbone_CNN.{trunks.INCEPTION_TO_MIXED_6E.index(name)}.{rest}"] = torch.randn_like(value) if value.is_floating_point() else value
-    # The public Baseline_Model: tasks AU, EXPR, VA; per-AU 768x16 branches for AU, one for EXPR and VA.
-    for au in range(12):
-        state[f"emotion_metric_modules.0.{au}.0.weight"] = torch.randn(16, 768)
-        state[f"emotion_metric_modules.0.{au}.0.bias"] = torch.randn(16)
-    state["emotion_classifiers.0.fc.weight"], state["emotion_classifiers.0.fc.bias"] = torch.randn(12, 16), torch.randn(12)
-    for index, classes in ((1, 8), (2, 2)):
-        state[f"emotion_metric_modules.{index}.0.weight"] = torch.randn(16, 768)
-        state[f"emotion_metric_modules.{index}.0.bias"] = torch.randn(16)
-        state[f"emotion_classifiers.{index}.weight"] = torch.randn(classes, 16)
-        state[f"emotion_classifiers.{index}.bias"] = torch.randn(classes)
-    path = tmp_path / "baseline.ckpt"
-    torch.save({"state_dict": state}, path)
-    with pytest.raises(AffbenchError, match="au_branch"):
-        create_encoder("inceptionv3-mtl", pretrained=path)
-    model = create_encoder("inceptionv3-mtl")
-    with pytest.warns(UserWarning, match="Partial load"):
-        report = load_checkpoint(model, path, partial=True)
-    assert report.layout == "ABAW3 baseline"
-    assert torch.equal(model.expression_branch[0].weight, state["emotion_metric_modules.1.0.weight"])
-    assert torch.equal(model.va_branch[2].bias, state["emotion_classifiers.2.bias"])
-    assert torch.equal(model.trunk.Conv2d_1a_3x3.conv.weight, state["backbone_CNN.0.conv.weight"])
-    assert "au_branch.0.weight" in model.spec.init
+    # The paper's heads have no bias; left out, head_bias follows the checkpoint, asked for, it is refused.
+    assert create_encoder("smm-emotionnet", pretrained=path).spec.options["head_bias"] is True
+    with pytest.raises(AffbenchError, match="head_bias=True model, but head_bias=False was asked"):
+        create_encoder("smm-emotionnet", head_bias=False, pretrained=path)

@@ -23,12 +23,17 @@ What a training harness needs to know:
   landmarks in crop pixels and the AU intensities in ``spec.aus`` order (see
   :func:`affbench.encoders.fan.au_points` for the point rule).
 - ``create_encoder(spec.name, **spec.options)`` rebuilds an architecture; ``pretrained=PATH`` (or
-  :func:`load_checkpoint`) loads a state dict saved from it. emotiram-fau / emotiram-fau-megraph take
-  ``au_checkpoint=PATH`` of a fan-au / megraph-au model to start from.
+  :func:`load_checkpoint`) loads a state dict saved from it or a published checkpoint the family
+  maps, and the options left out follow the checkpoint's structure. A load that would leave a
+  tensor at its fresh initialisation is refused unless ``partial_load=True``; ``spec.fresh`` lists
+  those that did (a new head asked for, or what partial_load let through). emotiram-fau /
+  emotiram-fau-megraph take ``au_checkpoint=PATH`` of a fan-au / megraph-au model to start from;
+  megraph-au takes ``stage1_checkpoint=PATH`` to start stage 2 from stage 1.
 - ``spec.init`` says in words how the weights were initialised; record it with every result.
 """
 
 from affbench.encoders.registry import (
+    WEIGHT_OPTIONS,
     Encoder,
     EncoderSpec,
     count_parameters,
@@ -63,7 +68,7 @@ def check_weights_available(name: str, **options) -> None:
     pretrained = options.get("pretrained")
     if pretrained is None:
         return
-    spec = get_encoder_spec(name, **{k: v for k, v in options.items() if k not in ("pretrained", "au_checkpoint")})
+    spec = get_encoder_spec(name, **{k: v for k, v in options.items() if k not in WEIGHT_OPTIONS})
     if pretrained == "imagenet":
         if spec.family not in IMAGENET_WEIGHTS:
             raise AffbenchError(
@@ -77,6 +82,7 @@ __all__ = [
     "Encoder",
     "EncoderSpec",
     "LoadReport",
+    "WEIGHT_OPTIONS",
     "check_weights_available",
     "count_parameters",
     "create_encoder",

@@ -441,7 +441,7 @@ def _load_imagenet(model) -> str:
 @register_encoder(spec=_fan_au_spec)
 def fan_au(
     *, aus=DISFA_AUS, input_size: int = 256, graph_nodes: str = "channels", input_normalisation: str = "imagenet",
-    heatmap_scale: float = 1.0, pretrained=None,
+    heatmap_scale: float = 1.0, pretrained=None, partial_load: bool = False,
 ) -> FanAU:
     """Fan et al. AU heatmap net: ResNet-50, 3 deconv+SCC (kNN k=7), 2 heatmaps per AU; 256x256; DISFA 12 AUs.
 
@@ -450,13 +450,14 @@ def fan_au(
     """
     spec = _fan_au_spec("fan-au", dict(aus=aus, input_size=input_size, graph_nodes=graph_nodes,
                                        input_normalisation=input_normalisation, heatmap_scale=heatmap_scale))
-    return apply_pretrained(FanAU(spec), pretrained, _load_imagenet)
+    return apply_pretrained(FanAU(spec), pretrained, _load_imagenet, partial=partial_load)
 
 
 @register_encoder(spec=_emotiram_fau_spec)
 def emotiram_fau(
     *, n_classes: int = 7, aus=BP4D_INTENSITY_AUS, input_size: int = 96, graph_nodes: str = "channels",
     input_normalisation: str = "imagenet", heatmap_scale: float = 1.0, pretrained=None, au_checkpoint=None,
+    partial_load: bool = False,
 ) -> EmotiRAMFAU:
     """EmotiRAM-FAU: Fan et al.'s net (10 points) on 96x96 -> 10x24x24 -> FC 5760-2048-1024-512-256-7.
 
@@ -478,6 +479,7 @@ def emotiram_fau(
         load_au_checkpoint(
             model, au_checkpoint, source="fan-au", prefix="",
             missing_ok=("bottleneck.",), mismatch_ok=("heatmap_net.scc", "heatmap_net.heatmap_head."),
+            partial=partial_load,
         )
         return model
-    return apply_pretrained(model, pretrained, _load_imagenet)
+    return apply_pretrained(model, pretrained, _load_imagenet, partial=partial_load)

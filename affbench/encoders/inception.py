@@ -19,14 +19,19 @@ AU transformer:
   transformer) into the message space; the U results are averaged and two linear layers without
   bias give the expression logits (8) and valence/arousal (2).
 
-**inceptionv3-mtl** -- the paper's multitask baseline: the trunk, global max pooling over the 17x17
-map (as the public code does), then one branch per task, FC 768 -> 16, ReLU, FC 16 -> C.
+**inceptionv3-mtl** -- the paper's multitask baseline as the public code builds it: the trunk,
+global max pooling over the 17x17 map, then per task: EXPR and VA one branch FC 768 -> 16, ReLU,
+FC 16 -> C; AU (``au_branch="per-au"``, default) one FC 768 -> 16 + ReLU per AU, and AU i's logit
+is the dot product of its 16 values with a per-AU weight vector plus a bias.
+``au_branch="shared"`` builds one shared 768 -> 16 -> 12 branch instead.
 
-The public code (wtomin/ABAW3_MultiEmotionNet) differs from the paper in two places, and affbench
-follows the paper by default: its AU and message heads have biases (``head_bias=True`` builds them,
-so its checkpoints load), and its baseline's AU branch is twelve per-AU 768 -> 16 layers with a
-per-AU dot product (its checkpoints load into inceptionv3-mtl only partly, see ``load_checkpoint``).
-Its auxiliary attention-classification layer feeds no output and is not built.
+Checkpoints of the public code (wtomin/ABAW3_MultiEmotionNet: Lightning files, a ``state_dict``,
+optionally with a ``model.`` prefix) load into both variants key for key. The public heads have
+biases where the paper's SMM-EmotionNet has none: ``head_bias`` (default: the checkpoint's, else
+False, the paper) builds them. Structure options left out follow a checkpoint given as
+``pretrained`` (``head_bias``, ``au_branch``, the AU and class counts). The auxiliary
+attention-classification layer of the public SMM model feeds no output and is not built; its tensors
+(and the positional-encoding buffer, recomputed here) are not used.
 """
 
 from __future__ import annotations
@@ -38,12 +43,12 @@ import torch
 from torch import nn
 
 from affbench.encoders.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_positive, register_encoder,
+    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
 )
 from affbench.encoders.trunks import (
     INCEPTION_MIXED_6E_CHANNELS, INCEPTION_TO_MIXED_6E, inception_v3_to_mixed_6e, load_inception_imagenet,
 )
-from affbench.encoders.weights import apply_pretrained
+from affbench.encoders.weights import apply_pretrained, is_checkpoint_path, read_state_dict
 from affbench.errors import AffbenchError
 
 #: Dropout on the ROI embeddings plus positions (the public code's default).
@@ -150,7 +155,7 @@ class SMMEmotionNet(_InceptionEncoder):
 
     # -------------------------------------------------------------- key-mapping hook
 
-    def map_checkpoint_keys(self, state):
+    def map_checkpoint_keys(self, state, config=None):
         if not any(k.startswith("backbone_CNN.") for k in state):
             return state, "affbench"
         renamed = {}
@@ -180,6 +185,7 @@ class SMMEmotionNet(_InceptionEncoder):
 
     def expected_checkpoint_gaps(self, layout):
         if layout == "ABAW3 MultiEmotionNet":
+            # The attention classifier feeds no output; the position table is recomputed, not learned.
             return (), ("AU_attention_classification_module.", "positional_encoding.")
         return (), ()
 
@@ -187,11 +193,55 @@ class SMMEmotionNet(_InceptionEncoder):
 def _mtl_spec(name: str, options: dict) -> EncoderSpec:
     for option in ("n_aus", "n_classes", "branch_dim", "input_size"):
         check_positive(name, option, options[option])
+    check_choice(name, "au_branch", options["au_branch"], AU_BRANCHES)
     return _multitask_spec(name, options)
 
 
+#: inceptionv3-mtl's AU branch: per-AU embeddings and dot products (public code), or one shared branch.
+AU_BRANCHES = ("per-au", "shared")
+
+
+def _pretrained_state(options: dict) -> dict | None:
+    path = options.get("pretrained")
+    return read_state_dict(path) if path is not None and is_checkpoint_path(path) else None
+
+
+def _infer_smm(options: dict) -> dict:
+    state = _pretrained_state(options)
+    if state is None:
+        return {}
+    implied = {}
+    for weight, bias in (("emotion_classifiers.0.fc.weight", "emotion_classifiers.0.fc.bias"), ("au_weight", "au_bias")):
+        if weight in state:
+            implied["n_aus"] = int(state[weight].shape[0])
+            implied["head_bias"] = bias in state
+    for key in ("emotion_classifiers.1.weight", "expression_head.weight"):
+        if key in state:
+            implied["n_classes"] = int(state[key].shape[0])
+    return implied
+
+
+def _infer_mtl(options: dict) -> dict:
+    state = _pretrained_state(options)
+    if state is None:
+        return {}
+    implied = {}
+    if "emotion_metric_modules.0.0.0.weight" in state or "au_embeddings.0.weight" in state:
+        implied["au_branch"] = "per-au"
+        classifier = state.get("emotion_classifiers.0.fc.weight", state.get("au_classifier.weight"))
+        if classifier is not None:
+            implied["n_aus"] = int(classifier.shape[0])
+    elif "au_branch.2.weight" in state:
+        implied["au_branch"] = "shared"
+        implied["n_aus"] = int(state["au_branch.2.weight"].shape[0])
+    for key in ("emotion_classifiers.1.weight", "expression_branch.2.weight"):
+        if key in state:
+            implied["n_classes"] = int(state[key].shape[0])
+    return implied
+
+
 class InceptionV3Multitask(_InceptionEncoder):
-    """InceptionV3 to Mixed_6e, global max pooling, a 768-16-C branch per task."""
+    """InceptionV3 to Mixed_6e, global max pooling, a 768-16-C branch per task (per-AU for AU)."""
 
     def __init__(self, spec: EncoderSpec):
         super().__init__()
@@ -199,14 +249,25 @@ class InceptionV3Multitask(_InceptionEncoder):
         width = spec.options["branch_dim"]
         self.trunk = inception_v3_to_mixed_6e()
         for task, size in spec.heads.items():
+            if task == "au" and spec.options["au_branch"] == "per-au":
+                self.au_embeddings = nn.ModuleList(nn.Linear(INCEPTION_MIXED_6E_CHANNELS, width) for _ in range(size))
+                self.au_classifier = nn.Linear(width, size)  # row i is AU i's weight vector
+                continue
             branch = nn.Sequential(nn.Linear(INCEPTION_MIXED_6E_CHANNELS, width), nn.ReLU(inplace=True), nn.Linear(width, size))
             setattr(self, f"{task}_branch", branch)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self.trunk(images).amax(dim=(-2, -1))
-        return {task: getattr(self, f"{task}_branch")(pooled) for task in self.spec.heads}
+        out = {}
+        for task in self.spec.heads:
+            if task == "au" and hasattr(self, "au_embeddings"):
+                embeddings = torch.stack([torch.relu(layer(pooled)) for layer in self.au_embeddings], dim=1)
+                out[task] = (embeddings * self.au_classifier.weight).sum(dim=-1) + self.au_classifier.bias
+            else:
+                out[task] = getattr(self, f"{task}_branch")(pooled)
+        return out
 
-    def map_checkpoint_keys(self, state):
+    def map_checkpoint_keys(self, state, config=None):
         if not any(k.startswith("backbone_CNN.") for k in state):
             return state, "affbench"
         renamed = {}
@@ -214,33 +275,38 @@ class InceptionV3Multitask(_InceptionEncoder):
             new = key
             if key.startswith("backbone_CNN."):
                 new = _abaw3_trunk_key(key)
+            elif match := re.match(r"emotion_metric_modules\.0\.(\d+)\.0\.(weight|bias)", key):
+                new = f"au_embeddings.{match[1]}.{match[2]}"
+            elif match := re.match(r"emotion_classifiers\.0\.fc\.(weight|bias)", key):
+                new = f"au_classifier.{match[1]}"
             elif match := re.match(r"emotion_metric_modules\.([12])\.0\.(weight|bias)", key):
                 new = ("expression" if match[1] == "1" else "va") + f"_branch.0.{match[2]}"
             elif match := re.match(r"emotion_classifiers\.([12])\.(weight|bias)", key):
                 new = ("expression" if match[1] == "1" else "va") + f"_branch.2.{match[2]}"
             renamed[new] = value
-        # The public baseline's AU branch (per-AU 768x16 layers) has no counterpart: its keys stay
-        # unmatched, so only load_checkpoint(..., partial=True) accepts such a file.
-        return renamed, "ABAW3 baseline"
+        return renamed, "ABAW3 Baseline_Model"
 
 
-@register_encoder(spec=_smm_spec)
+@register_encoder(spec=_smm_spec, infer=_infer_smm)
 def smm_emotionnet(
     *, n_aus: int = 12, n_rois: int = 17, n_classes: int = 8, embed_dim: int = 16, n_heads: int = 8,
-    ff_dim: int = 1024, head_bias: bool = False, input_size: int = 299, pretrained=None,
+    ff_dim: int = 1024, head_bias: bool = False, input_size: int = 299, pretrained=None, partial_load: bool = False,
 ) -> SMMEmotionNet:
     """SMM-EmotionNet: InceptionV3 (Mixed_6e), 17 ROI attention+embeddings (D=16), 1 transformer layer, AU dot products, message space -> EXPR 8, VA 2."""
     options = dict(
         n_aus=n_aus, n_rois=n_rois, n_classes=n_classes, embed_dim=embed_dim, n_heads=n_heads, ff_dim=ff_dim,
         head_bias=head_bias, input_size=input_size,
     )
-    return apply_pretrained(SMMEmotionNet(_smm_spec("smm-emotionnet", options)), pretrained, lambda m: m.load_imagenet())
+    model = SMMEmotionNet(_smm_spec("smm-emotionnet", options))
+    return apply_pretrained(model, pretrained, lambda m: m.load_imagenet(), partial=partial_load)
 
 
-@register_encoder(spec=_mtl_spec)
+@register_encoder(spec=_mtl_spec, infer=_infer_mtl)
 def inceptionv3_mtl(
-    *, n_aus: int = 12, n_classes: int = 8, branch_dim: int = 16, input_size: int = 299, pretrained=None,
+    *, n_aus: int = 12, n_classes: int = 8, branch_dim: int = 16, au_branch: str = "per-au", input_size: int = 299,
+    pretrained=None, partial_load: bool = False,
 ) -> InceptionV3Multitask:
-    """InceptionV3 multitask baseline: Mixed_6e trunk, max pool, per-task branch 768x16 -> 16xC (AU 12, EXPR 8, VA 2)."""
-    options = dict(n_aus=n_aus, n_classes=n_classes, branch_dim=branch_dim, input_size=input_size)
-    return apply_pretrained(InceptionV3Multitask(_mtl_spec("inceptionv3-mtl", options)), pretrained, lambda m: m.load_imagenet())
+    """InceptionV3 multitask baseline: Mixed_6e trunk, max pool, per-task branch 768x16 -> 16xC (AU: per-AU 768x16 + dot product; EXPR 8, VA 2)."""
+    options = dict(n_aus=n_aus, n_classes=n_classes, branch_dim=branch_dim, au_branch=au_branch, input_size=input_size)
+    model = InceptionV3Multitask(_mtl_spec("inceptionv3-mtl", options))
+    return apply_pretrained(model, pretrained, lambda m: m.load_imagenet(), partial=partial_load)

@@ -18,15 +18,21 @@ Unit Recognition", ResNet-50 version:
   non-negative vector s_i: a probability in [0, 1] (no sigmoid).
 
 The reference trains in two stages (stage 1: AFG + FGG; stage 2: AFG + MEFL, initialised from
-stage 1). ``stage=2`` (default) builds the evaluated model; ``stage=1`` the first-stage model; a
-stage-1 checkpoint loads into a stage-2 model (the MEFL weights then start fresh, as in the
-reference). The stage-2 auxiliary classifier of edge co-occurrence (4 classes per ordered AU pair,
-label 2*y_i + y_j) is built with ``edge_head=True``; it then adds an ``au_edges`` output
+stage 1). ``stage=2`` (default) builds the evaluated model; ``stage=1`` the first-stage (ANFL)
+model. ``create_encoder("megraph-au", stage1_checkpoint=PATH)`` starts a stage-2 model from a
+stage-1 checkpoint as the reference's ``train_stage2.py --resume`` does: AFG, the trunk and the
+classifier vectors are loaded, MEFL (49 tensors) starts fresh by request and is listed in
+``spec.fresh``. The stage-2 auxiliary classifier of edge co-occurrence (4 classes per ordered AU
+pair, label 2*y_i + y_j) is built with ``edge_head=True``; it then adds an ``au_edges`` output
 (B, n_aus**2, 4) and :func:`edge_targets` gives its labels.
 
-Module names follow the reference, so its public ResNet-50 checkpoints (``MEFARG_resnet50_*.pth``,
-a dict with ``state_dict``, keys prefixed ``module.``) load key for key; ``head.edge_fc.*`` is
-ignored when the model is built without the edge head.
+Module names follow the reference, so its public ResNet-50 checkpoints (``MEFARG_resnet50_*.pth``
+and the stage-1 files, a dict with ``state_dict``, keys prefixed ``module.``) load key for key. With
+``pretrained=PATH`` the structure follows the checkpoint where the option is left out: the AU count
+(``head.sc``), the stage (FGG or MEFL tensors) and, through the AU count, the neighbour count k of
+the facial graph (3 for 8 AUs, 4 otherwise, as the reference's DISFA and BP4D configs). An option
+that contradicts the checkpoint is refused. ``head.edge_fc.*`` is not used when the model is built
+without the edge head (it feeds only ``au_edges``).
 
 **emotiram-fau-megraph** -- megraph-au's AU probabilities, then one FC layer to 7 emotions; outputs
 both ``au`` (kept for the thesis's AU-retention tables) and ``expression``. ``au_checkpoint`` loads a
@@ -45,7 +51,7 @@ from affbench.encoders.registry import (
     IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
 )
 from affbench.encoders.trunks import ResNet50Trunk
-from affbench.encoders.weights import apply_pretrained, load_au_checkpoint
+from affbench.encoders.weights import apply_pretrained, is_checkpoint_path, load_au_checkpoint, read_state_dict
 from affbench.errors import AffbenchError
 
 #: DISFA's detection protocol AUs, the default head of megraph-au.
@@ -54,6 +60,52 @@ DISFA_DETECTION_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
 NODE_DIM = 512
 #: Classes of the edge co-occurrence head: 2 * y_i + y_j for binary AU labels.
 EDGE_CLASSES = 4
+#: MEFL's tensor prefixes: what a stage-2 model started from a stage-1 checkpoint learns from scratch.
+MEFL_PREFIXES = ("head.edge_extractor.", "head.gnn.", "head.edge_fc.")
+#: FGG's tensor prefixes: the stage-1 graph that stage 2 leaves behind.
+FGG_PREFIXES = ("head.gnn.U.", "head.gnn.V.", "head.gnn.bnv.")
+
+
+def reference_neighbours(n_aus: int) -> int:
+    """The facial graph's k in the reference configs: 3 for DISFA's 8 AUs, 4 for BP4D's 12 (and the code's default)."""
+    return 3 if n_aus == 8 else 4
+
+
+def checkpoint_structure(state: dict[str, torch.Tensor], prefix: str = "") -> dict:
+    """The megraph-au options a state dict implies: ``n_aus`` and ``stage`` (empty if it is no ME-GraphAU)."""
+    sc = state.get(prefix + "head.sc")
+    if sc is None or sc.ndim != 2:
+        return {}
+    structure = {"n_aus": int(sc.shape[0])}
+    if prefix + "head.gnn.U.weight" in state:
+        structure["stage"] = 1
+    elif any(key.startswith(prefix + "head.edge_extractor.") for key in state):
+        structure["stage"] = 2
+    return structure
+
+
+def _state_of(options: dict, option: str) -> dict | None:
+    path = options.get(option)
+    return read_state_dict(path) if path is not None and is_checkpoint_path(path) else None
+
+
+def _infer_megraph(options: dict) -> dict:
+    if (state := _state_of(options, "pretrained")) is not None:
+        return checkpoint_structure(state)
+    if (state := _state_of(options, "stage1_checkpoint")) is not None:
+        return {key: value for key, value in checkpoint_structure(state).items() if key == "n_aus"}
+    return {}
+
+
+def _infer_emotiram_megraph(options: dict) -> dict:
+    if (state := _state_of(options, "pretrained")) is not None:
+        implied = checkpoint_structure(state, prefix="au_model.")
+        if (head := state.get("expression_head.weight")) is not None:
+            implied["n_classes"] = int(head.shape[0])
+        return implied
+    if (state := _state_of(options, "au_checkpoint")) is not None:
+        return checkpoint_structure(state)
+    return {}
 
 
 def edge_targets(au_labels: torch.Tensor) -> torch.Tensor:
@@ -219,6 +271,8 @@ class MEGraphHead(nn.Module):
 
 def _megraph_spec(name: str, options: dict) -> EncoderSpec:
     check_positive(name, "n_aus", options["n_aus"])
+    if options["neighbours"] is None:
+        options = {**options, "neighbours": reference_neighbours(options["n_aus"])}
     check_positive(name, "input_size", options["input_size"])
     check_positive(name, "neighbours", options["neighbours"])
     check_choice(name, "stage", options["stage"], (1, 2))
@@ -240,7 +294,7 @@ def _emotiram_megraph_spec(name: str, options: dict) -> EncoderSpec:
     return EncoderSpec(
         name=name, family="megraph", input_size=au_spec.input_size, mean=au_spec.mean, std=au_spec.std,
         heads={"au": options["n_aus"], "expression": options["n_classes"]}, au_output="probabilities",
-        options=dict(options),
+        options={**options, "neighbours": au_spec.options["neighbours"]},
     )
 
 
@@ -266,7 +320,7 @@ class MEGraphAU(Encoder):
 
     # -------------------------------------------------------------- key-mapping hook
 
-    def map_checkpoint_keys(self, state):
+    def map_checkpoint_keys(self, state, config=None):
         if any(k.startswith("head.edge_extractor.") for k in state):
             return state, "MEFL (stage 2)"
         if "head.gnn.U.weight" in state:
@@ -274,17 +328,11 @@ class MEGraphAU(Encoder):
         return state, "affbench"
 
     def expected_checkpoint_gaps(self, layout):
-        stage, has_edge_fc = self.head.stage, hasattr(self.head, "edge_fc")
+        # A stage-1 file in a stage-2 model (or the reverse) is not a gap: the structure follows the
+        # checkpoint, and stage 2 starts from stage 1 only through ``stage1_checkpoint``.
         missing_ok, unexpected_ok = [], ["backbone.fc."]
-        if layout.startswith("ANFL") and stage == 2:
-            # The reference's stage 2 starts from stage 1: MEFL is new, FGG is left behind.
-            missing_ok += ["head.edge_extractor.", "head.gnn.", "head.edge_fc."]
-            unexpected_ok += ["head.gnn.U.", "head.gnn.V.", "head.gnn.bnv."]
-        elif layout.startswith("MEFL") and stage == 1:
-            missing_ok += ["head.gnn."]
-            unexpected_ok += ["head.edge_extractor.", "head.gnn.", "head.edge_fc."]
-        elif layout.startswith("MEFL"):
-            (missing_ok if has_edge_fc else unexpected_ok).append("head.edge_fc.")
+        if layout.startswith("MEFL"):
+            (missing_ok if hasattr(self.head, "edge_fc") else unexpected_ok).append("head.edge_fc.")
         return tuple(missing_ok), tuple(unexpected_ok)
 
 
@@ -311,26 +359,48 @@ def _load_imagenet(model) -> str:
     return model.load_imagenet()
 
 
-@register_encoder(spec=_megraph_spec)
+@register_encoder(spec=_megraph_spec, infer=_infer_megraph)
 def megraph_au(
-    *, n_aus: int = 8, input_size: int = 224, stage: int = 2, neighbours: int = 3, edge_head: bool = False,
-    pretrained=None,
+    *, n_aus: int = 8, input_size: int = 224, stage: int = 2, neighbours: int | None = None, edge_head: bool = False,
+    pretrained=None, stage1_checkpoint=None, partial_load: bool = False,
 ) -> MEGraphAU:
-    """ME-GraphAU (ResNet-50): AU node features (AFG), kNN facial graph (FGG), multi-dimensional edges (MEFL); DISFA 8 AUs; probabilities."""
+    """ME-GraphAU (ResNet-50): AU node features (AFG), kNN facial graph (FGG), multi-dimensional edges (MEFL); DISFA 8 AUs; probabilities.
+
+    ``neighbours`` (k of the stage-1 facial graph) defaults to the reference configs' value for the
+    AU count: 3 for 8 AUs, 4 otherwise. ``pretrained=PATH`` builds the structure of the checkpoint
+    (AU count, stage); ``stage1_checkpoint=PATH`` starts stage 2 from a stage-1 (ANFL) checkpoint,
+    MEFL fresh, as the reference's second training stage does.
+    """
     options = dict(n_aus=n_aus, input_size=input_size, stage=stage, neighbours=neighbours, edge_head=edge_head)
-    return apply_pretrained(MEGraphAU(_megraph_spec("megraph-au", options)), pretrained, _load_imagenet)
+    model = MEGraphAU(_megraph_spec("megraph-au", options))
+    if stage1_checkpoint is None:
+        return apply_pretrained(model, pretrained, _load_imagenet, partial=partial_load)
+    if pretrained is not None:
+        raise AffbenchError("Encoder 'megraph-au': give either pretrained or stage1_checkpoint, not both.")
+    if stage != 2:
+        raise AffbenchError("Encoder 'megraph-au': stage1_checkpoint starts a stage-2 model; leave stage out (or stage=2).")
+    if checkpoint_structure(read_state_dict(stage1_checkpoint)).get("stage") != 1:
+        raise AffbenchError(
+            f"Encoder 'megraph-au': stage1_checkpoint {stage1_checkpoint} is not a stage-1 (ANFL) checkpoint; "
+            "pass a stage-2 checkpoint as pretrained."
+        )
+    load_au_checkpoint(
+        model, stage1_checkpoint, source="megraph-au stage 1", prefix="", submodule=model,
+        missing_ok=MEFL_PREFIXES, unexpected_ok=FGG_PREFIXES, partial=partial_load, option="stage1_checkpoint",
+    )
+    return model
 
 
-@register_encoder(spec=_emotiram_megraph_spec)
+@register_encoder(spec=_emotiram_megraph_spec, infer=_infer_emotiram_megraph)
 def emotiram_fau_megraph(
-    *, n_aus: int = 8, n_classes: int = 7, input_size: int = 224, stage: int = 2, neighbours: int = 3,
-    pretrained=None, au_checkpoint=None,
+    *, n_aus: int = 8, n_classes: int = 7, input_size: int = 224, stage: int = 2, neighbours: int | None = None,
+    pretrained=None, au_checkpoint=None, partial_load: bool = False,
 ) -> EmotiRAMFAUMEGraph:
     """EmotiRAM-FAU-ME-Graph: megraph-au's AU probabilities -> one FC layer -> 7 emotions; outputs au and expression.
 
     ``au_checkpoint`` loads a megraph-au checkpoint (trained by affbench, or the public ME-GraphAU
-    ResNet-50 one) into the AU part; the expression layer starts fresh. The AU part must match
-    exactly (same n_aus); a stage-1 checkpoint leaves MEFL fresh, as megraph-au documents.
+    ResNet-50 one, stage 1 or 2) into the AU part, whose structure (AU count, stage) follows it; the
+    expression layer starts fresh.
     """
     options = dict(n_aus=n_aus, n_classes=n_classes, input_size=input_size, stage=stage, neighbours=neighbours)
     model = EmotiRAMFAUMEGraph(_emotiram_megraph_spec("emotiram-fau-megraph", options))
@@ -339,7 +409,7 @@ def emotiram_fau_megraph(
             raise AffbenchError("Encoder 'emotiram-fau-megraph': give either pretrained or au_checkpoint, not both.")
         load_au_checkpoint(
             model, au_checkpoint, source="megraph-au", prefix="au_model.", submodule=model.au_model,
-            missing_ok=("expression_head.",),
+            missing_ok=("expression_head.",), partial=partial_load,
         )
         return model
-    return apply_pretrained(model, pretrained, _load_imagenet)
+    return apply_pretrained(model, pretrained, _load_imagenet, partial=partial_load)

@@ -11,6 +11,12 @@ settings. ``spec`` is a cheap function ``spec(name, options) -> EncoderSpec`` th
 metadata from the resolved options without building a network, so that :func:`get_encoder_spec`
 can answer at once (input size, normalisation, heads) and the harness can plan before it builds.
 
+``infer`` (optional) is ``infer(options) -> dict``: the architecture options implied by the
+checkpoints the options name (``pretrained``, ``au_checkpoint``...), e.g. the AU count of a
+checkpoint's head. An option the caller leaves out follows the checkpoint; one the caller gives
+that contradicts it is refused, so a published checkpoint loads with default options and a
+structure that cannot hold it is never built silently.
+
 Every built model is an :class:`Encoder`: ``model.spec`` says what it is and how it was initialised,
 and ``model(images)`` returns a dict of task outputs (see :class:`EncoderSpec`).
 """
@@ -38,7 +44,7 @@ AU_OUTPUT_KINDS = ("logits", "probabilities", "intensities")
 #: Options every factory understands but that describe weights rather than architecture; they are
 #: left out of ``EncoderSpec.options`` so that ``create_encoder(spec.name, **spec.options)`` rebuilds
 #: the same architecture with fresh weights.
-WEIGHT_OPTIONS = ("pretrained", "au_checkpoint")
+WEIGHT_OPTIONS = ("pretrained", "au_checkpoint", "stage1_checkpoint", "partial_load")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,9 @@ class EncoderSpec:
         fixes them (the heatmap models place two points per AU); None otherwise.
     heatmap_size : int or None
         Side of the square heatmaps for the heatmap models (a quarter of ``input_size``).
+    fresh : tuple of str
+        After a checkpoint load: the names of the model tensors that kept their fresh initialisation
+        (a new head the caller asked for, or whatever ``partial_load=True`` let through).
     """
 
     name: str
@@ -87,6 +96,7 @@ class EncoderSpec:
     options: dict[str, Any] = field(default_factory=dict)
     aus: tuple[int, ...] | None = None
     heatmap_size: int | None = None
+    fresh: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.au_output is not None and self.au_output not in AU_OUTPUT_KINDS:
@@ -109,12 +119,16 @@ class Encoder(nn.Module):
 
     spec: EncoderSpec
 
-    def map_checkpoint_keys(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    def map_checkpoint_keys(
+        self, state: dict[str, torch.Tensor], config: dict | None = None
+    ) -> tuple[dict[str, torch.Tensor], str]:
         """Rename the keys of a foreign checkpoint to this model's names.
 
         Returns the renamed state and the name of the layout that was recognised (``"affbench"``
-        when the keys already are this model's own). Families that can read public checkpoints
-        override this.
+        when the keys already are this model's own). ``config`` is the training configuration a
+        trainer saved next to the weights (a dict, read without running code), or None; a family
+        raises AffbenchError when it says the model computed something this one cannot. Families
+        that can read public checkpoints override this.
         """
         return state, "affbench"
 
@@ -127,10 +141,11 @@ class Encoder(nn.Module):
 
 
 _REGISTRY: dict[str, tuple[Callable[..., Encoder], Callable[[str, dict], EncoderSpec] | None, str]] = {}
+_INFER: dict[str, Callable[[dict], dict]] = {}
 
 
 def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], EncoderSpec] | None = None,
-                     name: str | None = None):
+                     name: str | None = None, infer: Callable[[dict], dict] | None = None):
     """Register an encoder factory under ``name`` (default: the function name with ``_`` -> ``-``).
 
     Usable bare (``@register_encoder``) or with arguments (``@register_encoder(spec=...)``).
@@ -143,6 +158,9 @@ def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], 
         reads ``model.spec``; every built-in variant gives one.
     name : str, optional
         Registry name.
+    infer : callable, optional
+        ``infer(options) -> dict``: architecture options implied by the checkpoints named in the
+        caller's options (see the module docstring).
 
     Examples
     --------
@@ -156,6 +174,8 @@ def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], 
         if key in _REGISTRY:
             raise ValueError(f"encoder {key!r} is registered twice")
         _REGISTRY[key] = (factory, spec, factory.__doc__.strip().splitlines()[0] if factory.__doc__ else "")
+        if infer is not None:
+            _INFER[key] = infer
         return factory
 
     return decorate(fn) if fn is not None else decorate
@@ -174,7 +194,8 @@ def _lookup(name: str):
 
 
 def resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The factory's keyword arguments with defaults filled in; unknown options are a user error."""
+    """The factory's keyword arguments: defaults, then what the named checkpoints imply, then the
+    caller's options. Unknown options, and given options that contradict a checkpoint, are user errors."""
     factory, _, _ = _lookup(name)
     parameters = inspect.signature(factory).parameters
     unknown = sorted(set(options) - set(parameters))
@@ -182,6 +203,15 @@ def resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         valid = ", ".join(p for p in parameters)
         raise AffbenchError(f"Encoder {name!r} has no option {unknown[0]!r}; its options are: {valid}.")
     resolved = {key: p.default for key, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    implied = _INFER[name](dict(options)) if name in _INFER else {}
+    if not options.get("partial_load"):
+        for key, value in implied.items():
+            if key in options and options[key] != value:
+                raise AffbenchError(
+                    f"Encoder {name!r}: the checkpoint given is a {key}={value!r} model, but {key}={options[key]!r} "
+                    f"was asked; leave {key} out to follow the checkpoint (or pass partial_load=True)."
+                )
+    resolved.update(implied)
     resolved.update(options)
     return resolved
 
@@ -194,7 +224,8 @@ def get_encoder_spec(name: str, **options) -> EncoderSpec:
     name : str
         A name from :func:`list_encoders`.
     **options
-        The same options :func:`create_encoder` takes; head sizes change ``heads``.
+        The same options :func:`create_encoder` takes; head sizes change ``heads``. A checkpoint
+        path in ``pretrained`` (or ``au_checkpoint``...) is read for the structure it implies.
 
     Examples
     --------

@@ -81,7 +81,7 @@ class VGGFace(Encoder):
         load_trunk_weights(self, load_imagenet_state(VGG16_IMAGENET), drop_prefixes=("classifier.6.",))
         return imagenet_description(VGG16_IMAGENET, "VGG-16 layers (all but the last FC)")
 
-    def map_checkpoint_keys(self, state):
+    def map_checkpoint_keys(self, state, config=None):
         if not is_vgg_face_dag(state):
             return state, "affbench"
         renamed = {}
@@ -99,11 +99,11 @@ class VGGFace(Encoder):
 @register_encoder(spec=_spec)
 def vggface(
     *, task: str = "au", n_aus: int = 12, n_classes: int = 8, input_size: int = 224, normalization=None,
-    pretrained=None,
+    pretrained=None, partial_load: bool = False,
 ) -> VGGFace:
     """VGG-Face single-task baseline: VGG-16 with its last FC layer sized for task= au (12), expression (8) or va (2); 224x224."""
     if normalization is None:
         vggface_weights = isinstance(pretrained, str) and pretrained != "imagenet" or hasattr(pretrained, "__fspath__")
         normalization = "vggface" if vggface_weights and is_vgg_face_dag(read_state_dict(pretrained)) else "imagenet"
     options = dict(task=task, n_aus=n_aus, n_classes=n_classes, input_size=input_size, normalization=normalization)
-    return apply_pretrained(VGGFace(_spec("vggface", options)), pretrained, lambda m: m.load_imagenet())
+    return apply_pretrained(VGGFace(_spec("vggface", options)), pretrained, lambda m: m.load_imagenet(), partial=partial_load)

@@ -3,14 +3,24 @@
 Nothing here downloads. ``"imagenet"`` reads the file torchvision's weights API names, but only from
 ``torch.hub.get_dir()/checkpoints``; where it is missing the error says which file to put where.
 A checkpoint path is read with ``torch.load(weights_only=True)`` (a plain state_dict, or a dict
-holding one under ``"state_dict"`` or ``"model"``), renamed by the family's key-mapping hook
-(:meth:`Encoder.map_checkpoint_keys`), and loaded only if every key matches apart from the gaps the
-family documents for that layout; otherwise one error lists what did not match.
+holding one under ``"state_dict"`` or ``"model"``; DataParallel's ``module.`` and a Lightning
+wrapper's ``model.`` prefix are removed), renamed by the family's key-mapping hook
+(:meth:`Encoder.map_checkpoint_keys`), and loaded only if every model tensor gets a value, apart from
+a new head the caller asked for; anything else is one error naming the count and
+``partial_load=True``. The tensors that kept their fresh initialisation are listed in
+``model.spec.fresh`` either way.
+
+Training scripts that pickle a configuration object next to the weights (the CAER repository's
+trainer saves its ``ConfigParser``) are read without running any of their code: only the names in
+:data:`FOREIGN_OBJECT_NAMES` are allowed besides tensors and plain containers, and each is rebuilt as
+an inert :class:`ForeignObject` (or a path as a string) holding its pickled attributes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,23 +88,74 @@ def load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], *, dro
         )
 
 
-def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, with DataParallel's ``module.`` prefix removed.
+class ForeignObject:
+    """An allow-listed object from a checkpoint, rebuilt without its class: only its attributes."""
 
-    Accepts a plain state dict or a dict holding one under ``"state_dict"`` (Lightning, ME-GraphAU)
-    or ``"model"``.
+    def __setstate__(self, state):
+        self.attributes = state if isinstance(state, dict) else {"state": state}
+
+
+def _path_text(*parts) -> str:
+    """A pickled ``pathlib`` path, kept as text (no path object, no file-system access)."""
+    return "/".join(str(part) for part in parts)
+
+
+#: The only non-tensor globals a checkpoint may name: the CAER trainer's configuration object and the
+#: paths inside it. Everything else that is not a tensor or a plain container is refused by torch.
+FOREIGN_OBJECT_NAMES = {
+    "parse_config.ConfigParser": ForeignObject,
+    "pathlib.PosixPath": _path_text,
+    "pathlib.WindowsPath": _path_text,
+    "pathlib._local.PosixPath": _path_text,
+    "pathlib._local.WindowsPath": _path_text,
+}
+
+
+@dataclass
+class Checkpoint:
+    """The tensors of a checkpoint file and, where its trainer saved one, its configuration dict."""
+
+    state: dict[str, torch.Tensor]
+    config: dict | None = None
+
+
+def _strip_common_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(key.startswith(prefix) for key in state):
+        return {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def read_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint file as tensors only.
+
+    Accepts a plain state dict or a dict holding one under ``"state_dict"`` (Lightning, ME-GraphAU,
+    the CAER trainer) or ``"model"`` (affbench's ``best.pt``). DataParallel's ``module.`` prefix is
+    removed from every key that has it, and a ``model.`` prefix shared by every key (a Lightning
+    module wrapping the network) too. A ``"config"`` entry pickled as an allow-listed object
+    contributes its ``_config`` dict.
     """
     path = Path(path)
     if not path.is_file():
         raise AffbenchError(f"Checkpoint {path} does not exist.")
+    allowed = [(factory, name) for name, factory in FOREIGN_OBJECT_NAMES.items()]
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(exc)):
+            reason = f"it names {found[1]}, which is neither a tensor nor a plain container and is never run"
         raise AffbenchError(
-            f"Could not read checkpoint {path} as tensors only (torch.load weights_only=True): {exc}; "
+            f"Could not read checkpoint {path} as tensors only (torch.load weights_only=True): {reason}; "
             "re-save it with torch.save(model.state_dict(), path)."
         ) from None
+    config = None
     if isinstance(obj, dict):
+        holder = obj.get("config")
+        if isinstance(holder, ForeignObject) and isinstance(holder.attributes.get("_config"), dict):
+            config = holder.attributes["_config"]
+        elif isinstance(holder, dict):
+            config = holder
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
@@ -103,12 +164,23 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         raise AffbenchError(
             f"Checkpoint {path} holds no state dict (expected a dict of tensors, or one under 'state_dict' or 'model')."
         )
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return Checkpoint(_strip_common_prefix(state, "model."), config)
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path).state
 
 
 @dataclass
 class LoadReport:
-    """What :func:`load_checkpoint` did."""
+    """What :func:`load_checkpoint` did.
+
+    ``fresh_expected``: model tensors the caller asked to start fresh (a new head); ``missing`` and
+    ``mismatched``: model tensors the checkpoint did not fill (only with ``partial_load``);
+    ``dropped_expected``: checkpoint tensors that feed nothing this model computes.
+    """
 
     path: str
     sha256: str
@@ -119,6 +191,11 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def fresh(self) -> list[str]:
+        """Every model tensor that kept its fresh initialisation, by name."""
+        return [note.split(" ")[0] for note in self.fresh_expected + self.missing + self.mismatched]
 
     def describe(self) -> str:
         text = f"checkpoint {self.path} (sha256 {self.sha256[:16]}"
@@ -167,6 +244,10 @@ def match_state(model: nn.Module, state: dict[str, torch.Tensor], *, missing_ok=
     return loadable, problems, fresh_ok, dropped_ok
 
 
+def _record(model: Encoder, report: LoadReport, prefix: str = "") -> None:
+    model.spec = dataclasses.replace(model.spec, init=prefix + report.describe(), fresh=tuple(report.fresh))
+
+
 def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadReport:
     """Load a checkpoint into a built encoder through its family's key-mapping hook.
 
@@ -176,26 +257,32 @@ def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadRepor
         A model from :func:`affbench.encoders.create_encoder`.
     path : str or Path
         A state dict saved by affbench, or a public checkpoint whose layout the family maps
-        (ME-GraphAU ResNet-50 for ``megraph-au``; ABAW3 MultiEmotionNet for ``smm-emotionnet`` and,
-        partly, ``inceptionv3-mtl``; VGG-Face ``vgg_face_dag`` for ``vggface``).
+        (ME-GraphAU ResNet-50 stage 1 or 2 for ``megraph-au``; ABAW3 MultiEmotionNet and
+        Baseline_Model for ``smm-emotionnet`` and ``inceptionv3-mtl``; the CAER repository's CAER-S
+        models for ``emotiram-f``; VGG-Face ``vgg_face_dag`` for ``vggface``).
     partial : bool, default False
         Load what matches and keep the rest at its fresh initialisation, with a warning, instead of
-        raising. The tensors left out are named in ``model.spec.init`` either way.
+        raising (the ``partial_load=True`` option of :func:`create_encoder`).
 
     Returns
     -------
     LoadReport
-        Also written, in words, to ``model.spec.init``.
+        Also written to ``model.spec.init`` (in words) and ``model.spec.fresh`` (the names of the
+        tensors that kept their fresh initialisation).
 
     Raises
     ------
     AffbenchError
-        When the file cannot be read, or (unless ``partial``) when keys are missing, left over or of
-        another shape beyond the gaps the family documents for the recognised layout.
+        When the file cannot be read, or (unless ``partial``) when a model tensor would keep its
+        fresh initialisation, or a checkpoint tensor is left over or of another shape, beyond the
+        gaps (a new head, unused tensors) the family documents for the recognised layout.
     """
     path = Path(path).expanduser().resolve()
-    state = read_state_dict(path)
-    state, layout = model.map_checkpoint_keys(state)
+    checkpoint = read_checkpoint(path)
+    try:
+        state, layout = model.map_checkpoint_keys(checkpoint.state, checkpoint.config)
+    except AffbenchError as exc:
+        raise AffbenchError(f"Checkpoint {path}: {exc}") from None
     missing_ok, unexpected_ok = model.expected_checkpoint_gaps(layout)
     loadable, found, fresh_ok, dropped_ok = match_state(
         model, state, missing_ok=missing_ok, unexpected_ok=unexpected_ok
@@ -208,16 +295,17 @@ def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadRepor
         )
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing ({_summary(missing, 3)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_summary(unexpected, 3)})")
+        problems.append(f"{len(missing)} model tensors would keep their fresh initialisation ({_summary(missing, 3)})")
     if mismatched:
-        problems.append(f"{len(mismatched)} of another shape ({_summary(mismatched, 3)})")
+        problems.append(f"{len(mismatched)} of another shape would keep their fresh initialisation "
+                        f"({_summary(mismatched, 3)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} checkpoint tensors have no place in the model ({_summary(unexpected, 3)})")
     if problems and not partial:
         raise AffbenchError(
-            f"Checkpoint {path} does not fit encoder {model.spec.name!r} with options {model.spec.options}: "
-            + "; ".join(problems)
-            + " (load_checkpoint(model, path, partial=True) loads only what matches)."
+            f"Checkpoint {path} ({layout} layout) does not fit encoder {model.spec.name!r} with options "
+            f"{model.spec.options}: " + "; ".join(problems)
+            + "; pass partial_load=True to load only what matches and keep the rest fresh."
         )
     model.load_state_dict(loadable, strict=False)
     report = LoadReport(
@@ -226,21 +314,22 @@ def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadRepor
     )
     if problems:
         warnings.warn(f"Partial load of {path} into {model.spec.name!r}: " + "; ".join(problems), stacklevel=2)
-    model.spec = model.spec.with_init(report.describe())
+    _record(model, report)
     return report
 
 
 def load_au_checkpoint(
     model: Encoder, path, *, source: str, prefix: str, submodule: Encoder | None = None,
-    missing_ok=(), unexpected_ok=(), mismatch_ok=(),
+    missing_ok=(), unexpected_ok=(), mismatch_ok=(), partial: bool = False, option: str = "au_checkpoint",
 ) -> LoadReport:
-    """Start an emotion model from the checkpoint of the AU model it is built on.
+    """Start a model from the checkpoint of a model it is built on (an AU model, or stage 1).
 
-    The checkpoint's keys (renamed by ``submodule``'s key-mapping hook when the AU model is a
+    The checkpoint's keys (renamed by ``submodule``'s key-mapping hook when the source model is a
     submodule, whose documented gaps then apply too) get ``prefix`` and are loaded where name and
-    shape match. Model keys under ``missing_ok`` (the new emotion head) may be absent;
-    keys under ``mismatch_ok`` may differ in shape and then keep their fresh initialisation, which
-    is warned about and written into ``model.spec.init``. Anything else raises one AffbenchError.
+    shape match. Model keys under ``missing_ok`` (the new part the caller asked for: an emotion head,
+    MEFL) may be absent; keys under ``mismatch_ok`` may differ in shape and then keep their fresh
+    initialisation, which is warned about. Anything else raises one AffbenchError unless ``partial``.
+    ``model.spec.init`` and ``model.spec.fresh`` say what was loaded and what kept its fresh values.
     """
     path = Path(path).expanduser().resolve()
     state = read_state_dict(path)
@@ -255,31 +344,40 @@ def load_au_checkpoint(
         model, state, missing_ok=missing_ok, unexpected_ok=unexpected_ok, mismatch_ok=mismatch_ok
     )
     problems = [f"{len(keys)} {kind} ({_summary(keys, 3)})" for kind, keys in found.items() if keys]
-    if problems or not loadable:
+    if not loadable or (problems and not partial):
         raise AffbenchError(
-            f"au_checkpoint {path} is not a {source} checkpoint that fits encoder {model.spec.name!r} "
-            f"with options {model.spec.options}: " + ("; ".join(problems) or "no tensor matches") + "."
+            f"{option} {path} is not a {source} checkpoint that fits encoder {model.spec.name!r} "
+            f"with options {model.spec.options}: " + ("; ".join(problems) or "no tensor matches")
+            + ("; pass partial_load=True to load only what matches." if loadable else ".")
         )
     model.load_state_dict(loadable, strict=False)
     report = LoadReport(
         path=str(path), sha256=file_sha256(path), layout=layout, loaded=len(loadable),
-        fresh_expected=fresh_ok, dropped_expected=dropped_ok,
+        fresh_expected=fresh_ok, dropped_expected=dropped_ok, missing=found["missing"],
+        unexpected=found["unexpected"], mismatched=found["mismatched"],
     )
     reinitialised = [key for key in fresh_ok if not any(key.startswith(p) for p in missing_ok)]
+    reinitialised += found["missing"] + found["mismatched"]
     if reinitialised:
         warnings.warn(
-            f"{model.spec.name}: {len(reinitialised)} tensors of the {source} checkpoint have another shape "
+            f"{model.spec.name}: {len(reinitialised)} tensors are not filled by the {source} checkpoint "
             f"and keep their fresh initialisation: {_summary(reinitialised)}.",
             stacklevel=3,
         )
-    model.spec = model.spec.with_init(f"au_checkpoint ({source}) " + report.describe())
+    _record(model, report, prefix=f"{option} ({source}) ")
     return report
 
 
-def apply_pretrained(model: Encoder, pretrained, load_imagenet) -> Encoder:
+def is_checkpoint_path(value) -> bool:
+    """Whether a ``pretrained`` value names a checkpoint file (not None, not ``"imagenet"``)."""
+    return isinstance(value, os.PathLike) or (isinstance(value, str) and value != "imagenet")
+
+
+def apply_pretrained(model: Encoder, pretrained, load_imagenet, *, partial: bool = False) -> Encoder:
     """Shared handling of the ``pretrained`` option: None, ``"imagenet"`` or a checkpoint path.
 
     ``load_imagenet(model) -> str`` loads the family's ImageNet trunk and returns the ``init`` text.
+    ``partial`` is the factory's ``partial_load`` option (see :func:`load_checkpoint`).
     """
     if pretrained is None:
         return model
@@ -291,7 +389,7 @@ def apply_pretrained(model: Encoder, pretrained, load_imagenet) -> Encoder:
         model.spec = model.spec.with_init(load_imagenet(model))
         return model
     if isinstance(pretrained, (str, os.PathLike)):
-        load_checkpoint(model, pretrained)
+        load_checkpoint(model, pretrained, partial=partial)
         return model
     raise AffbenchError(
         f"Encoder {model.spec.name!r}: pretrained must be None, 'imagenet' or a checkpoint path, got {pretrained!r}."

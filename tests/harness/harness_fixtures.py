@@ -92,7 +92,9 @@ def make_caer(out: Path, *, train_per_class: int = 6, test_per_class: int = 3, d
 DISFA_SUBJECTS = ("SN001", "SN010", "SN006", "SN003", "SN002", "SN013", "SN029")
 
 
-def make_disfa(out: Path, frames: int = 10) -> Path:
+def make_disfa(out: Path, frames: int = 10, *, distinct_faces: bool = False) -> Path:
+    """Seven subjects; each alternates two faces unless ``distinct_faces`` (then every frame its own face,
+    so that no two crops with different labels look the same)."""
     from affbench.pipelines import disfa
     from affbench.pipelines.protocols import PROTOCOLS
     from affbench.pipelines.sample_data import disfa_intensity
@@ -101,7 +103,8 @@ def make_disfa(out: Path, frames: int = 10) -> Path:
     for s, subject in enumerate(DISFA_SUBJECTS):
         rows = []
         for i in range(frames):
-            image = None if i == 3 else face_crop(3 * s + i % 2, tint=(1.0, 0.85 + 0.02 * s, 0.8))
+            face = s * frames + i if distinct_faces else 3 * s + i % 2
+            image = None if i == 3 else face_crop(face, tint=(1.0, 0.85 + 0.02 * s, 0.8))
             row = base_row("disfa", subject, i, image)
             for j, au in enumerate(disfa.AUS):
                 row[f"au{au}"] = disfa_intensity(s, j, 2 * i)
@@ -133,7 +136,8 @@ def make_bp4d(out: Path, frames: int = 8) -> Path:
     return write_dataset(out, "bp4d", list(bp4d.LABEL_FIELDS), units, PROTOCOLS["bp4d"].to_dict())
 
 
-def make_affwild2(out: Path, frames: int = 12) -> Path:
+def make_affwild2(out: Path, frames: int = 12, *, distinct_faces: bool = False) -> Path:
+    """Aff-Wild2 videos; each alternates two faces unless ``distinct_faces`` (see :func:`make_disfa`)."""
     from affbench.pipelines import affwild2
     from affbench.pipelines.protocols import PROTOCOLS
     from affbench.pipelines.sample_data import AFFWILD2_SPLITS, AFFWILD2_VIDEOS, affwild2_labels
@@ -142,7 +146,8 @@ def make_affwild2(out: Path, frames: int = 12) -> Path:
     for v, video in enumerate(AFFWILD2_VIDEOS):
         rows = []
         for i in range(frames):
-            row = base_row("affwild2", video, i, face_crop(40 + 2 * v + i % 2))
+            face = (v * frames + i) % 100 if distinct_faces else 40 + 2 * v + i % 2
+            row = base_row("affwild2", video, i, face_crop(face))
             labels = affwild2_labels(v, i)
             annotated = {task: video in AFFWILD2_SPLITS[task] for task in ("au", "expr", "va")}
             for j, au in enumerate(affwild2.AUS):

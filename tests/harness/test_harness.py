@@ -245,6 +245,9 @@ def test_tiny_suite_end_to_end_then_resume_after_an_interruption(tmp_path, prepa
     assert {"icc", "icc/au1", "icc/au26"} <= set(fan["metrics"])
     fau = records[("caer-s", "expression", "emotiram-fau")]
     assert fau["init_from"]["experiment"] == "disfa-fan" and "checkpoint" in fau["initialisation"]
+    # The record lists what kept its fresh initialisation: the new emotion bottleneck, nothing of a plain run.
+    assert any(key.startswith("bottleneck.") for key in fau["fresh_parameters"])
+    assert resumed["fresh_parameters"] == []
 
     # The resumed cell scores exactly as an uninterrupted run of the same suite.
     clean = run_benchmark(suite_path, prepared_root, tmp_path / "clean", device="cpu", progress=False, log=quiet,

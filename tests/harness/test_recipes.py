@@ -263,7 +263,7 @@ def test_disfa_suite_chains_megraph_stage1_into_stage2_with_the_reference_losses
     shipped = {e.id: e for e in load_suite("disfa-au").experiments}
     stage1, stage2 = shipped["megraph-stage1"], shipped["megraph"]
     assert stage1.options["stage"] == 1 and stage2.options["stage"] == 2 and stage2.options["edge_head"]
-    assert stage2.init.experiment == "megraph-stage1" and stage2.init.option == "pretrained"
+    assert stage2.init.experiment == "megraph-stage1" and stage2.init.option == "stage1_checkpoint"
     assert stage1.training.au_loss == stage2.training.au_loss == "weighted-asymmetric"
     assert stage1.training.edge_loss_weight == 0 and stage2.training.edge_loss_weight > 0
     assert stage1.training.selection == "validation"  # the honest default
@@ -286,7 +286,7 @@ def test_disfa_suite_chains_megraph_stage1_into_stage2_with_the_reference_losses
 
     stage1_state = load_model_state(run_dir / "jobs" / first["job"] / "best.pt")
     rebuilt = create_encoder("megraph-au", stage=2, edge_head=True, input_size=64,
-                             pretrained=str(run_dir / "jobs" / first["job"] / "best.pt"))
+                             stage1_checkpoint=str(run_dir / "jobs" / first["job"] / "best.pt"))
     assert torch.equal(rebuilt.state_dict()["backbone.conv1.weight"], stage1_state["backbone.conv1.weight"])
 
 
