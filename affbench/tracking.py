@@ -1,78 +1,84 @@
-"""One face followed through a sequence of frames, written as shard rows.
+"""Experiment tracking: each benchmark job's scalars as TensorBoard event files.
 
-Shared by the pipelines whose unit is a frame sequence (a DISFA video, a BP4D task's JPEG
-frames): the sequence is tracked in order with :class:`~affbench.faces.FaceTracker`, each frame
-becomes one row, and the counts say how each face was found. A frame that could not be read
-(``None`` in the stream) keeps its row without a face and is not shown to the tracker, which
-carries on from the last face it saw.
+With the ``tensorboard`` extra installed, every job writes ``RUNDIR/tensorboard/<job>/`` so that
+``tensorboard --logdir RUNDIR`` shows all jobs of all suites side by side. Scalars, per epoch:
+
+* ``loss/<task>``: the mean training loss of the epoch;
+* ``validation/<task>/<metric>``: every overall validation metric (``validation/au-detection/f1``),
+  and ``validation/selection_score``, the score model selection maximises;
+* ``lr``: the learning rate at the end of the epoch;
+* ``time/epoch_seconds`` and ``time/data_wait_seconds``: wall time of the epoch and the part of it
+  the training loop waited for batches (a large share means the input pipeline is the bottleneck);
+
+and once per job, at the selected epoch: ``test/<task>/<metric>``. Without tensorboard nothing is
+written and nothing fails.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from affbench.faces import AlignmentTemplate, FaceTracker, TrackedFace, face_crop_columns
-from affbench.shards import IMAGE_CODECS, ShardWriter
-
-#: Frames between two progress ticks.
-TICK_EVERY = 16
+TENSORBOARD_DIR = "tensorboard"
 
 
-def follow_with_gaps(
-    tracker: FaceTracker, frames: Iterable[tuple[int, np.ndarray | None]]
-) -> Iterator[tuple[int, np.ndarray | None, TrackedFace]]:
-    """:meth:`FaceTracker.follow` over a stream in which some frames are ``None`` (unreadable);
-    those come back in their place with ``TrackedFace(None, "unreadable")``."""
-    for unreadable, run in itertools.groupby(frames, key=lambda item: item[1] is None):
-        if unreadable:
-            for index, _ in run:
-                yield index, None, TrackedFace(None, "unreadable")
-        else:
-            yield from tracker.follow(run)
+def tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def write_tracked_sequence(
-    frames: Iterable[tuple[int, np.ndarray | None]],
-    tracker: FaceTracker,
-    writer: ShardWriter,
-    row_for: Callable[[int], dict],
-    *,
-    size: int,
-    template: AlignmentTemplate,
-    codec: str,
-    quality: int,
-    tick: Callable[[int], None],
-) -> dict[str, int]:
-    """Track ``frames`` (``(index, rgb or None)`` in sequence order) and write one row per frame.
+class JobTracker:
+    """Writes one job's scalars; :func:`open_tracker` makes one, or None without tensorboard."""
 
-    ``row_for(index)`` gives the row's other columns (``sample_id`` first among them, the labels);
-    the crop is stored under the sample id without the dataset prefix. Returns the counts
-    ``frames``, ``faces_found``, ``no_face``, ``tracked``, ``detected``, ``several_faces`` and
-    ``unreadable``.
-    """
-    counts = {"frames": 0, "faces_found": 0, "no_face": 0, "tracked": 0, "detected": 0, "several_faces": 0,
-              "unreadable": 0}
-    suffix = IMAGE_CODECS[codec]
-    since_tick = 0
-    for index, frame, result in follow_with_gaps(tracker, frames):
-        row = row_for(index)
-        path = row["sample_id"].split("/", 1)[1] + suffix
-        row.update(face_crop_columns(frame, result.face, size=size, template=template, codec=codec,
-                                     quality=quality, path=path))
-        writer.write(row)
-        counts["frames"] += 1
-        counts["faces_found"] += result.face is not None
-        counts["unreadable"] += result.method == "unreadable"
-        counts["no_face"] += result.face is None and result.method != "unreadable"
-        if result.method in ("tracked", "detected"):
-            counts[result.method] += 1
-        counts["several_faces"] += result.candidates > 1
-        since_tick += 1
-        if since_tick == TICK_EVERY:
-            tick(since_tick)
-            since_tick = 0
-    tick(since_tick)
-    return counts
+    def __init__(self, folder: str | os.PathLike):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = Path(folder)
+        self.writer = SummaryWriter(log_dir=str(self.folder))
+
+    def _scalar(self, tag: str, value: Any, step: int) -> None:
+        if value is None:
+            return
+        value = float(value)
+        if math.isfinite(value):
+            self.writer.add_scalar(tag, value, step)
+
+    def log_epoch(self, entry: Mapping[str, Any]) -> None:
+        """One epoch's history entry from :func:`affbench.train.fit`."""
+        step = int(entry["epoch"])
+        for task, loss in (entry.get("train_loss") or {}).items():
+            self._scalar(f"loss/{task}", loss, step)
+        for task, metrics in (entry.get("val") or {}).items():
+            for key, value in metrics.items():
+                if "/" not in key:
+                    self._scalar(f"validation/{task}/{key}", value, step)
+        self._scalar("validation/selection_score", entry.get("val_score"), step)
+        self._scalar("lr", entry.get("lr"), step)
+        self._scalar("time/epoch_seconds", entry.get("seconds"), step)
+        self._scalar("time/data_wait_seconds", entry.get("data_seconds"), step)
+        self.writer.flush()
+
+    def log_test(self, metrics: Mapping[str, Mapping[str, Any]], step: int) -> None:
+        """The job's test metrics (overall values) at ``step`` (the selected epoch)."""
+        for task, values in metrics.items():
+            for key, value in values.items():
+                if "/" not in key:
+                    self._scalar(f"test/{task}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_tracker(run_dir: str | os.PathLike, job: str) -> JobTracker | None:
+    """A tracker writing to ``run_dir/tensorboard/<job>``, or None when tensorboard is not installed."""
+    if not tensorboard_available():
+        return None
+    return JobTracker(Path(run_dir) / TENSORBOARD_DIR / job)

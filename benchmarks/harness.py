@@ -12,6 +12,9 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
     Derived evaluation tasks that no protocol declares, e.g. the thesis' "AU6 and AU12 on CAER-S
     Happy images" (rows of one class of a source task, AUs assumed active, the AU co-activation
     metrics).
+``[[published]]``
+    The numbers the reproduced paper reports, with their source (see :mod:`affbench.published`);
+    ``affbench export`` shows them beside affbench's.
 ``[[experiment]]``
     ``id``, ``dataset``, ``tasks``, ``encoder``, ``options`` (encoder options), ``folds``
     (default: all of the protocol), ``label`` (the paper's name), ``metrics`` (replace the task's
@@ -61,6 +64,7 @@ from affbench.errors import AffbenchError, UnknownNameError
 from affbench.files import check_name, write_text_atomic
 from affbench.results import CellKey, DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.settings import TrainSettings
+from affbench.tracking import open_tracker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -156,6 +160,7 @@ class Suite:
     training: TrainSettings
     path: Path | None = None
     text: str = ""
+    published: list = field(default_factory=list)  # affbench.published.Published
 
     def experiment(self, experiment_id: str) -> Experiment:
         for experiment in self.experiments:
@@ -207,7 +212,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 
 def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str = "") -> Suite:
     where = path.name if path else "the suite"
-    _check_keys(data, ("suite", "datasets", "training", "tasks", "experiment"), where)
+    _check_keys(data, ("suite", "datasets", "training", "tasks", "experiment", "published"), where)
     meta = data.get("suite", {})
     _check_keys(meta, ("name", "description", "reproduces"), f"[suite] of {where}")
     name = meta.get("name") or (path.stem if path else "")
@@ -291,8 +296,11 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise AffbenchError(f"{where} declares experiment {duplicates[0]!r} twice.")
+    from affbench.published import parse_published
+
+    published = parse_published(data.get("published", []), {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
-                  defaults, path, text)
+                  defaults, path, text, published)
     _resolve_references(suite)
     return suite
 
@@ -817,19 +825,32 @@ class _Runner:
         resumed = (workdir / "last.pt").is_file()
         self.log(f"{'resume' if resumed else 'train'} {job.key}: {experiment.encoder} on {experiment.dataset} "
                  f"{'+'.join(experiment.tasks)}, fold {job.fold}, {len(tasks[0].rows['train'])} training rows")
-        result = fit(model, tasks, images, settings, workdir=workdir, device=self.device, progress=self.progress,
-                     log=lambda m: self.log(f"  {m}"),
-                     on_epoch_end=(lambda epoch, entry: self.on_epoch_end(job, epoch, entry)) if self.on_epoch_end else None)
-        model.load_state_dict(load_model_state(workdir / "best.pt"))
+        tracker = open_tracker(self.run_dir, job.key)
+
+        def epoch_end(epoch: int, entry: dict[str, Any]) -> None:
+            if tracker is not None:
+                tracker.log_epoch(entry)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(job, epoch, entry)
+
         notes: dict[str, list[str]] = {}
-        test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
-                              batch_size=settings.eval_batch_size or 2 * settings.batch_size,
-                              num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
-                              progress=self.progress, notes=notes)
+        try:
+            result = fit(model, tasks, images, settings, workdir=workdir, device=self.device, progress=self.progress,
+                         log=lambda m: self.log(f"  {m}"), on_epoch_end=epoch_end)
+            model.load_state_dict(load_model_state(workdir / "best.pt"))
+            test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
+                                  batch_size=settings.eval_batch_size or 2 * settings.batch_size,
+                                  num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
+                                  progress=self.progress, notes=notes)
+            if tracker is not None:
+                tracker.log_test(test, result.best_epoch or 0)
+        finally:
+            if tracker is not None:
+                tracker.close()
         selected = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "train",
-            "metrics": test, "validation_metrics": selected.get("val", {}),
+            "metrics": test, "validation_metrics": selected.get("val", {}), "baselines": _baselines(tasks),
             "n": {t.name: {r: int(len(t.rows[r])) for r in ("train", "val", "test")} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
             "validation_split": {t.name: splits[t.name].get("validation") for t in tasks},
@@ -900,9 +921,13 @@ class _Runner:
         notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                               num_workers=self.num_workers, progress=self.progress, notes=notes)
+        tracker = open_tracker(self.run_dir, job.key)
+        if tracker is not None:
+            tracker.log_test(test, source.get("selected_epoch") or 0)
+            tracker.close()
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "evaluate",
-            "metrics": test, "validation_metrics": {},
+            "metrics": test, "validation_metrics": {}, "baselines": _baselines(tasks),
             # Nothing was trained here: the model's own training rows are in the source job's records.
             "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
@@ -938,16 +963,19 @@ class _Runner:
             record = {
                 "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
                 "experiment": experiment.id, "label": experiment.label or experiment.encoder,
+                "job_tasks": list(experiment.tasks),
                 "variant": experiment.variant or None,
                 "kind": summary["kind"][task], "mode": summary["mode"],
                 "metrics": summary["metrics"].get(task, {}),
+                "baselines": (summary.get("baselines") or {}).get(task, {}),
                 "validation_metrics": summary["validation_metrics"].get(task, {}),
                 "primary_metric": summary["primary_metric"][task],
                 "n": summary["n"][task], "excluded": summary["excluded"][task],
                 "validation_split": summary["validation_split"][task],
                 "test_groups": summary["test_groups"][task],
                 "config_hash": job.config_hash, "job": job.key,
-                "seed": summary["seed"], "device": summary["device"], "git_commit": summary["git_commit"],
+                "seed": summary["seed"], "device": summary["device"], "world_size": summary.get("world_size"),
+                "git_commit": summary["git_commit"],
                 "affbench_version": summary["affbench_version"], "wall_seconds": summary["wall_seconds"],
                 "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
                 "epochs_planned": summary["epochs_planned"], "selected_epoch": summary["selected_epoch"],
@@ -966,6 +994,13 @@ class _Runner:
             }
             write_record(self.run_dir, record)
             report.cells_written += 1
+
+
+def _baselines(tasks) -> dict[str, dict[str, dict[str, float]]]:
+    """Each task's trivial predictors on the job's test rows (see affbench.baselines)."""
+    from affbench.baselines import trivial_baselines
+
+    return {t.name: trivial_baselines(t.spec, t.y, t.mask, t.rows) for t in tasks}
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ Layout (as ME-GraphAU's and JAA-Net's data tools read it)::
 
 The frame folders and ``AU_OCC`` are found anywhere within a few folder levels under ROOT, as for
 Aff-Wild2. A unit is one (subject, task): its coded frames, tracked in frame order through the
-same MTCNN tracking as a DISFA video (:mod:`affbench.tracking`). Only coded frames become rows;
+same MTCNN tracking as a DISFA video (:mod:`affbench.sequences`). Only coded frames become rows;
 frames that have an image but no code are counted (``uncoded_frames``) and not stored. Codes are
 joined by frame number (the number in the CSV's first column and in the image's file name); 9
 (unknown) is stored as -1, and so is an intensity the intensity files do not give.
@@ -37,7 +37,7 @@ from affbench.pipelines.disfa import PrepareSettings as _CropSettings
 from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import DatasetWriter, ShardWriter, decode_image, make_schema
-from affbench.tracking import write_tracked_sequence
+from affbench.sequences import write_tracked_sequence
 
 DATASET = "bp4d"
 SUBJECTS: tuple[str, ...] = (*(f"F{n:03d}" for n in range(1, 24)), *(f"M{n:03d}" for n in range(1, 19)))

@@ -55,7 +55,7 @@ from affbench.faces import (
 )
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
-from affbench.tracking import write_tracked_sequence
+from affbench.sequences import write_tracked_sequence
 from affbench.video import VideoError, VideoReader, probe_video
 
 #: The 12 annotated AUs, in label-column order.

@@ -65,7 +65,9 @@ AFFWILD2_NO_IMAGE: tuple[int, ...] = (7, 8)
 AFFWILD2_SPLITS: dict[str, dict[str, str]] = {
     "au": {"1-30-1280x720": "Train_Set", "10-60-1280x720_left": "Train_Set", "video7": "Validation_Set"},
     "expr": {"1-30-1280x720": "Train_Set", "10-60-1280x720_right": "Train_Set", "video7": "Validation_Set"},
-    "va": {"10-60-1280x720_left": "Train_Set", "10-60-1280x720_right": "Validation_Set", "video7": "Validation_Set"},
+    # Two VA training videos (people): the validation split holds one out, so VA has validation rows.
+    "va": {"1-30-1280x720": "Train_Set", "10-60-1280x720_left": "Train_Set", "10-60-1280x720_right": "Validation_Set",
+           "video7": "Validation_Set"},
 }
 BP4D_UNITS: tuple[tuple[str, str], ...] = (("F001", "T1"), ("F001", "T2"), ("F003", "T1"), ("F007", "T1"))
 BP4D_IMAGES = "Sequences"

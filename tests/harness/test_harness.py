@@ -319,6 +319,8 @@ def test_multitask_and_evaluation_only_cells(tmp_path, prepared_root):
     assert len({r["job"] for r in aff}) == 1
     assert {"f1", "f1/au7"} <= set(aff[0]["metrics"]) and "ccc/arousal" in aff[2]["metrics"]
     assert aff[0]["n"] != aff[2]["n"]
+    # The sample VA set has two training videos, so VA gets validation rows and a validation curve.
+    assert aff[2]["n"]["val"] > 0 and all(c["val"] is not None for c in aff[2]["curve"])
     happy = records[("caer-s", "happy")]
     assert happy["mode"] == "evaluate" and happy["n"]["test"] == 3 and happy["n"]["train"] == 0
     assert set(happy["metrics"]) == {"all_active_rate", "any_active_rate"}
@@ -342,26 +344,52 @@ def test_cli_run_export_and_list(tmp_path, prepared_root):
     suite = write_suite(tmp_path, ONLY_F)
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["run-benchmark", "--suite", str(suite), "--data", str(prepared_root), "--out",
-                                 str(run_dir), "--device", "cpu", "--epochs", "1", "--max-steps", "2", "--no-plots"])
+                                 str(run_dir), "--device", "cpu", "--epochs", "1", "--max-steps", "2", "--no-plots",
+                                 "--quiet"])
     assert result.exit_code == 0, result.output
     assert "### tiny · caer-s · expression" in result.output and "| emotiram-f | 1 |" in result.output
+    assert "| baseline: majority-class | 1 |" in result.output
+    assert "epoch 1/1" not in result.output and "train caer-s" not in result.output  # --quiet: only the tables
 
     result = runner.invoke(app, ["export", str(run_dir), "--csv", str(tmp_path / "long.csv"), "--no-plots"])
     assert result.exit_code == 0, result.output
-    long = pd.read_csv(tmp_path / "long.csv")
-    assert list(long.columns) == ["suite", "dataset", "task", "encoder", "fold", "metric", "value"]
-    assert set(long["metric"]) >= {"accuracy", "f1", "f1/anger"}
+    long = pd.read_csv(tmp_path / "long.csv", dtype={"label": str})
+    assert list(long.columns)[:14] == ["schema", "suite", "dataset", "task", "kind", "row", "encoder", "baseline",
+                                       "experiment", "name", "fold", "metric", "label", "value"]
     record = load_records(run_dir)[0]
-    assert long.set_index("metric").loc["accuracy", "value"] == pytest.approx(record["metrics"]["accuracy"])
+    mine = long[long["row"] == "affbench"]
+    assert set(mine["metric"]) >= {"accuracy", "f1"} and "anger" in set(mine["label"])
+    accuracy = mine[(mine.metric == "accuracy") & mine.label.isna()]
+    assert accuracy["value"].item() == pytest.approx(record["metrics"]["accuracy"])
+    assert accuracy["n_test"].item() == record["n"]["test"] and accuracy["job"].item() == record["job"]
+    assert accuracy["selected_epoch"].item() == record["selected_epoch"]
+    # The harness scored the majority-class predictor on the same test rows.
+    majority = long[(long["row"] == "baseline") & (long.metric == "accuracy") & long.label.isna()]
+    assert majority["baseline"].item() == "majority-class"
+    assert majority["value"].item() == pytest.approx(record["baselines"]["majority-class"]["accuracy"])
+    assert 0 < majority["value"].item() < 1
 
     result = runner.invoke(app, ["export", str(run_dir), "--csv", str(tmp_path / "wide.csv"), "--wide", "--plots"])
     assert result.exit_code == 0, result.output
-    wide = pd.read_csv(tmp_path / "wide.csv")
+    wide = pd.read_csv(tmp_path / "wide-tables" / "tiny__caer-s__expression.csv")
     assert wide.loc[0, "encoder"] == "emotiram-f" and wide.loc[0, "folds"] == 1
     assert wide.loc[0, "accuracy"] == pytest.approx(record["metrics"]["accuracy"])
-    assert np.isnan(wide.loc[0, "accuracy std"])  # one fold: no spread
+    assert np.isnan(wide.loc[0, "accuracy_sd"])  # one fold: no spread
+    assert wide.loc[1, "row"] == "baseline" and wide.loc[1, "encoder"] == "majority-class"
     curve = run_dir / "plots" / "tiny" / "curve-caer-s-expression-emotiram-f-fold1.png"
     assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Every job writes TensorBoard scalars that match its record.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard" / record["job"]))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/expression", "lr", "validation/expression/accuracy", "test/expression/accuracy"} <= tags
+    losses = [e.value for e in events.Scalars("loss/expression")]
+    assert losses == pytest.approx([c["train_loss"] for c in record["curve"]], rel=1e-6)
+    assert events.Scalars("test/expression/accuracy")[0].value == pytest.approx(record["metrics"]["accuracy"], rel=1e-6)
 
     result = runner.invoke(app, ["list", "suites"])
     assert result.exit_code == 0 and all(name in result.output for name in SHIPPED)

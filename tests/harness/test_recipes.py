@@ -248,6 +248,8 @@ def _tiny_disfa_suite(selection: str):
 
     data = tomllib.loads((SUITES_DIR / "disfa-au.toml").read_text())
     data["experiment"] = [e for e in data["experiment"] if e["encoder"] == "megraph-au"]
+    kept = {e["id"] for e in data["experiment"]}  # published values of dropped experiments go too
+    data["published"] = [p for p in data.get("published", []) if p["experiment"] in kept]
     for experiment in data["experiment"]:
         experiment["options"] = {k: v for k, v in experiment["options"].items() if k != "pretrained"}
         experiment["options"]["input_size"] = 64
