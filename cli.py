@@ -180,7 +180,7 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
 @prepare.command("bp4d")
 @_prepare_options(default_size=256)
 def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
-                 rows_per_shard: int) -> None:
+                 rows_per_shard: int, quiet: bool) -> None:
     """BP4D-Spontaneous: every coded frame, MTCNN-aligned (tracked per task), 256x256 crops.
 
     ROOT holds <subject>/<task>/<frame>.jpg and AUCoding/AU_OCC/<subject>_<task>.csv (found within
@@ -194,7 +194,7 @@ def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, wor
 
     settings = bp4d.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
                                     rows_per_shard=rows_per_shard)
-    summary = bp4d.prepare(root, out, settings=settings, workers=workers)
+    summary = bp4d.prepare(root, out, settings=settings, workers=workers, progress=not quiet)
     _finish_prepare(summary, out, "frames", notes=lambda manifest: [
         f"frames without codes (not stored): {bp4d.uncoded_frames(manifest)}"])
 
