@@ -50,12 +50,12 @@ from affbench.faces import (
     DetectorSettings,
     FaceTracker,
     TrackerSettings,
-    face_crop_columns,
     resolve_device,
     shared_detector,
 )
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
+from affbench.sequences import write_tracked_sequence
 from affbench.video import VideoError, VideoReader, probe_video
 
 #: The 12 annotated AUs, in label-column order.
@@ -295,39 +295,26 @@ def prepare_video(unit: DisfaVideo, tick: Tick, *, out_dir: str, settings: Prepa
         torch.set_num_threads(settings.torch_threads)
     detector = shared_detector(settings.detector, settings.device)
     tracker = FaceTracker(detector, settings.tracker)
-    counts = {"frames": 0, "faces_found": 0, "no_face": 0, "tracked": 0, "detected": 0, "several_faces": 0}
     base = {"dataset": DATASET, "subject": unit.subject, "source": unit.video, "split": None}
+
+    def row_for(index: int) -> dict:
+        label_row = labels[index] if index < len(labels) else None
+        return {"sample_id": sample_id(unit.subject, unit.camera, index), **base, "frame": index,
+                **{c: int(label_row[j]) if label_row is not None else MISSING for j, c in enumerate(AU_COLUMNS)}}
+
     try:
         with VideoReader(root / unit.video, prefetch=8) as video, ShardWriter(
             out_dir, unit.key, label_schema(), rows_per_shard=settings.rows_per_shard
         ) as writer:
-            since_tick = 0
-            for index, frame, result in tracker.follow(video):
-                sid = sample_id(unit.subject, unit.camera, index)
-                row = {"sample_id": sid, **base, "frame": index}
-                row.update(face_crop_columns(frame, result.face, size=settings.size, template=settings.template,
-                                             codec=settings.codec, quality=settings.quality,
-                                             path=sid.split("/", 1)[1] + IMAGE_CODECS[settings.codec]))
-                label_row = labels[index] if index < len(labels) else None
-                for j, column in enumerate(AU_COLUMNS):
-                    row[column] = int(label_row[j]) if label_row is not None else MISSING
-                writer.write(row)
-                counts["frames"] += 1
-                counts["faces_found"] += result.face is not None
-                counts["no_face"] += result.face is None
-                if result.method in ("tracked", "detected"):
-                    counts[result.method] += 1
-                counts["several_faces"] += result.candidates > 1
-                since_tick += 1
-                if since_tick == 16:
-                    tick(since_tick)
-                    since_tick = 0
-            tick(since_tick)
+            counts = write_tracked_sequence(video, tracker, writer, row_for, size=settings.size,
+                                            template=settings.template, codec=settings.codec,
+                                            quality=settings.quality, tick=tick)
             video.check_complete()
     except VideoError as exc:
         remove_unit_shards(out_dir, unit.key)
         return UnitOutcome(key=unit.key, failed=True,
                            failures=[{"unit": unit.key, "item": unit.video, "reason": str(exc)}])
+    counts.pop("unreadable")  # a decoded video frame is always an image
     frames = counts["frames"]
     stats: dict = {**counts, "label_lines": max(lengths), "unlabeled_frames": max(0, frames - min(lengths)),
                    "unused_label_lines": max(0, max(lengths) - frames), "device": detector.device}
