@@ -183,6 +183,28 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
         sys.exit(1)
 
 
+@prepare.command("bp4d")
+@_prepare_options(default_size=256)
+def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
+                 rows_per_shard: int, quiet: bool) -> None:
+    """BP4D-Spontaneous: every coded frame, MTCNN-aligned (tracked per task), 256x256 crops.
+
+    ROOT holds <subject>/<task>/<frame>.jpg and AUCoding/AU_OCC/<subject>_<task>.csv (found within
+    a few folder levels), and, where the copy has them, the FERA 2015 intensity codes in
+    AUCoding/AU_INT/AU06/<subject>_<task>_AU06.csv (AU6, 10, 12, 14, 17). One row per coded frame
+    with the 12 protocol AUs (9 = unknown stored as -1); frames without codes are counted, not
+    stored. A missing or unreadable coded image keeps its row without a face and is listed in the
+    manifest's failures. One (subject, task) per process: use --workers N to keep N cores busy.
+    """
+    from affbench.pipelines import bp4d
+
+    settings = bp4d.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
+                                    rows_per_shard=rows_per_shard)
+    summary = bp4d.prepare(root, out, settings=settings, workers=workers, progress=not quiet)
+    _finish_prepare(summary, out, "frames", notes=lambda manifest: [
+        f"frames without codes (not stored): {bp4d.uncoded_frames(manifest)}"])
+
+
 @prepare.command("caer-s")
 @_prepare_options(default_size=96)
 @click.option("--select", default="largest", show_default=True, type=click.Choice(["largest", "prob"]),
@@ -237,12 +259,12 @@ def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int,
 
 @app.command("sample-data")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--datasets", "names", default="disfa,caer-s,affwild2", show_default=True,
+@click.option("--datasets", "names", default="disfa,bp4d,caer-s,affwild2", show_default=True,
               help="Comma-separated datasets to generate.")
 @click.option("--frames", default=None, type=click.IntRange(4, 10000),
-              help="Frames per DISFA video / Aff-Wild2 video (default: small demo size).")
+              help="Frames per DISFA video / BP4D task / Aff-Wild2 video (default: small demo size).")
 def sample_data(directory: Path, names: str, frames: int | None) -> None:
-    """Write small, deterministic datasets in the exact on-disk layouts of DISFA, CAER-S and Aff-Wild2.
+    """Write small, deterministic datasets in the exact on-disk layouts of DISFA, BP4D, CAER-S and Aff-Wild2.
 
     The faces are real (scikit-image's astronaut photograph and LFW crops), moved, rotated and
     scaled frame by frame, so that MTCNN must find and align them; a few frames and images have
@@ -535,7 +557,7 @@ def demo(out: Path, device: str) -> None:
     import torch
 
     threads = torch.get_num_threads()
-    for name in ("disfa", "caer-s", "affwild2"):
+    for name in ("disfa", "bp4d", "caer-s", "affwild2"):
         _demo_prepare(name, written[name], prepared / name, device)
     torch.set_num_threads(threads)  # a pipeline may narrow it for its detector; training wants them all
     click.echo(f"prepared     {prepared}  ({time.perf_counter() - started:.0f} s so far)")
@@ -594,12 +616,14 @@ def _demo_predict(run_dir: Path, disfa_root: Path, out: Path, device: str) -> No
 
 def _demo_prepare(name: str, root: Path, out: Path, device: str) -> None:
     """Prepare one sample dataset (finished units are skipped on a re-run)."""
-    from affbench.pipelines import affwild2, caer_s, disfa
+    from affbench.pipelines import affwild2, bp4d, caer_s, disfa
 
     where = "cpu" if device == "cpu" else "auto"
     progress = True  # a bar on a terminal, plain lines in a log
     if name == "disfa":
         summary = disfa.prepare(root, out, settings=disfa.PrepareSettings(device=where), progress=progress)
+    elif name == "bp4d":
+        summary = bp4d.prepare(root, out, settings=bp4d.PrepareSettings(device=where), progress=progress)
     elif name == "caer-s":
         summary = caer_s.prepare(root, out, device=where, progress=progress)
     else:
@@ -621,7 +645,7 @@ def list_(what: str) -> None:
             click.echo(f"{spec.name:10s} {spec.description}")
         return
     if what == "metrics":
-        from affbench.metrics import list_metrics
+        from affbench.scoring import list_metrics
 
         click.echo(f"{'name':16s} {'better':7s} {'task kinds':28s} description")
         for spec in list_metrics():

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from affbench.metrics import evaluate
+from affbench.scoring import evaluate
 
 #: One line per baseline, for table footnotes and the README.
 DESCRIPTIONS = {
@@ -61,7 +61,7 @@ def trivial_baselines(task_spec, y: np.ndarray, mask: np.ndarray, rows: Mapping[
     Returns
     -------
     dict
-        ``{baseline name: {metric key: value}}`` with the keys :func:`affbench.metrics.evaluate`
+        ``{baseline name: {metric key: value}}`` with the keys :func:`affbench.scoring.evaluate`
         gives (``"f1"``, ``"f1/au6"``...); empty when there are no test rows.
     """
     test = np.asarray(rows.get("test", []), dtype=np.int64)

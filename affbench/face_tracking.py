@@ -363,6 +363,8 @@ def fill_gaps(
 def _fallback(item: tuple[int, np.ndarray, TrackedFace], before: Face | None, after: Face | None,
               t: float) -> tuple[int, np.ndarray, TrackedFace]:
     index, frame, result = item
+    if frame is None:  # an unreadable frame: nothing to crop
+        return item
     if before is not None and after is not None:
         face = Face(box=(1 - t) * before.box + t * after.box, score=float("nan"),
                     landmarks=(1 - t) * before.landmarks + t * after.landmarks)

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.metrics import TASK_KINDS, get_metric
+from affbench.metrics import TASK_KINDS
+from affbench.scoring import get_metric
 from affbench.shards import FALLBACK_SOURCES
 
 __all__ = [
@@ -77,7 +78,7 @@ class TaskSpec:
         One name per label column (AU tasks, VA) or per class (expression); the suffix of per-label
         metric keys such as ``"f1/au6"``.
     metrics : tuple of str
-        Registered metric names (:func:`affbench.metrics.get_metric`).
+        Registered metric names (:func:`affbench.scoring.get_metric`).
     primary_metric : str
         The metric (one of ``metrics``) used for model selection and headline tables.
     split_column : str or None

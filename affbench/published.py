@@ -60,7 +60,7 @@ def parse_published(tables: Sequence[Mapping[str, Any]], experiment_tasks: Mappi
 
     ``experiment_tasks`` maps the suite's experiment ids to their tasks.
     """
-    from affbench.metrics import get_metric
+    from affbench.scoring import get_metric
 
     found = []
     for index, table in enumerate(tables):

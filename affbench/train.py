@@ -116,7 +116,7 @@ def check_compatible(task_spec, encoder_spec) -> None:
 
 
 def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
-    """Turn a model output into what :func:`affbench.metrics.evaluate` scores for a task.
+    """Turn a model output into what :func:`affbench.scoring.evaluate` scores for a task.
 
     AU detection gets probabilities (a sigmoid of logits; intensities map to ``I / (2 t)`` clipped
     to [0, 1], so that 0.5 falls at the occurrence threshold ``t``); expression gets softmax
@@ -257,7 +257,7 @@ def score_tasks(
     """
     import warnings
 
-    from affbench.metrics import evaluate
+    from affbench.scoring import evaluate
 
     position = {int(r): i for i, r in enumerate(rows)}
     results: dict[str, dict[str, float]] = {}

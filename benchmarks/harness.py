@@ -74,7 +74,7 @@ else:  # pragma: no cover - Python 3.10
 SUITES_DIR = Path(__file__).with_name("suites")
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
 HARNESS_VERSION = 2
-DATASET_NAMES = ("disfa", "caer-s", "affwild2")
+DATASET_NAMES = ("disfa", "bp4d", "caer-s", "affwild2")
 #: In the run folder: which shards were verified against their manifest (see affbench.integrity).
 VERIFIED_SHARDS = "verified-shards.json"
 
@@ -137,6 +137,7 @@ class Experiment:
     metrics: tuple[str, ...] | None = None
     notes: str = ""
     variant: str = ""
+    when_prepared: bool = False  # run only where its data (and its source's) is prepared; else skipped with a note
 
     @property
     def is_evaluation(self) -> bool:
@@ -248,7 +249,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     for index, table in enumerate(data.get("experiment", [])):
         label = f"[[experiment]] #{index + 1} of {where}"
         _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
-                            "evaluate", "label", "metrics", "notes", "variant"), label)
+                            "evaluate", "label", "metrics", "notes", "variant", "when_prepared"), label)
         for required in ("id", "dataset", "tasks"):
             if required not in table:
                 raise AffbenchError(f"{label} has no {required!r}.")
@@ -277,7 +278,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
         folds = table.get("folds")
         metrics = table.get("metrics")
         if metrics is not None:
-            from affbench.metrics import get_metric
+            from affbench.scoring import get_metric
 
             for metric in metrics:
                 get_metric(metric)  # UnknownNameError lists the registered ones
@@ -287,6 +288,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
             training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
             label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
             notes=table.get("notes", ""), variant=str(table.get("variant", "")),
+            when_prepared=bool(table.get("when_prepared", False)),
         ))
     if not experiments:
         raise AffbenchError(f"{where} declares no [[experiment]].")
@@ -530,8 +532,24 @@ def make_plan(
         order.append(job)
         return job
 
+    def missing_data(experiment: Experiment) -> str | None:
+        """Why a ``when_prepared`` experiment cannot run here (its or its source's data is not prepared)."""
+        from affbench.data import find_dataset_folder
+
+        while experiment is not None:
+            try:
+                find_dataset_folder(data_root, experiment.dataset, suite.folders.get(experiment.dataset))
+            except AffbenchError as exc:
+                return str(exc)
+            source = experiment.init or experiment.evaluate
+            experiment = by_id[source.experiment] if source else None
+        return None
+
     for experiment in suite.experiments:
         if encoders and experiment.encoder not in encoders:
+            continue
+        if experiment.when_prepared and (why := missing_data(experiment)):
+            skipped.append(f"{experiment.id}: skipped, {why[0].lower()}{why[1:]}")
             continue
         chosen = [f for f in protocol_folds(experiment) if folds is None or f in folds]
         if not chosen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from affbench.benchmarks.harness import (
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.results import load_records
 
-SHIPPED = ("abaw3", "demo", "disfa-au", "thesis-au", "thesis-caer")
+SHIPPED = ("abaw3", "bp4d-au", "demo", "disfa-au", "thesis-au", "thesis-caer")
 
 # A tiny suite: EmotiRAM-f on CAER-S twice (two seeds = two cells), plus an evaluation-only cell on
 # the derived "happy" rows is impossible for an expression-only model, so the dependency is shown
@@ -150,11 +151,12 @@ def test_disfa_suite_runs_three_folds_and_narrowing(prepared_root):
 
 def test_narrowing_keeps_what_a_cell_starts_from(prepared_root):
     plan = make_plan(load_suite("thesis-caer"), prepared_root, encoders=["emotiram-fau"])
-    assert [(j.experiment.id, j.requested) for j in plan.jobs] == [("disfa-fan", False), ("caer-emotiram-fau", True)]
+    assert [(j.experiment.id, j.requested) for j in plan.jobs] == [
+        ("disfa-fan", False), ("caer-emotiram-fau", True), ("bp4d-fan", False), ("caer-emotiram-fau-bp4d", True)]
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path, prepared_root):
-    with pytest.raises(UnknownNameError, match=r"Unknown suite 'thesis'; valid suites are: abaw3, demo, disfa-au, thesis-au, thesis-caer\."):
+    with pytest.raises(UnknownNameError, match=r"Unknown suite 'thesis'; valid suites are: abaw3, bp4d-au, demo, disfa-au, thesis-au, thesis-caer\."):
         load_suite("thesis")
     bad_encoder = write_suite(tmp_path, TINY.replace('encoder = "emotiram-f"', 'encoder = "emotiram-g"'))
     with pytest.raises(UnknownNameError, match=r"Unknown encoder 'emotiram-g'; valid encoders are: .*emotiram-f.*vggface"):
@@ -456,3 +458,25 @@ folds = [1]
     # EmotiRAM-f comes first in the suite, yet nothing was trained or recorded.
     assert not (tmp_path / "run" / "jobs").exists() or not any((tmp_path / "run" / "jobs").iterdir())
     assert not (tmp_path / "run" / "results").exists()
+
+
+def test_bp4d_suite_and_the_thesis_bp4d_rows(prepared_root, data_copy):
+    plan = make_plan(load_suite("bp4d-au"), prepared_root)
+    assert sorted((j.experiment.id, j.fold) for j in plan.jobs) == [
+        ("fan", 1), ("fan", 2), ("fan", 3), ("megraph", 1), ("megraph", 2), ("megraph", 3),
+        ("megraph-stage1", 1), ("megraph-stage1", 2), ("megraph-stage1", 3)]
+    bp4d_jobs = {(j.experiment.id, j.fold): j.config_hash for j in plan.jobs}
+    thesis = make_plan(load_suite("thesis-caer"), prepared_root)
+    by_id = {j.experiment.id: j for j in thesis.jobs}
+    # thesis-caer's ME-Graph [BP4D] is bp4d-au's fold-1 model: one run folder trains it once.
+    assert by_id["bp4d-megraph-stage1"].config_hash == bp4d_jobs[("megraph-stage1", 1)]
+    assert by_id["bp4d-megraph"].config_hash == bp4d_jobs[("megraph", 1)]
+    assert by_id["caer-emotiram-fau-megraph-bp4d"].depends.experiment.id == "bp4d-megraph"
+    assert by_id["caer-emotiram-fau-bp4d"].depends.experiment.id == "bp4d-fan"
+    assert "caer-emotiram-fau" in by_id and by_id["caer-emotiram-fau"].depends.experiment.id == "disfa-fan"
+
+    shutil.rmtree(data_copy / "bp4d")  # a user without BP4D keeps the DISFA stand-in
+    without = make_plan(load_suite("thesis-caer"), data_copy)
+    assert not any("bp4d" in j.experiment.id for j in without.jobs)
+    assert {"disfa-fan", "caer-emotiram-fau", "caer-emotiram-fau-megraph"} <= {j.experiment.id for j in without.jobs}
+    assert len(without.skipped) == 5 and all("no prepared bp4d dataset" in note for note in without.skipped)

@@ -167,7 +167,7 @@ def test_settings_added_later_keep_old_hashes_at_their_defaults():
 def test_expression_macro_f1_leaves_out_classes_absent_from_truth_and_prediction():
     from sklearn.metrics import f1_score
 
-    from affbench.metrics import evaluate
+    from affbench.scoring import evaluate
     from affbench.protocols import TaskSpec
 
     names = ("neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other")
