@@ -664,7 +664,7 @@ def list_(what: str) -> None:
             )
         return
     if what == "suites":
-        from affbench.benchmarks.harness import list_suites
+        from affbench.benchmarks.suite import list_suites
 
         for name, description, _ in list_suites():
             click.echo(f"{name:12s} {description}")

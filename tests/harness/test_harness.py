@@ -1,4 +1,4 @@
-"""benchmarks/harness.py: suites, planning, a tiny suite end to end, resume, and the error messages."""
+"""benchmarks/suite.py, plan.py and harness.py: suites, planning, a tiny suite end to end, resume, and the error messages."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affbench.benchmarks.harness import (
-    list_suites,
-    load_suite,
-    make_plan,
-    parse_suite,
-    run_benchmark,
-    validate_encoders,
-)
+from affbench.benchmarks.harness import run_benchmark
+from affbench.benchmarks.plan import make_plan
+from affbench.benchmarks.suite import list_suites, load_suite, parse_suite, validate_encoders
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.results import load_records
 

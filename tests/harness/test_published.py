@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from affbench import results
-from affbench.benchmarks.harness import SUITES_DIR, parse_suite
+from affbench.benchmarks.suite import SUITES_DIR, parse_suite
 from affbench.errors import AffbenchError
 from affbench.published import parse_published
 

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from affbench.benchmarks.harness import parse_suite, run_benchmark
+from affbench.benchmarks.harness import run_benchmark
+from affbench.benchmarks.suite import parse_suite
 from affbench.cli import app
 from affbench.errors import AffbenchError
 from affbench.results import load_records
