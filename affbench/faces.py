@@ -128,6 +128,24 @@ class FaceDetector:
                     results[i] = faces
         return [r if r is not None else [] for r in results]
 
+    def detect_each(self, images: Sequence[np.ndarray | None]) -> tuple[dict[int, list[Face]], dict[int, str]]:
+        """Faces of each image that is not None, by index, and the error of each image MTCNN could
+        not take. The images go in batches; where a batch fails, each image is detected alone, so
+        that one image MTCNN cannot take (a 5x5 thumbnail) loses only its own faces."""
+        readable = [i for i, rgb in enumerate(images) if rgb is not None]
+        try:
+            return dict(zip(readable, self.detect([images[i] for i in readable]))), {}
+        except Exception:  # noqa: BLE001 - narrowed to the failing image below
+            pass
+        found: dict[int, list[Face]] = {}
+        errors: dict[int, str] = {}
+        for i in readable:
+            try:
+                found[i] = self.detect([images[i]])[0]
+            except Exception as exc:  # noqa: BLE001 - the image keeps its row, without a face
+                errors[i] = f"{type(exc).__name__}: {exc}"
+        return found, errors
+
     def _detect_batch(self, batch: np.ndarray) -> list[list[Face]]:
         import torch
 

@@ -133,6 +133,18 @@ def decode_image(image: Mapping[str, Any] | bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8; ``OSError`` if it cannot be read, ``ValueError`` with a sentence
+    a user understands if it is empty or not an image OpenCV can decode."""
+    data = Path(path).read_bytes()
+    if not data:
+        raise ValueError("the file is empty")
+    try:
+        return decode_image(data)
+    except ValueError:
+        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
+
+
 # ----------------------------------------------------------------------------------------- writing
 
 

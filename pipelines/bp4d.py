@@ -37,7 +37,7 @@ from affbench.faces import resolve_device, shared_detector
 from affbench.pipelines.disfa import PrepareSettings as _CropSettings
 from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
-from affbench.shards import DatasetWriter, ShardWriter, decode_image, make_schema
+from affbench.shards import DatasetWriter, ShardWriter, make_schema, read_image_file
 from affbench.sequences import write_tracked_sequence
 
 DATASET = "bp4d"
@@ -341,16 +341,6 @@ class PrepareSettings(_CropSettings):
         return parameters
 
 
-def _read_frame(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    if not data:
-        raise ValueError("the file is empty")
-    try:
-        return decode_image(data)
-    except ValueError:
-        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
-
-
 def prepare_task(unit: TaskSequence, tick: Tick, *, out_dir: str, settings: PrepareSettings) -> UnitOutcome:
     """Turn the coded frames of one (subject, task) into shards: one row per coded frame.
 
@@ -380,7 +370,7 @@ def prepare_task(unit: TaskSequence, tick: Tick, *, out_dir: str, settings: Prep
                 yield frame, None
                 continue
             try:
-                yield frame, _read_frame(root / source(frame))
+                yield frame, read_image_file(root / source(frame))
             except (OSError, ValueError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 failures.append({"unit": unit.key, "item": source(frame), "reason": f"unreadable image: {reason}"})

@@ -38,7 +38,7 @@ from affbench.faces import (
     shared_detector,
 )
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
-from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, make_schema
+from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, read_image_file
 
 DATASET = "caer-s"
 CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
@@ -197,35 +197,6 @@ class Settings:
         }
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    if not data:
-        raise ValueError("the file is empty")
-    try:
-        return decode_image(data)
-    except ValueError:
-        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
-
-
-def _detect(detector, images: list[np.ndarray | None], sources: list[str],
-            failures: list[dict[str, str]], unit: str) -> dict[int, list]:
-    """MTCNN's faces for each readable image, by index. Where the batch fails, each image is
-    detected alone, so that one image MTCNN cannot take (a 5x5 thumbnail) fails only its own row."""
-    readable = [i for i, rgb in enumerate(images) if rgb is not None]
-    try:
-        return dict(zip(readable, detector.detect([images[i] for i in readable])))
-    except Exception:  # noqa: BLE001 - narrowed to the image below
-        pass
-    detections = {}
-    for i in readable:
-        try:
-            detections[i] = detector.detect([images[i]])[0]
-        except Exception as exc:  # noqa: BLE001 - the image's row stays, without a face
-            failures.append({"unit": unit, "item": sources[i],
-                             "reason": f"face detection failed: {type(exc).__name__}: {exc}"})
-    return detections
-
-
 def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOutcome:
     """Detect, select, align and crop the face of every image of one folder; write its shards."""
     root = Path(settings.root)
@@ -245,12 +216,14 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
             for name in names:
                 source = f"{unit.key}/{name}"
                 try:
-                    images.append(_read_rgb(root / source))
+                    images.append(read_image_file(root / source))
                 except (OSError, ValueError) as exc:
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                     failures.append({"unit": unit.key, "item": source, "reason": f"unreadable image: {reason}"})
                     images.append(None)
-            detections = _detect(detector, images, [f"{unit.key}/{name}" for name in names], failures, unit.key)
+            detections, errors = detector.detect_each(images)
+            failures.extend({"unit": unit.key, "item": f"{unit.key}/{names[i]}", "reason": f"face detection failed: {error}"}
+                            for i, error in errors.items())
             for i, name in enumerate(names):
                 rgb, faces = images[i], detections.get(i, [])
                 face = select_face(faces, settings.select, image_shape=None if rgb is None else rgb.shape)

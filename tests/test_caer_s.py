@@ -186,7 +186,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
     files = [("train", "Angry", "0001.png"), ("test", "Anger", "0001.png"), ("test", "Happy", "0002.png")]
     root = small_caer(sample_data["caer-s"], tmp_path / "CAER-S", files)
     out = tmp_path / "out"
-    read = caer_s._read_rgb
+    read = caer_s.read_image_file
     calls = []
 
     def interrupted(path):
@@ -195,7 +195,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
             raise KeyboardInterrupt  # Ctrl-C in the last folder
         return read(path)
 
-    monkeypatch.setattr(caer_s, "_read_rgb", interrupted)
+    monkeypatch.setattr(caer_s, "read_image_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         caer_s.prepare(root, out, progress=False)
     assert calls == ["train/Angry/0001.png", "test/Anger/0001.png", "test/Happy/0002.png"]
@@ -203,7 +203,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
     assert sorted(finished) == ["test-Anger-9c755541-00000.parquet", "train-Angry-549e8b12-00000.parquet"]
 
-    monkeypatch.setattr(caer_s, "_read_rgb", lambda path: (calls.append(path.name), read(path))[1])
+    monkeypatch.setattr(caer_s, "read_image_file", lambda path: (calls.append(path.name), read(path))[1])
     calls.clear()
     summary = caer_s.prepare(root, out, progress=False)
     assert calls == ["0002.png"] and (summary.units_skipped, summary.units_done) == (2, 1)
