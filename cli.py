@@ -121,6 +121,8 @@ def _prepare_options(
                          help="Where MTCNN runs: auto (CUDA when available), cpu or cuda[:N]."),
             click.option("--rows-per-shard", default=1000, show_default=True, type=click.IntRange(1),
                          help="Rows per Parquet shard file."),
+            click.option("--quiet", is_flag=True,
+                         help="No progress display (by default a bar on a terminal, a line every 30 s in a log)."),
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -133,21 +135,27 @@ def _prepare_options(
 @_prepare_options(default_size=256)
 @click.option("--camera", default="left", show_default=True, type=click.Choice(["left", "right", "both"]),
               help="Which camera's videos to prepare (right-camera sample ids carry '/right/').")
+@click.option("--tracking", default="on", show_default=True, type=click.Choice(["on", "off"]),
+              help="on: track the face with O-Net, every tracked frame verified by full detections; "
+                   "off: the full MTCNN cascade on every frame (slower, the reference).")
 def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, quality: int, workers: int,
-                  device: str, rows_per_shard: int) -> None:
+                  device: str, rows_per_shard: int, quiet: bool, tracking: str) -> None:
     """DISFA: every left-camera frame, MTCNN-aligned, 256x256 crops, 12 AU intensities joined.
 
     ROOT holds Videos_LeftCamera/, Video_RightCamera/ and ActionUnit_Labels/ as distributed. Every
-    frame becomes one row (face_found=false where no face is found), joined to the AU label files
-    by line order. Videos that cannot be read or are truncated are listed in manifest.json's
+    frame becomes one row, joined to the AU label files by line order; a frame where no face is
+    found gets a fallback crop from its neighbours in time (face_found=false, landmark_source
+    interpolated or carried). Videos that cannot be read or are truncated are listed in manifest.json's
     failures and make the command exit non-zero once the other videos are done. Each video runs
     in one process with one PyTorch thread: use --workers N to keep N cores busy.
     """
+    from affbench.face_tracking import TrackerSettings
     from affbench.pipelines import disfa
 
     settings = disfa.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
-                                     rows_per_shard=rows_per_shard)
-    summary = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers)
+                                     rows_per_shard=rows_per_shard,
+                                     tracker=TrackerSettings(tracking=tracking == "on"))
+    summary = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers, progress=not quiet)
     _finish_prepare(summary, out, "frames", notes=lambda manifest: [
         f"length mismatch: {line}" for line in disfa.length_mismatches(manifest)])
 
@@ -175,14 +183,38 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
         sys.exit(1)
 
 
+@prepare.command("bp4d")
+@_prepare_options(default_size=256)
+def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
+                 rows_per_shard: int, quiet: bool) -> None:
+    """BP4D-Spontaneous: every coded frame, MTCNN-aligned (tracked per task), 256x256 crops.
+
+    ROOT holds <subject>/<task>/<frame>.jpg and AUCoding/AU_OCC/<subject>_<task>.csv (found within
+    a few folder levels), and, where the copy has them, the FERA 2015 intensity codes in
+    AUCoding/AU_INT/AU06/<subject>_<task>_AU06.csv (AU6, 10, 12, 14, 17). One row per coded frame
+    with the 12 protocol AUs (9 = unknown stored as -1); frames without codes are counted, not
+    stored. A missing or unreadable coded image keeps its row without a face and is listed in the
+    manifest's failures. One (subject, task) per process: use --workers N to keep N cores busy.
+    """
+    from affbench.pipelines import bp4d
+
+    settings = bp4d.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
+                                    rows_per_shard=rows_per_shard)
+    summary = bp4d.prepare(root, out, settings=settings, workers=workers, progress=not quiet)
+    _finish_prepare(summary, out, "frames", notes=lambda manifest: [
+        f"frames without codes (not stored): {bp4d.uncoded_frames(manifest)}"])
+
+
 @prepare.command("caer-s")
 @_prepare_options(default_size=96)
 @click.option("--select", default="largest", show_default=True, type=click.Choice(["largest", "prob"]),
-              help="Which face to keep where MTCNN finds several: the largest box or the most confident.")
+              help="Which face to keep where MTCNN finds several: the largest box or the most confident, "
+                   "each only by a clear margin; near-ties go to the face nearest the image centre "
+                   "(n_faces records how many there were).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="Images of one size per MTCNN call (recorded in the manifest); larger batches pay off on a GPU.")
 def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
-                   rows_per_shard: int, select: str, batch_size: int) -> None:
+                   rows_per_shard: int, quiet: bool, select: str, batch_size: int) -> None:
     """CAER-S: every image under train/ and test/, MTCNN-aligned, 96x96 face crops, 7 classes.
 
     ROOT holds train/<Class>/NNNN.png and test/<Class>/NNNN.png as distributed (the anger folder is
@@ -196,7 +228,7 @@ def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, w
 
     summary = caer_s.prepare(root, out, size=size, codec=codec, quality=quality, select=select,
                              detector=DetectorSettings(batch_size=batch_size), device=device,
-                             workers=workers, rows_per_shard=rows_per_shard)
+                             workers=workers, rows_per_shard=rows_per_shard, progress=not quiet)
     _finish_prepare(summary, out, "images")
 
 
@@ -206,7 +238,7 @@ def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, w
 @click.option("--annotations", type=click.Path(path_type=Path), default=None,
               help="Folder holding the *_Challenge annotation folders, where they are not under ROOT.")
 def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
-                     rows_per_shard: int, annotations: Path | None) -> None:
+                     rows_per_shard: int, quiet: bool, annotations: Path | None) -> None:
     """Aff-Wild2 (ABAW3 release): the challenge's aligned 112x112 faces with AU, EXPR and VA labels.
 
     ROOT holds cropped_aligned/<video>/NNNNN.jpg and the three *_Challenge annotation folders (found
@@ -218,7 +250,7 @@ def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int,
     from affbench.pipelines import affwild2
 
     summary = affwild2.prepare(root, out, annotations=annotations, size=size, codec=codec, quality=quality,
-                               workers=workers, rows_per_shard=rows_per_shard)
+                               workers=workers, rows_per_shard=rows_per_shard, progress=not quiet)
     _finish_prepare(summary, out, "frames")
 
 
@@ -227,12 +259,12 @@ def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int,
 
 @app.command("sample-data")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--datasets", "names", default="disfa,caer-s,affwild2", show_default=True,
+@click.option("--datasets", "names", default="disfa,bp4d,caer-s,affwild2", show_default=True,
               help="Comma-separated datasets to generate.")
 @click.option("--frames", default=None, type=click.IntRange(4, 10000),
-              help="Frames per DISFA video / Aff-Wild2 video (default: small demo size).")
+              help="Frames per DISFA video / BP4D task / Aff-Wild2 video (default: small demo size).")
 def sample_data(directory: Path, names: str, frames: int | None) -> None:
-    """Write small, deterministic datasets in the exact on-disk layouts of DISFA, CAER-S and Aff-Wild2.
+    """Write small, deterministic datasets in the exact on-disk layouts of DISFA, BP4D, CAER-S and Aff-Wild2.
 
     The faces are real (scikit-image's astronaut photograph and LFW crops), moved, rotated and
     scaled frame by frame, so that MTCNN must find and align them; a few frames and images have
@@ -265,9 +297,11 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
 @click.option("--workers", "num_workers", default=None, type=click.IntRange(0, 256),
               help="DataLoader worker processes per job (default: chosen by device).")
 @click.option("--plots/--no-plots", default=None,
-              help="Write training curves and per-AU bars (default: when matplotlib is installed).")
+              help="Write training curves, per-label bars and the paper comparison (default: when matplotlib is installed).")
+@click.option("--quiet", is_flag=True,
+              help="Only the final tables: no progress display and no per-job or per-epoch lines.")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
-                  max_steps: int | None, device: str, num_workers: int | None, plots: bool | None) -> None:
+                  max_steps: int | None, device: str, num_workers: int | None, plots: bool | None, quiet: bool) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
@@ -276,13 +310,13 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
     skipped and an unfinished one continues from its last finished epoch.
     """
     _quiet_openmp()
-    from affbench import results
+    from affbench import results, tables
     from affbench.benchmarks.harness import run_benchmark as run
 
     report = run(
         suite, data, out,
         encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
-        device=device, num_workers=num_workers, progress=sys.stderr.isatty(), log=click.echo,
+        device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
     )
     click.echo(f"{report.cells_total} cell(s): {report.cells_skipped} already finished, "
                f"{report.cells_written} written, in {report.seconds:.1f} s.")
@@ -290,7 +324,7 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
         click.echo(f"note: {note}")
     records = results.load_records(out, suite=report.suite)
     click.echo("")
-    click.echo(results.markdown(records))
+    click.echo(tables.markdown(tables.wide_tables(records, results.published_for(out, [report.suite]))))
     _maybe_plot(out, records, plots)
 
 
@@ -315,13 +349,14 @@ def _split_folds(text: str | None) -> list[int] | None:
 
 def _maybe_plot(run_dir: Path, records, plots: bool | None) -> None:
     """Plots when asked (an error without matplotlib), or by default when matplotlib is there."""
+    from affbench import plots as plotting
     from affbench import results
 
     if plots is False or not records:  # no results, nothing to draw
         return
     try:
-        written = results.plot_run(run_dir, records)
-    except results.PlotsUnavailableError:
+        written = plotting.plot_run(run_dir, records)
+    except plotting.PlotsUnavailableError:
         if plots:
             raise
         click.echo("plots skipped: matplotlib is not installed (pip install 'affbench[plots]').")
@@ -333,23 +368,30 @@ def _maybe_plot(run_dir: Path, records, plots: bool | None) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--csv", "csv_path", required=True, type=click.Path(path_type=Path), help="CSV file to write.")
 @click.option("--wide/--long", default=False, show_default=True,
-              help="Paper-style table (encoders x metrics, mean and std over folds) or one row per metric value.")
+              help="Also write the paper-style tables (one CSV per dataset and task, and tables.md) into "
+                   "CSV_STEM-tables/; the tidy long CSV is always written.")
+@click.option("--latex", is_flag=True, help="Also write the paper-style tables as LaTeX (tables.tex; implies --wide).")
 @click.option("--plots/--no-plots", default=None,
-              help="Write training curves and per-AU bars into RUN_DIR/plots (default: when matplotlib is installed).")
+              help="Write training curves, per-label bars and the paper comparison into RUN_DIR/plots "
+                   "(default: when matplotlib is installed).")
 @click.option("--force", is_flag=True, default=False,
               help="Replace --csv even when it is not an earlier affbench export.")
-def export(run_dir: Path, csv_path: Path, wide: bool, plots: bool | None, force: bool) -> None:
-    """Export a run folder's results to CSV and print them as a Markdown table.
+def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool | None, force: bool) -> None:
+    """Export a run folder's results: a tidy CSV (one row per value, with provenance), the published
+    numbers beside affbench's (CSV_STEM-vs-paper.csv, when the suites declare them) and, with --wide
+    or --latex, paper-style tables. The headline tables are printed as Markdown.
 
-    An existing --csv file is replaced only when it is an earlier export (its header starts with
-    suite,dataset,task,encoder), unless --force is given.
+    An existing --csv file is replaced only when it is an earlier affbench export, unless --force
+    is given.
     """
     from affbench import results
 
-    frame, table = results.export(run_dir, csv_path, wide=wide, force=force)
-    click.echo(table)
+    exported = results.export(run_dir, csv_path, wide=wide, latex=latex, force=force)
+    click.echo(exported.markdown)
     click.echo("")
-    click.echo(f"{len(frame)} row(s) written to {csv_path} ({'wide' if wide else 'long'} format).")
+    click.echo(f"{len(exported.long)} row(s) written to {csv_path} (tidy long format, schema {results.SCHEMA_VERSION}).")
+    for path in exported.written[1:]:
+        click.echo(f"written: {path}")
     _maybe_plot(run_dir, results.load_records(run_dir), plots)
 
 
@@ -460,7 +502,7 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     inference.check_output_path(out)
     inference.collect_inputs(inputs)  # a wrong input is said before the models load
     if plot:
-        from affbench.results import _pyplot
+        from affbench.plots import _pyplot
 
         _pyplot()  # a missing matplotlib is said before the work, not after it
     models = [inference.load_model(path, device=device, batch_size=batch_size) for path in (model, *more_models)]
@@ -515,18 +557,18 @@ def demo(out: Path, device: str) -> None:
     import torch
 
     threads = torch.get_num_threads()
-    for name in ("disfa", "caer-s", "affwild2"):
+    for name in ("disfa", "bp4d", "caer-s", "affwild2"):
         _demo_prepare(name, written[name], prepared / name, device)
     torch.set_num_threads(threads)  # a pipeline may narrow it for its detector; training wants them all
     click.echo(f"prepared     {prepared}  ({time.perf_counter() - started:.0f} s so far)")
-    report = run("demo", prepared, run_dir, device=device, progress=sys.stderr.isatty(), log=click.echo)
+    report = run("demo", prepared, run_dir, device=device, log=click.echo)
     csv_path = out / "demo-results.csv"
-    frame, table = results.export(run_dir, csv_path, wide=True)
+    exported = results.export(run_dir, csv_path, wide=True, latex=True)
     click.echo("")
-    click.echo(table)
+    click.echo(exported.markdown)
     click.echo("")
-    click.echo(f"{report.cells_total} cells ({report.cells_skipped} already finished); "
-               f"wide table in {csv_path}; run folder {run_dir}")
+    click.echo(f"{report.cells_total} cells ({report.cells_skipped} already finished); tidy CSV {csv_path}, "
+               f"tables in {csv_path.with_name(csv_path.stem + '-tables')}; run folder {run_dir}")
     _maybe_plot(run_dir, results.load_records(run_dir), None)
     _demo_predict(run_dir, written["disfa"], out, device)
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
@@ -574,12 +616,14 @@ def _demo_predict(run_dir: Path, disfa_root: Path, out: Path, device: str) -> No
 
 def _demo_prepare(name: str, root: Path, out: Path, device: str) -> None:
     """Prepare one sample dataset (finished units are skipped on a re-run)."""
-    from affbench.pipelines import affwild2, caer_s, disfa
+    from affbench.pipelines import affwild2, bp4d, caer_s, disfa
 
     where = "cpu" if device == "cpu" else "auto"
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, plain lines in a log
     if name == "disfa":
         summary = disfa.prepare(root, out, settings=disfa.PrepareSettings(device=where), progress=progress)
+    elif name == "bp4d":
+        summary = bp4d.prepare(root, out, settings=bp4d.PrepareSettings(device=where), progress=progress)
     elif name == "caer-s":
         summary = caer_s.prepare(root, out, device=where, progress=progress)
     else:
@@ -601,7 +645,7 @@ def list_(what: str) -> None:
             click.echo(f"{spec.name:10s} {spec.description}")
         return
     if what == "metrics":
-        from affbench.metrics import list_metrics
+        from affbench.scoring import list_metrics
 
         click.echo(f"{'name':16s} {'better':7s} {'task kinds':28s} description")
         for spec in list_metrics():
@@ -620,7 +664,7 @@ def list_(what: str) -> None:
             )
         return
     if what == "suites":
-        from affbench.benchmarks.harness import list_suites
+        from affbench.benchmarks.suite import list_suites
 
         for name, description, _ in list_suites():
             click.echo(f"{name:12s} {description}")

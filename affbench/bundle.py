@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from affbench.errors import AffbenchError
-from affbench.faces import AlignmentTemplate, DetectorSettings, TrackerSettings
+from affbench.faces import AlignmentTemplate, DetectorSettings
+from affbench.face_tracking import TrackerSettings
 from affbench.files import json_default
 
 FORMAT = "affbench-model"

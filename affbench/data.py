@@ -43,7 +43,7 @@ from affbench.faces import AlignmentTemplate, alignment_matrix, transform_points
 from affbench.shards import MANIFEST_NAME, ShardReader, decode_image
 
 #: Columns every label table carries when the shards have them.
-META_COLUMNS = ("sample_id", "subject", "source", "frame", "split", "face_found")
+META_COLUMNS = ("sample_id", "subject", "source", "frame", "split", "face_found", "landmark_source", "n_faces")
 
 #: The five aligned landmarks, and their mirror images under a horizontal flip:
 #: left eye <-> right eye, nose stays, left mouth corner <-> right mouth corner.
@@ -527,7 +527,7 @@ class ShardImages(torch.utils.data.Dataset):
     def _load(self, row: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
         data = self._images_of(int(self._shard[row]), int(self._group[row]))[int(self._offset[row])]
         if data is None:
-            raise ValueError(f"row {row} of {self.folder} has no image (face_found is false); it must not be sampled")
+            raise ValueError(f"row {row} of {self.folder} has no image (no face and no fallback crop); it must not be sampled")
         rgb = decode_image(data)
         points = None if self.points is None else self.points[row]
         return transform_crop(rgb, self.input_size, self.augmentation, train=self.train, seed=seed, points=points)

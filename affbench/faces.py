@@ -1,19 +1,16 @@
-"""Face detection (MTCNN from facenet-pytorch), video face tracking, crop rows.
+"""Face detection (MTCNN from facenet-pytorch), the choice among several faces, crop rows.
 
 Every pipeline aligns the chosen face by its five MTCNN landmarks (:mod:`affbench.align`: the
 template, the eye-weighted similarity fit and the anti-aliased, constant-border warp).
 
-Videos go through :class:`FaceTracker`: MTCNN's last stage (O-Net) places the five landmarks from a
-48x48 resampling of the face box, so once a face is known, running O-Net alone on full-resolution
-crops at the previous frame's box gives landmarks of the same quality as the full three-stage
-cascade, at a small fraction of its cost. The full cascade runs (on a downscaled copy of the frame)
-only where tracking has no face to start from, where O-Net rejects the tracked box, and every
-``redetect_every`` frames.
+MTCNN's last stage (O-Net) places the five landmarks from a 48x48 resampling of the face box, so
+:meth:`FaceDetector.refine` can run it alone on boxes from elsewhere; videos use that to track a
+face cheaply (:mod:`affbench.face_tracking`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -131,6 +128,24 @@ class FaceDetector:
                     results[i] = faces
         return [r if r is not None else [] for r in results]
 
+    def detect_each(self, images: Sequence[np.ndarray | None]) -> tuple[dict[int, list[Face]], dict[int, str]]:
+        """Faces of each image that is not None, by index, and the error of each image MTCNN could
+        not take. The images go in batches; where a batch fails, each image is detected alone, so
+        that one image MTCNN cannot take (a 5x5 thumbnail) loses only its own faces."""
+        readable = [i for i, rgb in enumerate(images) if rgb is not None]
+        try:
+            return dict(zip(readable, self.detect([images[i] for i in readable]))), {}
+        except Exception:  # noqa: BLE001 - narrowed to the failing image below
+            pass
+        found: dict[int, list[Face]] = {}
+        errors: dict[int, str] = {}
+        for i in readable:
+            try:
+                found[i] = self.detect([images[i]])[0]
+            except Exception as exc:  # noqa: BLE001 - the image keeps its row, without a face
+                errors[i] = f"{type(exc).__name__}: {exc}"
+        return found, errors
+
     def _detect_batch(self, batch: np.ndarray) -> list[list[Face]]:
         import torch
 
@@ -233,208 +248,43 @@ def shared_detector(settings: DetectorSettings = DetectorSettings(), device: str
     return _SHARED[key]
 
 
-def _moved(before: np.ndarray, after: np.ndarray) -> float:
-    """How far a box's corners moved, as a fraction of its side."""
-    side = max(float(before[2] - before[0]), float(before[3] - before[1]), 1e-6)
-    return float(np.abs(np.asarray(after[:4]) - np.asarray(before[:4])).max()) / side
+#: "largest" keeps the largest face only where its area is at least this many times the next
+#: one's; closer sizes are a tie (a 1.5% difference is a coin toss between two people).
+SIZE_MARGIN = 1.25
+#: "prob" keeps the most confident face only where its score beats the next by this much; MTCNN's
+#: scores of clear faces all lie between 0.999 and 1, so closer scores are a tie.
+SCORE_MARGIN = 0.01
 
 
-def select_face(faces: Sequence[Face], strategy: str = "largest", previous: Face | None = None) -> Face | None:
-    """Pick one face: the one nearest ``previous`` when given, else the largest or most confident."""
+def select_face(
+    faces: Sequence[Face],
+    strategy: str = "largest",
+    previous: Face | None = None,
+    image_shape: Sequence[int] | None = None,
+) -> Face | None:
+    """Pick one face, by a rule that does not flip between near-equal faces.
+
+    With ``previous`` (video): the face nearest it. Else ``largest``: the largest face if its area
+    is at least :data:`SIZE_MARGIN` times every other's; where several are that close in size, the
+    one among them whose centre is nearest the image centre (``image_shape``, (height, width, ...);
+    without it the largest). ``prob``: the most confident face if its score beats every other's by
+    :data:`SCORE_MARGIN`; where several are that close, the ``largest`` rule among them.
+    """
     if not faces:
         return None
     if previous is not None:
         return min(faces, key=lambda f: float(np.linalg.norm(f.centre - previous.centre)))
-    if strategy == "largest":
-        return max(faces, key=lambda f: f.area)
     if strategy == "prob":
-        return max(faces, key=lambda f: f.score)
-    raise ValueError(f"unknown face selection {strategy!r}; use 'largest' or 'prob'")
-
-
-# ----------------------------------------------------------------------------------------- tracking
-
-
-@dataclass(frozen=True)
-class TrackerSettings:
-    """How :class:`FaceTracker` follows a face through a video; every field goes in the manifest.
-
-    ``detect_max_side``: full detections run on a copy of the frame downscaled so that its longer
-    side is at most this many pixels (0: full size); ``DetectorSettings.min_face_size`` is then
-    counted in that copy's pixels. The landmarks always come from O-Net on full-resolution crops.
-    ``refine_passes``: at most this many O-Net passes per frame, each starting from the box the
-    pass before regressed (the first from the last frame's box); another pass runs only while the
-    box still moves by more than ``refine_tolerance`` of its side. ``redetect_every``: run the full
-    cascade on every N-th frame even while tracking holds (0: only when tracking is lost).
-    """
-
-    detect_max_side: int = 384
-    refine_passes: int = 2
-    refine_tolerance: float = 0.03
-    redetect_every: int = 100
-
-    def __post_init__(self) -> None:
-        if self.detect_max_side < 0 or self.refine_passes < 1 or self.refine_tolerance < 0 or self.redetect_every < 0:
-            raise ValueError(f"invalid tracker settings {self}")
-
-    def describe(self) -> dict:
-        return {
-            "method": "track with MTCNN O-Net on full-resolution crops at the previous face box; "
-            "full MTCNN cascade on a downscaled frame when there is no face to track, when O-Net "
-            "rejects the tracked box, and every redetect_every frames",
-            **asdict(self),
-        }
-
-
-@dataclass(frozen=True)
-class TrackedFace:
-    """The face chosen in one frame and how it was found: ``tracked`` (O-Net from the previous
-    box), ``detected`` (full cascade, then O-Net refinement) or ``none`` (no face)."""
-
-    face: Face | None
-    method: str
-    candidates: int = 0  # faces the full cascade found in this frame (0 where it did not run)
-
-
-class FaceTracker:
-    """Follow one face through consecutive frames of a video, a batch of frames at a time.
-
-    Feed it the frames in order (:meth:`track`, any batch size); call :meth:`reset` before another
-    video. Where the full cascade finds several faces, the one nearest the previous frame's face is
-    kept (the largest one when there is no previous face).
-
-    Examples
-    --------
-    >>> tracker = FaceTracker(FaceDetector())                       # doctest: +SKIP
-    >>> for batch in batches_of_rgb_frames:                         # doctest: +SKIP
-    ...     for result in tracker.track(batch):
-    ...         crop, _ = align_face(frame, result.face.landmarks, 256, AlignmentTemplate())
-    """
-
-    def __init__(self, detector: FaceDetector, settings: TrackerSettings = TrackerSettings()):
-        self.detector = detector
-        self.settings = settings
-        self.reset()
-
-    def reset(self) -> None:
-        self._last: Face | None = None
-        self._index = 0
-
-    def _accept(self, face: Face | None, shape: tuple[int, ...]) -> bool:
-        if face is None:
-            return False
-        detector = self.detector.settings
-        if face.score < max(detector.thresholds[2], detector.min_score):
-            return False
-        x1, y1, x2, y2 = face.box
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        inside = 0 <= cx < shape[1] and 0 <= cy < shape[0]
-        return inside and min(x2 - x1, y2 - y1) >= 12 and np.all(np.isfinite(face.landmarks))
-
-    def _refine(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[Face | None]:
-        """O-Net passes, each from the box the pass before regressed, until the box moves less
-        than ``refine_tolerance`` of its size (the face is where O-Net was looking)."""
-        faces = self.detector.refine(frames, boxes)
-        starts = [np.asarray(b, dtype=np.float64) for b in boxes]
-        for _ in range(self.settings.refine_passes - 1):
-            again = [i for i, (f, b) in enumerate(zip(faces, starts)) if f is not None and _moved(b, f.box) > self.settings.refine_tolerance]
-            if not again:
-                break
-            redone = self.detector.refine([frames[i] for i in again], [faces[i].box for i in again])
-            for i, face in zip(again, redone):
-                starts[i] = faces[i].box
-                faces[i] = face
-        return faces
-
-    def _downscale(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
-        longest = max(frame.shape[:2])
-        limit = self.settings.detect_max_side
-        if limit <= 0 or longest <= limit:
-            return frame, 1.0
-        scale = limit / longest
-        size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
-        small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-        # the exact per-axis factors differ from `scale` by rounding; use the horizontal one
-        return small, small.shape[1] / frame.shape[1]
-
-    def follow(
-        self, frames: Iterable[tuple[int, np.ndarray]], batch_size: int | None = None
-    ) -> Iterator[tuple[int, np.ndarray, TrackedFace]]:
-        """Track through a stream of ``(index, frame)`` (a :class:`~affbench.video.VideoReader`),
-        yielding ``(index, frame, TrackedFace)`` in order; only one batch is held at a time."""
-        size = max(1, batch_size or self.detector.settings.batch_size)
-        batch: list[tuple[int, np.ndarray]] = []
-        for item in frames:
-            batch.append(item)
-            if len(batch) == size:
-                yield from self._follow_batch(batch)
-                batch = []
-        if batch:
-            yield from self._follow_batch(batch)
-
-    def _follow_batch(self, batch: list[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray, TrackedFace]]:
-        results = self.track([frame for _, frame in batch])
-        for (index, frame), result in zip(batch, results):
-            yield index, frame, result
-
-    def _detect_all(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
-        """The full cascade on downscaled copies, batched; faces in source pixels."""
-        scaled = [self._downscale(frame) for frame in frames]
-        found = self.detector.detect([small for small, _ in scaled])
-        return [[f.scaled(1.0 / scale) for f in faces] for (_, scale), faces in zip(scaled, found)]
-
-    def _detect_one(self, frame: np.ndarray, previous: Face | None) -> TrackedFace:
-        return self._choose(frame, self._detect_all([frame])[0], previous)
-
-    def _choose(self, frame: np.ndarray, faces: list[Face], previous: Face | None,
-                fallback: TrackedFace | None = None) -> TrackedFace:
-        """Keep the face nearest ``previous`` (the largest without one) and refine it at full
-        resolution; ``fallback`` (the tracked result) stands where the cascade finds nothing."""
-        chosen = select_face(faces, previous=previous)
-        if chosen is None:
-            return fallback if fallback is not None else TrackedFace(None, "none", 0)
-        refined = self._refine([frame], [chosen.box])[0]
-        face = refined if self._accept(refined, frame.shape) else chosen
-        return TrackedFace(face, "detected", len(faces))
-
-    def track(self, frames: Sequence[np.ndarray]) -> list[TrackedFace]:
-        """The face of each of these consecutive frames, in order.
-
-        Each frame is first tracked from the face of the frame before (O-Net alone, one small
-        forward pass per refinement); the frames where that fails, or where a periodic re-detection
-        is due, then go through the full cascade together, as one batch.
-        """
-        n = len(frames)
-        results: list[TrackedFace | None] = [None] * n
-        every = self.settings.redetect_every
-        due = [every > 0 and (self._index + i) % every == 0 for i in range(n)]
-        seed = self._last
-        for i, frame in enumerate(frames):
-            if seed is None:  # nothing to track from: find the face here, then track from it
-                results[i] = self._detect_one(frame, None)
-                seed = results[i].face
-                continue
-            face = self._refine([frame], [seed.box])[0]
-            if self._accept(face, frame.shape):
-                results[i] = TrackedFace(face, "tracked")
-                seed = face
-        pending = [i for i in range(n) if results[i] is None or (due[i] and results[i].method == "tracked")]
-        if pending:
-            found = self._detect_all([frames[i] for i in pending])
-            for i, faces in zip(pending, found):
-                if results[i] is not None:  # a periodic re-detection where tracking holds
-                    previous = results[i].face
-                else:
-                    earlier = (r.face for r in reversed(results[:i]) if r is not None and r.face is not None)
-                    previous = next(earlier, self._last)
-                results[i] = self._choose(frames[i], faces, previous, fallback=results[i])
-        final = [r if r is not None else TrackedFace(None, "none") for r in results]
-        for r in reversed(final):
-            if r.face is not None:
-                self._last = r.face
-                break
-        self._index += n
-        return final
+        best = max(f.score for f in faces)
+        faces = [f for f in faces if f.score > best - SCORE_MARGIN]
+    elif strategy != "largest":
+        raise ValueError(f"unknown face selection {strategy!r}; use 'largest' or 'prob'")
+    largest = max(f.area for f in faces)
+    close = [f for f in faces if f.area * SIZE_MARGIN > largest]
+    if len(close) == 1 or image_shape is None:
+        return max(close, key=lambda f: f.area)
+    centre = np.array([image_shape[1] / 2, image_shape[0] / 2])
+    return min(close, key=lambda f: float(np.linalg.norm(f.centre - centre)))
 
 
 def face_crop_columns(

@@ -1,7 +1,7 @@
 """Run saved models on new videos and images: one table row per frame or image.
 
 Every frame goes through what ``prepare`` does to a dataset (:mod:`affbench.faces`): videos through
-:class:`~affbench.faces.FaceTracker`, still images through the full MTCNN cascade and the same face
+:class:`~affbench.face_tracking.FaceTracker`, still images through the full MTCNN cascade and the same face
 choice, then the similarity alignment onto the model's own template at its own crop size, and the
 evaluation framing of training (:func:`affbench.data.transform_crop`). Then the model, in batches.
 
@@ -36,7 +36,8 @@ import pandas as pd
 
 from affbench.bundle import ModelDescription, TaskOutput, build_model, read_model_file
 from affbench.errors import AffbenchError
-from affbench.faces import Face, FaceTracker, align_face, resolve_device, select_face, shared_detector
+from affbench.faces import Face, align_face, resolve_device, select_face, shared_detector
+from affbench.face_tracking import FaceTracker
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -286,38 +287,23 @@ def image_faces(paths: Sequence[Path], detector, selection: str, failures: list[
                 chunk: int = 32) -> Iterator[FrameFace]:
     """Every image with its chosen face (full cascade, as ``prepare caer-s``); an unreadable image
     keeps its row without a face and is listed in ``failures``."""
-    from affbench.shards import decode_image
+    from affbench.shards import read_image_file
 
     for start in range(0, len(paths), chunk):
         names = paths[start : start + chunk]
         images: list[np.ndarray | None] = []
         for path in names:
             try:
-                images.append(decode_image(path.read_bytes()))
+                images.append(read_image_file(path))
             except (OSError, ValueError) as exc:
                 failures.append({"source": str(path), "reason": f"unreadable image ({exc})"})
                 images.append(None)
-        found = _detect_each(detector, images, names, failures)
+        found, errors = detector.detect_each(images)
+        failures.extend({"source": str(names[i]), "reason": f"face detection failed ({error})"} for i, error in errors.items())
         for i, path in enumerate(names):
-            face = select_face(found.get(i, []), selection)
+            shape = images[i].shape if images[i] is not None else None
+            face = select_face(found.get(i, []), selection, image_shape=shape)
             yield FrameFace(str(path), None, None, images[i], face, "detected" if face is not None else "none")
-
-
-def _detect_each(detector, images: list[np.ndarray | None], paths: Sequence[Path], failures: list[dict]) -> dict:
-    """Faces of each readable image, by index; where the batch fails, each image alone, so that an
-    image MTCNN cannot take (a 5x5 thumbnail) loses only its own face."""
-    readable = [i for i, rgb in enumerate(images) if rgb is not None]
-    try:
-        return dict(zip(readable, detector.detect([images[i] for i in readable])))
-    except Exception:  # noqa: BLE001 - retried image by image below
-        pass
-    found = {}
-    for i in readable:
-        try:
-            found[i] = detector.detect([images[i]])[0]
-        except Exception as exc:  # noqa: BLE001 - the image keeps its row, without a face
-            failures.append({"source": str(paths[i]), "reason": f"face detection failed ({type(exc).__name__}: {exc})"})
-    return found
 
 
 # ----------------------------------------------------------------------------------------- tables

@@ -12,8 +12,13 @@ returned is a *position* in that table (``meta.iloc``), not its pandas index.
 
 Rules common to every protocol:
 
-* Rows with ``face_found`` false (or null) are in no train, validation or test set; they are
-  counted per role in ``split["excluded"]["no_face"]`` so that reports show them.
+* Rows without a crop (``face_found`` false and no fallback crop) are in no train, validation or
+  test set; they are counted per role in ``split["excluded"]["no_face"]`` so that reports show them.
+* Rows with a fallback crop (``landmark_source`` interpolated or carried: no face was found in the
+  frame, the crop uses its neighbours' landmarks) are used like any other, as the published
+  protocols score every frame; ``split["fallback_crops"]`` counts them per role. With
+  ``exclude_fallback=True`` they are left out instead and counted in
+  ``split["excluded"]["fallback_crop"]``.
 * Rows with no annotated label for a task are left out of that task only (counted in
   ``split["excluded"]["unannotated"]``); partly annotated rows stay in and ``targets`` masks the
   missing entries.
@@ -33,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.metrics import TASK_KINDS, get_metric
+from affbench.metrics import TASK_KINDS
+from affbench.scoring import get_metric
+from affbench.shards import FALLBACK_SOURCES
 
 __all__ = [
     "TaskSpec",
@@ -71,7 +78,7 @@ class TaskSpec:
         One name per label column (AU tasks, VA) or per class (expression); the suffix of per-label
         metric keys such as ``"f1/au6"``.
     metrics : tuple of str
-        Registered metric names (:func:`affbench.metrics.get_metric`).
+        Registered metric names (:func:`affbench.scoring.get_metric`).
     primary_metric : str
         The metric (one of ``metrics``) used for model selection and headline tables.
     split_column : str or None
@@ -440,6 +447,7 @@ class Protocol:
         *,
         seed: int | None = None,
         fraction: float | None = None,
+        exclude_fallback: bool = False,
     ) -> dict[str, Any]:
         """Row positions of train, validation and test for one task and fold, with what was left out.
 
@@ -454,13 +462,16 @@ class Protocol:
             One of :attr:`folds`; may be omitted for single-fold protocols.
         seed, fraction : optional
             Override the protocol's validation seed / fraction.
+        exclude_fallback : bool
+            Leave out the rows with a fallback crop (see the module docstring).
 
         Returns
         -------
         dict
             ``"train"``, ``"val"``, ``"test"``: sorted int64 positions into ``meta``;
-            ``"excluded"``: ``{"no_face": {role: n}, "unannotated": {role: n}, "no_split": n}``
-            (no_split counts rows outside this task's train and test sets); ``"validation"``: the
+            ``"excluded"``: ``{"no_face": {role: n}, "fallback_crop": {role: n}, "unannotated":
+            {role: n}, "no_split": n}`` (no_split counts rows outside this task's train and test
+            sets); ``"fallback_crops"``: ``{role: n}`` fallback-crop rows used; ``"validation"``: the
             method, fraction, seed and held-out groups, to record with every result;
             ``"fold"`` and ``"test_groups"``.
         """
@@ -494,21 +505,25 @@ class Protocol:
             role[split_values == self.split.test] = "test"
 
         face = self._face_found(meta)
+        fallback = self._fallback(meta) & ~face
+        cropped = face | (fallback & (not exclude_fallback))
         _, mask = self.targets(meta, task)
         labelled = mask.any(axis=1) if mask.ndim == 2 else mask
-        usable = face & labelled
+        usable = cropped & labelled
 
         validation_info = self._draw_validation(meta, spec, validation, role, usable)
 
         excluded = {
-            "no_face": {r: int(((role == r) & ~face).sum()) for r in ROLES},
-            "unannotated": {r: int(((role == r) & face & ~labelled).sum()) for r in ROLES},
+            "no_face": {r: int(((role == r) & ~face & ~fallback).sum()) for r in ROLES},
+            "fallback_crop": {r: int(((role == r) & fallback & ~cropped).sum()) for r in ROLES},
+            "unannotated": {r: int(((role == r) & cropped & ~labelled).sum()) for r in ROLES},
             "no_split": int((role == "").sum()),
         }
         result: dict[str, Any] = {
             r: np.flatnonzero((role == r) & usable).astype(np.int64) for r in ROLES
         }
-        result.update(excluded=excluded, validation=validation_info, fold=fold, test_groups=test_groups)
+        result.update(excluded=excluded, fallback_crops={r: int(((role == r) & usable & fallback).sum()) for r in ROLES},
+                      validation=validation_info, fold=fold, test_groups=test_groups)
         return result
 
     def _check_fold(self, fold: int | None) -> int:
@@ -530,6 +545,13 @@ class Protocol:
         if "face_found" not in meta.columns:
             raise AffbenchError("The data has no face_found column, which every prepared dataset has.")
         return meta["face_found"].fillna(False).to_numpy(dtype=bool)
+
+    @staticmethod
+    def _fallback(meta: pd.DataFrame) -> np.ndarray:
+        """Rows with a fallback crop; none in data prepared before the ``landmark_source`` column."""
+        if "landmark_source" not in meta.columns:
+            return np.zeros(len(meta), dtype=bool)
+        return meta["landmark_source"].isin(FALLBACK_SOURCES).to_numpy(dtype=bool)
 
     def _draw_validation(
         self, meta: pd.DataFrame, spec: TaskSpec, validation: Validation, role: np.ndarray, usable: np.ndarray

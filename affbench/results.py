@@ -1,21 +1,19 @@
-"""Result records of benchmark cells, the tables made from them, CSV export and plots.
+"""Result records of benchmark cells, the tidy long table made from them, and CSV export.
 
 A *cell* is one (suite, dataset, task, encoder, fold). Each finished cell is one JSON file::
 
     RUNDIR/results/<suite>/<dataset>__<task>__<encoder>__fold<k>.json
 
-holding its metrics (per label too: ``"f1/au6"``), row counts, configuration hash, seed, device,
-git commit, wall time, epochs and the selected epoch. Files are written atomically, so a run
-killed at any moment leaves whole records or none; the harness treats a present record with the
-same configuration hash as finished.
+holding its metrics (per label too: ``"f1/au6"``), the trivial baselines' metrics on the same test
+rows (:mod:`affbench.baselines`), row counts, configuration hash, seed, device, git commit, wall
+time, epochs and the selected epoch. Files are written atomically, so a run killed at any moment
+leaves whole records or none; the harness treats a present record with the same configuration hash
+as finished.
 
-Tables follow the shape of lm-evaluation-harness reports:
-
-* :func:`long_table`: one row per (suite, dataset, task, encoder, fold, metric) with its value;
-* :func:`wide_table`: the paper-style view, one row per (suite, dataset, task, encoder) and one
-  column per metric (the mean over folds) plus ``<metric> std`` (population std over folds; empty
-  for a single fold);
-* :func:`markdown` renders the headline metrics as Markdown for the console.
+:func:`long_table` is the tidy view (schema :data:`SCHEMA_VERSION`, documented in the README): one
+row per (suite, dataset, task, predictor, fold, metric, label) with the record's provenance.
+Paper-style tables are in :mod:`affbench.tables`, plots in :mod:`affbench.plots`, published numbers
+in :mod:`affbench.published`; :func:`export` writes them all.
 """
 
 from __future__ import annotations
@@ -23,13 +21,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError
@@ -37,8 +33,6 @@ from affbench.files import atomic_write, check_name, json_default, write_text_at
 
 RESULTS_DIR = "results"
 PLOTS_DIR = "plots"
-LONG_COLUMNS = ("suite", "dataset", "task", "encoder", "fold", "metric", "value")
-KEY_COLUMNS = ("suite", "dataset", "task", "encoder")
 
 
 @dataclass(frozen=True)
@@ -128,87 +122,109 @@ def _require(records: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike | 
         raise AffbenchError(f"No finished benchmark cells{where}; run `affbench run-benchmark` first.")
 
 
-# ----------------------------------------------------------------------------------------- tables
+
+
+# ----------------------------------------------------------------------------------------- long table
+
+#: Version of the long CSV's columns; bumped whenever a column changes meaning, is renamed or removed.
+SCHEMA_VERSION = 2
+#: The long CSV's columns, in order (see the README's "Result files").
+LONG_COLUMNS = (
+    "schema", "suite", "dataset", "task", "kind", "row", "encoder", "baseline", "experiment", "name", "fold",
+    "metric", "label", "value", "seed", "initialisation", "n_train", "n_test", "n_excluded",
+    "epochs", "epochs_planned", "selected_epoch", "job", "config_hash", "device", "world_size",
+    "git_commit", "affbench_version",
+)
+_INTEGER_COLUMNS = ("fold", "seed", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned",
+                    "selected_epoch", "world_size")
+
+
+def split_metric(key: str) -> tuple[str, str]:
+    """``"f1/au6"`` -> ``("f1", "au6")``; an overall value has the empty label."""
+    metric, _, label = key.partition("/")
+    return metric, label
+
+
+def _excluded_test_rows(record: Mapping[str, Any]) -> int | None:
+    """Test rows left out of the cell's scores (no face found, or no label of the task)."""
+    excluded = record.get("excluded")
+    if not isinstance(excluded, Mapping):
+        return None
+    return sum(int((excluded.get(reason) or {}).get("test", 0)) for reason in ("no_face", "unannotated"))
+
+
+def _provenance(record: Mapping[str, Any]) -> dict[str, Any]:
+    n = record.get("n") or {}
+    return {
+        "seed": record.get("seed"), "initialisation": record.get("initialisation"),
+        "n_train": n.get("train"), "n_test": n.get("test"), "n_excluded": _excluded_test_rows(record),
+        "epochs": record.get("epochs"), "epochs_planned": record.get("epochs_planned"),
+        "selected_epoch": record.get("selected_epoch"), "job": record.get("job"),
+        "config_hash": record.get("config_hash"), "device": record.get("device"),
+        "world_size": record.get("world_size"), "git_commit": record.get("git_commit"),
+        "affbench_version": record.get("affbench_version"),
+    }
+
+
+def _value(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def baseline_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One pseudo-record per (suite, dataset, task, fold, baseline): the trivial predictors' scores.
+
+    Every encoder of a (dataset, task, fold) is scored on the same test rows, so their records
+    carry the same baselines; the first record's are used.
+    """
+    seen: set[tuple] = set()
+    found = []
+    for record in records:
+        for name, metrics in (record.get("baselines") or {}).items():
+            key = (record["suite"], record["dataset"], record["task"], int(record["fold"]), name)
+            if key in seen:
+                continue
+            seen.add(key)
+            found.append({**record, "encoder": "", "baseline": name, "metrics": metrics})
+    return found
 
 
 def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (suite, dataset, task, encoder, fold, metric)."""
-    rows = [
-        (r["suite"], r["dataset"], r["task"], r["encoder"], int(r["fold"]), metric,
-         float("nan") if value is None else float(value))
-        for r in records
-        for metric, value in r["metrics"].items()
-    ]
-    frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
-    return frame.astype({"fold": "int64", "value": "float64"})
+    """The tidy table: one row per (suite, dataset, task, encoder or baseline, fold, metric, label).
 
-
-def _metric_order(metrics: Iterable[str]) -> list[str]:
-    """Headline metrics first (in first-seen order), each followed by its per-label values."""
-    seen = list(dict.fromkeys(metrics))
-    heads = [m for m in seen if "/" not in m]
-    ordered = []
-    for head in heads:
-        ordered.append(head)
-        ordered.extend(m for m in seen if m.startswith(f"{head}/"))
-    ordered.extend(m for m in seen if m not in ordered)
-    return ordered
-
-
-def wide_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Paper-style: one row per (suite, dataset, task, encoder); per metric its mean over folds and
-    ``<metric> std`` (population std over folds, empty when there is one fold)."""
-    long = long_table(records)
-    if long.empty:
-        return pd.DataFrame(columns=[*KEY_COLUMNS, "folds"])
-    order = _metric_order(long["metric"])
-    keys = list(KEY_COLUMNS)
-    grouped = long.groupby([*keys, "metric"], sort=False)["value"]
-    mean = grouped.mean().unstack("metric")
-    std = grouped.std(ddof=0).unstack("metric")
-    folds = long.groupby(keys, sort=False)["fold"].nunique()
-    std = std.where(folds.reindex(std.index) > 1)
-    columns = {}
-    for metric in order:
-        if metric in mean.columns:
-            columns[metric] = mean[metric]
-            columns[f"{metric} std"] = std[metric]
-    wide = pd.DataFrame(columns)
-    wide.insert(0, "folds", folds.reindex(wide.index).astype("int64"))
-    return wide.reset_index()
-
-
-def _format(mean: float, std: float | None, digits: int = 3) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    text = f"{mean:.{digits}f}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        text += f" ± {std:.{digits}f}"
-    return text
-
-
-def markdown(records: Sequence[Mapping[str, Any]], *, per_label: bool = False, digits: int = 3) -> str:
-    """Markdown tables, one per (suite, dataset, task): encoders down, metrics across.
-
-    Only headline metrics unless ``per_label``; values are means over folds, ``± std`` when a
-    cell has more than one fold.
+    ``row`` is ``"affbench"`` for an encoder's value and ``"baseline"`` for a trivial predictor's
+    (``baseline`` names it, ``encoder`` is empty); ``label`` is empty for the overall value.
+    Encoder-only provenance (job, configuration hash, selected epoch...) is empty on baseline rows.
     """
-    wide = wide_table(records)
-    if wide.empty:
-        return "(no results)"
-    parts = []
-    for (suite, dataset, task), group in wide.groupby(["suite", "dataset", "task"], sort=False):
-        metrics = [c for c in group.columns if c not in (*KEY_COLUMNS, "folds") and not c.endswith(" std")]
-        metrics = [m for m in metrics if group[m].notna().any() and (per_label or "/" not in m)]
-        header = ["encoder", "folds", *metrics]
-        lines = [f"### {suite} · {dataset} · {task}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-        for _, row in group.iterrows():
-            cells = [str(row["encoder"]), str(int(row["folds"]))]
-            cells += [_format(row[m], row.get(f"{m} std"), digits) for m in metrics]
-            lines.append("| " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
+    rows = []
+    for record in records:
+        provenance = _provenance(record)
+        for key, value in record["metrics"].items():
+            metric, label = split_metric(key)
+            rows.append({
+                "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
+                "task": record["task"], "kind": record.get("kind"), "row": "affbench",
+                "encoder": record["encoder"], "baseline": "", "experiment": record.get("experiment"),
+                "name": record.get("label"), "fold": int(record["fold"]), "metric": metric, "label": label,
+                "value": _value(value), **provenance,
+            })
+    for record in baseline_records(records):
+        provenance = {k: v if k in ("seed", "n_train", "n_test", "n_excluded", "device") else None
+                      for k, v in _provenance(record).items()}
+        for key, value in record["metrics"].items():
+            metric, label = split_metric(key)
+            rows.append({
+                "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
+                "task": record["task"], "kind": record.get("kind"), "row": "baseline", "encoder": "",
+                "baseline": record["baseline"], "experiment": "", "name": "", "fold": int(record["fold"]),
+                "metric": metric, "label": label, "value": _value(value), **provenance,
+            })
+    frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
+    for column in _INTEGER_COLUMNS:
+        frame[column] = pd.array(frame[column], dtype="Int64")
+    return frame.astype({"value": "float64", "schema": "int64"})
+
+
+# ----------------------------------------------------------------------------------------- export
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -219,19 +235,21 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-#: How an earlier export is recognised: its header starts with the columns every export starts with.
-EXPORT_HEADER = ",".join(KEY_COLUMNS) + ","
+#: How an earlier export is recognised: the first columns of each file export writes (the long
+#: table, schema 2 and the schema-1 long and wide tables; the comparison; a paper-style table).
+EXPORT_HEADERS = ("schema,suite,dataset,task,", "suite,dataset,task,encoder,", "suite,experiment,name,dataset,",
+                  "row,encoder,name,folds,")
 
 
 def is_earlier_export(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a CSV file that :func:`export` wrote (long or wide): its first line
-    starts with :data:`EXPORT_HEADER` and the file is a plain one."""
+    """True when ``path`` is a plain file that :func:`export` wrote: its first line starts with
+    one of :data:`EXPORT_HEADERS`."""
     path = Path(path)
     if not path.is_file():
         return False
     with open(path, "rb") as handle:
         first_line = handle.readline(4096)
-    return first_line.startswith(EXPORT_HEADER.encode())
+    return first_line.startswith(tuple(h.encode() for h in EXPORT_HEADERS))
 
 
 def check_export_target(csv_path: str | os.PathLike, *, force: bool = False) -> None:
@@ -247,131 +265,68 @@ def check_export_target(csv_path: str | os.PathLike, *, force: bool = False) -> 
         )
 
 
-def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: bool = False,
-           force: bool = False) -> tuple[pd.DataFrame, str]:
-    """Write the run's results as CSV (long by default) and return the table and its Markdown.
+def published_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str, list]:
+    """The published values of each suite, from the copy of its TOML that run-benchmark keeps."""
+    from affbench.published import load_published
 
-    An existing ``csv_path`` is replaced only when it is an earlier export, or with ``force``.
+    found = {}
+    for suite in suites:
+        path = Path(run_dir) / "suites" / f"{suite}.toml"
+        if path.is_file():
+            found[suite] = load_published(path)
+    return found
+
+
+@dataclass
+class Export:
+    """What :func:`export` wrote and what the console shows."""
+
+    long: pd.DataFrame
+    tables: dict
+    comparison: pd.DataFrame
+    markdown: str
+    written: list[Path]
+
+
+def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: bool = False,
+           latex: bool = False, force: bool = False) -> Export:
+    """Write a run's results; return them with the Markdown the console shows.
+
+    Always the tidy long CSV at ``csv_path`` and, when the run's suites declare published values,
+    ``<stem>-vs-paper.csv`` beside it. With ``wide`` (or ``latex``), ``<stem>-tables/``: one CSV per
+    (suite, dataset, task) table, ``tables.md`` and, with ``latex``, ``tables.tex``.
+
+    An existing ``csv_path`` (or comparison CSV) is replaced only when it is an earlier export, or
+    with ``force``; the tables folder must be a folder where it exists.
     """
+    from affbench import tables as paper_tables
+    from affbench.published import comparison_table
+
+    csv_path = Path(csv_path)
+    comparison_path = csv_path.with_name(f"{csv_path.stem}-vs-paper.csv")
+    folder = csv_path.with_name(f"{csv_path.stem}-tables")
     check_export_target(csv_path, force=force)
+    check_export_target(comparison_path, force=force)
+    if (wide or latex) and folder.exists() and not folder.is_dir():
+        raise AffbenchError(f"{folder} is a file; the paper-style tables go into a folder of that name.")
     records = load_records(run_dir)
     _require(records, run_dir)
-    frame = wide_table(records) if wide else long_table(records)
-    write_csv(frame, csv_path)
-    return frame, markdown(records)
-
-
-# ----------------------------------------------------------------------------------------- plots
-
-
-class PlotsUnavailableError(AffbenchError):
-    """Plots were asked for, but matplotlib is not installed."""
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotsUnavailableError(
-            "Plots need matplotlib, which is not installed; install it with pip install 'affbench[plots]'."
-        ) from None
-    return plt
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-
-
-def plot_curves(record: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
-    """Training loss and validation primary metric per epoch of one cell, as a PNG."""
-    curve = record.get("curve") or []
-    if not curve:
-        return None
-    plt = _pyplot()
-    epochs = [c["epoch"] for c in curve]
-    fig, loss_axis = plt.subplots(figsize=(6, 3.6))
-    losses = [c.get("train_loss") for c in curve]
-    loss_axis.plot(epochs, [np.nan if v is None else v for v in losses], "o-", color="tab:blue", label="training loss")
-    loss_axis.set_xlabel("epoch")
-    from matplotlib.ticker import MaxNLocator
-
-    loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    loss_axis.set_ylabel("training loss", color="tab:blue")
-    metric_name = record.get("primary_metric") or "validation"
-    values = [c.get("val") for c in curve]
-    if any(v is not None for v in values):
-        metric_axis = loss_axis.twinx()
-        metric_axis.plot(epochs, [np.nan if v is None else v for v in values], "s--", color="tab:orange",
-                         label=f"validation {metric_name}")
-        metric_axis.set_ylabel(f"validation {metric_name}", color="tab:orange")
-        selected = record.get("selected_epoch")
-        if selected:
-            metric_axis.axvline(selected, color="grey", linestyle=":", linewidth=1)
-    loss_axis.set_title(f"{record['encoder']} · {record['dataset']} {record['task']} · fold {record['fold']}", fontsize=9)
-    return _save_figure(fig, path)
-
-
-def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike) -> Path | None:
-    """Grouped bars: one group per label (AU), one bar per encoder, mean over folds."""
     long = long_table(records)
-    long = long[long["metric"].str.startswith(f"{metric}/")]
-    if long.empty:
-        return None
-    plt = _pyplot()
-    table = long.groupby(["encoder", "metric"], sort=False)["value"].mean().unstack("metric")
-    labels = [m.split("/", 1)[1] for m in table.columns]
-    encoders = list(table.index)
-    x = np.arange(len(labels))
-    width = 0.8 / max(len(encoders), 1)
-    fig, axis = plt.subplots(figsize=(max(5, 0.7 * len(labels) * max(1, len(encoders)) ** 0.5 + 2), 3.6))
-    for i, encoder in enumerate(encoders):
-        axis.bar(x + (i - (len(encoders) - 1) / 2) * width, table.loc[encoder].to_numpy(dtype=float), width, label=encoder)
-    axis.set_xticks(x, labels)
-    axis.set_ylabel(metric)
-    first = records[0]
-    axis.set_title(f"per-label {metric} · {first['suite']} · {first['dataset']} {first['task']}", fontsize=9)
-    axis.legend(fontsize=7)
-    return _save_figure(fig, path)
-
-
-def _save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save a figure as PNG atomically and release it."""
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    _pyplot().close(fig)
-    return path
-
-
-#: Per-label bar charts are drawn for these metrics of AU tasks.
-PER_LABEL_PLOT_METRICS = ("f1", "icc")
-
-
-def plot_run(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
-    """Training curves for every trained cell and per-AU bars, as PNGs under ``RUNDIR/plots``."""
-    records = load_records(run_dir) if records is None else list(records)
-    _require(records, run_dir)
-    _pyplot()  # fail early with the install hint
-    out = Path(run_dir) / PLOTS_DIR
-    written = []
-    for record in records:
-        name = f"curve-{_safe(record['dataset'])}-{_safe(record['task'])}-{_safe(record['encoder'])}-fold{record['fold']}.png"
-        path = plot_curves(record, out / _safe(record["suite"]) / name)
-        if path:
-            written.append(path)
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for record in records:
-        groups.setdefault((record["suite"], record["dataset"], record["task"]), []).append(record)
-    for (suite, dataset, task), group in groups.items():
-        if not str(group[0].get("kind", "au")).startswith("au"):
-            continue  # per-class expression scores are in the CSV; the bars are for AUs
-        for metric in PER_LABEL_PLOT_METRICS:
-            name = f"per-au-{metric}-{_safe(dataset)}-{_safe(task)}.png"
-            path = plot_per_label(group, metric, out / _safe(suite) / name)
-            if path:
-                written.append(path)
-    return written
+    written = [write_csv(long, csv_path)]
+    published = published_for(run_dir, dict.fromkeys(r["suite"] for r in records))
+    comparison = comparison_table(records, published)
+    if not comparison.empty:
+        written.append(write_csv(comparison, comparison_path))
+    tables = paper_tables.wide_tables(records, published)
+    if wide or latex:
+        for key, table in tables.items():
+            written.append(write_csv(table, folder / f"{paper_tables.table_name(key)}.csv"))
+        write_text_atomic(folder / "tables.md", paper_tables.markdown(tables, per_label=True) + "\n")
+        written.append(folder / "tables.md")
+        if latex:
+            write_text_atomic(folder / "tables.tex", paper_tables.latex(tables) + "\n")
+            written.append(folder / "tables.tex")
+    text = paper_tables.markdown(tables)
+    if not comparison.empty:
+        text += "\n\n" + paper_tables.comparison_markdown(comparison)
+    return Export(long, tables, comparison, text, written)

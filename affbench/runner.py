@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from tqdm.auto import tqdm
-
 from affbench.errors import AffbenchError
 from affbench.files import atomic_write
+from affbench.progress import progress_bar
 from affbench.shards import DatasetWriter, ShardInfo
 
 
@@ -246,8 +245,8 @@ def run_units(
 
     start = time.perf_counter()
     total = sum(max(u.size, 0) for u in pending)
-    with tqdm(total=total, unit=item[:-1] if item.endswith("s") else item, disable=not progress,
-              dynamic_ncols=True, desc=writer.dataset) as bar:
+    with progress_bar(total=total, unit=item[:-1] if item.endswith("s") else item, enabled=progress,
+                      desc=writer.dataset) as bar:
         if workers <= 1 or len(pending) <= 1:
             for unit in pending:
                 before = bar.n

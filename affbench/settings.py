@@ -79,6 +79,10 @@ class TrainSettings:
         Clip the gradient norm to this value.
     heatmap_sigma : float
         Standard deviation in heatmap pixels of the Gaussian AU targets (Fan et al.: 2).
+    exclude_fallback_crops : bool
+        Leave the rows with a fallback crop (``landmark_source`` interpolated or carried: no face
+        was found in the frame) out of training, validation and testing. False (the published
+        protocols' way) scores every frame; the records count the fallback rows either way.
     keep_weights : bool
         Keep the selected weights (``best.pt``) after the cell is scored. False deletes them unless
         another job of the run starts from or evaluates them (the demo: VGG-16 weighs 0.5 GB).
@@ -112,6 +116,7 @@ class TrainSettings:
     eval_batch_size: int | None = None
     grad_clip: float | None = None
     heatmap_sigma: float = 2.0
+    exclude_fallback_crops: bool = False
     keep_weights: bool = True
     guessed: tuple[str, ...] = ()
     source: str = ""
@@ -120,7 +125,8 @@ class TrainSettings:
     NON_RESULT_FIELDS = ("num_workers", "eval_batch_size", "keep_weights", "guessed", "source")
     #: Settings added after the first release: left out of the hashed settings at their default, so
     #: that jobs run before they existed keep their configuration hash.
-    LATER_FIELDS = ("cosine_steps", "weight_decay_on", "au_loss", "edge_loss_weight", "ccc_ddof", "selection")
+    LATER_FIELDS = ("cosine_steps", "weight_decay_on", "au_loss", "edge_loss_weight", "ccc_ddof", "selection",
+                    "exclude_fallback_crops")
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:

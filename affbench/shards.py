@@ -1,4 +1,4 @@
-"""The one module that writes and reads Parquet shards (schema version 1, see DESIGN.md).
+"""The one module that writes and reads Parquet shards (schema version 2, see DESIGN.md).
 
 A prepared dataset is one folder::
 
@@ -38,7 +38,10 @@ from affbench.errors import AffbenchError, ParameterMismatchError
 from affbench.files import file_sha256, json_default, temporary_path, write_text_atomic
 from affbench.locks import LOCK_NAME, FolderLock
 
-SCHEMA_VERSION = 1
+#: Version 2 added ``landmark_source`` and ``n_faces`` (issue 10). Version 1 folders still read:
+#: their rows lack the two columns, and a face_found row's landmarks were detected or tracked.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 SHARD_SUFFIX = ".parquet"
@@ -60,8 +63,18 @@ BASE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("det_score", pa.float32()),
     pa.field("box", pa.list_(pa.float32(), 4)),
     pa.field("landmarks", pa.list_(pa.float32(), 10)),
+    # one of LANDMARK_SOURCES; null where no landmarks are computed (Aff-Wild2's crops come aligned)
+    pa.field("landmark_source", pa.string()),
+    pa.field("n_faces", pa.int16()),  # faces the full detector saw; null where it did not run
 )
 BASE_COLUMNS = tuple(f.name for f in BASE_FIELDS)
+
+#: How a row's landmarks were obtained (``landmark_source``): found by the full detector, tracked
+#: from the previous video frame, taken from neighbouring frames (a fallback crop for a frame
+#: without a face), or not at all (no crop).
+LANDMARK_SOURCES: tuple[str, ...] = ("detected", "tracked", "interpolated", "carried", "none")
+#: The sources of fallback crops: such rows have an image but ``face_found`` false.
+FALLBACK_SOURCES: tuple[str, ...] = ("interpolated", "carried")
 
 # Declaring only the image column is enough: datasets derives the other features from Arrow types.
 _HF_METADATA = {b"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}}).encode()}
@@ -70,7 +83,7 @@ IMAGE_CODECS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 
 def make_schema(label_fields: Sequence[pa.Field] = ()) -> pa.Schema:
-    """Schema v1: the base columns followed by a dataset's label columns.
+    """The current schema: the base columns followed by a dataset's label columns.
 
     Examples
     --------
@@ -118,6 +131,18 @@ def decode_image(image: Mapping[str, Any] | bytes) -> np.ndarray:
     if bgr is None:
         raise ValueError("the image bytes could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8; ``OSError`` if it cannot be read, ``ValueError`` with a sentence
+    a user understands if it is empty or not an image OpenCV can decode."""
+    data = Path(path).read_bytes()
+    if not data:
+        raise ValueError("the file is empty")
+    try:
+        return decode_image(data)
+    except ValueError:
+        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -393,6 +418,11 @@ class DatasetWriter:
 
     def _load_existing(self) -> None:
         manifest = read_manifest(self.out_dir)
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise AffbenchError(
+                f"{self.out_dir} was prepared with shard schema version {manifest.get('schema_version')}; this "
+                f"affbench writes version {SCHEMA_VERSION} and cannot add to it; choose another --out folder."
+            )
         if manifest.get("dataset") != self.dataset:
             raise AffbenchError(
                 f"{self.out_dir} holds a prepared {manifest.get('dataset')!r} dataset, not "
@@ -513,9 +543,12 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise AffbenchError(f"{path} is not an affbench manifest (it holds no JSON object).")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise AffbenchError(
-            f"{path} has shard schema version {version}; this affbench reads version {SCHEMA_VERSION}."
+            f"{path} has shard schema version {version}; this affbench reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
+            + ("; upgrade affbench to read it." if newer else "; prepare the dataset again.")
         )
     for key, kind in (("dataset", str), ("parameters", dict), ("units", dict)):
         if not isinstance(manifest.get(key), kind):

@@ -30,7 +30,7 @@ def plot_timeline(table: pd.DataFrame, groups: Mapping[str, Sequence[Sequence[st
     ``groups`` maps a task kind to lists of columns (one list per model task of that kind); each
     list becomes one panel.
     """
-    from affbench.results import _pyplot
+    from affbench.plots import _pyplot
 
     plt = _pyplot()
     from mpl_toolkits.axes_grid1 import make_axes_locatable

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from affbench.checkpoints import (
     TRAIN_STATE_FORMAT,
@@ -41,6 +40,7 @@ from affbench.checkpoints import (
 from affbench.data import RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.errors import AffbenchError
 from affbench.losses import build_losses
+from affbench.progress import progress_bar
 from affbench.settings import TrainSettings, build_optimizer, build_scheduler
 
 # ----------------------------------------------------------------------------------------- tasks
@@ -116,7 +116,7 @@ def check_compatible(task_spec, encoder_spec) -> None:
 
 
 def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
-    """Turn a model output into what :func:`affbench.metrics.evaluate` scores for a task.
+    """Turn a model output into what :func:`affbench.scoring.evaluate` scores for a task.
 
     AU detection gets probabilities (a sigmoid of logits; intensities map to ``I / (2 t)`` clipped
     to [0, 1], so that 0.5 falls at the occurrence threshold ``t``); expression gets softmax
@@ -231,7 +231,7 @@ def predict(
     model.eval()
     try:
         with torch.inference_mode():
-            for batch in tqdm(loader, desc=description, disable=not progress, leave=False, dynamic_ncols=True):
+            for batch in progress_bar(loader, desc=description, unit="batch", enabled=progress, leave=False):
                 result = _forward(model, batch["image"], encoder_spec, device, channels_last)
                 for key, value in result.items():
                     if keys is not None and key not in keys:
@@ -257,7 +257,7 @@ def score_tasks(
     """
     import warnings
 
-    from affbench.metrics import evaluate
+    from affbench.scoring import evaluate
 
     position = {int(r): i for i, r in enumerate(rows)}
     results: dict[str, dict[str, float]] = {}
@@ -277,6 +277,22 @@ def score_tasks(
                 if text not in found:
                     found.append(text)
     return results
+
+
+def describe_validation(tasks: Sequence[TaskData], metrics: Mapping[str, Mapping[str, float]] | None,
+                        score: float) -> str:
+    """``validation f1 0.4120`` (one task) or ``validation au-detection f1 0.41, va ccc 0.20 (mean 0.31)``."""
+    if not metrics:
+        return "validation n/a (no validation rows)"
+
+    def shown(value) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    if len(tasks) == 1:
+        task = tasks[0]
+        return f"validation {task.spec.primary_metric} {shown(metrics.get(task.name, {}).get(task.spec.primary_metric))}"
+    parts = [f"{t.name} {t.spec.primary_metric} {shown(metrics.get(t.name, {}).get(t.spec.primary_metric))}" for t in tasks]
+    return f"validation {', '.join(parts)} (mean {shown(score)})"
 
 
 def selection_score(tasks: Sequence[TaskData], metrics: Mapping[str, Mapping[str, float]]) -> float:
@@ -385,9 +401,11 @@ def fit(
         model.train()
         totals: dict[str, float] = {t.name: 0.0 for t in tasks}
         counts: dict[str, int] = {t.name: 0 for t in tasks}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False,
-                   dynamic_ncols=True)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", enabled=progress,
+                           leave=False)
+        data_seconds, waited_from = 0.0, time.perf_counter()  # time the loop waits for batches
         for batch in bar:
+            data_seconds += time.perf_counter() - waited_from
             rows = batch["row"].to(device)
             outputs = _forward(model, batch["image"], encoder_spec, device, channels_last)
             loss = None
@@ -408,11 +426,13 @@ def fit(
             steps += 1
             if loss is not None:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            waited_from = time.perf_counter()
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": {k: (totals[k] / counts[k] if counts[k] else None) for k in totals},
             "lr": float(optimizer.param_groups[0]["lr"]),
             "steps": steps,
+            "data_seconds": round(data_seconds, 3),
         }
         if len(val_rows):
             outputs = predict(model, images, val_rows, encoder_spec=encoder_spec, device=device,
@@ -438,10 +458,9 @@ def fit(
              "best_epoch": best_epoch, "best_score": best_score},
             last_path,
         )
-        shown = f"{score:.4f}" if not math.isnan(score) else "n/a"
         losses_text = ", ".join(f"{k} {v:.4f}" for k, v in entry["train_loss"].items() if v is not None)
-        log(f"epoch {epoch + 1}/{settings.epochs}: loss {losses_text or 'n/a'}; validation {shown}"
-            + (" (best so far)" if improved else ""))
+        log(f"epoch {epoch + 1}/{settings.epochs}: loss {losses_text or 'n/a'}; "
+            f"{describe_validation(tasks, entry.get('val'), score)}" + (" (best so far)" if improved else ""))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, entry)
 

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from affbench.errors import DataLayoutError
+from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, encode_image, make_schema
 
@@ -59,8 +60,6 @@ EXPR_MISSING = -1
 VA_MISSING = -5.0
 TWO_PERSON_SUFFIXES = ("_left", "_right")
 
-#: How deep under ROOT (or --annotations) the challenge folders and cropped_aligned are looked for.
-SEARCH_DEPTH = 4
 #: Folders that hold images or videos by the thousand; searching inside them finds nothing.
 _NOT_SEARCHED = {IMAGE_DIR, "cropped", "videos", "batch1", "batch2", *SPLITS}
 
@@ -114,32 +113,8 @@ class Layout:
 
 
 def _search(top: Path, names: Iterable[str], depth: int = SEARCH_DEPTH) -> dict[str, list[Path]]:
-    """Breadth-first search for folders called ``names`` under ``top``; the shallowest hits win.
-
-    A folder found is not searched further, nor are the big image and video folders, so the
-    search lists a few directories even on a complete copy with millions of frames.
-    """
-    wanted = set(names)
-    found: dict[str, list[Path]] = {}
-    level = [top]
-    for _ in range(depth):
-        below: list[Path] = []
-        for folder in level:
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.name.startswith(".") or not entry.is_dir():
-                    continue
-                if entry.name in wanted:
-                    found.setdefault(entry.name, []).append(Path(entry.path))
-                elif entry.name not in _NOT_SEARCHED:
-                    below.append(Path(entry.path))
-        if wanted <= set(found) or not below:
-            break
-        level = below
-    return found
+    """The shallowest folders called ``names`` under ``top`` (see :func:`~affbench.pipelines.layout.search_folders`)."""
+    return search_folders(top, names, depth=depth, skip=_NOT_SEARCHED)
 
 
 def _one(name: str, hits: list[Path]) -> Path:

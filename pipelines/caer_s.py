@@ -28,6 +28,8 @@ import pyarrow as pa
 
 from affbench.errors import DataLayoutError
 from affbench.faces import (
+    SCORE_MARGIN,
+    SIZE_MARGIN,
     AlignmentTemplate,
     DetectorSettings,
     face_crop_columns,
@@ -36,7 +38,7 @@ from affbench.faces import (
     shared_detector,
 )
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
-from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, make_schema
+from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, read_image_file
 
 DATASET = "caer-s"
 CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
@@ -61,6 +63,18 @@ NOTES = {
     "box_landmarks": "MTCNN box (x1, y1, x2, y2) and 5 landmarks in source-image pixels, for context crops",
     "face_found": "false for images without a detected face, for unreadable images and for images MTCNN "
     "cannot process (both listed in failures); those rows have no image, box or landmarks",
+    "n_faces": "faces MTCNN found in the image (null where it could not run: unreadable images, failed "
+    "detections); above 1 the choice followed the select rule, so n_faces == 1 keeps unambiguous images",
+    "landmark_source": "detected where a face was found, none otherwise",
+}
+
+
+#: The face choice of ``--select``, as the manifest records it.
+SELECTION_RULES = {
+    "largest": "the largest face if its box area is at least size_margin times every other's; among faces "
+    "closer in size, the one whose centre is nearest the image centre",
+    "prob": "the most confident face if its score beats every other's by score_margin; among faces closer in "
+    "score, the largest-face rule",
 }
 
 
@@ -174,41 +188,13 @@ class Settings:
             "size": self.size,
             "codec": self.codec,
             "quality": self.quality if self.codec != "png" else None,
-            "select": self.select,
+            "select": {"strategy": self.select, "size_margin": SIZE_MARGIN, "score_margin": SCORE_MARGIN,
+                       "rule": SELECTION_RULES[self.select]},
             "detector": self.detector.describe(),
             "alignment": self.template.describe(self.size),
             "expression_classes": list(CLASSES),
             "folder_to_class": dict(sorted(FOLDER_TO_CLASS.items())),
         }
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    if not data:
-        raise ValueError("the file is empty")
-    try:
-        return decode_image(data)
-    except ValueError:
-        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
-
-
-def _detect(detector, images: list[np.ndarray | None], sources: list[str],
-            failures: list[dict[str, str]], unit: str) -> dict[int, list]:
-    """MTCNN's faces for each readable image, by index. Where the batch fails, each image is
-    detected alone, so that one image MTCNN cannot take (a 5x5 thumbnail) fails only its own row."""
-    readable = [i for i, rgb in enumerate(images) if rgb is not None]
-    try:
-        return dict(zip(readable, detector.detect([images[i] for i in readable])))
-    except Exception:  # noqa: BLE001 - narrowed to the image below
-        pass
-    detections = {}
-    for i in readable:
-        try:
-            detections[i] = detector.detect([images[i]])[0]
-        except Exception as exc:  # noqa: BLE001 - the image's row stays, without a face
-            failures.append({"unit": unit, "item": sources[i],
-                             "reason": f"face detection failed: {type(exc).__name__}: {exc}"})
-    return detections
 
 
 def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOutcome:
@@ -230,15 +216,17 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
             for name in names:
                 source = f"{unit.key}/{name}"
                 try:
-                    images.append(_read_rgb(root / source))
+                    images.append(read_image_file(root / source))
                 except (OSError, ValueError) as exc:
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                     failures.append({"unit": unit.key, "item": source, "reason": f"unreadable image: {reason}"})
                     images.append(None)
-            detections = _detect(detector, images, [f"{unit.key}/{name}" for name in names], failures, unit.key)
+            detections, errors = detector.detect_each(images)
+            failures.extend({"unit": unit.key, "item": f"{unit.key}/{names[i]}", "reason": f"face detection failed: {error}"}
+                            for i, error in errors.items())
             for i, name in enumerate(names):
                 rgb, faces = images[i], detections.get(i, [])
-                face = select_face(faces, settings.select)
+                face = select_face(faces, settings.select, image_shape=None if rgb is None else rgb.shape)
                 row = {
                     "sample_id": ids[start + i],
                     "dataset": DATASET,
@@ -250,6 +238,8 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
                     **face_crop_columns(rgb, face, size=settings.size, template=settings.template,
                                         codec=settings.codec, quality=settings.quality,
                                         path=ids[start + i].split("/", 1)[1] + suffix),
+                    "landmark_source": "detected" if face is not None else "none",
+                    "n_faces": len(faces) if i in detections else None,
                 }
                 writer.write(row)
                 stats["images"] += 1
@@ -289,7 +279,9 @@ def prepare(
     size : int
         Side of the aligned square face crop.
     select : {"largest", "prob"}
-        Which face to keep where MTCNN finds several: the largest box or the highest probability.
+        Which face to keep where MTCNN finds several (:func:`affbench.faces.select_face`): the
+        largest box, or the highest probability, each only by a clear margin; near-ties go to the
+        face nearest the image centre (:data:`SELECTION_RULES`).
 
     Returns
     -------

@@ -14,7 +14,12 @@ Preparing (``affbench prepare disfa``)
 :func:`prepare_video` turns one of them into shards, and :func:`prepare` runs it over every
 unfinished video with :func:`affbench.runner.run_units`. Every frame becomes one row, ``frame``
 0-based, with the 12 AU intensities of the label lines at the same position (``-1`` past the end of
-a label file); frames without a face keep their row with ``face_found=False`` and no image.
+a label file). Faces are followed by :class:`affbench.face_tracking.FaceTracker` (``--tracking
+off``: the full cascade on every frame). A frame where no face is found keeps its row with
+``face_found=False`` but still gets a crop, from the landmarks of its nearest good frames in time
+(:func:`affbench.face_tracking.fill_gaps`): ``landmark_source`` says ``interpolated`` or
+``carried``, and the unit's stats count these fallback crops. Only a video without any face has
+rows with no image.
 ``sample_id`` is ``disfa/SN001/000123`` for the left camera and ``disfa/SN001/right/000123`` for the
 right one, so ``--camera both`` keeps ids unique and left-camera ids stay the same whichever cameras
 were prepared.
@@ -48,14 +53,13 @@ from affbench.errors import DataLayoutError
 from affbench.faces import (
     AlignmentTemplate,
     DetectorSettings,
-    FaceTracker,
-    TrackerSettings,
-    face_crop_columns,
     resolve_device,
     shared_detector,
 )
 from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
+from affbench.face_tracking import FaceTracker, TrackerSettings
+from affbench.sequences import write_tracked_sequence
 from affbench.video import VideoError, VideoReader, probe_video
 
 #: The 12 annotated AUs, in label-column order.
@@ -238,6 +242,17 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
 
 # ----------------------------------------------------------------------------------------- preparing
 
+#: What the manifest says about the rows' face columns.
+ROW_NOTES = {
+    "landmark_source": "detected (full cascade), tracked (O-Net from the previous frame, confirmed by the next "
+    "full detection), interpolated (between the nearest frames with a face, for a frame without one), carried "
+    "(from the one side with a face), none (the video has no face at all)",
+    "face_found": "true for detected and tracked rows; interpolated and carried rows have a fallback crop but "
+    "face_found false and no det_score",
+    "n_faces": "faces the full cascade saw in the frame; null where it did not run (tracked frames)",
+    "fallback_crops": "counted per video in units.<video>.stats (interpolated, carried)",
+}
+
 
 @dataclass(frozen=True)
 class PrepareSettings:
@@ -274,6 +289,7 @@ class PrepareSettings:
                 "join": "label-file line i <-> video frame i (0-based); printed frame numbers are ignored",
             },
             "sample_id": "disfa/<subject>/<frame:06d> (left camera), disfa/<subject>/right/<frame:06d>",
+            "rows": ROW_NOTES,
         }
 
 
@@ -295,39 +311,26 @@ def prepare_video(unit: DisfaVideo, tick: Tick, *, out_dir: str, settings: Prepa
         torch.set_num_threads(settings.torch_threads)
     detector = shared_detector(settings.detector, settings.device)
     tracker = FaceTracker(detector, settings.tracker)
-    counts = {"frames": 0, "faces_found": 0, "no_face": 0, "tracked": 0, "detected": 0, "several_faces": 0}
     base = {"dataset": DATASET, "subject": unit.subject, "source": unit.video, "split": None}
+
+    def row_for(index: int) -> dict:
+        label_row = labels[index] if index < len(labels) else None
+        return {"sample_id": sample_id(unit.subject, unit.camera, index), **base, "frame": index,
+                **{c: int(label_row[j]) if label_row is not None else MISSING for j, c in enumerate(AU_COLUMNS)}}
+
     try:
         with VideoReader(root / unit.video, prefetch=8) as video, ShardWriter(
             out_dir, unit.key, label_schema(), rows_per_shard=settings.rows_per_shard
         ) as writer:
-            since_tick = 0
-            for index, frame, result in tracker.follow(video):
-                sid = sample_id(unit.subject, unit.camera, index)
-                row = {"sample_id": sid, **base, "frame": index}
-                row.update(face_crop_columns(frame, result.face, size=settings.size, template=settings.template,
-                                             codec=settings.codec, quality=settings.quality,
-                                             path=sid.split("/", 1)[1] + IMAGE_CODECS[settings.codec]))
-                label_row = labels[index] if index < len(labels) else None
-                for j, column in enumerate(AU_COLUMNS):
-                    row[column] = int(label_row[j]) if label_row is not None else MISSING
-                writer.write(row)
-                counts["frames"] += 1
-                counts["faces_found"] += result.face is not None
-                counts["no_face"] += result.face is None
-                if result.method in ("tracked", "detected"):
-                    counts[result.method] += 1
-                counts["several_faces"] += result.candidates > 1
-                since_tick += 1
-                if since_tick == 16:
-                    tick(since_tick)
-                    since_tick = 0
-            tick(since_tick)
+            counts = write_tracked_sequence(video, tracker, writer, row_for, size=settings.size,
+                                            template=settings.template, codec=settings.codec,
+                                            quality=settings.quality, tick=tick)
             video.check_complete()
     except VideoError as exc:
         remove_unit_shards(out_dir, unit.key)
         return UnitOutcome(key=unit.key, failed=True,
                            failures=[{"unit": unit.key, "item": unit.video, "reason": str(exc)}])
+    counts.pop("unreadable")  # a decoded video frame is always an image
     frames = counts["frames"]
     stats: dict = {**counts, "label_lines": max(lengths), "unlabeled_frames": max(0, frames - min(lengths)),
                    "unused_label_lines": max(0, max(lengths) - frames), "device": detector.device}

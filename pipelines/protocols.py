@@ -1,4 +1,4 @@
-"""The evaluation protocols of DISFA, CAER-S and Aff-Wild2, declared once, as data.
+"""The evaluation protocols of DISFA, BP4D, CAER-S and Aff-Wild2, declared once, as data.
 
 Each prepare pipeline stores ``PROTOCOLS[dataset].to_dict()`` in its manifest
 (``DatasetWriter(protocol=...)``); the benchmark harness reads it back with
@@ -10,7 +10,7 @@ is re-typed here.
 from __future__ import annotations
 
 from affbench.errors import UnknownNameError
-from affbench.pipelines import affwild2, caer_s, disfa
+from affbench.pipelines import affwild2, bp4d, caer_s, disfa
 from affbench.protocols import CrossValidation, GivenSplit, Protocol, TaskSpec, Validation
 
 #: Share of the training subjects (DISFA) or Train_Set videos (Aff-Wild2) held out for model
@@ -57,6 +57,45 @@ DISFA = Protocol(
         ),
     },
     split=CrossValidation(parts=disfa.PARTS, test_parts=disfa.FOLD_TEST_PART, group_column="subject"),
+    validation=Validation(
+        method="group-holdout", fraction=SUBJECT_VALIDATION_FRACTION, seed=VALIDATION_SEED, group_column="subject"
+    ),
+)
+
+BP4D = Protocol(
+    dataset="bp4d",
+    description=(
+        "3-fold subject-exclusive protocol of ME-GraphAU / JAA-Net (fold 1 tests part3, fold 2 part2, "
+        "fold 3 part1); 12 AUs, occurrence as coded (9 = unknown is left out per AU); FERA 2015 intensity "
+        "(5 AUs, ICC) where the copy has the codes; validation = seeded hold-out of training subjects."
+    ),
+    tasks={
+        "au-detection": TaskSpec(
+            name="au-detection",
+            kind="au-detection",
+            label_columns=bp4d.AU_COLUMNS,
+            output_key="au",
+            n_outputs=len(bp4d.AUS),
+            label_names=bp4d.AU_COLUMNS,
+            metrics=("f1", "accuracy"),
+            primary_metric="f1",
+            split_column=None,
+            missing_values=(bp4d.MISSING,),
+        ),
+        "au-intensity": TaskSpec(
+            name="au-intensity",
+            kind="au-intensity",
+            label_columns=bp4d.INTENSITY_COLUMNS,
+            output_key="au",
+            n_outputs=len(bp4d.INTENSITY_AUS),
+            label_names=_au_names(bp4d.INTENSITY_AUS),
+            metrics=("icc",),
+            primary_metric="icc",
+            split_column=None,
+            missing_values=(bp4d.MISSING,),
+        ),
+    },
+    split=CrossValidation(parts=bp4d.PARTS, test_parts=bp4d.FOLD_TEST_PART, group_column="subject"),
     validation=Validation(
         method="group-holdout", fraction=SUBJECT_VALIDATION_FRACTION, seed=VALIDATION_SEED, group_column="subject"
     ),
@@ -146,7 +185,7 @@ AFFWILD2 = Protocol(
 )
 
 #: Dataset name (as in ``affbench.pipelines.DATASETS``) -> protocol.
-PROTOCOLS: dict[str, Protocol] = {p.dataset: p for p in (DISFA, CAER_S, AFFWILD2)}
+PROTOCOLS: dict[str, Protocol] = {p.dataset: p for p in (DISFA, BP4D, CAER_S, AFFWILD2)}
 
 
 def protocol_for(dataset: str, *, validation_fraction: float | None = None, validation_seed: int | None = None) -> Protocol:

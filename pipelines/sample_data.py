@@ -1,4 +1,4 @@
-"""Small, deterministic sample datasets in the exact on-disk layouts of DISFA, CAER-S and Aff-Wild2.
+"""Small, deterministic sample datasets in the exact on-disk layouts of DISFA, BP4D, CAER-S and Aff-Wild2.
 
 The faces are real photographs shipped with scikit-image (the astronaut, Eileen Collins, and crops
 from Labeled Faces in the Wild), so MTCNN has to find and align them; they are moved, rotated and
@@ -13,6 +13,13 @@ DISFA
     frame i: ``max(0, peak - abs((i + 3*j + 5*s) % 16 - 8))`` with ``peak = 1 + (j + s) % 5``
     (:func:`disfa_intensity`). SN010's video is one frame shorter than its label files, like the
     real SN010. Frames ``NO_FACE_FRAMES`` of every video show the empty scene.
+BP4D
+    Subjects F001 (part1, tasks T1 and T2), F003 (part2, T1) and F007 (part3, T1) under
+    ``Sequences/`` (the pipeline finds it), 320x240 JPEG frames numbered from ``BP4D_FIRST_FRAME``.
+    The first ``BP4D_UNCODED`` frames of every task have no code row. Occurrence of the j-th AU of
+    the header at frame f of the s-th subject and t-th task: ``int((f + 2*j + 3*s + t) % 5 < 2)``
+    (:func:`bp4d_occurrence`), except ``BP4D_UNKNOWN`` (subject, task, frame, AU) coded 9. FERA 2015
+    intensity of the k-th intensity AU: ``(f + k + s) % 6``. ``BP4D_CORRUPT`` is a truncated JPEG.
 CAER-S
     Four training and two test images per class; the anger folder is ``Angry`` in train and
     ``Anger`` in test. Each class has its own people (LFW identities; Happy is the smiling
@@ -42,7 +49,7 @@ import cv2
 import numpy as np
 
 from affbench.errors import AffbenchError
-from affbench.pipelines import affwild2, caer_s, disfa
+from affbench.pipelines import affwild2, bp4d, caer_s, disfa
 
 DISFA_SUBJECTS: tuple[str, ...] = ("SN001", "SN010", "SN006", "SN003")
 DISFA_FRAMES = 24
@@ -58,9 +65,21 @@ AFFWILD2_NO_IMAGE: tuple[int, ...] = (7, 8)
 AFFWILD2_SPLITS: dict[str, dict[str, str]] = {
     "au": {"1-30-1280x720": "Train_Set", "10-60-1280x720_left": "Train_Set", "video7": "Validation_Set"},
     "expr": {"1-30-1280x720": "Train_Set", "10-60-1280x720_right": "Train_Set", "video7": "Validation_Set"},
-    "va": {"10-60-1280x720_left": "Train_Set", "10-60-1280x720_right": "Validation_Set", "video7": "Validation_Set"},
+    # Two VA training videos (people): the validation split holds one out, so VA has validation rows.
+    "va": {"1-30-1280x720": "Train_Set", "10-60-1280x720_left": "Train_Set", "10-60-1280x720_right": "Validation_Set",
+           "video7": "Validation_Set"},
 }
-ALL_DATASETS = ("disfa", "caer-s", "affwild2")
+BP4D_UNITS: tuple[tuple[str, str], ...] = (("F001", "T1"), ("F001", "T2"), ("F003", "T1"), ("F007", "T1"))
+BP4D_IMAGES = "Sequences"
+BP4D_FIRST_FRAME = 40
+BP4D_FRAMES = 8
+BP4D_UNCODED = 2
+BP4D_FRAME_SIZE = (320, 240)  # width, height
+#: The header of the sample AU_OCC files: the frame column, then more AUs than the protocol's 12.
+BP4D_HEADER_AUS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 27, 28)
+BP4D_UNKNOWN: tuple[str, str, int, int] = ("F001", "T1", 44, 12)
+BP4D_CORRUPT = "Sequences/F003/T1/45.jpg"
+ALL_DATASETS = ("disfa", "bp4d", "caer-s", "affwild2")
 #: LFW faces that MTCNN found in every frame of the sample motion (checked once, by hand, with
 #: FaceDetector over eight frames of the DISFA path); 9, 21 and 30, for instance, are missed often.
 RELIABLE_LFW: tuple[int, ...] = (0, 3, 6, 12, 15, 18, 24, 27, 33, 36, 39, 42, 45, 48, 51, 54, 57, 60, 63, 66, 69, 72, 75, 78)
@@ -215,6 +234,58 @@ def write_disfa(root: Path, frames: int = DISFA_FRAMES) -> Path:
     return root
 
 
+# ----------------------------------------------------------------------------------------- BP4D
+
+
+def bp4d_occurrence(subject: str, task: str, frame: int, au: int) -> int:
+    """The sample BP4D occurrence code (0, 1 or 9) of ``au`` at ``frame``."""
+    if (subject, task, frame, au) == BP4D_UNKNOWN:
+        return bp4d.UNKNOWN
+    s, t, j = [u for u, _ in BP4D_UNITS].index(subject), int(task[1:]), BP4D_HEADER_AUS.index(au)
+    return int((frame + 2 * j + 3 * s + t) % 5 < 2)
+
+
+def bp4d_intensity(subject: str, frame: int, au: int) -> int:
+    s = [u for u, _ in BP4D_UNITS].index(subject)
+    return (frame + bp4d.INTENSITY_AUS.index(au) + s) % 6
+
+
+def bp4d_frame(subject: str, task: str, frame: int) -> np.ndarray:
+    """One small RGB frame of a sample BP4D task."""
+    width, height = BP4D_FRAME_SIZE
+    s = [u for u, _ in BP4D_UNITS].index(subject)
+    canvas = scene(height, width, seed=4000 + s)
+    dx, dy, angle, scale = _motion(frame - BP4D_FIRST_FRAME, BP4D_FRAMES, seed=s + int(task[1:]))
+    paste_face(canvas, _disfa_face(s), (width * (0.5 + dx / 2), height * (0.5 + dy / 2)), angle / 2, 170 * scale)
+    return canvas
+
+
+def write_bp4d(root: Path, frames: int = BP4D_FRAMES) -> Path:
+    """Write the sample BP4D distribution under ``root`` and return it."""
+    occurrence = root / bp4d.CODES_DIR / bp4d.OCCURRENCE_DIR
+    occurrence.mkdir(parents=True, exist_ok=True)
+    for subject, task in BP4D_UNITS:
+        folder = root / BP4D_IMAGES / subject / task
+        folder.mkdir(parents=True, exist_ok=True)
+        numbers = range(BP4D_FIRST_FRAME, BP4D_FIRST_FRAME + frames)
+        for f in numbers:
+            path = folder / f"{f}.jpg"
+            cv2.imwrite(str(path), cv2.cvtColor(bp4d_frame(subject, task, f), cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+            if path.relative_to(root).as_posix() == BP4D_CORRUPT:
+                path.write_bytes(path.read_bytes()[:200])  # a truncated file: the header survives
+        coded = numbers[BP4D_UNCODED:]
+        lines = [",".join(["0", *map(str, BP4D_HEADER_AUS)])]
+        lines += [",".join([str(f), *(str(bp4d_occurrence(subject, task, f, au)) for au in BP4D_HEADER_AUS)])
+                  for f in coded]
+        (occurrence / f"{subject}_{task}.csv").write_text("\n".join(lines) + "\n")
+        for au in bp4d.INTENSITY_AUS:
+            path = root / bp4d.CODES_DIR / bp4d.INTENSITY_DIR / bp4d.intensity_path(au, subject, task)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{f},{bp4d_intensity(subject, f, au)}\n" for f in coded))
+    return root
+
+
 # ----------------------------------------------------------------------------------------- CAER-S
 
 
@@ -334,6 +405,7 @@ def write_sample_data(
         raise AffbenchError(f"No sample data for {', '.join(unknown)}; choose from {', '.join(ALL_DATASETS)}.")
     writers = {
         "disfa": lambda root: write_disfa(root, frames or DISFA_FRAMES),
+        "bp4d": lambda root: write_bp4d(root, frames or BP4D_FRAMES),
         "caer-s": write_caer_s,
         "affwild2": lambda root: write_affwild2(root, frames or AFFWILD2_FRAMES),
     }

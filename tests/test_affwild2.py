@@ -84,7 +84,8 @@ def test_per_task_split_columns(prepared):
         for task, column in (("au", "split_au"), ("expr", "split_expr"), ("va", "split_va")):
             assert row[column] == sd.AFFWILD2_SPLITS[task].get(video), (video, column)
     assert rows[("video7", 3)]["split_va"] == "Validation_Set"
-    assert rows[("1-30-1280x720", 3)]["split_va"] is None
+    assert rows[("1-30-1280x720", 3)]["split_va"] == "Train_Set"
+    assert rows[("1-30-1280x720", 3)]["split_expr"] == "Train_Set" and rows[("10-60-1280x720_left", 3)]["split_expr"] is None
 
 
 def test_a_frame_without_image_keeps_its_row(prepared):

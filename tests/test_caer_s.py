@@ -108,6 +108,8 @@ def test_a_faceless_image_keeps_its_row(prepared):
     row = rows[FACELESS]
     assert row["face_found"] is False
     assert row["image"] is None and row["box"] is None and row["landmarks"] is None
+    assert row["n_faces"] == 0 and row["landmark_source"] == "none"
+    assert all(rows[c]["n_faces"] is None for c in CORRUPT)  # unreadable: the detector never ran
     found = {s for s, r in rows.items() if r["face_found"]}
     assert found == set(rows) - {FACELESS} - set(CORRUPT)
 
@@ -162,8 +164,10 @@ def test_several_faces_keep_the_largest_or_the_most_confident(caer_root, prepare
     largest, surest = max(found, key=lambda f: f.area), max(found, key=lambda f: f.score)
     assert len(found) == 2 and largest is not surest, "precondition: the two rules pick different faces"
 
-    assert manifest["parameters"]["select"] == "largest"
+    assert manifest["parameters"]["select"]["strategy"] == "largest"
+    assert largest.area > caer_s.SIZE_MARGIN * surest.area  # clearly larger: no tie to break
     assert np.allclose(rows[TWO_FACES]["box"], largest.box, atol=1e-3)
+    assert rows[TWO_FACES]["n_faces"] == 2 and rows[TWO_FACES]["landmark_source"] == "detected"
     assert manifest["units"]["train/Surprise"]["stats"]["several_faces"] == 1
 
     root = tmp_path / "CAER-S"
@@ -171,16 +175,18 @@ def test_several_faces_keep_the_largest_or_the_most_confident(caer_root, prepare
     (root / "test").mkdir()
     caer_s.prepare(root, tmp_path / "out", select="prob", progress=False)
     (row,) = ShardReader(tmp_path / "out").iter_rows()
-    assert np.allclose(row["box"], surest.box, atol=1e-3)
-    assert row["det_score"] == pytest.approx(surest.score)
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["parameters"]["select"] == "prob"
+    # "prob" keeps the surer face only by a clear margin; closer scores fall back to the size rule
+    expected = surest if surest.score > largest.score + caer_s.SCORE_MARGIN else largest
+    assert np.allclose(row["box"], expected.box, atol=1e-3)
+    assert row["det_score"] == pytest.approx(expected.score)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["parameters"]["select"]["strategy"] == "prob"
 
 
 def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(sample_data, detector, tmp_path, monkeypatch):
     files = [("train", "Angry", "0001.png"), ("test", "Anger", "0001.png"), ("test", "Happy", "0002.png")]
     root = small_caer(sample_data["caer-s"], tmp_path / "CAER-S", files)
     out = tmp_path / "out"
-    read = caer_s._read_rgb
+    read = caer_s.read_image_file
     calls = []
 
     def interrupted(path):
@@ -189,7 +195,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
             raise KeyboardInterrupt  # Ctrl-C in the last folder
         return read(path)
 
-    monkeypatch.setattr(caer_s, "_read_rgb", interrupted)
+    monkeypatch.setattr(caer_s, "read_image_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         caer_s.prepare(root, out, progress=False)
     assert calls == ["train/Angry/0001.png", "test/Anger/0001.png", "test/Happy/0002.png"]
@@ -197,7 +203,7 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
     assert sorted(finished) == ["test-Anger-9c755541-00000.parquet", "train-Angry-549e8b12-00000.parquet"]
 
-    monkeypatch.setattr(caer_s, "_read_rgb", lambda path: (calls.append(path.name), read(path))[1])
+    monkeypatch.setattr(caer_s, "read_image_file", lambda path: (calls.append(path.name), read(path))[1])
     calls.clear()
     summary = caer_s.prepare(root, out, progress=False)
     assert calls == ["0002.png"] and (summary.units_skipped, summary.units_done) == (2, 1)

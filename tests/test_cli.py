@@ -25,7 +25,7 @@ COMMANDS = [path for path, _ in all_commands(app)]
 
 def test_the_command_tree_of_the_design():
     assert {p[0] for p in COMMANDS} >= {"prepare", "run-benchmark", "export", "demo", "sample-data", "list"}
-    assert {p[1] for p in COMMANDS if p[0] == "prepare" and len(p) == 2} == {"disfa", "caer-s", "affwild2"}
+    assert {p[1] for p in COMMANDS if p[0] == "prepare" and len(p) == 2} == {"disfa", "bp4d", "caer-s", "affwild2"}
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
@@ -50,7 +50,7 @@ def test_version():
 def test_list_datasets():
     result = CliRunner().invoke(app, ["list", "datasets"])
     assert result.exit_code == 0
-    assert [line.split()[0] for line in result.output.splitlines()] == ["disfa", "caer-s", "affwild2"]
+    assert [line.split()[0] for line in result.output.splitlines()] == ["disfa", "bp4d", "caer-s", "affwild2"]
 
 
 def test_user_errors_are_one_sentence_without_traceback(tmp_path):

@@ -103,16 +103,28 @@ def test_labels_are_joined_by_line_order_including_the_short_video(prepared):
     assert disfa.length_mismatches(manifest) == [stats["length_mismatch"]]
 
 
-def test_frames_without_a_face_keep_their_row(prepared):
-    _, summary, _, table = prepared
+def test_frames_without_a_face_keep_their_row_with_a_fallback_crop(prepared):
+    _, summary, manifest, table = prepared
     faceless = table[~table.face_found]
     assert sorted(set(faceless.frame)) == list(sd.NO_FACE_FRAMES)
     assert len(faceless) == len(sd.DISFA_SUBJECTS) * len(sd.NO_FACE_FRAMES)
-    assert faceless.image.isna().all() and faceless.box.isna().all() and faceless.landmarks.isna().all()
+    # a face on both sides in time: the crop uses landmarks interpolated between the neighbours
+    assert set(faceless.landmark_source) == {"interpolated"}
+    assert faceless.image.notna().all() and faceless.det_score.isna().all() and (faceless.n_faces == 0).all()
+    for _, row in faceless.iterrows():
+        subject = table[table.subject == row.subject].set_index("frame")
+        before, after = (np.array(subject.landmarks[row.frame + k], dtype=float) for k in (-1, 1))
+        assert np.allclose(row.landmarks, (before + after) / 2, atol=1e-3)
     assert (faceless.au1 >= 0).all()  # labels stay
     found = table[table.face_found]
     assert (found.width == 256).all() and (found.det_score > 0.9).all()
+    assert set(found.landmark_source) == {"detected", "tracked"}
+    assert found[found.landmark_source == "tracked"].n_faces.isna().all()
+    assert (found[found.landmark_source == "detected"].n_faces >= 1).all()
     assert summary.stats["faces_found"] == len(found) and summary.stats["no_face"] == len(faceless)
+    per_video = {k: u["stats"]["fallback_crops"] for k, u in manifest["units"].items()}
+    assert per_video == {f"{s}/left": len(sd.NO_FACE_FRAMES) for s in sd.DISFA_SUBJECTS}
+    assert "landmark_source" in manifest["parameters"]["rows"]
 
 
 @pytest.mark.slow
@@ -159,6 +171,7 @@ def test_manifest_records_template_detector_and_tracker(prepared):
     assert detector["thresholds"] == list(default.thresholds) and detector["min_face_size"] == default.min_face_size
     assert detector["factor"] == default.factor and "facenet-pytorch" in detector["detector"]
     assert {"detect_max_side", "refine_passes", "redetect_every"} <= set(parameters["tracker"])
+    assert parameters["tracker"]["tracking"] is True
     assert parameters["labels"]["columns"] == [f"au{au}" for au in disfa.AUS]
     assert manifest["info"]["device"] == "cpu"
     protocol = Protocol.from_dict(manifest["protocol"])  # the harness reads it back from here

@@ -23,15 +23,13 @@ from affbench.metrics import (
     any_active_rate,
     ccc,
     ccc_loss,
-    evaluate,
     f1,
-    get_metric,
     icc,
     icc_ratings,
-    list_metrics,
     torch_ccc,
 )
 from affbench.protocols import TaskSpec
+from affbench.scoring import evaluate, get_metric, is_better, list_metrics
 
 
 @pytest.fixture
@@ -341,9 +339,9 @@ def test_unknown_metric_lists_valid_names():
 
 
 def test_is_better_follows_direction():
-    assert metrics.is_better("f1/au6", 0.6, 0.5)
-    assert not metrics.is_better("ccc", float("nan"), 0.1)
-    assert metrics.is_better("icc", 0.1, None)
+    assert is_better("f1/au6", 0.6, 0.5)
+    assert not is_better("ccc", float("nan"), 0.1)
+    assert is_better("icc", 0.1, None)
 
 
 def test_cli_lists_metrics():

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from affbench.bundle import ModelDescription, describe_trained_model, read_model_file, save_model_file
 from affbench.cli import app
 from affbench.encoders import create_encoder
-from affbench.faces import AlignmentTemplate, FaceTracker, TrackerSettings, align_face, shared_detector
+from affbench.faces import AlignmentTemplate, align_face, shared_detector
+from affbench.face_tracking import FaceTracker, TrackerSettings
 from affbench.pipelines.protocols import PROTOCOLS
 from affbench.pipelines.sample_data import CAER_NO_FACE, NO_FACE_FRAMES
 from affbench.predict import FACE_COLUMNS, load_model, task_columns
@@ -126,7 +127,9 @@ def test_the_same_crop_through_load_model_and_predict_gives_the_same_numbers(vid
     direct = model.predict(crops)
     rows = table.set_index("frame").loc[frames]
     numeric = [c for c in model.columns if c != "expression"]
-    np.testing.assert_allclose(direct[numeric].to_numpy(), rows[numeric].to_numpy(), rtol=1e-5, atol=1e-6)
+    # 3 crops in one batch against the whole video's batches: float32 sums differ in the 5th digit
+    # on this untrained model's huge raw regressions (-2000)
+    np.testing.assert_allclose(direct[numeric].to_numpy(), rows[numeric].to_numpy(), rtol=1e-4, atol=1e-6)
     assert direct["expression"].tolist() == rows["expression"].tolist()
     # and the Python API's video path gives the CLI's table
     api = model.predict_video(video)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.metrics import evaluate
+from affbench.scoring import evaluate
 from affbench.pipelines.protocols import AFFWILD2, CAER_S, DISFA, PROTOCOLS, protocol_for
 from affbench.protocols import Protocol, TaskSpec
 from affbench.shards import DatasetWriter, make_schema, read_manifest
@@ -107,6 +107,30 @@ def test_disfa_excludes_faceless_and_unannotated_rows_and_counts_them(disfa_meta
     # SN005 (part3, tested in fold 1) has one frame with every AU unannotated.
     assert split["excluded"]["unannotated"] == {"train": 0, "val": 0, "test": 1}
     assert len(chosen) == len(disfa_meta) - 27 - 1
+
+
+def test_disfa_scores_fallback_crops_by_default_and_excludes_them_on_request(disfa_meta):
+    meta = disfa_meta.copy()
+    # prepared data of schema 2: the faceless frames have a crop from their neighbours' landmarks
+    meta["landmark_source"] = np.where(meta.face_found, "tracked", "interpolated")
+    split = DISFA.split_indices(meta, "au-intensity", 1)
+    chosen = np.concatenate([split[r] for r in ("train", "val", "test")])
+    assert len(chosen) == len(meta) - 1  # every frame but the unannotated one, as published
+    assert split["fallback_crops"] == {"train": 15, "val": 3, "test": 9}
+    assert sum(split["excluded"]["no_face"].values()) == 0
+    assert split["excluded"]["fallback_crop"] == {"train": 0, "val": 0, "test": 0}
+
+    strict = DISFA.split_indices(meta, "au-intensity", 1, exclude_fallback=True)
+    assert strict["excluded"]["fallback_crop"] == {"train": 15, "val": 3, "test": 9}
+    assert strict["fallback_crops"] == {"train": 0, "val": 0, "test": 0}
+    for role in ("train", "val", "test"):
+        assert np.array_equal(strict[role], DISFA.split_indices(disfa_meta, "au-intensity", 1)[role])
+    # a faceless row without a fallback crop stays out either way
+    first_faceless = int(np.flatnonzero(~meta.face_found.to_numpy())[0])
+    meta.loc[meta.index[first_faceless], "landmark_source"] = "none"
+    split = DISFA.split_indices(meta, "au-intensity", 1)
+    assert first_faceless not in np.concatenate([split[r] for r in ("train", "val", "test")])
+    assert sum(split["excluded"]["no_face"].values()) == 1
 
 
 def test_disfa_targets_apply_occurrence_threshold_and_mask(disfa_meta):
@@ -328,7 +352,7 @@ def test_taskspec_checks_its_metrics():
 
 
 def test_library_does_not_import_pipelines():
-    code = ("import sys, affbench.protocols, affbench.metrics; "
+    code = ("import sys, affbench.protocols, affbench.metrics, affbench.scoring; "
             "bad = [m for m in sys.modules if m.startswith('affbench.pipelines') or m.startswith('affbench.benchmarks')]; "
             "assert not bad, bad; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")

@@ -200,5 +200,5 @@ def test_refuses_to_overwrite_a_folder_that_is_not_sample_data(tmp_path):
     (tmp_path / "disfa" / "my-notes.txt").write_text("real data lives here")
     with pytest.raises(AffbenchError, match="not affbench sample data"):
         sd.write_sample_data(tmp_path, datasets=["disfa"])
-    with pytest.raises(AffbenchError, match="No sample data for bp4d"):
-        sd.write_sample_data(tmp_path, datasets=["bp4d"])
+    with pytest.raises(AffbenchError, match="No sample data for fer2013"):
+        sd.write_sample_data(tmp_path, datasets=["fer2013"])

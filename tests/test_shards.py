@@ -231,7 +231,7 @@ def test_manifest_records_parameters_counts_hashes_and_protocol(tmp_path):
     out = tmp_path / "prepared"
     run_units(open_writer(out), [ToyUnit("A", 4)], toy_process(out, [], rows=4), progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert manifest["dataset"] == "toy"
     assert manifest["parameters"] == PARAMS
     assert manifest["protocol"] == {"folds": [1]}
@@ -308,3 +308,19 @@ def test_outputs_get_the_usual_permissions_not_private_temp_ones(tmp_path):
         os.umask(umask)
     for path in [out / "manifest.json", *(out / "shards").iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_folders_of_schema_1_still_read_and_newer_ones_are_refused_in_one_sentence(tmp_path):
+    out = tmp_path / "prepared"
+    run_units(open_writer(out), [ToyUnit("A", 2)], toy_process(out, [], rows=2), progress=False)
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for version, readable in ((1, True), (3, False)):
+        path.write_text(json.dumps({**manifest, "schema_version": version}))
+        if readable:
+            assert ShardReader(out).num_rows == 2  # a version-1 folder (no landmark_source column) reads
+            with pytest.raises(AffbenchError, match="schema version 1.*another --out folder"):
+                open_writer(out)  # ... but is not extended with rows of another schema
+        else:
+            with pytest.raises(AffbenchError, match="schema version 3.*upgrade affbench"):
+                ShardReader(out)

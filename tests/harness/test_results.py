@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import re
 
 import numpy as np
 import pandas as pd
@@ -12,22 +12,37 @@ from affbench import results
 from affbench.errors import AffbenchError
 
 
-def record(encoder: str, fold: int, f1: float, *, suite="s", dataset="disfa", task="au-detection", per_au=None):
+def record(encoder: str, fold: int, f1: float, *, suite="s", dataset="disfa", task="au-detection", per_au=None,
+           baselines=None, experiment=None):
     metrics = {"f1": f1, "accuracy": 0.9}
     for au, value in (per_au or {}).items():
         metrics[f"f1/{au}"] = value
     return {
         "suite": suite, "dataset": dataset, "task": task, "encoder": encoder, "fold": fold, "kind": "au-detection",
-        "metrics": metrics, "primary_metric": "f1", "selected_epoch": 2,
+        "experiment": experiment or encoder, "label": f"{encoder} (paper name)",
+        "metrics": metrics, "primary_metric": "f1", "selected_epoch": 2, "epochs": 3, "epochs_planned": 3,
+        "seed": 7, "initialisation": "imagenet", "job": f"job-{encoder}-{fold}", "config_hash": f"hash{fold}",
+        "device": "cpu (test)", "git_commit": "abc", "affbench_version": "0.1.0",
+        "n": {"train": 100, "val": 10, "test": 40 + fold},
+        "excluded": {"no_face": {"train": 1, "val": 0, "test": 2}, "unannotated": {"train": 0, "val": 0, "test": 1},
+                     "no_split": 0},
+        "baselines": baselines or {},
         "curve": [{"epoch": 1, "train_loss": 0.9, "val": 0.3, "lr": 1e-3},
-                  {"epoch": 2, "train_loss": 0.7, "val": 0.4, "lr": 1e-4}],
+                  {"epoch": 2, "train_loss": 0.7, "val": 0.4, "lr": 1e-4},
+                  {"epoch": 3, "train_loss": 0.6, "val": 0.35, "lr": 1e-5}],
+        "selection": "best validation score (mean of the tasks' primary metrics)",
     }
 
 
+def absent(f1_au6: float) -> dict:
+    return {"all-absent": {"f1": 0.0, "f1/au6": 0.0, "f1/au12": 0.0, "accuracy": f1_au6},
+            "all-present": {"f1": 0.5, "f1/au6": 0.4, "f1/au12": 0.6, "accuracy": 0.3}}
+
+
 RECORDS = [
-    record("megraph-au", 1, 0.5, per_au={"au6": 0.6, "au12": 0.8}),
-    record("megraph-au", 2, 0.7, per_au={"au6": 0.4, "au12": 0.6}),
-    record("fan-au", 1, 0.2),
+    record("megraph-au", 1, 0.5, per_au={"au6": 0.6, "au12": 0.8}, baselines=absent(0.7)),
+    record("megraph-au", 2, 0.7, per_au={"au6": 0.4, "au12": 0.6}, baselines=absent(0.8)),
+    record("fan-au", 1, 0.2, baselines=absent(0.7)),
 ]
 
 
@@ -42,48 +57,97 @@ def test_records_round_trip_and_nan_becomes_missing(tmp_path):
     assert np.isnan(long.set_index("metric").loc["f1", "value"])
 
 
-def test_long_table_has_one_row_per_metric_value():
+def test_long_table_is_tidy_with_label_and_provenance_columns():
     long = results.long_table(RECORDS)
     assert list(long.columns) == list(results.LONG_COLUMNS)
-    assert len(long) == 4 + 4 + 2
-    row = long[(long.encoder == "megraph-au") & (long.fold == 2) & (long.metric == "f1/au12")]
+    mine = long[long["row"] == "affbench"]
+    assert len(mine) == 4 + 4 + 2  # one row per metric value of each record
+    row = mine[(mine.encoder == "megraph-au") & (mine.fold == 2) & (mine.metric == "f1") & (mine.label == "au12")]
     assert row["value"].item() == 0.6
+    overall = mine[(mine.encoder == "fan-au") & (mine.metric == "f1")]
+    assert overall["label"].item() == "" and overall["value"].item() == 0.2
+    first = row.iloc[0]
+    assert (first["schema"], first["seed"], first["n_test"], first["n_excluded"], first["selected_epoch"]) == (
+        results.SCHEMA_VERSION, 7, 42, 3, 2)
+    assert (first["job"], first["config_hash"], first["initialisation"]) == ("job-megraph-au-2", "hash2", "imagenet")
+    # Baselines: once per (dataset, task, fold), not once per encoder.
+    base = long[long["row"] == "baseline"]
+    assert set(base["baseline"]) == {"all-absent", "all-present"} and set(base["encoder"]) == {""}
+    assert len(base[(base.baseline == "all-absent") & (base.metric == "accuracy")]) == 2
+    assert base[(base.baseline == "all-absent") & (base.fold == 2) & (base.metric == "accuracy")]["value"].item() == 0.8
 
 
-def test_wide_table_means_and_population_std_over_folds():
-    wide = results.wide_table(RECORDS).set_index("encoder")
-    assert wide.loc["megraph-au", "folds"] == 2
-    assert wide.loc["megraph-au", "f1"] == pytest.approx(0.6)
-    assert wide.loc["megraph-au", "f1 std"] == pytest.approx(0.1)  # |0.5 - 0.7| / 2
-    assert wide.loc["megraph-au", "f1/au6"] == pytest.approx(0.5)
-    assert np.isnan(wide.loc["fan-au", "f1 std"])  # one fold: no spread, not zero
-    assert np.isnan(wide.loc["fan-au", "f1/au6"])
-    columns = list(results.wide_table(RECORDS).columns)
-    assert columns[:5] == ["suite", "dataset", "task", "encoder", "folds"]
-    assert columns.index("f1") < columns.index("f1/au6") < columns.index("accuracy")
-
-
-def test_markdown_shows_headline_metrics_with_spread():
-    text = results.markdown(RECORDS)
-    assert text.startswith("### s · disfa · au-detection")
-    assert "| megraph-au | 2 | 0.600 ± 0.100 | 0.900 ± 0.000 |" in text
-    assert "| fan-au | 1 | 0.200 | 0.900 |" in text
-    assert "f1/au6" not in text and "f1/au6" in results.markdown(RECORDS, per_label=True)
-
-
-@pytest.mark.parametrize("wide", [False, True])
-def test_export_writes_csv_that_pandas_reads_back(tmp_path, wide):
+def test_long_csv_reads_back_with_pandas_and_matches_the_records(tmp_path):
     for rec in RECORDS:
         results.write_record(tmp_path / "run", rec)
-    frame, table = results.export(tmp_path / "run", tmp_path / "out.csv", wide=wide)
-    back = pd.read_csv(tmp_path / "out.csv")
-    assert list(back.columns) == list(frame.columns)
-    assert len(back) == len(frame) == (2 if wide else 10)
-    if wide:
-        assert back.set_index("encoder").loc["megraph-au", "f1"] == pytest.approx(0.6)
-    else:
-        assert set(back["fold"]) == {1, 2}
-    assert "megraph-au" in table
+    exported = results.export(tmp_path / "run", tmp_path / "out.csv")
+    back = pd.read_csv(tmp_path / "out.csv", dtype={"label": str})
+    assert list(back.columns) == list(results.LONG_COLUMNS)
+    assert set(back["schema"]) == {results.SCHEMA_VERSION}
+    assert len(back) == len(exported.long)
+    for rec in RECORDS:
+        for key, value in rec["metrics"].items():
+            metric, _, label = key.partition("/")
+            match = back[(back["row"] == "affbench") & (back.encoder == rec["encoder"]) & (back.fold == rec["fold"])
+                         & (back.metric == metric) & (back.label.fillna("") == label)]
+            assert match["value"].item() == pytest.approx(value)
+            assert match["n_test"].item() == rec["n"]["test"] and match["config_hash"].item() == rec["config_hash"]
+    assert not (tmp_path / "out-tables").exists()  # only with --wide
+
+
+def test_wide_tables_one_per_task_with_sample_std_and_clean_column_names():
+    other = record("emotiram-f", 1, 0.3, dataset="caer-s", task="expression")
+    tables = tables_of(RECORDS + [other])
+    assert list(tables) == [("s", "disfa", "au-detection"), ("s", "caer-s", "expression")]
+    table = tables[("s", "disfa", "au-detection")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_]+", c) for c in table.columns)
+    assert "f1_au6" in table.columns and "f1_anger" not in table.columns  # this task's labels only
+    mine = table[table["row"] == "affbench"].set_index("encoder")
+    assert mine.loc["megraph-au", "folds"] == 2
+    assert mine.loc["megraph-au", "f1"] == pytest.approx(0.6)
+    assert mine.loc["megraph-au", "f1_sd"] == pytest.approx(0.1414214)  # sample std (ddof=1) of 0.5 and 0.7
+    assert mine.loc["megraph-au", "f1_au6"] == pytest.approx(0.5)
+    assert np.isnan(mine.loc["fan-au", "f1_sd"])  # one fold: no spread, not zero
+    assert np.isnan(mine.loc["fan-au", "f1_au6"])
+    base = table[table["row"] == "baseline"].set_index("encoder")
+    assert base.loc["all-absent", "accuracy"] == pytest.approx(0.75) and base.loc["all-absent", "folds"] == 2
+    columns = list(table.columns)
+    assert columns[:4] == ["row", "encoder", "name", "folds"]
+    assert columns.index("f1") < columns.index("f1_sd") < columns.index("f1_au6") < columns.index("accuracy")
+
+
+def tables_of(records, published=None):
+    from affbench import tables
+
+    return tables.wide_tables(records, published)
+
+
+def test_markdown_shows_headline_metrics_with_spread_and_baselines():
+    from affbench import tables
+
+    text = tables.markdown(tables_of(RECORDS))
+    assert text.startswith("### s · disfa · au-detection")
+    assert "| megraph-au | 2 | 0.600 ± 0.141 | 0.900 ± 0.000 |" in text
+    assert "| fan-au | 1 | 0.200 | 0.900 |" in text
+    assert "| baseline: all-absent | 2 | 0.000 ± 0.000 | 0.750 ± 0.071 |" in text
+    assert "ddof=1" in text
+    assert "f1_au6" not in text and "f1_au6" in tables.markdown(tables_of(RECORDS), per_label=True)
+
+
+def test_wide_export_writes_one_csv_per_table_and_latex(tmp_path):
+    for rec in RECORDS + [record("emotiram-f", 1, 0.3, dataset="caer-s", task="expression")]:
+        results.write_record(tmp_path / "run", rec)
+    exported = results.export(tmp_path / "run", tmp_path / "out.csv", wide=True, latex=True)
+    folder = tmp_path / "out-tables"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "s__caer-s__expression.csv", "s__disfa__au-detection.csv", "tables.md", "tables.tex"]
+    back = pd.read_csv(folder / "s__disfa__au-detection.csv")
+    assert back[back["row"] == "affbench"].set_index("encoder").loc["megraph-au", "f1_au12"] == pytest.approx(0.7)
+    tex = (folder / "tables.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex and "f1\\_au12" in tex and r"0.600 $\pm$ 0.141" in tex
+    assert tex.count(r"\begin{table}") == 4  # one per (table, metric): f1 and accuracy of two tables
+    assert "±" not in tex.split("\n", 1)[1] and "–" not in tex.split("\n", 1)[1]  # LaTeX gets $\pm$ and --
+    assert "megraph-au" in exported.markdown
 
 
 def test_export_of_an_empty_or_missing_run_is_a_clear_error(tmp_path):
@@ -92,26 +156,6 @@ def test_export_of_an_empty_or_missing_run_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AffbenchError, match="No finished benchmark cells in .*; run `affbench run-benchmark` first"):
         results.export(tmp_path / "empty", tmp_path / "x.csv")
-
-
-def test_plots_are_png_files_in_the_run_folder(tmp_path):
-    pytest.importorskip("matplotlib")
-    for rec in RECORDS:
-        results.write_record(tmp_path, rec)
-    written = results.plot_run(tmp_path)
-    names = sorted(p.name for p in written)
-    assert "per-au-f1-disfa-au-detection.png" in names
-    assert "curve-disfa-au-detection-megraph-au-fold2.png" in names
-    for path in written:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.parent == tmp_path / "plots" / "s"
-
-
-def test_plots_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch):
-    for rec in RECORDS:
-        results.write_record(tmp_path, rec)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    with pytest.raises(AffbenchError, match=r"pip install 'affbench\[plots\]'"):
-        results.plot_run(tmp_path)
 
 
 def test_records_and_csv_get_the_users_usual_permissions(tmp_path):

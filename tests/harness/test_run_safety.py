@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from affbench.benchmarks.harness import parse_suite, run_benchmark
+from affbench.benchmarks.harness import run_benchmark
+from affbench.benchmarks.suite import parse_suite
 from affbench.cli import app
 from affbench.errors import AffbenchError
 from affbench.results import load_records
@@ -410,7 +411,7 @@ def test_export_never_replaces_a_file_that_is_not_an_earlier_export(tmp_path, fi
     notes.write_text("my,own\n1,2\n")
     result = cli("export", finished_run, "--csv", notes, "--no-plots", "--force")
     assert result.exit_code == 0, result.output
-    assert list(pd.read_csv(notes).columns)[:4] == ["suite", "dataset", "task", "encoder"]
+    assert list(pd.read_csv(notes).columns)[:4] == ["schema", "suite", "dataset", "task"]
 
 
 @pytest.mark.parametrize("first, second", [("--long", "--wide"), ("--wide", "--long")])
@@ -419,7 +420,14 @@ def test_export_replaces_an_earlier_export(tmp_path, finished_run, first, second
     assert cli("export", finished_run, "--csv", target, first, "--no-plots").exit_code == 0
     result = cli("export", finished_run, "--csv", target, second, "--no-plots")
     assert result.exit_code == 0, result.output
-    assert ("folds" in pd.read_csv(target).columns) == (second == "--wide")
+    assert pd.read_csv(target).columns[0] == "schema"  # --csv is the tidy table; --wide adds table-tables/
+    assert (tmp_path / "table-tables" / "quick__caer-s__expression.csv").is_file()
+
+
+def test_export_recognises_a_schema_1_export_as_earlier(tmp_path, finished_run):
+    target = tmp_path / "old.csv"
+    target.write_text("suite,dataset,task,encoder,fold,metric,value\ns,d,t,e,1,f1,0.5\n")
+    assert cli("export", finished_run, "--csv", target, "--no-plots").exit_code == 0
 
 
 def test_export_to_a_folder_is_one_sentence(tmp_path, finished_run):

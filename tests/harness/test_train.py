@@ -215,3 +215,11 @@ def test_fit_is_repeatable_and_resumes_exactly(prepared_root, tmp_path):
     test = evaluate_tasks(model_a, tasks, images)
     assert set(test["expression"]) >= {"accuracy", "f1", "f1/happy"}
     assert 0.0 <= test["expression"]["accuracy"] <= 1.0
+
+
+def test_excluding_fallback_crops_is_a_result_setting_that_leaves_earlier_hashes_alone():
+    default = TrainSettings()
+    strict = TrainSettings.from_dict({"exclude_fallback_crops": True})
+    assert "exclude_fallback_crops" not in default.result_dict()  # records made before it keep their hash
+    assert strict.result_dict()["exclude_fallback_crops"] is True
+    assert default.merged({"exclude_fallback_crops": True}) == strict

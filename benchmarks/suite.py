@@ -1,0 +1,337 @@
+"""Suites: declarative TOML files of experiments, parsed and checked into :class:`Suite`.
+
+A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
+
+``[suite]``
+    ``name``, ``description``, ``reproduces`` (the paper table it reproduces).
+``[datasets]``
+    Optional sub-folder names under ``--data`` (default: the dataset's name).
+``[training]`` (with ``[training.augmentation]``)
+    Default :class:`affbench.train.TrainSettings`; ``guessed`` lists what the papers leave open.
+``[tasks.<name>]``
+    Derived evaluation tasks that no protocol declares, e.g. the thesis' "AU6 and AU12 on CAER-S
+    Happy images" (rows of one class of a source task, AUs assumed active, the AU co-activation
+    metrics).
+``[[published]]``
+    The numbers the reproduced paper reports, with their source (see :mod:`affbench.published`);
+    ``affbench export`` shows them beside affbench's.
+``[[experiment]]``
+    ``id``, ``dataset``, ``tasks``, ``encoder``, ``options`` (encoder options), ``folds``
+    (default: all of the protocol), ``label`` (the paper's name), ``metrics`` (replace the task's
+    metrics), ``variant`` (names the cells ``<encoder>-<variant>`` so that two experiments of one
+    encoder, e.g. ME-GraphAU's stage 1 and stage 2, each keep a record), ``[experiment.training]``
+    (overrides), and one of
+
+    * ``[experiment.init]``: ``experiment``, ``fold``, ``option``: start from the selected weights of
+      another experiment of the suite, passed as encoder option ``option`` (``au_checkpoint``,
+      ``stage1_checkpoint`` for ME-GraphAU's stage 2 from stage 1, or ``pretrained`` to continue the
+      same encoder with the same structure);
+    * ``[experiment.evaluate]``: ``experiment``, ``fold``: no training; score that experiment's
+      selected model on this experiment's dataset and tasks (test rows).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
+from affbench.errors import AffbenchError, UnknownNameError
+from affbench.files import check_name
+from affbench.settings import TrainSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+SUITES_DIR = Path(__file__).with_name("suites")
+DATASET_NAMES = ("disfa", "bp4d", "caer-s", "affwild2")
+
+
+
+@dataclass(frozen=True)
+class Source:
+    """A reference to another experiment's selected model."""
+
+    experiment: str
+    fold: int | None = None
+    option: str | None = None  # for [experiment.init]: the encoder option that receives the path
+
+
+@dataclass(frozen=True)
+class DerivedTask:
+    """An evaluation task built from a source task's rows (``[tasks.<name>]`` in a suite)."""
+
+    name: str
+    dataset: str
+    source_task: str
+    classes: tuple[str, ...]
+    kind: str
+    output_key: str
+    label_names: tuple[str, ...]
+    assume_active: tuple[str, ...]
+    metrics: tuple[str, ...]
+    role: str = "test"
+    description: str = ""
+
+    def spec(self):
+        from affbench.protocols import TaskSpec
+
+        options = {m: {"labels": list(self.assume_active)} for m in self.metrics
+                   if m in ("all_active_rate", "any_active_rate")}
+        return TaskSpec(
+            name=self.name, kind=self.kind, label_columns=self.label_names, output_key=self.output_key,
+            n_outputs=len(self.label_names), label_names=self.label_names, metrics=self.metrics,
+            primary_metric=self.metrics[0], split_column=None, metric_options=options,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    dataset: str
+    tasks: tuple[str, ...]
+    encoder: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    folds: tuple[int, ...] | None = None
+    training: TrainSettings = field(default_factory=TrainSettings)
+    init: Source | None = None
+    evaluate: Source | None = None
+    label: str = ""
+    metrics: tuple[str, ...] | None = None
+    notes: str = ""
+    variant: str = ""
+    when_prepared: bool = False  # run only where its data (and its source's) is prepared; else skipped with a note
+
+    @property
+    def is_evaluation(self) -> bool:
+        return self.evaluate is not None
+
+    @property
+    def cell_encoder(self) -> str:
+        """The encoder column of this experiment's cells: the encoder, or ``<encoder>-<variant>``."""
+        return f"{self.encoder}-{self.variant}" if self.variant else self.encoder
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    reproduces: str
+    experiments: list[Experiment]
+    derived_tasks: dict[str, DerivedTask]
+    folders: dict[str, str]
+    training: TrainSettings
+    path: Path | None = None
+    text: str = ""
+    published: list = field(default_factory=list)  # affbench.published.Published
+
+    def experiment(self, experiment_id: str) -> Experiment:
+        for experiment in self.experiments:
+            if experiment.id == experiment_id:
+                return experiment
+        raise AffbenchError(f"Suite {self.name} has no experiment {experiment_id!r}; its experiments are: "
+                            f"{', '.join(e.id for e in self.experiments)}.")
+
+
+def list_suites() -> list[tuple[str, str, Path]]:
+    """``(name, description, path)`` of every suite shipped with affbench."""
+    found = []
+    for path in sorted(SUITES_DIR.glob("*.toml")):
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:  # a broken shipped suite is a bug, but say which
+            raise AffbenchError(f"The suite file {path} is not valid TOML: {exc}.") from None
+        meta = data.get("suite", {})
+        found.append((meta.get("name", path.stem), meta.get("description", ""), path))
+    return found
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    allowed = sorted(allowed)
+    for key in table:
+        if key not in allowed:
+            raise AffbenchError(f"Unknown key {key!r} in {where}; the keys are: {', '.join(allowed)}.")
+
+
+def load_suite(name_or_path: str | os.PathLike) -> Suite:
+    """A shipped suite by name, or a suite TOML file by path; every mistake is one clear sentence."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.is_file():
+        if not candidate.is_file():
+            raise AffbenchError(f"The suite file {candidate} does not exist.")
+        path = candidate
+    else:
+        shipped = {name: p for name, _, p in list_suites()}
+        if str(name_or_path) not in shipped:
+            raise UnknownNameError("suite", str(name_or_path), shipped)
+        path = shipped[str(name_or_path)]
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AffbenchError(f"The suite file {path} is not valid TOML: {exc}.") from None
+    return parse_suite(data, path=path, text=text)
+
+
+def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str = "") -> Suite:
+    where = path.name if path else "the suite"
+    _check_keys(data, ("suite", "datasets", "training", "tasks", "experiment", "published"), where)
+    meta = data.get("suite", {})
+    _check_keys(meta, ("name", "description", "reproduces"), f"[suite] of {where}")
+    name = meta.get("name") or (path.stem if path else "")
+    if not name:
+        raise AffbenchError(f"{where} has no [suite] name.")
+    check_name("suite name", name)
+    folders = dict(data.get("datasets", {}))
+    for dataset, folder in folders.items():
+        if dataset not in DATASET_NAMES:
+            raise UnknownNameError("dataset", dataset, DATASET_NAMES)
+        check_name(f"[datasets] folder of {dataset}", folder)
+    defaults = TrainSettings.from_dict(data.get("training", {}))
+
+    derived: dict[str, DerivedTask] = {}
+    for task_name, table in data.get("tasks", {}).items():
+        check_name("task name", task_name)
+        _check_keys(table, ("dataset", "source_task", "classes", "kind", "output_key", "label_names",
+                            "assume_active", "metrics", "role", "description"), f"[tasks.{task_name}] of {where}")
+        try:
+            derived[task_name] = DerivedTask(
+                name=task_name, dataset=table["dataset"], source_task=table["source_task"],
+                classes=tuple(table["classes"]), kind=table["kind"], output_key=table.get("output_key", "au"),
+                label_names=tuple(table["label_names"]), assume_active=tuple(table["assume_active"]),
+                metrics=tuple(table["metrics"]), role=table.get("role", "test"),
+                description=table.get("description", ""),
+            )
+        except KeyError as exc:
+            raise AffbenchError(f"[tasks.{task_name}] of {where} has no {exc.args[0]!r}.") from None
+        unknown = set(derived[task_name].assume_active) - set(derived[task_name].label_names)
+        if unknown:
+            raise AffbenchError(f"[tasks.{task_name}] assumes {sorted(unknown)} active, which are not in its label_names.")
+
+    experiments: list[Experiment] = []
+    for index, table in enumerate(data.get("experiment", [])):
+        label = f"[[experiment]] #{index + 1} of {where}"
+        _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
+                            "evaluate", "label", "metrics", "notes", "variant", "when_prepared"), label)
+        for required in ("id", "dataset", "tasks"):
+            if required not in table:
+                raise AffbenchError(f"{label} has no {required!r}.")
+        if table["dataset"] not in DATASET_NAMES:
+            raise UnknownNameError("dataset", table["dataset"], DATASET_NAMES)
+        if "encoder" not in table and "evaluate" not in table:
+            raise AffbenchError(f"{label} ({table['id']}) has no 'encoder'.")
+        check_name("experiment id", table["id"])
+        if not isinstance(table["tasks"], list):
+            raise AffbenchError(f"{label} ({table['id']}): 'tasks' must be a list of task names.")
+        for task in table["tasks"]:
+            check_name(f"task name of experiment {table['id']!r}", task)
+        if "encoder" in table:
+            check_name(f"encoder name of experiment {table['id']!r}", table["encoder"])
+        init = evaluate = None
+        if "init" in table:
+            _check_keys(table["init"], ("experiment", "fold", "option"), f"[experiment.init] of {table['id']}")
+            init = Source(table["init"]["experiment"], table["init"].get("fold"), table["init"].get("option", "au_checkpoint"))
+        if "evaluate" in table:
+            _check_keys(table["evaluate"], ("experiment", "fold"), f"[experiment.evaluate] of {table['id']}")
+            evaluate = Source(table["evaluate"]["experiment"], table["evaluate"].get("fold"))
+        if init and evaluate:
+            raise AffbenchError(f"Experiment {table['id']!r} has both [init] and [evaluate]; it trains or it evaluates.")
+        if evaluate and "training" in table:
+            raise AffbenchError(f"Experiment {table['id']!r} only evaluates, so it takes no [training] settings.")
+        folds = table.get("folds")
+        metrics = table.get("metrics")
+        if metrics is not None:
+            from affbench.scoring import get_metric
+
+            for metric in metrics:
+                get_metric(metric)  # UnknownNameError lists the registered ones
+        experiments.append(Experiment(
+            id=table["id"], dataset=table["dataset"], tasks=tuple(table["tasks"]), encoder=table.get("encoder", ""),
+            options=dict(table.get("options", {})), folds=tuple(int(f) for f in folds) if folds is not None else None,
+            training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
+            label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
+            notes=table.get("notes", ""), variant=str(table.get("variant", "")),
+            when_prepared=bool(table.get("when_prepared", False)),
+        ))
+    if not experiments:
+        raise AffbenchError(f"{where} declares no [[experiment]].")
+    ids = [e.id for e in experiments]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise AffbenchError(f"{where} declares experiment {duplicates[0]!r} twice.")
+    from affbench.published import parse_published
+
+    published = parse_published(data.get("published", []), {e.id: e.tasks for e in experiments}, where)
+    suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
+                  defaults, path, text, published)
+    _resolve_references(suite)
+    return suite
+
+
+def _resolve_references(suite: Suite) -> None:
+    by_id = {e.id: e for e in suite.experiments}
+    for i, experiment in enumerate(suite.experiments):
+        source = experiment.init or experiment.evaluate
+        if source is not None and source.experiment not in by_id:
+            raise AffbenchError(f"Experiment {experiment.id!r} refers to {source.experiment!r}, which suite "
+                                f"{suite.name} does not declare; its experiments are: {', '.join(by_id)}.")
+        if experiment.evaluate is not None:
+            origin = by_id[experiment.evaluate.experiment]
+            if origin.is_evaluation:
+                raise AffbenchError(f"Experiment {experiment.id!r} evaluates {origin.id!r}, which trains nothing.")
+            if experiment.encoder and experiment.encoder != origin.encoder:
+                raise AffbenchError(
+                    f"Experiment {experiment.id!r} evaluates {origin.id!r}, a {origin.encoder} model, "
+                    f"but names encoder {experiment.encoder!r}."
+                )
+            suite.experiments[i] = experiment = replace(experiment, encoder=origin.encoder, options=dict(origin.options))
+        for task in experiment.tasks:
+            if task in suite.derived_tasks:
+                if not experiment.is_evaluation:
+                    raise AffbenchError(
+                        f"Task {task!r} is derived for evaluation only; experiment {experiment.id!r} cannot train on it."
+                    )
+                if suite.derived_tasks[task].dataset != experiment.dataset:
+                    raise AffbenchError(f"Task {task!r} is defined on {suite.derived_tasks[task].dataset}, "
+                                        f"not on {experiment.dataset} (experiment {experiment.id!r}).")
+    # Dependencies must not loop.
+    for experiment in suite.experiments:
+        seen, current = {experiment.id}, experiment
+        while (current.init or current.evaluate) is not None:
+            current = by_id[(current.init or current.evaluate).experiment]
+            if current.id in seen:
+                raise AffbenchError(f"Experiments of suite {suite.name} depend on each other in a loop ({current.id}).")
+            seen.add(current.id)
+    # One record per cell: (dataset, task, encoder) may appear in one experiment only.
+    owners: dict[tuple[str, str, str], str] = {}
+    for experiment in suite.experiments:
+        for task in experiment.tasks:
+            key = (experiment.dataset, task, experiment.cell_encoder)
+            if key in owners:
+                raise AffbenchError(
+                    f"Experiments {owners[key]!r} and {experiment.id!r} both give {experiment.cell_encoder} on "
+                    f"{experiment.dataset} {task}; a suite has one cell per dataset, task and encoder "
+                    "(give one of them a 'variant')."
+                )
+            owners[key] = experiment.id
+
+
+def validate_encoders(suite: Suite) -> None:
+    """Every encoder name and option of the suite exists (UnknownNameError lists the valid names)."""
+    from affbench.encoders import get_encoder_spec
+
+    for experiment in suite.experiments:
+        options = {k: v for k, v in experiment.options.items() if k not in WEIGHT_OPTIONS}
+        get_encoder_spec(experiment.encoder, **options)
+
+
