@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from affbench.errors import AffbenchError
-from affbench.files import atomic_write
+from affbench.files import atomic_write, file_sha256
 from affbench.progress import progress_bar
 from affbench.shards import DatasetWriter, ShardInfo
 
@@ -59,8 +59,7 @@ def fingerprint(root: str | os.PathLike, files: Iterable[str], *, contents: Iter
         digest.update(f"{name}\0{state}\n".encode("utf-8", "surrogateescape"))
     for name in sorted(contents):
         try:
-            with open(os.path.join(root, name), "rb") as handle:
-                state = hashlib.sha256(handle.read()).hexdigest()
+            state = file_sha256(os.path.join(root, name))
         except OSError:
             state = "missing"
         digest.update(f"{name}\0{state}\n".encode("utf-8", "surrogateescape"))
