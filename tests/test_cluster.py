@@ -134,7 +134,7 @@ def test_an_interrupted_cluster_prepare_resumes_and_ends_with_the_shards_of_a_lo
 
 def test_the_python_recipe_takes_an_address_a_client_or_this_process_client(scheduler, affwild2_root, tmp_path):
     local = affwild2.prepare(affwild2_root, tmp_path / "local", progress=False)
-    by_address = affwild2.prepare(affwild2_root, tmp_path / "address", progress=False, scheduler=scheduler)
+    by_address = affwild2.prepare(affwild2_root, tmp_path / "address", progress=True, scheduler=scheduler)
     assert by_address.ok and by_address.units_done == local.units_done
     with distributed.Client(scheduler) as client:
         assert affwild2.prepare(affwild2_root, tmp_path / "client", progress=False, scheduler=client).ok
