@@ -120,11 +120,6 @@ def session(scheduler: Any) -> Iterator[Any]:
             client.close()
 
 
-def _call_after(fn: Callable[[T], R], item: T, *sources: Any) -> R:
-    """Runs on a worker once ``sources`` (results of the tasks ``item`` waits for) are there."""
-    return fn(item)
-
-
 def completed(
     client: Any,
     fn: Callable[[T], R],
@@ -133,14 +128,14 @@ def completed(
     name: Callable[[T], str] = str,
     after: Mapping[str, Iterable[str]] | None = None,
 ) -> Iterator[tuple[T, R]]:
-    """Run ``fn(item)`` for every item as one cluster task each; yield ``(item, result)`` in the
-    order they finish.
+    """Run every item as one cluster task; yield ``(item, result)`` in the order they finish.
 
     ``name(item)`` identifies an item (in the task keys and in error sentences). ``after`` maps an
-    item's name to the names of items that must finish first; it starts only then (names not
-    among ``items`` are taken as finished already). ``items`` must list sources before the items
-    that wait for them. ``fn`` should report its failures in its result: an exception it raises
-    stops the iteration (and its dependents' tasks) and is raised here.
+    item's name to the names of items that must finish first: its task starts only then, as
+    ``fn(item, *their results)`` (names not among ``items`` are taken as finished already, and
+    an item that waits for nothing runs as ``fn(item)``). ``items`` must list sources before the
+    items that wait for them. ``fn`` should report its failures in its result, so that the items
+    waiting for it can see them: an exception it raises is raised here and stops the iteration.
 
     Tasks are never taken from a cache (every call runs again) and, when the caller stops early
     (an error, Ctrl-C), the tasks not started yet are cancelled; one already running finishes on
@@ -154,7 +149,7 @@ def completed(
     for item in items:
         label = name(item)
         sources = [futures[s] for s in after.get(label, ()) if s in futures]
-        future = client.submit(_call_after, fn, item, *sources, key=f"affbench-{label}-{run_id}", pure=False)
+        future = client.submit(fn, item, *sources, key=f"affbench-{label}-{run_id}", pure=False)
         futures[label] = future
         by_key[future.key] = item
     pending = list(futures.values())

@@ -1,66 +1,31 @@
 """`affbench prepare ... --scheduler ADDRESS` on a real Dask cluster: a scheduler and two worker
-processes on this machine (distributed.LocalCluster), against a local run of the same command."""
+processes on this machine (`dask scheduler`, `dask worker`: see conftest.py), against a local run of
+the same command."""
 
 from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
 
 from affbench.cli import app
 from affbench.cluster import ClusterError
-from affbench.pipelines import affwild2, disfa
+from affbench.pipelines import affwild2
 from affbench.pipelines import sample_data as sd
 from affbench.shards import read_manifest
 
 distributed = pytest.importorskip("distributed")
 
-DISFA_FRAMES = 6  # frame 5 has no face: the tracker's fallback crop is part of the comparison
-
-
 @pytest.fixture(scope="module")
-def scheduler(tmp_path_factory):
-    """The address of a Dask scheduler with two single-threaded worker processes, started as a user
-    would (`dask scheduler`, `dask worker`), in processes of their own."""
-    folder = tmp_path_factory.mktemp("dask")
-    address_file = folder / "scheduler.json"
-    dask = [sys.executable, "-m", "dask"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": (folder / "log.txt").open("w"), "cwd": folder}
-    started = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                 "--scheduler-file", str(address_file)], **quiet)]
-    try:
-        started.append(subprocess.Popen([*dask, "worker", "--scheduler-file", str(address_file), "--nworkers", "2",
-                                         "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **quiet))
-        deadline = time.monotonic() + 60
-        while not address_file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        with distributed.Client(scheduler_file=str(address_file), timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-            address = client.scheduler.address
-        yield address
-    finally:
-        for process in reversed(started):  # workers first: they leave the scheduler cleanly
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture(scope="module")
-def disfa_root(tmp_path_factory):
-    """The sample DISFA layout cut to two subjects' left-camera videos, one for each worker."""
-    root = sd.write_disfa(tmp_path_factory.mktemp("disfa"), frames=DISFA_FRAMES)
-    shutil.rmtree(root / disfa.RIGHT_DIR)
-    for subject in sd.DISFA_SUBJECTS[2:]:
-        (root / disfa.video_path("left", subject)).unlink()
-        shutil.rmtree(root / disfa.LABEL_DIR / subject)
+def bp4d_root(tmp_path_factory):
+    """The sample BP4D layout cut to F001's two tasks (320x240 frames), one for each worker."""
+    root = sd.write_bp4d(tmp_path_factory.mktemp("bp4d"))
+    for path in sorted(root.rglob("*"), reverse=True):  # files before their folders
+        if path.name.startswith(("F003", "F007")):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return root
 
 
@@ -86,27 +51,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_disfa_on_the_cluster_gives_the_shards_of_a_local_run_with_the_device_settled_on_each_worker(
-        scheduler, disfa_root, tmp_path, monkeypatch):
-    local = prepare("disfa", str(disfa_root), "--out", str(tmp_path / "local"), "--device", "cpu")
+def test_bp4d_on_the_cluster_gives_the_shards_of_a_local_run_with_the_device_settled_on_each_worker(
+        dask_scheduler, bp4d_root, tmp_path, monkeypatch):
+    local = prepare("bp4d", str(bp4d_root), "--out", str(tmp_path / "local"), "--device", "cpu")
     assert local.exit_code == 0, local.output
     # This process claims a GPU: were "auto" settled here, the workers (which have none) would be
-    # told to use CUDA and every video would fail.
+    # told to use CUDA and every task would fail.
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     out = tmp_path / "dask"
-    result = prepare("disfa", str(disfa_root), "--out", str(out), "--device", "auto", "--scheduler", scheduler)
+    result = prepare("bp4d", str(bp4d_root), "--out", str(out), "--device", "auto", "--scheduler", dask_scheduler)
     assert result.exit_code == 0, result.output
     assert "units: 2 (0 already done, 2 processed, 0 failed)" in result.output
     assert shard_bytes(out) == shard_bytes(tmp_path / "local")
     manifest = read_manifest(out)
     assert {unit["stats"]["device"] for unit in manifest["units"].values()} == {"cpu"}
-    assert manifest["totals"]["rows"] == 2 * DISFA_FRAMES - 1  # SN010 is one frame short
+    assert manifest["totals"]["rows"] == 2 * (sd.BP4D_FRAMES - sd.BP4D_UNCODED)
 
 
 def test_an_interrupted_cluster_prepare_resumes_and_ends_with_the_shards_of_a_local_run(
-        scheduler, affwild2_root, tmp_path, monkeypatch):
+        dask_scheduler, affwild2_root, tmp_path, monkeypatch):
     assert prepare("affwild2", str(affwild2_root), "--out", str(tmp_path / "local")).exit_code == 0
     from affbench import runner
 
@@ -120,23 +85,23 @@ def test_an_interrupted_cluster_prepare_resumes_and_ends_with_the_shards_of_a_lo
 
     monkeypatch.setattr(runner, "_record", record_then_stop)
     out = tmp_path / "dask"
-    stopped = prepare("affwild2", str(affwild2_root), "--out", str(out), "--scheduler", scheduler)
+    stopped = prepare("affwild2", str(affwild2_root), "--out", str(out), "--scheduler", dask_scheduler)
     assert stopped.exit_code == 130, stopped.output
     assert [key for key, unit in read_manifest(out)["units"].items() if unit["status"] == "done"] == recorded
     monkeypatch.setattr(runner, "_record", record)
 
-    resumed = prepare("affwild2", str(affwild2_root), "--out", str(out), "--scheduler", scheduler)
+    resumed = prepare("affwild2", str(affwild2_root), "--out", str(out), "--scheduler", dask_scheduler)
     assert resumed.exit_code == 0, resumed.output
     videos = len(sd.AFFWILD2_VIDEOS)
     assert f"units: {videos} (1 already done, {videos - 1} processed, 0 failed)" in resumed.output
     assert shard_bytes(out) == shard_bytes(tmp_path / "local")
 
 
-def test_the_python_recipe_takes_an_address_a_client_or_this_process_client(scheduler, affwild2_root, tmp_path):
+def test_the_python_recipe_takes_an_address_a_client_or_this_process_client(dask_scheduler, affwild2_root, tmp_path):
     local = affwild2.prepare(affwild2_root, tmp_path / "local", progress=False)
-    by_address = affwild2.prepare(affwild2_root, tmp_path / "address", progress=True, scheduler=scheduler)
+    by_address = affwild2.prepare(affwild2_root, tmp_path / "address", progress=True, scheduler=dask_scheduler)
     assert by_address.ok and by_address.units_done == local.units_done
-    with distributed.Client(scheduler) as client:
+    with distributed.Client(dask_scheduler) as client:
         assert affwild2.prepare(affwild2_root, tmp_path / "client", progress=False, scheduler=client).ok
         assert client.status == "running"  # a Client passed in stays the caller's to close
         # The recipe before: a Client made in this process, then backend="dask".
