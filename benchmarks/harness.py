@@ -27,6 +27,7 @@ from affbench.errors import AffbenchError
 from affbench.files import write_text_atomic
 from affbench.results import DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.tracking import open_tracker
+from affbench.benchmarks.claims import JobClaims, append_run, find_job, run_shared
 from affbench.benchmarks.plan import Job, Plan, DataCache, task_specs, make_plan
 from affbench.benchmarks.suite import DerivedTask, Suite, load_suite, validate_encoders
 
@@ -78,8 +79,8 @@ class RunReport:
 
 class _Runner:
     def __init__(self, plan: Plan, data: DataCache, run_dir: Path, device: str, *, num_workers: int | None,
-                 progress: bool, log: Callable[[str], None], on_epoch_end):
-        self.plan, self.data, self.run_dir = plan, data, run_dir
+                 progress: bool, log: Callable[[str], None], on_epoch_end, claims: JobClaims):
+        self.plan, self.data, self.run_dir, self.claims = plan, data, run_dir, claims
         self.suite = plan.suite
         self.device, self.num_workers = device, num_workers
         self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
@@ -251,20 +252,21 @@ class _Runner:
 
         source = job.depends
         path = self.job_dir(source) / "best.pt"
-        problem = None
-        if not path.is_file():
-            problem = f"the selected weights of {source.key} were not kept"
-        else:
-            try:
-                load_model_state(path)
-            except DamagedCheckpointError as exc:
-                problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
-        if problem is None and job.experiment.is_evaluation and self.read_done(source) is None:
-            problem = f"the summary of {source.key} is missing"
-        if problem is None:
-            return
-        self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
-        self.train_job(source, report, again=True)
+        with self.claims.holding(source.key, self.log):  # no other process trains it again meanwhile
+            problem = None
+            if not path.is_file():
+                problem = f"the selected weights of {source.key} were not kept"
+            else:
+                try:
+                    load_model_state(path)
+                except DamagedCheckpointError as exc:
+                    problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
+            if problem is None and job.experiment.is_evaluation and self.read_done(source) is None:
+                problem = f"the summary of {source.key} is missing"
+            if problem is None:
+                return
+            self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
+            self.train_job(source, report, again=True)
 
     def run_job(self, job: Job, report: RunReport) -> None:
         if job.depends is not None:
@@ -362,8 +364,14 @@ class _Runner:
         report.jobs_resumed += bool(result.resumed_from)
         self.write_records(job, summary, report)
         (workdir / "last.pt").unlink(missing_ok=True)  # the optimiser state is not needed once done
-        if not settings.keep_weights and not any(other.depends is job for other in self.plan.jobs):
+        if not settings.keep_weights and not self.weights_needed(job):
             (workdir / "best.pt").unlink(missing_ok=True)
+
+    def weights_needed(self, job: Job) -> bool:
+        """Whether an experiment of the suite starts from or evaluates ``job``'s experiment: asked of
+        the whole suite, not this (perhaps narrowed) plan, since another process may run that one."""
+        return any((other.init or other.evaluate) is not None
+                   and (other.init or other.evaluate).experiment == job.experiment.id for other in self.suite.experiments)
 
     def describe_model(self, job: Job, model, tasks, prepared, settings, metrics) -> None:
         """``model.json`` beside ``best.pt``: what ``affbench export-model`` and ``predict`` need."""
@@ -522,8 +530,13 @@ def run_benchmark(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[Job, int, dict[str, Any]], None] | None = None,
+    job: str | None = None,
+    claims: JobClaims | None = None,
 ) -> RunReport:
     """Run (or resume) a suite: every unfinished job in dependency order, one record per cell.
+
+    Any number of processes may run the same suite into the same ``run_dir`` at once: each job is
+    trained by one of them (see :mod:`affbench.benchmarks.claims`).
 
     Parameters
     ----------
@@ -539,6 +552,10 @@ def run_benchmark(
         DataLoader workers for every job (default: the suite's, else chosen by device).
     on_epoch_end : callable, optional
         ``(job, epoch, history_entry)`` after each epoch's checkpoint (tests interrupt here).
+    job : str, optional
+        Run only the job with this id (one of :func:`list_jobs`), e.g. one task of a job array.
+    claims : JobClaims, optional
+        Who runs which job (default: a lock per job in ``run_dir``).
     """
     from affbench.faces import resolve_device
 
@@ -558,35 +575,27 @@ def run_benchmark(
     if num_workers is not None:
         for job in plan.jobs:
             job.experiment = replace(job.experiment, training=job.experiment.training.merged({"num_workers": num_workers}))
+    selected = plan.jobs if job is None else [find_job(plan, job)]
     runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
-                     on_epoch_end=on_epoch_end)
+                     on_epoch_end=on_epoch_end, claims=claims or JobClaims(run_dir))
     report = RunReport(suite.name, run_dir, notes=list(plan.skipped))
-    _check_weights(plan, runner)
-    for job in plan.jobs:
-        cells = job.cells(suite.name)
-        report.cells_total += len(cells)
-        if runner.cells_finished(job):
-            report.cells_skipped += len(cells)
-            log(f"skip {job.key}: {len(cells)} cell(s) already finished")
-            continue
-        runner.run_job(job, report)
+    _check_weights(replace(plan, jobs=selected), runner)
+    report.cells_total = sum(len(j.cells(suite.name)) for j in selected)
+
+    def skip(finished: Job) -> None:
+        report.cells_skipped += len(finished.cells(suite.name))
+        log(f"skip {finished.key}: {len(finished.cells(suite.name))} cell(s) already finished")
+
+    run_shared(selected, runner.claims, finished=runner.cells_finished, run=lambda j: runner.run_job(j, report),
+               skip=skip, log=log)
     report.seconds = round(time.perf_counter() - started, 3)
     _write_run_summary(run_dir, suite, report, device, log)
     return report
 
 
 def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str, log: Callable[[str], None]) -> None:
-    path = run_dir / "run.json"
-    try:
-        runs = json.loads(path.read_text())["runs"] if path.is_file() else []
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-        from affbench.checkpoints import set_aside
-
-        runs = []
-        log(f"warning: {path} was damaged; moved it to {set_aside(path).name} and started a new one.")
-    runs.append({
+    append_run(run_dir, {
         "suite": suite.name, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device, "cells": report.cells_total, "skipped": report.cells_skipped,
         "written": report.cells_written, "seconds": report.seconds, "affbench_version": __version__,
-    })
-    write_json_atomic(path, {"runs": runs})
+    }, log)
