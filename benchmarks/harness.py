@@ -79,8 +79,8 @@ class RunReport:
 
 class _Runner:
     def __init__(self, plan: Plan, data: DataCache, run_dir: Path, device: str, *, num_workers: int | None,
-                 progress: bool, log: Callable[[str], None], on_epoch_end, claims: JobClaims):
-        self.plan, self.data, self.run_dir, self.claims = plan, data, run_dir, claims
+                 progress: bool, log: Callable[[str], None], on_epoch_end, claims: JobClaims | None = None):
+        self.plan, self.data, self.run_dir, self.claims = plan, data, run_dir, claims or JobClaims(run_dir)
         self.suite = plan.suite
         self.device, self.num_workers = device, num_workers
         self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
@@ -573,11 +573,12 @@ def run_benchmark(
     if suite.text:
         write_text_atomic(run_dir / "suites" / f"{suite.name}.toml", suite.text)
     if num_workers is not None:
-        for job in plan.jobs:
-            job.experiment = replace(job.experiment, training=job.experiment.training.merged({"num_workers": num_workers}))
+        for planned in plan.jobs:
+            planned.experiment = replace(planned.experiment,
+                                         training=planned.experiment.training.merged({"num_workers": num_workers}))
     selected = plan.jobs if job is None else [find_job(plan, job)]
     runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
-                     on_epoch_end=on_epoch_end, claims=claims or JobClaims(run_dir))
+                     on_epoch_end=on_epoch_end, claims=claims)
     report = RunReport(suite.name, run_dir, notes=list(plan.skipped))
     _check_weights(replace(plan, jobs=selected), runner)
     report.cells_total = sum(len(j.cells(suite.name)) for j in selected)

@@ -247,7 +247,7 @@ def test_job_runs_exactly_that_job_and_refuses_what_it_cannot(tmp_path, prepared
         return CliRunner().invoke(app, ["run-benchmark", "--suite", str(suite), "--data", str(prepared_root), "--out",
                                         str(out), "--device", "cpu", "--no-plots", *extra])
 
-    result = run("--job", plain)
+    result = run("--job", plain, "--workers", "0")
     assert result.exit_code == 0, result.output
     assert trained(result.output) == [plain] and [r["job"] for r in load_records(out)] == [plain]
 
