@@ -427,12 +427,15 @@ def fit(
             if loss is not None:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             waited_from = time.perf_counter()
+        loop_seconds = time.perf_counter() - started
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": {k: (totals[k] / counts[k] if counts[k] else None) for k in totals},
             "lr": float(optimizer.param_groups[0]["lr"]),
             "steps": steps,
             "data_seconds": round(data_seconds, 3),
+            # Above a few percent the input pipeline, not the model, sets the pace.
+            "data_wait_fraction": round(data_seconds / loop_seconds, 4) if loop_seconds > 0 else None,
         }
         if len(val_rows):
             outputs = predict(model, images, val_rows, encoder_spec=encoder_spec, device=device,
