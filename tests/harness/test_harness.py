@@ -126,6 +126,13 @@ def test_thesis_suites_plan_dependencies_and_evaluation_cells(prepared_root):
     au = {j.experiment.id: j.config_hash for j in plan.jobs}
     assert caer["disfa-megraph"] == au["disfa-megraph"]
     assert caer["caer-emotiram-fau-megraph"] == au["caer-emotiram-fau-megraph"]
+    # The ME-Graph [DISFA] stand-in is made as the published model was: disfa-au's two-stage fold-1 jobs.
+    stage2 = next(j for j in plan.jobs if j.experiment.id == "disfa-megraph")
+    assert stage2.depends.experiment.id == "disfa-megraph-stage1"
+    assert stage2.experiment.training.au_loss == "weighted-asymmetric" and stage2.experiment.training.edge_loss_weight > 0
+    disfa = {(j.experiment.id, j.fold): j.config_hash for j in make_plan(load_suite("disfa-au"), prepared_root).jobs}
+    assert au["disfa-megraph-stage1"] == caer["disfa-megraph-stage1"] == disfa[("megraph-stage1", 1)]
+    assert au["disfa-megraph"] == disfa[("megraph", 1)]
 
 
 def test_disfa_suite_runs_three_folds_and_narrowing(prepared_root):
