@@ -438,9 +438,12 @@ def fit(
             outputs = predict(model, images, val_rows, encoder_spec=encoder_spec, device=device,
                               batch_size=eval_batch, num_workers=workers,
                               keys={t.spec.output_key for t in tasks}, progress=False, loader=val_loader)
-            val_metrics = score_tasks(tasks, "val", outputs, val_rows, encoder_spec)
+            val_notes: dict[str, list[str]] = {}
+            val_metrics = score_tasks(tasks, "val", outputs, val_rows, encoder_spec, notes=val_notes)
             score = selection_score(tasks, val_metrics)
             entry["val"] = val_metrics
+            if any(val_notes.values()):  # what qualifies this epoch's numbers (a 0 or nan by convention)
+                entry["val_warnings"] = {name: notes for name, notes in val_notes.items() if notes}
             entry["val_score"] = score
             improved = not math.isnan(score) and (best_epoch is None or math.isnan(best_score) or score > best_score)
         else:

@@ -337,7 +337,8 @@ class _Runner:
             "kind": {t.name: t.spec.kind for t in tasks},
             "epochs": result.epochs_run, "epochs_planned": settings.epochs, "selected_epoch": result.best_epoch,
             "selection": result.selection, "selection_protocol": settings.selection,
-            "metric_warnings": notes, "steps": result.steps, "resumed_from": result.resumed_from,
+            "metric_warnings": notes, "validation_metric_warnings": selected.get("val_warnings", {}),
+            "steps": result.steps, "resumed_from": result.resumed_from,
             "train_seconds": result.train_seconds, "loss": result.losses,
             "curve": {t.name: [
                 {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
@@ -464,6 +465,8 @@ class _Runner:
                 # kept the last epoch (ME-GraphAU's protocol): not comparable with held-out selection.
                 "selection_protocol": summary.get("selection_protocol", "validation"),
                 "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
+                # The same for the selected epoch's validation_metrics.
+                "validation_metric_warnings": (summary.get("validation_metric_warnings") or {}).get(task, []),
                 "steps": summary["steps"], "resumed_from": summary["resumed_from"],
                 "initialisation": summary["initialisation"], "init_from": summary["init_from"],
                 "fresh_parameters": summary.get("fresh_parameters", []),
