@@ -245,6 +245,9 @@ def test_tiny_suite_end_to_end_then_resume_after_an_interruption(tmp_path, prepa
     assert {"accuracy", "f1", "f1/happy"} <= set(resumed["metrics"])
     fan = records[("disfa", "au-intensity", "fan-au")]
     assert {"icc", "icc/au1", "icc/au26"} <= set(fan["metrics"])
+    # The fixture's fold-1 validation subjects never show AU9: the record says why its validation ICC is 0.
+    assert any("icc/au9" in w and "constant" in w for w in fan["validation_metric_warnings"])
+    assert resumed["validation_metric_warnings"] == []  # a list in every record, empty when nothing was degenerate
     # every record counts the fallback crops it scored (this fixture's faceless rows have none)
     assert fan["fallback_crops"] == {"train": 0, "val": 0, "test": 0}
     assert fan["excluded"]["fallback_crop"] == {"train": 0, "val": 0, "test": 0}
