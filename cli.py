@@ -318,6 +318,8 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
         encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
         device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
     )
+    if not report.is_main:
+        return  # under torchrun, rank 0 reports
     click.echo(f"{report.cells_total} cell(s): {report.cells_skipped} already finished, "
                f"{report.cells_written} written, in {report.seconds:.1f} s.")
     for note in report.notes:

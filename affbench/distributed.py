@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -85,6 +87,7 @@ class Distribution:
 
         if not self.active or dist.is_initialized():
             return
+        _stop_with_launcher()
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
             dist.init_process_group("nccl", device_id=torch.device(device))
@@ -140,14 +143,29 @@ class Distribution:
             dist.barrier()
 
     def decide(self, choose: Callable[[], T]) -> T:
-        """``choose()`` on rank 0, its result (plain values) on every rank."""
+        """``choose()`` on rank 0, its result (plain values) on every rank.
+
+        An :class:`AffbenchError` that ``choose`` raises on rank 0 is raised on every rank, with
+        the same sentence, so that all of them stop instead of waiting for each other.
+        """
         if not self.active:
             return choose()
         import torch.distributed as dist
 
-        box = [choose() if self.is_main else None]
+        box: list[Any] = [None]
+        error = None
+        if self.is_main:
+            try:
+                box = [("value", choose())]
+            except AffbenchError as exc:
+                error, box = exc, [("error", str(exc))]
         dist.broadcast_object_list(box, src=0, device=self._tensor_device())
-        return box[0]
+        kind, value = box[0]
+        if error is not None:
+            raise error
+        if kind == "error":
+            raise AffbenchError(value)
+        return value
 
     def sum(self, values: Sequence[float]) -> list[float]:
         return self._reduce(values, "sum")
@@ -213,6 +231,23 @@ class Distribution:
 
 #: One process, no torchrun.
 SINGLE = Distribution()
+
+
+def _stop_with_launcher(interval: float = 0.2) -> None:
+    """End this rank soon after the process that started it (torchrun) is gone.
+
+    torchrun starts each rank in a session of its own, so a torchrun killed with SIGKILL (or by
+    a lost node) would leave its ranks training on and writing into the run folder that the next
+    run resumes from. The launcher's death shows as a new parent process id.
+    """
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(interval)
+        os._exit(1)  # no clean-up: the next run resumes from the last finished epoch
+
+    threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
 
 
 class RankBatches(torch.utils.data.Sampler):
