@@ -575,7 +575,8 @@ def run_benchmark(
     device = distribution.device(resolve_device(device))
     run_dir = Path(run_dir)
     _check_output_folder(run_dir)
-    data = DataCache(Path(data_root), suite, verify_cache=run_dir / VERIFIED_SHARDS)
+    # Rank 0 checks the shards against their manifest (the others would only read them all again).
+    data = DataCache(Path(data_root), suite, verify_cache=run_dir / VERIFIED_SHARDS if distribution.is_main else None)
     plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, data_cache=data)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "suites").mkdir(exist_ok=True)
