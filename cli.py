@@ -320,12 +320,16 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda[:N].")
 @click.option("--workers", "num_workers", default=None, type=click.IntRange(0, 256),
               help="DataLoader worker processes per job (default: chosen by device).")
+@click.option("--decoded-cache/--no-decoded-cache", default=True, show_default=True,
+              help="Read crops from a decoded cache beside each dataset's shards (built once, rebuilt when the "
+                   "shards change) instead of decoding PNG every epoch.")
 @click.option("--plots/--no-plots", default=None,
               help="Write training curves, per-label bars and the paper comparison (default: when matplotlib is installed).")
 @click.option("--quiet", is_flag=True,
               help="Only the final tables: no progress display and no per-job or per-epoch lines.")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
-                  max_steps: int | None, device: str, num_workers: int | None, plots: bool | None, quiet: bool) -> None:
+                  max_steps: int | None, device: str, num_workers: int | None, decoded_cache: bool, plots: bool | None,
+                  quiet: bool) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
@@ -341,6 +345,7 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
         suite, data, out,
         encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
         device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
+        decoded_cache=decoded_cache,
     )
     if not report.is_main:
         return  # under torchrun, rank 0 reports

@@ -44,7 +44,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -471,5 +471,14 @@ def images_with_cache(
     return ShardImages(folder, input_size, augmentation, points=points), None
 
 
-__all__: Sequence[str] = ("CacheUnavailableError", "DecodedCache", "DecodedImages", "cache_side", "images_with_cache",
-                          "open_decoded_cache", "stored_side")
+def describe_loading(cache: DecodedCache | None, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How the crops reached the model: the decoded cache (None: the PNG shards), and the share of
+    the training loop's time spent waiting for batches (the mean over the epochs)."""
+    timed = [h["data_wait_fraction"] for h in history if h.get("data_wait_fraction") is not None]
+    return {"decoded_cache": None if cache is None else cache.describe(),
+            "data_wait_seconds": round(sum(h.get("data_seconds", 0.0) for h in history), 3),
+            "data_wait_fraction": round(float(np.mean(timed)), 4) if timed else None}
+
+
+__all__: Sequence[str] = ("CacheUnavailableError", "DecodedCache", "DecodedImages", "cache_side", "describe_loading",
+                          "images_with_cache", "open_decoded_cache", "stored_side")

@@ -241,7 +241,7 @@ def _clean_workdir(workdir: str | os.PathLike, distribution: Distribution) -> Pa
 # ----------------------------------------------------------------------------------------- logging
 
 
-def _epoch_entry(epoch: int, stats, optimizer, steps: int) -> dict[str, Any]:
+def _epoch_entry(epoch: int, stats, optimizer, steps: int, *, loop_seconds: float) -> dict[str, Any]:
     """The history entry of ``epoch`` (0-based) after its steps; validation and time are added later."""
     return {
         "epoch": epoch + 1,
@@ -249,6 +249,8 @@ def _epoch_entry(epoch: int, stats, optimizer, steps: int) -> dict[str, Any]:
         "lr": float(optimizer.param_groups[0]["lr"]),
         "steps": steps,
         "data_seconds": round(stats.data_seconds, 3),
+        # Above a few percent the input pipeline, not the model, sets the pace.
+        "data_wait_fraction": round(stats.data_seconds / loop_seconds, 4) if loop_seconds > 0 else None,
     }
 
 
@@ -365,7 +367,7 @@ def fit(
         sampler.set_epoch(epoch)
         stats = step.run_epoch(loader, description=f"epoch {epoch + 1}/{settings.epochs}", progress=progress)
         run.steps += stats.steps
-        entry = _epoch_entry(epoch, stats, optimizer, run.steps)
+        entry = _epoch_entry(epoch, stats, optimizer, run.steps, loop_seconds=time.perf_counter() - started)
         metrics, score = validate(model)
         if metrics is not None:
             entry["val"], entry["val_score"] = metrics, score

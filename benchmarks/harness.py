@@ -80,7 +80,8 @@ class RunReport:
 
 class _Runner:
     def __init__(self, plan: Plan, data: DataCache, run_dir: Path, device: str, *, num_workers: int | None,
-                 progress: bool, log: Callable[[str], None], on_epoch_end, distribution: Distribution = SINGLE):
+                 progress: bool, log: Callable[[str], None], on_epoch_end, decoded_cache: bool = True,
+                 distribution: Distribution = SINGLE):
         self.plan, self.data, self.run_dir = plan, data, run_dir
         self.suite = plan.suite
         self.device, self.num_workers = device, num_workers
@@ -89,6 +90,7 @@ class _Runner:
         # (it may set damaged files aside) and writes (see affbench.distributed).
         self.dist = distribution
         self.commit = git_commit()
+        self.decoded_cache = decoded_cache
         self.device_text = describe_device(device)
 
     # -- bookkeeping
@@ -220,10 +222,18 @@ class _Runner:
         return options
 
     def images_for(self, prepared, encoder_spec, augmentation):
-        from affbench.data import ShardImages, crop_landmarks
+        """The crops at the model's input size: from the decoded cache (built on first use) unless it
+        is switched off or cannot be written; and the cache used (None: the PNG shards)."""
+        from affbench.cache import images_with_cache
+        from affbench.data import crop_landmarks
 
         points = crop_landmarks(prepared) if "heatmaps" in encoder_spec.heads else None
-        return ShardImages(prepared.folder, encoder_spec.input_size, augmentation, points=points)
+        images, cache = images_with_cache(prepared.folder, encoder_spec.input_size, augmentation, points=points,
+                                          use_cache=self.decoded_cache, log=lambda m: self.log(f"  {m}"))
+        if cache is not None:
+            how = f"built in {cache.build_seconds:.1f} s" if cache.built else "reused"
+            self.log(f"  decoded cache {cache.folder} ({cache.side}x{cache.side}, {cache.nbytes / 2**30:.2f} GiB, {how})")
+        return images, cache
 
     # -- jobs
 
@@ -284,6 +294,7 @@ class _Runner:
 
     def train_job(self, job: Job, report: RunReport, *, again: bool = False) -> None:
         """Train ``job`` (or only write its records from its summary, unless ``again``) and score it."""
+        from affbench.cache import describe_loading
         from affbench.encoders import create_encoder, get_encoder_spec
         from affbench.train import (check_compatible, evaluate_tasks, fit, load_model_state, seed_everything)
 
@@ -304,7 +315,7 @@ class _Runner:
         seed_everything(settings.seed)
         with _warnings_to(self.log):
             model = create_encoder(experiment.encoder, **options)
-        images = self.images_for(prepared, model.spec, settings.augmentation)
+        images, cache = self.images_for(prepared, model.spec, settings.augmentation)
         workdir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             write_json_atomic(workdir / "job.json", {"key": job.key, "config": job.config, "suite": self.suite.name,
@@ -365,6 +376,7 @@ class _Runner:
             # The suite's batch_size is the global batch: each of world_size processes took an equal share.
             "world_size": self.dist.world_size, "global_batch_size": settings.batch_size,
             "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
+            "data_loading": describe_loading(cache, result.history),
             # This process's time plus that of the epochs an earlier, interrupted run finished.
             "wall_seconds": round(time.perf_counter() - started
                                   + sum(h.get("seconds", 0.0) for h in result.history[: result.resumed_from or 0]), 3),
@@ -395,6 +407,7 @@ class _Runner:
         write_job_description(self.job_dir(job), description)
 
     def evaluate_job(self, job: Job, report: RunReport) -> None:
+        from affbench.cache import describe_loading
         from affbench.encoders import create_encoder
         from affbench.train import check_compatible, evaluate_tasks, load_model_state
 
@@ -410,7 +423,7 @@ class _Runner:
         for task in tasks:
             check_compatible(task.spec, model.spec)
         model.load_state_dict(load_model_state(self.source_weights(job)))
-        images = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
+        images, cache = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
         self.log(f"evaluate {job.depends.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
         notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
@@ -448,6 +461,7 @@ class _Runner:
             "device": self.device_text, "git_commit": self.commit, "affbench_version": __version__,
             "world_size": self.dist.world_size, "global_batch_size": None,
             "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
+            "data_loading": describe_loading(cache, []),
             "wall_seconds": round(time.perf_counter() - started, 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -490,7 +504,8 @@ class _Runner:
                 "fresh_parameters": summary.get("fresh_parameters", []),
                 "loss": summary["loss"].get(task), "training": summary["training"],
                 "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],
-                "data": summary["data"], "curve": summary["curve"].get(task, []),
+                "data": summary["data"], "data_loading": summary.get("data_loading"),
+                "curve": summary["curve"].get(task, []),
                 "finished_at": summary["finished_at"], "notes": experiment.notes,
             }
             write_record(self.run_dir, record)
@@ -543,6 +558,7 @@ def run_benchmark(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[Job, int, dict[str, Any]], None] | None = None,
+    decoded_cache: bool = True,
 ) -> RunReport:
     """Run (or resume) a suite: every unfinished job in dependency order, one record per cell.
 
@@ -562,6 +578,9 @@ def run_benchmark(
         DataLoader workers for every job (default: the suite's, else chosen by device).
     on_epoch_end : callable, optional
         ``(job, epoch, history_entry)`` after each epoch's checkpoint (tests interrupt here).
+    decoded_cache : bool
+        Train and score from the decoded cache beside each dataset's shards (:mod:`affbench.cache`;
+        built on first use, rebuilt when the shards change); False reads the PNG shards.
     """
     from affbench.faces import resolve_device
 
@@ -591,7 +610,7 @@ def run_benchmark(
     distribution.start(device)
     try:
         runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
-                         on_epoch_end=on_epoch_end, distribution=distribution)
+                         on_epoch_end=on_epoch_end, decoded_cache=decoded_cache, distribution=distribution)
         report = RunReport(suite.name, run_dir, notes=list(plan.skipped), is_main=distribution.is_main)
         distribution.decide(lambda: _check_weights(plan, runner))
         for job in plan.jobs:

@@ -241,3 +241,54 @@ def test_two_builders_at_once_build_the_cache_once(caer):
         builder.join(timeout=120)
     assert not errors and sorted(results) == [False, True]
     assert not open_decoded_cache(caer, side=40).built
+
+
+# ----------------------------------------------------------------------------------------- harness
+
+CACHED_SUITE = """
+[suite]
+name = "cached"
+description = "the decoded cache in the harness"
+
+[training]
+epochs = 1
+max_steps = 3
+batch_size = 8
+optimizer = "adamw"
+lr = 1e-3
+num_workers = 0
+seed = 1
+
+[training.augmentation]
+hflip = 0.5
+rotate = 10
+
+[[experiment]]
+id = "fan"
+dataset = "disfa"
+tasks = ["au-intensity"]
+encoder = "fan-au"
+options = { input_size = 64 }
+folds = [1]
+"""
+
+
+def test_the_harness_trains_from_the_cache_by_default_and_gets_the_shard_loaders_results(data_copy, tmp_path):
+    from affbench.benchmarks.harness import run_benchmark
+    from affbench.results import load_records
+
+    suite = tmp_path / "cached.toml"
+    suite.write_text(CACHED_SUITE)  # fan-au: heatmap targets from landmarks, so points go through the cache too
+    logs: list[str] = []
+    run_benchmark(suite, data_copy, tmp_path / "on", device="cpu", progress=False, log=logs.append)
+    run_benchmark(suite, data_copy, tmp_path / "off", device="cpu", progress=False, log=lambda m: None,
+                  decoded_cache=False)
+    (on,), (off,) = load_records(tmp_path / "on"), load_records(tmp_path / "off")
+    cache = on["data_loading"]["decoded_cache"]
+    assert Path(cache["folder"]).parent == data_copy / "disfa" / CACHE_DIR
+    assert cache["exact"] and cache["side"] == CROP and cache["build_seconds"] >= 0
+    assert any(cache["folder"] in line and "decoded cache" in line for line in logs)  # in the run log too
+    assert off["data_loading"]["decoded_cache"] is None
+    assert 0.0 <= on["data_loading"]["data_wait_fraction"] <= 1.0
+    # The same pixels, batches and seeds: the same training and the same scores.
+    assert on["curve"] == off["curve"] and on["metrics"] == off["metrics"]
