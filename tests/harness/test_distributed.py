@@ -187,11 +187,13 @@ training = { epochs = 8, seed = 2, keep_weights = true }
 
 
 def torchrun_command(*args: str) -> list[str]:
-    """``torchrun --standalone --nproc_per_node=2 --no-python affbench ...`` from this venv."""
+    """``torchrun --standalone --nproc_per_node=2 --no-python affbench ...`` with this Python's torchrun
+    (``python -m torch.distributed.run`` is the ``torchrun`` script) and console script."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     script = Path(sys.executable).parent / "affbench"
-    assert script.is_file(), "the affbench console script is installed beside python"
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
-            str(script), *args]
+    if script.is_file():
+        return [*torchrun, "--no-python", str(script), *args]
+    return [*torchrun, "-m", "affbench.cli", *args]  # installed elsewhere (pip --user): the same program
 
 
 def _children(pid: int) -> list[int]:
