@@ -117,6 +117,10 @@ def _prepare_options(
                          help="JPEG/WebP quality; ignored for PNG."),
             click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
                          help="Parallel worker processes (joblib), one unit of work each."),
+            click.option("--scheduler", default=None, metavar="ADDRESS",
+                         help="Run each unit as a task on the Dask cluster of this scheduler (tcp://host:8786) "
+                              "instead of --workers; ROOT and --out must be at the same paths on every worker. "
+                              "Needs pip install \"affbench[dask]\"."),
             click.option("--device", default="auto", show_default=True,
                          help="Where MTCNN runs: auto (CUDA when available), cpu or cuda[:N]."),
             click.option("--rows-per-shard", default=1000, show_default=True, type=click.IntRange(1),
@@ -139,7 +143,7 @@ def _prepare_options(
               help="on: track the face with O-Net, every tracked frame verified by full detections; "
                    "off: the full MTCNN cascade on every frame (slower, the reference).")
 def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, quality: int, workers: int,
-                  device: str, rows_per_shard: int, quiet: bool, tracking: str) -> None:
+                  scheduler: str | None, device: str, rows_per_shard: int, quiet: bool, tracking: str) -> None:
     """DISFA: every left-camera frame, MTCNN-aligned, 256x256 crops, 12 AU intensities joined.
 
     ROOT holds Videos_LeftCamera/, Video_RightCamera/ and ActionUnit_Labels/ as distributed. Every
@@ -155,9 +159,23 @@ def prepare_disfa(root: Path, out: Path, camera: str, size: int, codec: str, qua
     settings = disfa.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
                                      rows_per_shard=rows_per_shard,
                                      tracker=TrackerSettings(tracking=tracking == "on"))
-    summary = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers, progress=not quiet)
+    with _cluster(scheduler) as client:
+        summary = disfa.prepare(root, out, camera=camera, settings=settings, workers=workers, progress=not quiet,
+                                scheduler=client)
     _finish_prepare(summary, out, "frames", notes=lambda manifest: [
         f"length mismatch: {line}" for line in disfa.length_mismatches(manifest)])
+
+
+def _cluster(scheduler: str | None):
+    """A Dask client for --scheduler (connected before any work, so a wrong address is said at
+    once), or None for a local run."""
+    from contextlib import nullcontext
+
+    if scheduler is None:
+        return nullcontext(None)
+    from affbench import cluster
+
+    return cluster.session(scheduler)
 
 
 def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
@@ -185,8 +203,8 @@ def _finish_prepare(summary, out: Path, item: str, notes=None) -> None:
 
 @prepare.command("bp4d")
 @_prepare_options(default_size=256)
-def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
-                 rows_per_shard: int, quiet: bool) -> None:
+def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, scheduler: str | None,
+                 device: str, rows_per_shard: int, quiet: bool) -> None:
     """BP4D-Spontaneous: every coded frame, MTCNN-aligned (tracked per task), 256x256 crops.
 
     ROOT holds <subject>/<task>/<frame>.jpg and AUCoding/AU_OCC/<subject>_<task>.csv (found within
@@ -200,7 +218,8 @@ def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, wor
 
     settings = bp4d.PrepareSettings(size=size, codec=codec, quality=quality, device=device,
                                     rows_per_shard=rows_per_shard)
-    summary = bp4d.prepare(root, out, settings=settings, workers=workers, progress=not quiet)
+    with _cluster(scheduler) as client:
+        summary = bp4d.prepare(root, out, settings=settings, workers=workers, progress=not quiet, scheduler=client)
     _finish_prepare(summary, out, "frames", notes=lambda manifest: [
         f"frames without codes (not stored): {bp4d.uncoded_frames(manifest)}"])
 
@@ -213,8 +232,8 @@ def prepare_bp4d(root: Path, out: Path, size: int, codec: str, quality: int, wor
                    "(n_faces records how many there were).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="Images of one size per MTCNN call (recorded in the manifest); larger batches pay off on a GPU.")
-def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
-                   rows_per_shard: int, quiet: bool, select: str, batch_size: int) -> None:
+def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, scheduler: str | None,
+                   device: str, rows_per_shard: int, quiet: bool, select: str, batch_size: int) -> None:
     """CAER-S: every image under train/ and test/, MTCNN-aligned, 96x96 face crops, 7 classes.
 
     ROOT holds train/<Class>/NNNN.png and test/<Class>/NNNN.png as distributed (the anger folder is
@@ -226,9 +245,11 @@ def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, w
     from affbench.faces import DetectorSettings
     from affbench.pipelines import caer_s
 
-    summary = caer_s.prepare(root, out, size=size, codec=codec, quality=quality, select=select,
-                             detector=DetectorSettings(batch_size=batch_size), device=device,
-                             workers=workers, rows_per_shard=rows_per_shard, progress=not quiet)
+    with _cluster(scheduler) as client:
+        summary = caer_s.prepare(root, out, size=size, codec=codec, quality=quality, select=select,
+                                 detector=DetectorSettings(batch_size=batch_size), device=device,
+                                 workers=workers, rows_per_shard=rows_per_shard, progress=not quiet,
+                                 scheduler=client)
     _finish_prepare(summary, out, "images")
 
 
@@ -237,8 +258,9 @@ def prepare_caer_s(root: Path, out: Path, size: int, codec: str, quality: int, w
                   codec_help="Image codec; jpeg at --size 112 stores the challenge's JPEG bytes unchanged.")
 @click.option("--annotations", type=click.Path(path_type=Path), default=None,
               help="Folder holding the *_Challenge annotation folders, where they are not under ROOT.")
-def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int, workers: int, device: str,
-                     rows_per_shard: int, quiet: bool, annotations: Path | None) -> None:
+def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int, workers: int,
+                     scheduler: str | None, device: str, rows_per_shard: int, quiet: bool,
+                     annotations: Path | None) -> None:
     """Aff-Wild2 (ABAW3 release): the challenge's aligned 112x112 faces with AU, EXPR and VA labels.
 
     ROOT holds cropped_aligned/<video>/NNNNN.jpg and the three *_Challenge annotation folders (found
@@ -249,8 +271,10 @@ def prepare_affwild2(root: Path, out: Path, size: int, codec: str, quality: int,
     """
     from affbench.pipelines import affwild2
 
-    summary = affwild2.prepare(root, out, annotations=annotations, size=size, codec=codec, quality=quality,
-                               workers=workers, rows_per_shard=rows_per_shard, progress=not quiet)
+    with _cluster(scheduler) as client:
+        summary = affwild2.prepare(root, out, annotations=annotations, size=size, codec=codec, quality=quality,
+                                   workers=workers, rows_per_shard=rows_per_shard, progress=not quiet,
+                                   scheduler=client)
     _finish_prepare(summary, out, "frames")
 
 
@@ -296,12 +320,16 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda[:N].")
 @click.option("--workers", "num_workers", default=None, type=click.IntRange(0, 256),
               help="DataLoader worker processes per job (default: chosen by device).")
+@click.option("--decoded-cache/--no-decoded-cache", default=True, show_default=True,
+              help="Read crops from a decoded cache beside each dataset's shards (built once, rebuilt when the "
+                   "shards change) instead of decoding PNG every epoch.")
 @click.option("--plots/--no-plots", default=None,
               help="Write training curves, per-label bars and the paper comparison (default: when matplotlib is installed).")
 @click.option("--quiet", is_flag=True,
               help="Only the final tables: no progress display and no per-job or per-epoch lines.")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
-                  max_steps: int | None, device: str, num_workers: int | None, plots: bool | None, quiet: bool) -> None:
+                  max_steps: int | None, device: str, num_workers: int | None, decoded_cache: bool, plots: bool | None,
+                  quiet: bool) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
@@ -317,7 +345,10 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
         suite, data, out,
         encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
         device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
+        decoded_cache=decoded_cache,
     )
+    if not report.is_main:
+        return  # under torchrun, rank 0 reports
     click.echo(f"{report.cells_total} cell(s): {report.cells_skipped} already finished, "
                f"{report.cells_written} written, in {report.seconds:.1f} s.")
     for note in report.notes:

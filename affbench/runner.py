@@ -2,8 +2,8 @@
 
 A pipeline turns a dataset into *units* (a video, an image folder) and gives a pure function that
 processes one unit: paths and settings in, shards on disk plus a :class:`UnitOutcome` out. This
-module decides which units still need work, runs them in this process or on joblib workers (loky
-locally; a Dask or Ray joblib backend spreads them over a cluster), records each outcome in the
+module decides which units still need work, runs them in this process, on local joblib workers
+(loky) or as one task each on a Dask cluster (:mod:`affbench.cluster`), records each outcome in the
 manifest the moment it arrives, and summarises the run.
 
 Because a unit's outcome is saved as soon as it finishes, a run stopped at any point (Ctrl-C, a
@@ -16,6 +16,7 @@ started them, even when it is killed.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -210,6 +211,7 @@ def run_units(
     progress: bool = True,
     item: str = "frames",
     backend: str | None = None,
+    scheduler: Any = None,
 ) -> RunSummary:
     """Process every unfinished unit and record each outcome in ``writer``'s manifest.
 
@@ -226,7 +228,12 @@ def run_units(
     workers : int
         1 runs in this process; more runs units on joblib workers, one unit per task.
     backend : str, optional
-        A joblib backend name (``"loky"`` by default; ``"dask"`` or ``"ray"`` once registered).
+        A joblib backend name (``"loky"`` by default, ``"ray"`` once registered); ``"dask"`` means
+        the Dask ``Client`` this process made last, as ``scheduler`` does.
+    scheduler : str or distributed.Client, optional
+        A Dask scheduler address (``tcp://host:8786``) or ``Client``: every unit becomes one task
+        on that cluster (``workers`` is then not used). The workers must see ``process``'s input
+        and output folders at the same paths (a shared file system).
     """
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):
@@ -246,7 +253,9 @@ def run_units(
     total = sum(max(u.size, 0) for u in pending)
     with progress_bar(total=total, unit=item[:-1] if item.endswith("s") else item, enabled=progress,
                       desc=writer.dataset) as bar:
-        if workers <= 1 or len(pending) <= 1:
+        if scheduler is not None or backend == "dask":
+            _run_on_cluster(writer, summary, pending, process, inputs, bar, scheduler=scheduler, progress=progress)
+        elif workers <= 1 or len(pending) <= 1:
             for unit in pending:
                 before = bar.n
                 outcome = _run_one(process, unit, bar.update)
@@ -265,6 +274,34 @@ def run_units(
                     _record(writer, summary, outcome, inputs)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def runs_here(backend: str | None = None, scheduler: Any = None) -> bool:
+    """Whether units run on this machine (in this process or on loky workers), so that a pipeline
+    can settle ``device="auto"`` once, up front; on a cluster each worker settles its own."""
+    return scheduler is None and backend in (None, "loky")
+
+
+def _run_on_cluster(writer: DatasetWriter, summary: RunSummary, pending: Sequence[U],
+                    process: Callable[[U, Tick], UnitOutcome], inputs: Mapping[str, str | None], bar, *,
+                    scheduler: Any, progress: bool) -> None:
+    """One Dask task per unit; each outcome is recorded here as it arrives."""
+    from affbench import cluster
+
+    if not pending:
+        return
+    client = cluster.default_client() if scheduler is None else scheduler
+    sizes = {u.key: u.size for u in pending}
+    with cluster.session(client) as client, _ProgressBoard(writer.out_dir, bar, sizes, enabled=progress) as board:
+        run = functools.partial(_run_with_tick, process, {u.key: board.tick_for(u.key) for u in pending})
+        for _, outcome in cluster.completed(client, run, pending, name=lambda unit: unit.key):
+            board.finished(outcome.key)
+            _record(writer, summary, outcome, inputs)
+
+
+def _run_with_tick(process: Callable[[U, Tick], UnitOutcome], ticks: Mapping[str, Tick], unit: U) -> UnitOutcome:
+    # No owner pid: Dask's workers are not this process's children and outlive it by design.
+    return _run_one(process, unit, ticks[unit.key])
 
 
 class _FileTick:

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -429,6 +430,7 @@ def prepare(
     rows_per_shard: int = 1000,
     progress: bool = True,
     backend: str | None = None,
+    scheduler: Any = None,
 ) -> RunSummary:
     """Prepare the ABAW3 release of Aff-Wild2 under ``root`` into ``out``; resumes where it stopped.
 
@@ -488,5 +490,6 @@ def prepare(
         # What each video is made from, so that a replaced, added or removed image gets it redone.
         videos = [dataclasses.replace(v, inputs=fingerprint(layout.images, _image_files(v))) for v in videos]
         process = functools.partial(process_video, settings)
-        return run_units(writer, videos, process, workers=workers, progress=progress, item="frames", backend=backend)
+        return run_units(writer, videos, process, workers=workers, progress=progress, item="frames",
+                         backend=backend, scheduler=scheduler)
 

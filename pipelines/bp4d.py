@@ -27,6 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +37,7 @@ from affbench.face_tracking import FaceTracker
 from affbench.faces import resolve_device, shared_detector
 from affbench.pipelines.disfa import PrepareSettings as _CropSettings
 from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
-from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
+from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.shards import DatasetWriter, ShardWriter, make_schema, read_image_file
 from affbench.sequences import write_tracked_sequence
 
@@ -410,6 +411,7 @@ def prepare(
     workers: int = 1,
     progress: bool = True,
     backend: str | None = None,
+    scheduler: Any = None,
 ) -> RunSummary:
     """Prepare (or resume preparing) BP4D from ``root`` into ``out``; every code file is checked
     before any work starts."""
@@ -419,7 +421,7 @@ def prepare(
     for unit in units:
         frames, _, _ = read_codes(unit)
         sized.append(dataclasses.replace(unit, size=len(frames)))
-    device = resolve_device(settings.device) if backend in (None, "loky") else settings.device
+    device = resolve_device(settings.device) if runs_here(backend, scheduler) else settings.device
     settings = dataclasses.replace(settings, device=device)
     from affbench.pipelines.protocols import protocol_for  # imports this module's facts
 
@@ -437,7 +439,8 @@ def prepare(
               "rows_per_shard": settings.rows_per_shard, "tasks": len(units), "notes": NOTES},
     ) as writer:  # holds the folder: one process at a time
         process = functools.partial(prepare_task, out_dir=str(Path(out).resolve()), settings=settings)
-        return run_units(writer, sized, process, workers=workers, progress=progress, item="frames", backend=backend)
+        return run_units(writer, sized, process, workers=workers, progress=progress, item="frames",
+                         backend=backend, scheduler=scheduler)
 
 
 def uncoded_frames(manifest: dict) -> int:

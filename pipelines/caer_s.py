@@ -22,6 +22,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +38,7 @@ from affbench.faces import (
     select_face,
     shared_detector,
 )
-from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
+from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, read_image_file
 
 DATASET = "caer-s"
@@ -207,7 +208,7 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
     # Enough images for full batches of the common size, few enough for a lively progress bar.
     chunk = max(32, 2 * settings.detector.batch_size)
     stats = {"images": 0, "faces_found": 0, "no_face": 0, "several_faces": 0, "unreadable": 0,
-             "detection_failed": 0}
+             "detection_failed": 0, "device": detector.device}
     failures: list[dict[str, str]] = []
     with ShardWriter(settings.out, unit.key, schema, rows_per_shard=settings.rows_per_shard) as writer:
         for start in range(0, unit.size, chunk):
@@ -267,6 +268,7 @@ def prepare(
     rows_per_shard: int = 1000,
     progress: bool = True,
     backend: str | None = None,
+    scheduler: Any = None,
 ) -> RunSummary:
     """Prepare CAER-S under ``root`` into ``out``; resumes a folder made with the same parameters.
 
@@ -305,7 +307,8 @@ def prepare(
         select=select,
         detector=detector or DetectorSettings(),
         template=template or AlignmentTemplate(),
-        device=resolve_device(device),
+        # On a cluster each worker settles "auto" itself (its unit stats say where it ran).
+        device=resolve_device(device) if runs_here(backend, scheduler) else device,
         rows_per_shard=rows_per_shard,
     )
     units, ignored = find_image_folders(root, exclude=out)
@@ -326,5 +329,6 @@ def prepare(
         },
     ) as writer:  # holds the folder: one process at a time
         process = functools.partial(process_folder, settings)
-        return run_units(writer, units, process, workers=workers, progress=progress, item="images", backend=backend)
+        return run_units(writer, units, process, workers=workers, progress=progress, item="images",
+                         backend=backend, scheduler=scheduler)
 

@@ -26,15 +26,16 @@ were prepared.
 
 Scaling out: :func:`prepare_video` is pure (a unit and settings in, shards on disk and a
 :class:`~affbench.runner.UnitOutcome` out; it reads only its own video and label files and writes
-only its own shards), so any joblib backend can run it. On a cluster where ROOT and the output
-folder are on a shared file system::
+only its own shards), so each video can be one task on a Dask cluster
+(``pip install "affbench[dask]"``). Where ROOT and the output folder are on a shared file system,
+at the same paths on every machine::
 
-    from dask.distributed import Client
-    client = Client("scheduler:8786")                  # registers joblib's "dask" backend
-    prepare(root, out, workers=64, backend="dask")     # or backend="ray" after ray.util.joblib.register_ray()
+    prepare(root, out, scheduler="tcp://scheduler:8786")    # or scheduler=a distributed.Client
 
-Each worker process loads MTCNN once and, with ``device="auto"``, uses its own GPU where it has
-one; each unit's stats record the device it ran on.
+(the command line: ``affbench prepare disfa ROOT --out DIR --scheduler tcp://scheduler:8786``).
+This process records each video in the manifest as it arrives, so an interrupted run resumes as a
+local one does. Each worker process loads MTCNN once and, with ``device="auto"``, uses its own GPU
+where it has one; each unit's stats record the device it ran on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +58,7 @@ from affbench.faces import (
     resolve_device,
     shared_detector,
 )
-from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
+from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
 from affbench.face_tracking import FaceTracker, TrackerSettings
 from affbench.sequences import write_tracked_sequence
@@ -361,6 +363,7 @@ def prepare(
     workers: int = 1,
     progress: bool = True,
     backend: str | None = None,
+    scheduler: Any = None,
 ) -> RunSummary:
     """Prepare (or resume preparing) DISFA from ``root`` into ``out``.
 
@@ -371,8 +374,8 @@ def prepare(
     for unit in {u.subject: u for u in units}.values():  # malformed labels stop the run before any work
         read_labels([Path(unit.root) / p for p in unit.labels])
     # Locally the device is settled here, so that a missing GPU is one clear error up front; on a
-    # cluster backend each worker resolves it (the unit stats record where each video ran).
-    device = resolve_device(settings.device) if backend in (None, "loky") else settings.device
+    # cluster each worker resolves it (the unit stats record where each video ran).
+    device = resolve_device(settings.device) if runs_here(backend, scheduler) else settings.device
     settings = dataclasses.replace(settings, device=device)
     from affbench.pipelines.protocols import protocol_for  # imports this module's facts
 
@@ -387,7 +390,8 @@ def prepare(
     ) as writer:  # holds the folder: one process at a time
         # Absolute paths: a worker elsewhere (Dask, Ray) does not share this process's directory.
         process = functools.partial(prepare_video, out_dir=str(Path(out).resolve()), settings=settings)
-        return run_units(writer, units, process, workers=workers, progress=progress, item="frames", backend=backend)
+        return run_units(writer, units, process, workers=workers, progress=progress, item="frames",
+                         backend=backend, scheduler=scheduler)
 
 
 def length_mismatches(manifest: dict) -> list[str]:
