@@ -29,10 +29,12 @@ def device_of(device: str | torch.device) -> torch.device:
 
 
 def choose_workers(device: torch.device, requested: int | None) -> int:
-    """DataLoader workers: the requested number, else by device (the GPU needs decoding help)."""
+    """DataLoader workers: the requested number, else by device (the GPU needs decoding help), out of
+    this process's share of the cores (torchrun's ``LOCAL_WORLD_SIZE`` processes share a machine)."""
     if requested is not None:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
     return 1 if cores > 2 else 0

@@ -81,6 +81,19 @@ def test_torchrun_environment():
         Distribution.from_environment({"WORLD_SIZE": "two"})
 
 
+def test_data_loader_workers_share_the_cores_among_the_ranks_of_a_machine(monkeypatch):
+    import torch
+
+    from affbench.evaluation import choose_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert choose_workers(torch.device("cuda", 0), None) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert choose_workers(torch.device("cuda", 0), None) == 3  # 4 cores each, one for the training loop
+    assert choose_workers(torch.device("cuda", 0), 6) == 6
+
+
 # ----------------------------------------------------------------------------------------- gather
 
 
@@ -196,7 +209,8 @@ def _running(pid: int) -> bool:
 
 def _single_process_test_metrics(data: Path, weights: Path):
     """The test metrics of ``weights`` scored in this one process, as the harness builds the task."""
-    from affbench.data import Augmentation, ShardImages, open_prepared
+    from affbench.cache import images_with_cache
+    from affbench.data import Augmentation, open_prepared
     from affbench.encoders import create_encoder
     from affbench.protocols import Protocol
     from affbench.train import TaskData, evaluate_tasks, load_model_state
@@ -209,7 +223,7 @@ def _single_process_test_metrics(data: Path, weights: Path):
                     {r: np.asarray(split[r], dtype=np.int64) for r in ("train", "val", "test")})
     model = create_encoder("emotiram-f", input_size=32)
     model.load_state_dict(load_model_state(weights))
-    images = ShardImages(prepared.folder, 32, Augmentation())
+    images, _ = images_with_cache(prepared.folder, 32, Augmentation())  # as the harness reads them
     return evaluate_tasks(model, [task], images, batch_size=5), len(task.rows["test"])
 
 
