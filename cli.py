@@ -347,6 +347,8 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
         device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
         decoded_cache=decoded_cache,
     )
+    if not report.is_main:
+        return  # under torchrun, rank 0 reports
     click.echo(f"{report.cells_total} cell(s): {report.cells_skipped} already finished, "
                f"{report.cells_written} written, in {report.seconds:.1f} s.")
     for note in report.notes:
@@ -511,16 +513,21 @@ def _describe_model(description) -> list[str]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Frames per batch through the face pipeline and the model.")
 @click.option("--plot", is_flag=True, help="Also write a timeline PNG per video beside --out (needs matplotlib).")
+@click.option("--no-fill-gaps", "no_fill_gaps", is_flag=True,
+              help="Leave a video frame without a face unpredicted instead of cropping it from its neighbours in time.")
 def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
-            batch_size: int, plot: bool) -> None:
+            batch_size: int, plot: bool, no_fill_gaps: bool) -> None:
     """Run MODEL (from export-model) on videos, images or folders of them: one row per frame.
 
     \b
     Every frame or image goes through the detection, tracking and alignment the model was trained
-    on. Columns: source, frame, time (s), face_found, landmark_source, det_score, box_x1..box_y2,
-    then the predictions: AU12_c (presence probability), AU12_r (intensity), expression plus one
-    probability column per class, valence, arousal. A frame without a face keeps its row with
-    empty predictions. An interrupted run resumes: inputs already finished are not redone. Example:
+    on. Columns: source, frame, time (s), face_found, landmark_source, n_faces, det_score,
+    box_x1..box_y2, then the predictions: AU12_c (presence probability), AU12_r (intensity),
+    expression plus one probability column per class, valence, arousal. A video frame without a
+    face keeps its row (face_found false) and is cropped from its neighbours in time, as prepare
+    does (landmark_source interpolated or carried; --no-fill-gaps leaves it empty); an image
+    without a face keeps its row with empty predictions. An interrupted run resumes: inputs already
+    finished are not redone. Example:
       affbench predict model.pt interview.mp4 photos/ --out predictions.csv --plot
     """
     _quiet_openmp()
@@ -539,13 +546,15 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
         click.echo(f"model      {loaded!r}")
     parts = inference.resume_folder(out)  # finished inputs are kept there until the table is written
     result = inference.predict_table(models, inputs, progress=sys.stderr.isatty(), batch_size=batch_size,
-                                     resume=parts)
+                                     resume=parts, fill_gaps=not no_fill_gaps)
     inference.write_table(result.table, out)
     shutil.rmtree(parts, ignore_errors=True)
     for note in result.notes:
         click.echo(f"note       {note}")
     table = result.table
-    click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face, from "
+    filled = int(table["landmark_source"].isin(["interpolated", "carried"]).sum())
+    click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face"
+               f"{f' ({filled} more cropped from their neighbours)' if filled else ''}, from "
                f"{table['source'].nunique()} source(s) written to {out}")
     if plot:
         for path in inference.write_plots(result, out):
