@@ -99,6 +99,36 @@ class JobClaims:
         log(f"waiting for job {key}, which {f'process {holder}' if holder else 'another process'} runs")
 
 
+
+class RankZeroClaims(JobClaims):
+    """The claims of the processes that train one model together (torchrun): rank 0 claims, waits
+    and releases, and every rank gets its answers, so that all of them run the same job at once.
+
+    ``distribution`` is an :class:`affbench.distributed.Distribution` (``decide``, ``is_main``).
+    Under DDP a rank that waits for another process's job waits inside a collective call, so a
+    wait longer than the process group's timeout ends the run; run such suites as one torchrun
+    per job (``--job``) or without torchrun.
+    """
+
+    def __init__(self, claims: JobClaims, distribution):
+        self.claims, self.dist = claims, distribution
+
+    def path(self, key: str) -> Path:
+        return self.claims.path(key)
+
+    def try_claim(self, key: str) -> bool:
+        return self.dist.decide(lambda: self.claims.try_claim(key))
+
+    def release(self, key: str) -> None:
+        if self.dist.is_main:
+            self.claims.release(key)
+
+    def holder(self, key: str) -> int | None:
+        return self.dist.decide(lambda: self.claims.holder(key))
+
+    def wait(self, key: str) -> None:
+        self.dist.decide(lambda: self.claims.wait(key))
+
 def run_shared(jobs: Sequence[Job], claims: JobClaims, *, finished: Callable[[Job], bool],
                run: Callable[[Job], None], skip: Callable[[Job], None], log: Callable[[str], None]) -> None:
     """Run every job of ``jobs`` (in dependency order) that is not finished and that no other
