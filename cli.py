@@ -320,28 +320,46 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda[:N].")
 @click.option("--workers", "num_workers", default=None, type=click.IntRange(0, 256),
               help="DataLoader worker processes per job (default: chosen by device).")
+@click.option("--decoded-cache/--no-decoded-cache", default=True, show_default=True,
+              help="Read crops from a decoded cache beside each dataset's shards (built once, rebuilt when the "
+                   "shards change) instead of decoding PNG every epoch.")
 @click.option("--plots/--no-plots", default=None,
               help="Write training curves, per-label bars and the paper comparison (default: when matplotlib is installed).")
 @click.option("--quiet", is_flag=True,
               help="Only the final tables: no progress display and no per-job or per-epoch lines.")
+@click.option("--list-jobs", is_flag=True,
+              help="Print the ids of the jobs, one a line, in dependency order, and train nothing.")
+@click.option("--job", "job", default=None, metavar="ID",
+              help="Run only this job (an id from --list-jobs with the same options), e.g. one task of a job array.")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
-                  max_steps: int | None, device: str, num_workers: int | None, plots: bool | None, quiet: bool) -> None:
+                  max_steps: int | None, device: str, num_workers: int | None, decoded_cache: bool, plots: bool | None,
+                  quiet: bool, list_jobs: bool, job: str | None) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
     Each (dataset, task, encoder, fold) cell writes one record under OUT/results/; checkpoints
     live in OUT/jobs/. Run the same command again after an interruption: finished cells are
-    skipped and an unfinished one continues from its last finished epoch.
+    skipped and an unfinished one continues from its last finished epoch. Any number of
+    processes may run the same command into one OUT at once: each job trains in one of them.
     """
     _quiet_openmp()
     from affbench import results, tables
     from affbench.benchmarks.harness import run_benchmark as run
+    from affbench.benchmarks.plan import list_jobs as plan_jobs
 
+    if list_jobs:
+        for key in plan_jobs(suite, data, encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs,
+                             max_steps=max_steps):
+            click.echo(key)
+        return
     report = run(
         suite, data, out,
         encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
         device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
+        decoded_cache=decoded_cache, job=job,
     )
+    if not report.is_main:
+        return  # under torchrun, rank 0 reports
     click.echo(f"{report.cells_total} cell(s): {report.cells_skipped} already finished, "
                f"{report.cells_written} written, in {report.seconds:.1f} s.")
     for note in report.notes:
@@ -506,16 +524,21 @@ def _describe_model(description) -> list[str]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Frames per batch through the face pipeline and the model.")
 @click.option("--plot", is_flag=True, help="Also write a timeline PNG per video beside --out (needs matplotlib).")
+@click.option("--no-fill-gaps", "no_fill_gaps", is_flag=True,
+              help="Leave a video frame without a face unpredicted instead of cropping it from its neighbours in time.")
 def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
-            batch_size: int, plot: bool) -> None:
+            batch_size: int, plot: bool, no_fill_gaps: bool) -> None:
     """Run MODEL (from export-model) on videos, images or folders of them: one row per frame.
 
     \b
     Every frame or image goes through the detection, tracking and alignment the model was trained
-    on. Columns: source, frame, time (s), face_found, landmark_source, det_score, box_x1..box_y2,
-    then the predictions: AU12_c (presence probability), AU12_r (intensity), expression plus one
-    probability column per class, valence, arousal. A frame without a face keeps its row with
-    empty predictions. An interrupted run resumes: inputs already finished are not redone. Example:
+    on. Columns: source, frame, time (s), face_found, landmark_source, n_faces, det_score,
+    box_x1..box_y2, then the predictions: AU12_c (presence probability), AU12_r (intensity),
+    expression plus one probability column per class, valence, arousal. A video frame without a
+    face keeps its row (face_found false) and is cropped from its neighbours in time, as prepare
+    does (landmark_source interpolated or carried; --no-fill-gaps leaves it empty); an image
+    without a face keeps its row with empty predictions. An interrupted run resumes: inputs already
+    finished are not redone. Example:
       affbench predict model.pt interview.mp4 photos/ --out predictions.csv --plot
     """
     _quiet_openmp()
@@ -534,13 +557,15 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
         click.echo(f"model      {loaded!r}")
     parts = inference.resume_folder(out)  # finished inputs are kept there until the table is written
     result = inference.predict_table(models, inputs, progress=sys.stderr.isatty(), batch_size=batch_size,
-                                     resume=parts)
+                                     resume=parts, fill_gaps=not no_fill_gaps)
     inference.write_table(result.table, out)
     shutil.rmtree(parts, ignore_errors=True)
     for note in result.notes:
         click.echo(f"note       {note}")
     table = result.table
-    click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face, from "
+    filled = int(table["landmark_source"].isin(["interpolated", "carried"]).sum())
+    click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face"
+               f"{f' ({filled} more cropped from their neighbours)' if filled else ''}, from "
                f"{table['source'].nunique()} source(s) written to {out}")
     if plot:
         for path in inference.write_plots(result, out):

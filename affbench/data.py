@@ -495,7 +495,7 @@ class ShardImages(torch.utils.data.Dataset):
 
     def with_mode(self, *, train: bool) -> ShardImages:
         """A copy that augments (train) or frames deterministically (evaluation), sharing no state."""
-        clone = object.__new__(ShardImages)
+        clone = object.__new__(type(self))  # subclasses (the decoded cache's) stay what they are
         clone.__dict__.update(self.__dict__)
         clone.train = train
         clone._files, clone._cache = {}, OrderedDict()

@@ -17,12 +17,17 @@ pass two checks:
   landmarks of its own (on laughing faces about 10% wider apart than the cascade's) and drifts
   slowly. Where the anchor agrees, O-Net tracks backwards from it through those frames, and a frame
   where the forward and backward landmarks differ by more than ``anchor_tolerance`` (or where the
-  backward track is lost) goes through the cascade too. So no tracked frame leaves the tracker
+  backward track is lost) goes through the cascade too. An anchor that agrees keeps the tracked
+  landmarks for its own frame and as the next seed (the detection only becomes the geometry
+  reference): switching to the cascade's landmarks there would jump the crop every
+  ``redetect_every`` frames by the small offset between the two estimates, which is frame-to-frame
+  jitter on steady footage. So no tracked frame leaves the tracker
   unless the next full detection agrees with the track, and a track from it agrees with the frame.
 
 ``tracking=False`` runs the full cascade (batched) on every frame instead: the reference behaviour.
 Each result says how its landmarks were obtained (``detected``, ``tracked``, ``none``) and how
-many faces the full cascade saw in that frame (``n_faces``, None where it did not run).
+many faces the full cascade saw in that frame (``n_faces``, None where it did not run: a tracked
+frame has a count only where it was an anchor).
 
 :func:`fill_gaps` then gives every frame without a face the landmarks of its nearest good
 neighbours in time (``interpolated`` between the two sides, ``carried`` from the one side there is),
@@ -92,7 +97,7 @@ class TrackerSettings:
 class TrackedFace:
     """The face chosen in one frame and how its landmarks were obtained (``method``, one of
     :data:`LANDMARK_SOURCES`); ``n_faces``: faces the full cascade saw in this frame, None where
-    it did not run (a tracked frame)."""
+    it did not run (a tracked frame other than an anchor)."""
 
     face: Face | None
     method: str
@@ -269,11 +274,13 @@ class FaceTracker:
             detected = self._detect([frame], [tracked if holds else self._last])[0]
             if not holds or detected.face is None or self._disagrees(tracked, detected.face):
                 suspect += unconfirmed  # the track failed, or drifted from what the cascade sees here
-            else:
+                results[i] = detected
+                self._adopt(detected)
+            else:  # confirmed: the track goes on from its own landmarks (see the module docstring)
                 suspect += self._confirm(frames, results, unconfirmed, detected.face)
+                results[i] = TrackedFace(tracked, "tracked", detected.n_faces)
+                self._last, self._reference, self._since_detection = tracked, detected.face, 0
             unconfirmed = []
-            results[i] = detected
-            self._adopt(detected)
         if suspect:
             redone = self._detect([frames[i] for i in suspect], [results[i].face for i in suspect])
             for i, result in zip(suspect, redone):

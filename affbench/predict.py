@@ -12,7 +12,12 @@ Columns are named the way OpenFace users read them:
 * ``expression``: the most probable class, and one probability column per class name;
 * ``valence``, ``arousal``: the model's regression outputs (trained on [-1, 1]), unclipped.
 
-A frame or image without a face keeps its row (``face_found`` false) with empty predictions.
+A frame or image without a face keeps its row (``face_found`` false). In a video, such a frame is
+cropped from the landmarks of its nearest frames with a face, interpolated in time, as ``prepare``
+does (:func:`~affbench.face_tracking.fill_gaps`): it gets predictions and its ``landmark_source``
+says ``interpolated`` or ``carried``; with ``fill_gaps=False`` (and for still images) its
+predictions stay empty. ``n_faces`` is how many faces the full detector saw (empty where only the
+tracker ran), so that rows with a second face in view can be filtered.
 
 Examples
 --------
@@ -37,12 +42,13 @@ import pandas as pd
 from affbench.bundle import ModelDescription, TaskOutput, build_model, read_model_file
 from affbench.errors import AffbenchError
 from affbench.faces import Face, align_face, resolve_device, select_face, shared_detector
-from affbench.face_tracking import FaceTracker
+from affbench.face_tracking import FaceTracker, fill_gaps as fill_tracking_gaps
+from affbench.shards import FALLBACK_SOURCES
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: The columns every table starts with, before the predictions.
-FACE_COLUMNS = ("source", "frame", "time", "face_found", "landmark_source", "det_score",
+FACE_COLUMNS = ("source", "frame", "time", "face_found", "landmark_source", "n_faces", "det_score",
                 "box_x1", "box_y1", "box_x2", "box_y2")
 
 
@@ -171,9 +177,9 @@ class LoadedModel:
         crops = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
         return pd.DataFrame(self.predict_columns(crops), columns=self.columns)
 
-    def predict_video(self, path: str | os.PathLike, *, progress: bool = False) -> pd.DataFrame:
+    def predict_video(self, path: str | os.PathLike, *, progress: bool = False, fill_gaps: bool = True) -> pd.DataFrame:
         """One row per frame of a video: face columns then predictions (as ``affbench predict``)."""
-        return predict_table([self], [path], progress=progress).table
+        return predict_table([self], [path], progress=progress, fill_gaps=fill_gaps).table
 
     def predict_images(self, paths: Sequence[str | os.PathLike], *, progress: bool = False) -> pd.DataFrame:
         """One row per image file (or image of a folder), faces detected and aligned as in training."""
@@ -260,7 +266,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Source]:
 
 @dataclass
 class FrameFace:
-    """One frame or image and the face the pipeline chose in it."""
+    """One frame or image and the face the pipeline chose in it (for a fallback crop, the face its
+    neighbours in time give it: ``found`` is false)."""
 
     source: str
     frame: int | None
@@ -268,18 +275,27 @@ class FrameFace:
     image: np.ndarray | None
     face: Face | None
     landmark_source: str
+    n_faces: int | None = None
+
+    @property
+    def found(self) -> bool:
+        """A face was found in this frame or image itself."""
+        return self.face is not None and self.landmark_source not in FALLBACK_SOURCES
 
 
-def video_faces(path: Path, tracker: FaceTracker, batch_size: int = 16) -> Iterator[FrameFace]:
-    """Every frame of a video with its tracked face (as ``prepare`` tracks DISFA's videos); a
+def video_faces(path: Path, tracker: FaceTracker, batch_size: int = 16, *, fill_gaps: bool = True) -> Iterator[FrameFace]:
+    """Every frame of a video with its tracked face (as ``prepare`` tracks DISFA's videos), faceless
+    frames filled from their neighbours unless ``fill_gaps`` is false; a
     :class:`~affbench.video.VideoError` at the end when the video decoded fewer frames than it declares."""
     from affbench.video import VideoReader
 
     tracker.reset()
     with VideoReader(path) as video:
         fps = video.info.fps
-        for index, frame, result in tracker.follow(video, batch_size):
-            yield FrameFace(str(path), index, index / fps if fps > 0 else None, frame, result.face, result.method)
+        stream = tracker.follow(video, batch_size)
+        for index, frame, result in fill_tracking_gaps(stream) if fill_gaps else stream:
+            yield FrameFace(str(path), index, index / fps if fps > 0 else None, frame, result.face, result.method,
+                            result.n_faces)
         video.check_complete()
 
 
@@ -303,7 +319,8 @@ def image_faces(paths: Sequence[Path], detector, selection: str, failures: list[
         for i, path in enumerate(names):
             shape = images[i].shape if images[i] is not None else None
             face = select_face(found.get(i, []), selection, image_shape=shape)
-            yield FrameFace(str(path), None, None, images[i], face, "detected" if face is not None else "none")
+            n_faces = len(found[i]) if i in found else None  # None: unreadable, or the detector failed
+            yield FrameFace(str(path), None, None, images[i], face, "detected" if face is not None else "none", n_faces)
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -333,10 +350,11 @@ def _rows_of(batch: Sequence[FrameFace], models: Sequence[LoadedModel], mappings
         "source": [b.source for b in batch],
         "frame": [b.frame for b in batch],
         "time": [b.time if b.time is not None else np.nan for b in batch],
-        "face_found": [b.face is not None for b in batch],
+        "face_found": [b.found for b in batch],
         "landmark_source": [b.landmark_source for b in batch],
-        "det_score": [float(b.face.score) if b.face is not None else np.nan for b in batch],
-        **{name: boxes[:, j].tolist() for j, name in enumerate(FACE_COLUMNS[6:])},
+        "n_faces": pd.array([b.n_faces for b in batch], dtype="Int16"),
+        "det_score": [float(b.face.score) if b.found else np.nan for b in batch],
+        **{name: boxes[:, j].tolist() for j, name in enumerate(FACE_COLUMNS[7:])},
     }
     with_face = [i for i, b in enumerate(batch) if b.face is not None]
     for model, mapping in zip(models, mappings):
@@ -393,6 +411,7 @@ def predict_table(
     progress: bool = False,
     batch_size: int = 32,
     resume: str | os.PathLike | None = None,
+    fill_gaps: bool = True,
 ) -> PredictResult:
     """Run every model on every frame or image of ``inputs``; one table, sources in input order.
 
@@ -402,6 +421,8 @@ def predict_table(
 
     ``resume``: a folder where each input's rows are saved once it is finished, and read back
     instead of redone by a later call with the same inputs and model files (an interrupted run).
+    ``fill_gaps``: crop a video's faceless frames from their neighbours in time (see the module
+    docstring) instead of leaving their predictions empty.
     """
     from tqdm.auto import tqdm
 
@@ -436,12 +457,13 @@ def predict_table(
         for source, total in zip(sources, totals):
             if str(source.path) in broken and source.kind == "video":
                 continue
-            part = None if resume is None else resume / f"{_source_key(source, models, batch_size)}.parquet"
+            key = _source_key(source, models, batch_size, fill_gaps)
+            part = None if resume is None else resume / f"{key}.parquet"
             if part is not None and part.is_file():  # finished by an earlier, interrupted run
                 table = pd.read_parquet(part)
                 bar.update(total)
             else:
-                stream = (video_faces(source.path, tracker) if source.kind == "video"
+                stream = (video_faces(source.path, tracker, fill_gaps=fill_gaps) if source.kind == "video"
                           else image_faces(list(source.images), detector, first.face_selection, failures))
                 before = len(failures)
                 table = _source_table(stream, models, mappings, batch_size, bar, failures, str(source.path))
@@ -454,6 +476,7 @@ def predict_table(
     columns = list(FACE_COLUMNS) + [c for mapping in mappings for c in mapping.values()]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     table["frame"] = table["frame"].astype("Int64")
+    table["n_faces"] = table["n_faces"].astype("Int16")
     table["face_found"] = table["face_found"].astype(bool)
     return PredictResult(table[columns], failures, by_video, column_groups(models, mappings), notes)
 
@@ -483,8 +506,9 @@ def _source_table(stream, models, mappings, batch_size: int, bar, failures: list
     return pd.concat(chunks, ignore_index=True) if chunks else None
 
 
-def _source_key(source: Source, models: Sequence[LoadedModel], batch_size: int) -> str:
-    """Names a source's finished rows: the input files and model files as they are on disk now."""
+def _source_key(source: Source, models: Sequence[LoadedModel], batch_size: int, fill_gaps: bool) -> str:
+    """Names a source's finished rows: the input files and model files as they are on disk now, and
+    the options that change the rows."""
     import hashlib
     import json
 
@@ -493,7 +517,7 @@ def _source_key(source: Source, models: Sequence[LoadedModel], batch_size: int) 
         return [str(path.resolve()), info.st_size, info.st_mtime_ns]
 
     files = [source.path] if source.kind == "video" else list(source.images)
-    key = {"kind": source.kind, "files": [stamp(p) for p in files], "batch": batch_size,
+    key = {"kind": source.kind, "files": [stamp(p) for p in files], "batch": batch_size, "fill_gaps": fill_gaps,
            "models": [[m.name, *(stamp(m.origin) if m.origin else [id(m)])] for m in models]}
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 

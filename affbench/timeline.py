@@ -78,7 +78,7 @@ def plot_timeline(table: pd.DataFrame, groups: Mapping[str, Sequence[Sequence[st
     for ax in axes[:, 0]:
         for t in time[missing]:
             ax.axvspan(t - step / 2, t + step / 2, color="0.85", zorder=0, lw=0)
-    axes[-1, 0].set_xlabel(xlabel + ("   (grey: no face)" if missing.any() else ""))
+    axes[-1, 0].set_xlabel(xlabel + ("   (grey: no face found in the frame)" if missing.any() else ""))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

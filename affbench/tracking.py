@@ -9,6 +9,7 @@ With the ``tensorboard`` extra installed, every job writes ``RUNDIR/tensorboard/
 * ``lr``: the learning rate at the end of the epoch;
 * ``time/epoch_seconds`` and ``time/data_wait_seconds``: wall time of the epoch and the part of it
   the training loop waited for batches (a large share means the input pipeline is the bottleneck);
+  ``time/data_wait_fraction``: that wait as a fraction of the epoch's training loop;
 
 and once per job, at the selected epoch: ``test/<task>/<metric>``. Without tensorboard nothing is
 written and nothing fails.
@@ -63,6 +64,7 @@ class JobTracker:
         self._scalar("lr", entry.get("lr"), step)
         self._scalar("time/epoch_seconds", entry.get("seconds"), step)
         self._scalar("time/data_wait_seconds", entry.get("data_seconds"), step)
+        self._scalar("time/data_wait_fraction", entry.get("data_wait_fraction"), step)
         self.writer.flush()
 
     def log_test(self, metrics: Mapping[str, Mapping[str, Any]], step: int) -> None:

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from affbench import __version__
+from affbench.distributed import SINGLE, Distribution
 from affbench.encoders.registry import WEIGHT_OPTIONS
 from affbench.errors import AffbenchError
 from affbench.files import write_text_atomic
 from affbench.results import DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.tracking import open_tracker
+from affbench.benchmarks.claims import JobClaims, RankZeroClaims, append_run, find_job, run_shared
 from affbench.benchmarks.plan import Job, Plan, DataCache, task_specs, make_plan
 from affbench.benchmarks.suite import DerivedTask, Suite, load_suite, validate_encoders
 
@@ -74,16 +76,23 @@ class RunReport:
     jobs_resumed: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    is_main: bool = True  # False on torchrun's other ranks, which neither write nor print results
 
 
 class _Runner:
     def __init__(self, plan: Plan, data: DataCache, run_dir: Path, device: str, *, num_workers: int | None,
-                 progress: bool, log: Callable[[str], None], on_epoch_end):
+                 progress: bool, log: Callable[[str], None], on_epoch_end, decoded_cache: bool = True,
+                 distribution: Distribution = SINGLE, claims: JobClaims | None = None):
         self.plan, self.data, self.run_dir = plan, data, run_dir
+        self.claims = claims or JobClaims(run_dir)  # which process runs which job (see benchmarks.claims)
         self.suite = plan.suite
         self.device, self.num_workers = device, num_workers
         self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
+        # Under torchrun every rank runs each job together; rank 0 alone reads what decides
+        # (it may set damaged files aside) and writes (see affbench.distributed).
+        self.dist = distribution
         self.commit = git_commit()
+        self.decoded_cache = decoded_cache
         self.device_text = describe_device(device)
 
     # -- bookkeeping
@@ -215,10 +224,18 @@ class _Runner:
         return options
 
     def images_for(self, prepared, encoder_spec, augmentation):
-        from affbench.data import ShardImages, crop_landmarks
+        """The crops at the model's input size: from the decoded cache (built on first use) unless it
+        is switched off or cannot be written; and the cache used (None: the PNG shards)."""
+        from affbench.cache import images_with_cache
+        from affbench.data import crop_landmarks
 
         points = crop_landmarks(prepared) if "heatmaps" in encoder_spec.heads else None
-        return ShardImages(prepared.folder, encoder_spec.input_size, augmentation, points=points)
+        images, cache = images_with_cache(prepared.folder, encoder_spec.input_size, augmentation, points=points,
+                                          use_cache=self.decoded_cache, log=lambda m: self.log(f"  {m}"))
+        if cache is not None:
+            how = f"built in {cache.build_seconds:.1f} s" if cache.built else "reused"
+            self.log(f"  decoded cache {cache.folder} ({cache.side}x{cache.side}, {cache.nbytes / 2**30:.2f} GiB, {how})")
+        return images, cache
 
     # -- jobs
 
@@ -251,20 +268,24 @@ class _Runner:
 
         source = job.depends
         path = self.job_dir(source) / "best.pt"
-        problem = None
-        if not path.is_file():
-            problem = f"the selected weights of {source.key} were not kept"
-        else:
+
+        def find_problem() -> str | None:
+            if not path.is_file():
+                return f"the selected weights of {source.key} were not kept"
             try:
                 load_model_state(path)
             except DamagedCheckpointError as exc:
-                problem = f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
-        if problem is None and job.experiment.is_evaluation and self.read_done(source) is None:
-            problem = f"the summary of {source.key} is missing"
-        if problem is None:
-            return
-        self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
-        self.train_job(source, report, again=True)
+                return f"{path} is damaged ({exc.reason}); moved it to {set_aside(path).name}"
+            if job.experiment.is_evaluation and self.read_done(source) is None:
+                return f"the summary of {source.key} is missing"
+            return None
+
+        with self.claims.holding(source.key, self.log):  # no other process trains it again meanwhile
+            problem = self.dist.decide(find_problem)
+            if problem is None:
+                return
+            self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
+            self.train_job(source, report, again=True)
 
     def run_job(self, job: Job, report: RunReport) -> None:
         if job.depends is not None:
@@ -276,15 +297,17 @@ class _Runner:
 
     def train_job(self, job: Job, report: RunReport, *, again: bool = False) -> None:
         """Train ``job`` (or only write its records from its summary, unless ``again``) and score it."""
+        from affbench.cache import describe_loading
         from affbench.encoders import create_encoder, get_encoder_spec
         from affbench.train import (check_compatible, evaluate_tasks, fit, load_model_state, seed_everything)
 
         experiment, settings = job.experiment, job.experiment.training
         workdir = self.job_dir(job)
         done = self.done_path(job)
-        summary = None if again else self.read_done(job)
+        summary = None if again else self.dist.decide(lambda: self.read_done(job))
         if summary is not None:
-            self.write_records(job, summary, report)
+            if self.dist.is_main:
+                self.write_records(job, summary, report)
             return
         started = time.perf_counter()
         prepared, tasks, splits = self.task_data(job)
@@ -295,14 +318,16 @@ class _Runner:
         seed_everything(settings.seed)
         with _warnings_to(self.log):
             model = create_encoder(experiment.encoder, **options)
-        images = self.images_for(prepared, model.spec, settings.augmentation)
+        images, cache = self.images_for(prepared, model.spec, settings.augmentation)
         workdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(workdir / "job.json", {"key": job.key, "config": job.config, "suite": self.suite.name,
-                                                 "experiment": experiment.id})
+        if self.dist.is_main:
+            write_json_atomic(workdir / "job.json", {"key": job.key, "config": job.config, "suite": self.suite.name,
+                                                     "experiment": experiment.id})
         resumed = (workdir / "last.pt").is_file()
         self.log(f"{'resume' if resumed else 'train'} {job.key}: {experiment.encoder} on {experiment.dataset} "
-                 f"{'+'.join(experiment.tasks)}, fold {job.fold}, {len(tasks[0].rows['train'])} training rows")
-        tracker = open_tracker(self.run_dir, job.key)
+                 f"{'+'.join(experiment.tasks)}, fold {job.fold}, {len(tasks[0].rows['train'])} training rows"
+                 + (f", {self.dist.world_size} processes" if self.dist.active else ""))
+        tracker = open_tracker(self.run_dir, job.key) if self.dist.is_main else None
 
         def epoch_end(epoch: int, entry: dict[str, Any]) -> None:
             if tracker is not None:
@@ -313,12 +338,13 @@ class _Runner:
         notes: dict[str, list[str]] = {}
         try:
             result = fit(model, tasks, images, settings, workdir=workdir, device=self.device, progress=self.progress,
-                         log=lambda m: self.log(f"  {m}"), on_epoch_end=epoch_end)
+                         log=lambda m: self.log(f"  {m}"), on_epoch_end=epoch_end, distribution=self.dist)
             model.load_state_dict(load_model_state(workdir / "best.pt"))
+            eval_batch = settings.eval_batch_size or 2 * settings.batch_size
             test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
-                                  batch_size=settings.eval_batch_size or 2 * settings.batch_size,
+                                  batch_size=max(1, eval_batch // self.dist.world_size),
                                   num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
-                                  progress=self.progress, notes=notes)
+                                  progress=self.progress, notes=notes, distribution=self.dist)
             if tracker is not None:
                 tracker.log_test(test, result.best_epoch or 0)
         finally:
@@ -337,7 +363,8 @@ class _Runner:
             "kind": {t.name: t.spec.kind for t in tasks},
             "epochs": result.epochs_run, "epochs_planned": settings.epochs, "selected_epoch": result.best_epoch,
             "selection": result.selection, "selection_protocol": settings.selection,
-            "metric_warnings": notes, "steps": result.steps, "resumed_from": result.resumed_from,
+            "metric_warnings": notes, "validation_metric_warnings": selected.get("val_warnings", {}),
+            "steps": result.steps, "resumed_from": result.resumed_from,
             "train_seconds": result.train_seconds, "loss": result.losses,
             "curve": {t.name: [
                 {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
@@ -350,20 +377,31 @@ class _Runner:
             "encoder_spec": {"input_size": model.spec.input_size, "heads": dict(model.spec.heads),
                              "au_output": model.spec.au_output, "family": model.spec.family},
             "device": self.device_text, "git_commit": self.commit, "affbench_version": __version__,
+            # The suite's batch_size is the global batch: each of world_size processes took an equal share.
+            "world_size": self.dist.world_size, "global_batch_size": settings.batch_size,
             "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
+            "data_loading": describe_loading(cache, result.history),
             # This process's time plus that of the epochs an earlier, interrupted run finished.
             "wall_seconds": round(time.perf_counter() - started
                                   + sum(h.get("seconds", 0.0) for h in result.history[: result.resumed_from or 0]), 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        self.describe_model(job, model, tasks, prepared, settings, test)  # before done.json: a kill in between redoes it
-        write_json_atomic(done, summary)
         report.jobs_trained += 1
         report.jobs_resumed += bool(result.resumed_from)
+        if not self.dist.is_main:
+            return
+        self.describe_model(job, model, tasks, prepared, settings, test)  # before done.json: a kill in between redoes it
+        write_json_atomic(done, summary)
         self.write_records(job, summary, report)
         (workdir / "last.pt").unlink(missing_ok=True)  # the optimiser state is not needed once done
-        if not settings.keep_weights and not any(other.depends is job for other in self.plan.jobs):
+        if not settings.keep_weights and not self.weights_needed(job):
             (workdir / "best.pt").unlink(missing_ok=True)
+
+    def weights_needed(self, job: Job) -> bool:
+        """Whether an experiment of the suite starts from or evaluates ``job``'s experiment: asked of
+        the whole suite, not this (perhaps narrowed) plan, since another process may run that one."""
+        return any((other.init or other.evaluate) is not None
+                   and (other.init or other.evaluate).experiment == job.experiment.id for other in self.suite.experiments)
 
     def describe_model(self, job: Job, model, tasks, prepared, settings, metrics) -> None:
         """``model.json`` beside ``best.pt``: what ``affbench export-model`` and ``predict`` need."""
@@ -379,12 +417,13 @@ class _Runner:
         write_job_description(self.job_dir(job), description)
 
     def evaluate_job(self, job: Job, report: RunReport) -> None:
+        from affbench.cache import describe_loading
         from affbench.encoders import create_encoder
         from affbench.train import check_compatible, evaluate_tasks, load_model_state
 
         started = time.perf_counter()
         experiment = job.experiment
-        source = self.read_done(job.depends)
+        source = self.dist.decide(lambda: self.read_done(job.depends))
         if source is None:
             raise AffbenchError(f"Job {job.depends.key} has not finished; it must run before {job.key}.")
         prepared, tasks, splits = self.task_data(job)
@@ -394,11 +433,14 @@ class _Runner:
         for task in tasks:
             check_compatible(task.spec, model.spec)
         model.load_state_dict(load_model_state(self.source_weights(job)))
-        images = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
+        images, cache = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
         self.log(f"evaluate {job.depends.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
         notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
-                              num_workers=self.num_workers, progress=self.progress, notes=notes)
+                              num_workers=self.num_workers, progress=self.progress, notes=notes,
+                              distribution=self.dist)
+        if not self.dist.is_main:
+            return
         tracker = open_tracker(self.run_dir, job.key)
         if tracker is not None:
             tracker.log_test(test, source.get("selected_epoch") or 0)
@@ -427,7 +469,9 @@ class _Runner:
             "encoder_spec": {"input_size": model.spec.input_size, "heads": dict(model.spec.heads),
                              "au_output": model.spec.au_output, "family": model.spec.family},
             "device": self.device_text, "git_commit": self.commit, "affbench_version": __version__,
+            "world_size": self.dist.world_size, "global_batch_size": None,
             "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
+            "data_loading": describe_loading(cache, []),
             "wall_seconds": round(time.perf_counter() - started, 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -455,6 +499,7 @@ class _Runner:
                 "test_groups": summary["test_groups"][task],
                 "config_hash": job.config_hash, "job": job.key,
                 "seed": summary["seed"], "device": summary["device"], "world_size": summary.get("world_size"),
+                "global_batch_size": summary.get("global_batch_size"),
                 "git_commit": summary["git_commit"],
                 "affbench_version": summary["affbench_version"], "wall_seconds": summary["wall_seconds"],
                 "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
@@ -464,12 +509,15 @@ class _Runner:
                 # kept the last epoch (ME-GraphAU's protocol): not comparable with held-out selection.
                 "selection_protocol": summary.get("selection_protocol", "validation"),
                 "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
+                # The same for the selected epoch's validation_metrics.
+                "validation_metric_warnings": (summary.get("validation_metric_warnings") or {}).get(task, []),
                 "steps": summary["steps"], "resumed_from": summary["resumed_from"],
                 "initialisation": summary["initialisation"], "init_from": summary["init_from"],
                 "fresh_parameters": summary.get("fresh_parameters", []),
                 "loss": summary["loss"].get(task), "training": summary["training"],
                 "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],
-                "data": summary["data"], "curve": summary["curve"].get(task, []),
+                "data": summary["data"], "data_loading": summary.get("data_loading"),
+                "curve": summary["curve"].get(task, []),
                 "finished_at": summary["finished_at"], "notes": experiment.notes,
             }
             write_record(self.run_dir, record)
@@ -522,8 +570,14 @@ def run_benchmark(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[Job, int, dict[str, Any]], None] | None = None,
+    decoded_cache: bool = True,
+    job: str | None = None,
+    claims: JobClaims | None = None,
 ) -> RunReport:
     """Run (or resume) a suite: every unfinished job in dependency order, one record per cell.
+
+    Any number of processes may run the same suite into the same ``run_dir`` at once: each job is
+    trained by one of them (see :mod:`affbench.benchmarks.claims`).
 
     Parameters
     ----------
@@ -535,58 +589,77 @@ def run_benchmark(
     encoders, folds, epochs, max_steps : optional
         Narrow the run (see :func:`make_plan`).
     device : {"auto", "cpu", "cuda", "cuda:N"}
+        Under torchrun (``WORLD_SIZE`` > 1) each process trains every job together with the others
+        (DDP), on ``cuda:LOCAL_RANK`` when the device is a GPU; only rank 0 logs and writes.
     num_workers : int, optional
         DataLoader workers for every job (default: the suite's, else chosen by device).
     on_epoch_end : callable, optional
         ``(job, epoch, history_entry)`` after each epoch's checkpoint (tests interrupt here).
+    decoded_cache : bool
+        Train and score from the decoded cache beside each dataset's shards (:mod:`affbench.cache`;
+        built on first use, rebuilt when the shards change); False reads the PNG shards.
+    job : str, optional
+        Run only the job with this id (one of :func:`list_jobs`), e.g. one task of a job array.
+    claims : JobClaims, optional
+        Who runs which job (default: a lock per job in ``run_dir``, taken by rank 0 under torchrun).
     """
     from affbench.faces import resolve_device
 
     started = time.perf_counter()
+    distribution = Distribution.from_environment()
+    if not distribution.is_main:
+        log, progress = (lambda message: None), False
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     validate_encoders(suite)
-    device = resolve_device(device)
+    device = distribution.device(resolve_device(device))
     run_dir = Path(run_dir)
     _check_output_folder(run_dir)
-    data = DataCache(Path(data_root), suite, verify_cache=run_dir / VERIFIED_SHARDS)
+    # Rank 0 checks the shards against their manifest (the others would only read them all again).
+    data = DataCache(Path(data_root), suite, verify_cache=run_dir / VERIFIED_SHARDS if distribution.is_main else None)
     plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, data_cache=data)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "suites").mkdir(exist_ok=True)
-    if suite.text:
+    if suite.text and distribution.is_main:
         write_text_atomic(run_dir / "suites" / f"{suite.name}.toml", suite.text)
     if num_workers is not None:
-        for job in plan.jobs:
-            job.experiment = replace(job.experiment, training=job.experiment.training.merged({"num_workers": num_workers}))
-    runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
-                     on_epoch_end=on_epoch_end)
-    report = RunReport(suite.name, run_dir, notes=list(plan.skipped))
-    _check_weights(plan, runner)
-    for job in plan.jobs:
-        cells = job.cells(suite.name)
-        report.cells_total += len(cells)
-        if runner.cells_finished(job):
-            report.cells_skipped += len(cells)
-            log(f"skip {job.key}: {len(cells)} cell(s) already finished")
-            continue
-        runner.run_job(job, report)
-    report.seconds = round(time.perf_counter() - started, 3)
-    _write_run_summary(run_dir, suite, report, device, log)
+        for planned in plan.jobs:
+            planned.experiment = replace(planned.experiment,
+                                         training=planned.experiment.training.merged({"num_workers": num_workers}))
+    selected = plan.jobs if job is None else [find_job(plan, job)]
+    for planned in selected:
+        if not planned.experiment.is_evaluation:
+            distribution.per_rank_batch(planned.experiment.training.batch_size, f"batch_size of {planned.experiment.id}")
+    distribution.start(device)
+    try:
+        claims = claims or JobClaims(run_dir)
+        if distribution.active:  # all ranks train the same job: rank 0 claims for them
+            claims = RankZeroClaims(claims, distribution)
+        runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
+                         on_epoch_end=on_epoch_end, decoded_cache=decoded_cache, distribution=distribution,
+                         claims=claims)
+        report = RunReport(suite.name, run_dir, notes=list(plan.skipped), is_main=distribution.is_main)
+        distribution.decide(lambda: _check_weights(replace(plan, jobs=selected), runner))
+        report.cells_total = sum(len(j.cells(suite.name)) for j in selected)
+
+        def skip(finished: Job) -> None:
+            report.cells_skipped += len(finished.cells(suite.name))
+            log(f"skip {finished.key}: {len(finished.cells(suite.name))} cell(s) already finished")
+
+        run_shared(selected, claims, finished=lambda j: distribution.decide(lambda: runner.cells_finished(j)),
+                   run=lambda j: runner.run_job(j, report), skip=skip, log=log)
+        report.seconds = round(time.perf_counter() - started, 3)
+        if distribution.is_main:
+            _write_run_summary(run_dir, suite, report, device, log, distribution.world_size)
+    finally:
+        distribution.stop()
     return report
 
 
-def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str, log: Callable[[str], None]) -> None:
-    path = run_dir / "run.json"
-    try:
-        runs = json.loads(path.read_text())["runs"] if path.is_file() else []
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-        from affbench.checkpoints import set_aside
-
-        runs = []
-        log(f"warning: {path} was damaged; moved it to {set_aside(path).name} and started a new one.")
-    runs.append({
+def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str, log: Callable[[str], None],
+                       world_size: int = 1) -> None:
+    append_run(run_dir, {
         "suite": suite.name, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device, "cells": report.cells_total, "skipped": report.cells_skipped,
+        "device": device, "world_size": world_size, "cells": report.cells_total, "skipped": report.cells_skipped,
         "written": report.cells_written, "seconds": report.seconds, "affbench_version": __version__,
-    })
-    write_json_atomic(path, {"runs": runs})
+    }, log)

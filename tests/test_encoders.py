@@ -407,11 +407,17 @@ def test_emotiram_fau_starts_from_a_fan_au_checkpoint(tmp_path):
         full = create_encoder("emotiram-fau", aus=fan.DISFA_AUS, au_checkpoint=path)
     assert torch.equal(full.heatmap_net.heatmap_head.weight, source.heatmap_net.heatmap_head.weight)
 
-    # Another input size changes the SCC widths: they start fresh, and the warning says so.
-    small = tmp_path / "fan-au-64.pt"
-    torch.save(create_encoder("fan-au", input_size=64).state_dict(), small)
-    with pytest.warns(UserWarning, match="scc"):
+    # Another input size changes the SCC widths: refused, naming the option that would load the rest.
+    small, small_source = tmp_path / "fan-au-64.pt", create_encoder("fan-au", input_size=64)
+    torch.save(small_source.state_dict(), small)
+    with pytest.raises(AffbenchError, match=r"mismatched \(heatmap_net\.scc1.*input_size=96.*pass partial_load=True"):
         create_encoder("emotiram-fau", aus=fan.DISFA_AUS, au_checkpoint=small)
+    # With the option, the rest loads, and the record lists the SCC tensors that stayed fresh.
+    with pytest.warns(UserWarning, match="scc"):
+        partial = create_encoder("emotiram-fau", aus=fan.DISFA_AUS, au_checkpoint=small, partial_load=True)
+    assert {f"heatmap_net.scc{i}.edge_conv.weight" for i in (1, 2, 3)} <= set(partial.spec.fresh)
+    assert torch.equal(partial.heatmap_net.trunk.conv1.weight, small_source.heatmap_net.trunk.conv1.weight)
+    assert not any("scc" in name for name in model.spec.fresh)  # the same input size left none fresh
 
     with pytest.raises(AffbenchError, match="not a fan-au checkpoint"):
         bad = tmp_path / "caer.pt"

@@ -51,10 +51,22 @@ def test_every_tracked_frame_is_confirmed_by_a_later_full_detection(detector):
     # the sample motion at DISFA's pace (a cycle in 240 frames); frame 5 of the sample has no face
     frames = [sd.disfa_frame(0, "left", i, 240) for i in range(5)]
     results = FaceTracker(detector, TrackerSettings(redetect_every=0)).track(frames)
-    # the batch's last frame is always an anchor; tracked frames carry no face count
-    assert results[-1].method == "detected" and results[-1].n_faces == 1
-    assert [r.method for r in results[1:-1]] == ["tracked"] * 3
-    assert all(r.n_faces is None for r in results[1:-1])
+    # the batch's last frame is always an anchor: the cascade ran there (a face count) and agreed
+    assert [r.method for r in results] == ["detected"] + ["tracked"] * 4
+    assert [r.n_faces for r in results] == [1, None, None, None, 1]
+
+
+def test_an_agreeing_anchor_keeps_the_tracked_landmarks(detector):
+    """Switching to the cascade's landmarks at every anchor would jump the crop by the offset
+    between the two estimates (frame-to-frame jitter on steady footage)."""
+    frames = [sd.disfa_frame(0, "left", i, 240) for i in range(5)]
+    settings = TrackerSettings(redetect_every=0)
+    anchored = FaceTracker(detector, settings).track(frames)  # frame 4 is the batch's anchor
+    running = FaceTracker(detector, settings).track(frames + [frames[4]])  # frame 4 is tracked through
+    assert anchored[4].n_faces == 1 and running[4].n_faces is None
+    np.testing.assert_array_equal(anchored[4].face.landmarks, running[4].face.landmarks)
+    cascade = detector.detect([frames[4]])[0][0]
+    assert np.abs(cascade.landmarks - anchored[4].face.landmarks).max() > 0.3  # the two estimates do differ
 
 
 def test_tracking_off_runs_the_full_cascade_on_every_frame(detector, jump):

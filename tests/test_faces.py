@@ -72,10 +72,12 @@ def test_tracker_follows_the_face_with_cascade_quality_landmarks(detector, refer
     frames, faces = reference
     tracker = FaceTracker(detector, TrackerSettings(redetect_every=0))
     results = tracker.track(frames[:3]) + tracker.track(frames[3:])  # state carries across batches
-    # Each batch ends with a full detection; frames 3-4 cannot be confirmed by tracking back from
-    # faceless frame 5, so they get the full cascade too.
-    assert [r.method for r in results] == ["detected", "tracked", "detected", "detected", "detected", "none",
-                                           "tracked", "detected"]
+    # Each batch ends with a full detection (an anchor: a face count), which agrees with the track
+    # at frames 2 and 7, so their tracked landmarks stay; frames 3-4 cannot be confirmed by
+    # tracking back from faceless frame 5, so they get the full cascade.
+    assert [r.method for r in results] == ["detected", "tracked", "tracked", "detected", "detected", "none",
+                                           "tracked", "tracked"]
+    assert [r.n_faces for r in results] == [1, None, 1, 1, 1, 0, None, 1]
     # The sample moves fast (a full cycle in 24 frames); even so the tracked crops put the eyes
     # within a few pixels of the full cascade's crops (measured against the known motion, the
     # tracker's eyes are as close to the truth as the cascade's; see benchmarks/speed).

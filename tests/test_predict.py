@@ -97,7 +97,12 @@ def test_predict_on_a_video_gives_one_row_per_frame_with_values_in_range(video_r
     missing = table[~table["face_found"]]
     assert set(missing["frame"]) >= set(NO_FACE_FRAMES)
     assert len(found) >= frames - len(NO_FACE_FRAMES) - 1
-    assert missing[expected[10:]].isna().all().all()  # kept rows, empty predictions
+    # the empty scene is cropped from its neighbours in time and predicted, marked as such
+    assert set(missing["landmark_source"]) <= {"interpolated", "carried"}
+    assert missing["det_score"].isna().all() and missing["n_faces"].eq(0).all()
+    assert np.isfinite(missing[["valence", "arousal"]].to_numpy()).all()
+    predictions = expected[len(FACE_COLUMNS):]
+    assert table[predictions[0]].notna().all()
     aus = found[[c for c in table.columns if c.endswith("_c")]].to_numpy()
     assert ((aus >= 0) & (aus <= 1)).all()
     classes = list(protocol.task("expression").label_names)
@@ -105,10 +110,30 @@ def test_predict_on_a_video_gives_one_row_per_frame_with_values_in_range(video_r
     assert (found["expression"] == found[classes].idxmax(axis=1)).all()
     assert np.isfinite(found[["valence", "arousal"]].to_numpy()).all()
     assert set(found["landmark_source"]) <= {"detected", "tracked"} and "detected" in set(found["landmark_source"])
+    detected = found[found["landmark_source"] == "detected"]
+    tracked = found.loc[found["landmark_source"] == "tracked", "n_faces"]
+    assert (detected["n_faces"] == 1).all() and tracked.isna().any() and (tracked.dropna() == 1).all()
     boxes = found[["box_x1", "box_y1", "box_x2", "box_y2"]].to_numpy()
     assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
     plot = out.with_name(f"{out.stem}-{video.stem}.png")
     assert plot.is_file() and plot.stat().st_size > 10_000
+
+
+def test_no_fill_gaps_leaves_faceless_frames_unpredicted_and_the_rest_unchanged(video_run, model_file, video,
+                                                                               tmp_path):
+    _, filled = video_run
+    out = tmp_path / "frames.csv"
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(video), "--out", str(out), "--device", "cpu",
+                                      "--no-fill-gaps"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    missing = ~table["face_found"]
+    assert set(table.loc[missing, "frame"]) >= set(NO_FACE_FRAMES)
+    assert (table.loc[missing, "landmark_source"] == "none").all()
+    predictions = list(table.columns[len(FACE_COLUMNS):])
+    assert table.loc[missing, predictions].isna().all().all()
+    # frames with a face are the same rows either way
+    pd.testing.assert_frame_equal(table[~missing].reset_index(drop=True), filled[~missing].reset_index(drop=True))
 
 
 def test_the_same_crop_through_load_model_and_predict_gives_the_same_numbers(video_run, model_file, video):
@@ -156,6 +181,10 @@ def test_a_folder_of_images_with_faceless_broken_and_tiny_images_keeps_every_row
         assert pd.isna(by_name.loc[name, "AU12_c"]) and pd.isna(by_name.loc[name, "expression"])
     assert by_name["face_found"].sum() == len(images) - 3
     assert table["frame"].isna().all() and table["time"].isna().all()
+    # how many faces the detector saw: none in the empty scene, unknown where it could not run
+    assert by_name.loc[faceless, "n_faces"] == 0
+    assert pd.isna(by_name.loc["broken.png", "n_faces"]) and pd.isna(by_name.loc["tiny.png", "n_faces"])
+    assert (by_name.loc[by_name["face_found"], "n_faces"] >= 1).all()
 
 
 def test_two_models_side_by_side_prefix_clashing_columns(sample_data, model_file, tmp_path):

@@ -462,12 +462,13 @@ def emotiram_fau(
     """EmotiRAM-FAU: Fan et al.'s net (10 points) on 96x96 -> 10x24x24 -> FC 5760-2048-1024-512-256-7.
 
     ``au_checkpoint`` starts from a fan-au checkpoint trained by affbench (the thesis fine-tunes an
-    AU-pretrained encoder). Everything of the same name and shape is loaded. Two kinds of tensors
-    may differ in shape and then keep their fresh initialisation, which is written into
-    ``spec.init`` and warned about: the heatmap head when ``aus`` differ (pass
-    ``aus=fan.DISFA_AUS`` to keep all 24 points of a DISFA fan-au) and the SCC edge convolutions
-    when the checkpoint was trained at another input size (their width is the heatmap area; train
-    fan-au with ``input_size=96`` to carry them over). Anything else that does not match raises.
+    AU-pretrained encoder). Everything of the same name and shape is loaded. Only the heatmap head
+    may differ in shape, when ``aus`` differ (``aus`` chooses the heatmap points, so a new head is
+    what was asked for; pass ``aus=fan.DISFA_AUS`` to keep all 24 points of a DISFA fan-au): it then
+    keeps its fresh initialisation, which is written into ``spec.init`` and ``spec.fresh`` and
+    warned about. Anything else that does not match is refused unless ``partial_load=True``, in
+    particular SCC layers of a checkpoint trained at another input size (their width is the
+    heatmap area; train fan-au at this model's ``input_size``, 96 by default, to carry them over).
     """
     spec = _emotiram_fau_spec("emotiram-fau", dict(n_classes=n_classes, aus=aus, input_size=input_size,
                                                    graph_nodes=graph_nodes, input_normalisation=input_normalisation,
@@ -478,8 +479,9 @@ def emotiram_fau(
             raise AffbenchError("Encoder 'emotiram-fau': give either pretrained or au_checkpoint, not both.")
         load_au_checkpoint(
             model, au_checkpoint, source="fan-au", prefix="",
-            missing_ok=("bottleneck.",), mismatch_ok=("heatmap_net.scc", "heatmap_net.heatmap_head."),
-            partial=partial_load,
+            missing_ok=("bottleneck.",), mismatch_ok=("heatmap_net.heatmap_head.",), partial=partial_load,
+            hints={"heatmap_net.scc": f"the SCC widths follow the input size, so the AU model must be trained "
+                                      f"at input_size={input_size} to carry them over"},
         )
         return model
     return apply_pretrained(model, pretrained, _load_imagenet, partial=partial_load)

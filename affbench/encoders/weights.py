@@ -321,6 +321,7 @@ def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadRepor
 def load_au_checkpoint(
     model: Encoder, path, *, source: str, prefix: str, submodule: Encoder | None = None,
     missing_ok=(), unexpected_ok=(), mismatch_ok=(), partial: bool = False, option: str = "au_checkpoint",
+    hints: dict[str, str] | None = None,
 ) -> LoadReport:
     """Start a model from the checkpoint of a model it is built on (an AU model, or stage 1).
 
@@ -328,8 +329,10 @@ def load_au_checkpoint(
     submodule, whose documented gaps then apply too) get ``prefix`` and are loaded where name and
     shape match. Model keys under ``missing_ok`` (the new part the caller asked for: an emotion head,
     MEFL) may be absent; keys under ``mismatch_ok`` may differ in shape and then keep their fresh
-    initialisation, which is warned about. Anything else raises one AffbenchError unless ``partial``.
-    ``model.spec.init`` and ``model.spec.fresh`` say what was loaded and what kept its fresh values.
+    initialisation, which is warned about. Anything else raises one AffbenchError unless ``partial``;
+    ``hints`` (key prefix -> why such tensors may not fit) are added to that error for the prefixes
+    among its keys. ``model.spec.init`` and ``model.spec.fresh`` say what was loaded and what kept
+    its fresh values.
     """
     path = Path(path).expanduser().resolve()
     state = read_state_dict(path)
@@ -344,6 +347,8 @@ def load_au_checkpoint(
         model, state, missing_ok=missing_ok, unexpected_ok=unexpected_ok, mismatch_ok=mismatch_ok
     )
     problems = [f"{len(keys)} {kind} ({_summary(keys, 3)})" for kind, keys in found.items() if keys]
+    problem_keys = [note.split(" ")[0] for keys in found.values() for note in keys]
+    problems += [why for prefix, why in (hints or {}).items() if any(k.startswith(prefix) for k in problem_keys)]
     if not loadable or (problems and not partial):
         raise AffbenchError(
             f"{option} {path} is not a {source} checkpoint that fits encoder {model.spec.name!r} "

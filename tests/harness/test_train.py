@@ -217,6 +217,25 @@ def test_fit_is_repeatable_and_resumes_exactly(prepared_root, tmp_path):
     assert 0.0 <= test["expression"]["accuracy"] <= 1.0
 
 
+def test_validation_warnings_are_kept_in_the_epoch_history(prepared_root, tmp_path):
+    """A validation F1 averaged over classes that neither truth nor prediction has is qualified by a
+    warning: fit keeps it with the epoch (the harness copies the selected epoch's into the record)."""
+    from affbench.data import ShardImages
+    from affbench.encoders import create_encoder
+
+    prepared, (task,) = _caer_tasks(prepared_root)
+    val = task.rows["val"]
+    one_class = val[task.y[val] == task.y[val][0]][:3]  # 3 rows of one class: at most 4 of 7 classes appear
+    task = TaskData(task.spec, task.y, task.mask, {**task.rows, "val": one_class})
+    settings = TrainSettings(epochs=1, max_steps=1, batch_size=8, optimizer="adamw", lr=1e-3, schedule="none", seed=0,
+                             num_workers=0, augmentation={})
+    seed_everything(0)
+    model = create_encoder("emotiram-f", input_size=48)
+    result = fit(model, [task], ShardImages(prepared.folder, 48, settings.augmentation), settings, workdir=tmp_path, progress=False)
+    (entry,) = result.history
+    assert any("neither the truth nor the prediction" in note for note in entry["val_warnings"]["expression"])
+
+
 def test_excluding_fallback_crops_is_a_result_setting_that_leaves_earlier_hashes_alone():
     default = TrainSettings()
     strict = TrainSettings.from_dict({"exclude_fallback_crops": True})
