@@ -331,9 +331,14 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
               help="Print the ids of the jobs, one a line, in dependency order, and train nothing.")
 @click.option("--job", "job", default=None, metavar="ID",
               help="Run only this job (an id from --list-jobs with the same options), e.g. one task of a job array.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the jobs on the Dask cluster of this scheduler (tcp://host:8786), each after the job it "
+                   "starts from. A worker runs one job at a time per thread: a worker is one GPU, so start one per "
+                   "GPU with `CUDA_VISIBLE_DEVICES=N dask worker ADDRESS --nthreads 1`. --data and --out must be "
+                   "at the same paths on every worker. Needs pip install \"affbench[dask]\".")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
                   max_steps: int | None, device: str, num_workers: int | None, decoded_cache: bool, plots: bool | None,
-                  quiet: bool, list_jobs: bool, job: str | None) -> None:
+                  quiet: bool, list_jobs: bool, job: str | None, scheduler: str | None) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
@@ -352,12 +357,22 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
                              max_steps=max_steps):
             click.echo(key)
         return
-    report = run(
-        suite, data, out,
-        encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
-        device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
-        decoded_cache=decoded_cache, job=job,
-    )
+    log = (lambda _: None) if quiet else click.echo
+    if scheduler is not None:
+        if job is not None:
+            raise AffbenchError("--job runs one job in this process and --scheduler runs every job on a Dask cluster; "
+                                "give one of them.")
+        from affbench.benchmarks.cluster_jobs import run_on_cluster
+
+        report = run_on_cluster(scheduler, suite, data, out, encoders=_split_names(encoders), folds=_split_folds(folds),
+                                epochs=epochs, max_steps=max_steps, device=device, num_workers=num_workers,
+                                decoded_cache=decoded_cache, log=log)
+    else:
+        report = run(
+            suite, data, out,
+            encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
+            device=device, num_workers=num_workers, progress=not quiet, log=log, decoded_cache=decoded_cache, job=job,
+        )
     if not report.is_main:
         return  # under torchrun, rank 0 reports
     click.echo(f"{report.cells_total} cell(s): {report.cells_skipped} already finished, "

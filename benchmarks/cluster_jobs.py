@@ -44,6 +44,7 @@ class JobRequest:
     max_steps: int | None = None
     device: str = "auto"
     num_workers: int | None = None
+    decoded_cache: bool = True
 
 
 @dataclass
@@ -57,6 +58,7 @@ class JobOutcome:
     error: str | None = None  # one sentence (a problem the user can fix) or, with ``bug``, a traceback
     bug: bool = False
     not_run: str | None = None  # the job it starts from did not finish
+    seconds: float = 0.0  # on the worker
 
     @property
     def ok(self) -> bool:
@@ -70,17 +72,18 @@ def run_job(request: JobRequest, key: str, *sources: JobOutcome) -> JobOutcome:
     if failed:
         return JobOutcome(key, where, not_run=f"job {failed[0]}, which it starts from, did not finish")
     _allow_child_processes()
+    started = time.perf_counter()
     lines: list[str] = []
     try:
         report = run_benchmark(request.suite, request.data_root, request.run_dir, encoders=request.encoders,
                                folds=request.folds, epochs=request.epochs, max_steps=request.max_steps,
-                               device=request.device, num_workers=request.num_workers, progress=False,
-                               log=lines.append, job=key)
+                               device=request.device, num_workers=request.num_workers,
+                               decoded_cache=request.decoded_cache, progress=False, log=lines.append, job=key)
     except AffbenchError as exc:
         return JobOutcome(key, where, lines=lines, error=str(exc))
     except Exception:  # noqa: BLE001 - a bug: its traceback goes back to the command
         return JobOutcome(key, where, lines=lines, error=traceback.format_exc(), bug=True)
-    return JobOutcome(key, where, report=report, lines=lines)
+    return JobOutcome(key, where, report=report, lines=lines, seconds=round(time.perf_counter() - started, 1))
 
 
 def _allow_child_processes() -> None:
@@ -109,6 +112,7 @@ def run_on_cluster(
     max_steps: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
+    decoded_cache: bool = True,
     log: Callable[[str], None] = print,
 ) -> RunReport:
     """Run (or resume) a suite with every job as one task on the Dask cluster of ``scheduler`` (an
@@ -129,7 +133,8 @@ def run_on_cluster(
     plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps)
     request = JobRequest(suite, str(Path(data_root).resolve()), str(run_dir.resolve()),
                          encoders=tuple(encoders) if encoders else None, folds=tuple(folds) if folds else None,
-                         epochs=epochs, max_steps=max_steps, device=device, num_workers=num_workers)
+                         epochs=epochs, max_steps=max_steps, device=device, num_workers=num_workers,
+                         decoded_cache=decoded_cache)
     after = {job.key: [job.depends.key] for job in plan.jobs if job.depends is not None}
     report = RunReport(suite.name, run_dir, notes=list(plan.skipped))
     failures: list[JobOutcome] = []
@@ -143,7 +148,7 @@ def run_on_cluster(
                 log(f"  [{key}] {line}")
             if outcome.ok:
                 _add(report, outcome.report)
-                log(f"finished {key} on {outcome.worker}")
+                log(f"finished {key} on {outcome.worker} in {outcome.seconds:.0f} s")
             else:
                 failures.append(outcome)
                 log(f"not run {key}: {outcome.not_run}" if outcome.not_run else
