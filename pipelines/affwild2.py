@@ -444,6 +444,9 @@ def prepare(
     size, codec, quality
         The stored image: with ``codec="jpeg"`` at the challenge's 112 the original JPEG bytes are
         kept unchanged; otherwise images are resized to ``size`` and encoded with ``codec``.
+    scheduler : str or distributed.Client, optional
+        Run every unit as one task on this Dask cluster (``tcp://host:8786``), see
+        :func:`affbench.runner.run_units`; ``workers`` is then not used.
 
     Returns
     -------

@@ -284,6 +284,9 @@ def prepare(
         Which face to keep where MTCNN finds several (:func:`affbench.faces.select_face`): the
         largest box, or the highest probability, each only by a clear margin; near-ties go to the
         face nearest the image centre (:data:`SELECTION_RULES`).
+    scheduler : str or distributed.Client, optional
+        Run every unit as one task on this Dask cluster (``tcp://host:8786``), see
+        :func:`affbench.runner.run_units`; ``workers`` is then not used.
 
     Returns
     -------
