@@ -275,7 +275,7 @@ class FanHeatmapNet(nn.Module):
 
     The 1x1 output convolution starts at MSRA (He) scale times ``heatmap_scale / 255``. The
     reference initialises it with MSRA scaling for targets that peak at 255 x intensity, so its
-    first outputs (about 1.6 RMS) are about 1% of the targets. Kept at MSRA with targets x1, they
+    first outputs (about 1.6 RMS) are about 2% of the targets' RMS. Kept at MSRA with targets x1, they
     would be about 6 times the targets (RMS 0.27 on DISFA-like labels at 16x16). Adam changes a
     weight by about the learning rate per step, so the network then spends its first hundreds of
     steps shrinking that noise. In the learnability test (8 crops, 64 px, Adam lr 3e-4) that left
@@ -319,12 +319,14 @@ def au_intensities(heatmaps: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 class _HeatmapEncoder(Encoder):
     """What fan-au and emotiram-fau share: the heatmap network and the target helpers."""
 
-    def _build_heatmap_net(self):
+    def _build_heatmap_net(self, *, regressed: bool):
+        """``regressed``: the heatmaps are trained against targets (fan-au), so the output layer
+        starts at the targets' scale; EmotiRAM-FAU's feed its bottleneck and start at MSRA scale."""
         options = self.spec.options
         self.heatmap_net = FanHeatmapNet(
             self.spec.heads["heatmaps"], self.spec.input_size, graph_nodes=options.get("graph_nodes", "channels"),
             bgr=options.get("input_normalisation", "imagenet") == "reference-code",
-            heatmap_scale=float(options.get("heatmap_scale", 1.0)),
+            heatmap_scale=float(options.get("heatmap_scale", 1.0)) if regressed else REFERENCE_HEATMAP_SCALE,
         )
 
     def intensities(self, heatmaps: torch.Tensor) -> torch.Tensor:
@@ -420,7 +422,7 @@ class FanAU(_HeatmapEncoder):
     def __init__(self, spec: EncoderSpec):
         super().__init__()
         self.spec = spec
-        self._build_heatmap_net()
+        self._build_heatmap_net(regressed=True)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         heatmaps = self.heatmap_net(images)
@@ -436,7 +438,7 @@ class EmotiRAMFAU(_HeatmapEncoder):
     def __init__(self, spec: EncoderSpec):
         super().__init__()
         self.spec = spec
-        self._build_heatmap_net()
+        self._build_heatmap_net(regressed=False)
         layers, width = [nn.Flatten()], spec.heads["heatmaps"] * spec.heatmap_size**2
         for size in BOTTLENECK_SIZES:
             layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
