@@ -38,6 +38,7 @@ a second process that wants the same cache waits for the first and then uses its
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -226,6 +227,19 @@ def _decode_shard(shard: Path, sha256: str, rows: int, pixels_path: Path, start:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sizes": sizes}
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the sparse pixel file's blocks now: a full disk is then an OSError here, not a
+    SIGBUS when a worker writes through its mapping half-way through the build."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # file systems without it
+                raise
+
+
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -262,6 +276,7 @@ def _build(folder: Path, reader: ShardReader, fingerprint: str, side: int, store
         # A sparse file of the final size; every task fills its own rows through its own mapping.
         pixels = np.lib.format.open_memmap(pixels_path, mode="w+", dtype=np.uint8, shape=(rows, side, side, 3))
         del pixels
+        _reserve(pixels_path)
         starts = np.concatenate([[0], np.cumsum([s.rows for s in reader.shards])[:-1]]).astype(int).tolist()
         tasks = [(reader.folder / s.file, s.sha256, s.rows, pixels_path, start, side)
                  for s, start in zip(reader.shards, starts)]

@@ -292,3 +292,24 @@ def test_the_harness_trains_from_the_cache_by_default_and_gets_the_shard_loaders
     assert 0.0 <= on["data_loading"]["data_wait_fraction"] <= 1.0
     # The same pixels, batches and seeds: the same training and the same scores.
     assert on["curve"] == off["curve"] and on["metrics"] == off["metrics"]
+
+
+@pytest.mark.parametrize("shortage", ["free-space", "allocation"])
+def test_without_room_for_the_cache_the_shards_are_read_and_nothing_is_left_behind(caer, monkeypatch, shortage):
+    import errno
+
+    import affbench.cache as cache_module
+    from affbench.cache import images_with_cache
+
+    if shortage == "free-space":
+        monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 0))
+    else:  # the free space shrank after the check: the blocks cannot be allocated
+        def no_space(fd, offset, length):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(cache_module.os, "posix_fallocate", no_space, raising=False)
+    logs: list[str] = []
+    images, cache = images_with_cache(caer, CROP, log=logs.append)
+    assert cache is None and type(images) is ShardImages
+    assert any(line.startswith("warning:") and "PNG shards instead" in line for line in logs)
+    assert not [p for p in (caer / CACHE_DIR).iterdir() if p.is_dir()]  # no partial cache, no temporary folder
