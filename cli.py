@@ -327,25 +327,36 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
               help="Write training curves, per-label bars and the paper comparison (default: when matplotlib is installed).")
 @click.option("--quiet", is_flag=True,
               help="Only the final tables: no progress display and no per-job or per-epoch lines.")
+@click.option("--list-jobs", is_flag=True,
+              help="Print the ids of the jobs, one a line, in dependency order, and train nothing.")
+@click.option("--job", "job", default=None, metavar="ID",
+              help="Run only this job (an id from --list-jobs with the same options), e.g. one task of a job array.")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
                   max_steps: int | None, device: str, num_workers: int | None, decoded_cache: bool, plots: bool | None,
-                  quiet: bool) -> None:
+                  quiet: bool, list_jobs: bool, job: str | None) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
     Each (dataset, task, encoder, fold) cell writes one record under OUT/results/; checkpoints
     live in OUT/jobs/. Run the same command again after an interruption: finished cells are
-    skipped and an unfinished one continues from its last finished epoch.
+    skipped and an unfinished one continues from its last finished epoch. Any number of
+    processes may run the same command into one OUT at once: each job trains in one of them.
     """
     _quiet_openmp()
     from affbench import results, tables
     from affbench.benchmarks.harness import run_benchmark as run
+    from affbench.benchmarks.plan import list_jobs as plan_jobs
 
+    if list_jobs:
+        for key in plan_jobs(suite, data, encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs,
+                             max_steps=max_steps):
+            click.echo(key)
+        return
     report = run(
         suite, data, out,
         encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs, max_steps=max_steps,
         device=device, num_workers=num_workers, progress=not quiet, log=(lambda _: None) if quiet else click.echo,
-        decoded_cache=decoded_cache,
+        decoded_cache=decoded_cache, job=job,
     )
     if not report.is_main:
         return  # under torchrun, rank 0 reports

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from affbench.errors import AffbenchError
 from affbench.files import file_sha256, write_text_atomic
+from affbench.locks import locked
 from affbench.shards import MANIFEST_NAME, ShardReader
 
 CACHE_NAME = "verified-shards.json"
@@ -55,5 +56,9 @@ def verify_shards(reader: ShardReader, cache_file: str | os.PathLike | None = No
             )
         cache[key] = seen
     if hashed and cache_path is not None:
-        write_text_atomic(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        # Other processes sharing the run folder may have remembered other shards since we read
+        # the file: merge under its lock rather than overwrite their entries.
+        with locked(cache_path):
+            merged = {**_read_cache(cache_path), **cache}
+            write_text_atomic(cache_path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
     return hashed

@@ -28,6 +28,7 @@ from affbench.errors import AffbenchError
 from affbench.files import write_text_atomic
 from affbench.results import DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.tracking import open_tracker
+from affbench.benchmarks.claims import JobClaims, RankZeroClaims, append_run, find_job, run_shared
 from affbench.benchmarks.plan import Job, Plan, DataCache, task_specs, make_plan
 from affbench.benchmarks.suite import DerivedTask, Suite, load_suite, validate_encoders
 
@@ -81,8 +82,9 @@ class RunReport:
 class _Runner:
     def __init__(self, plan: Plan, data: DataCache, run_dir: Path, device: str, *, num_workers: int | None,
                  progress: bool, log: Callable[[str], None], on_epoch_end, decoded_cache: bool = True,
-                 distribution: Distribution = SINGLE):
+                 distribution: Distribution = SINGLE, claims: JobClaims | None = None):
         self.plan, self.data, self.run_dir = plan, data, run_dir
+        self.claims = claims or JobClaims(run_dir)  # which process runs which job (see benchmarks.claims)
         self.suite = plan.suite
         self.device, self.num_workers = device, num_workers
         self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
@@ -278,11 +280,12 @@ class _Runner:
                 return f"the summary of {source.key} is missing"
             return None
 
-        problem = self.dist.decide(find_problem)
-        if problem is None:
-            return
-        self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
-        self.train_job(source, report, again=True)
+        with self.claims.holding(source.key, self.log):  # no other process trains it again meanwhile
+            problem = self.dist.decide(find_problem)
+            if problem is None:
+                return
+            self.log(f"warning: {problem}; training job {source.key} again, which {job.key} needs.")
+            self.train_job(source, report, again=True)
 
     def run_job(self, job: Job, report: RunReport) -> None:
         if job.depends is not None:
@@ -391,8 +394,14 @@ class _Runner:
         write_json_atomic(done, summary)
         self.write_records(job, summary, report)
         (workdir / "last.pt").unlink(missing_ok=True)  # the optimiser state is not needed once done
-        if not settings.keep_weights and not any(other.depends is job for other in self.plan.jobs):
+        if not settings.keep_weights and not self.weights_needed(job):
             (workdir / "best.pt").unlink(missing_ok=True)
+
+    def weights_needed(self, job: Job) -> bool:
+        """Whether an experiment of the suite starts from or evaluates ``job``'s experiment: asked of
+        the whole suite, not this (perhaps narrowed) plan, since another process may run that one."""
+        return any((other.init or other.evaluate) is not None
+                   and (other.init or other.evaluate).experiment == job.experiment.id for other in self.suite.experiments)
 
     def describe_model(self, job: Job, model, tasks, prepared, settings, metrics) -> None:
         """``model.json`` beside ``best.pt``: what ``affbench export-model`` and ``predict`` need."""
@@ -562,8 +571,13 @@ def run_benchmark(
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[Job, int, dict[str, Any]], None] | None = None,
     decoded_cache: bool = True,
+    job: str | None = None,
+    claims: JobClaims | None = None,
 ) -> RunReport:
     """Run (or resume) a suite: every unfinished job in dependency order, one record per cell.
+
+    Any number of processes may run the same suite into the same ``run_dir`` at once: each job is
+    trained by one of them (see :mod:`affbench.benchmarks.claims`).
 
     Parameters
     ----------
@@ -584,6 +598,10 @@ def run_benchmark(
     decoded_cache : bool
         Train and score from the decoded cache beside each dataset's shards (:mod:`affbench.cache`;
         built on first use, rebuilt when the shards change); False reads the PNG shards.
+    job : str, optional
+        Run only the job with this id (one of :func:`list_jobs`), e.g. one task of a job array.
+    claims : JobClaims, optional
+        Who runs which job (default: a lock per job in ``run_dir``, taken by rank 0 under torchrun).
     """
     from affbench.faces import resolve_device
 
@@ -605,25 +623,31 @@ def run_benchmark(
     if suite.text and distribution.is_main:
         write_text_atomic(run_dir / "suites" / f"{suite.name}.toml", suite.text)
     if num_workers is not None:
-        for job in plan.jobs:
-            job.experiment = replace(job.experiment, training=job.experiment.training.merged({"num_workers": num_workers}))
-    for job in plan.jobs:
-        if not job.experiment.is_evaluation:
-            distribution.per_rank_batch(job.experiment.training.batch_size, f"batch_size of {job.experiment.id}")
+        for planned in plan.jobs:
+            planned.experiment = replace(planned.experiment,
+                                         training=planned.experiment.training.merged({"num_workers": num_workers}))
+    selected = plan.jobs if job is None else [find_job(plan, job)]
+    for planned in selected:
+        if not planned.experiment.is_evaluation:
+            distribution.per_rank_batch(planned.experiment.training.batch_size, f"batch_size of {planned.experiment.id}")
     distribution.start(device)
     try:
+        claims = claims or JobClaims(run_dir)
+        if distribution.active:  # all ranks train the same job: rank 0 claims for them
+            claims = RankZeroClaims(claims, distribution)
         runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
-                         on_epoch_end=on_epoch_end, decoded_cache=decoded_cache, distribution=distribution)
+                         on_epoch_end=on_epoch_end, decoded_cache=decoded_cache, distribution=distribution,
+                         claims=claims)
         report = RunReport(suite.name, run_dir, notes=list(plan.skipped), is_main=distribution.is_main)
-        distribution.decide(lambda: _check_weights(plan, runner))
-        for job in plan.jobs:
-            cells = job.cells(suite.name)
-            report.cells_total += len(cells)
-            if distribution.decide(lambda: runner.cells_finished(job)):
-                report.cells_skipped += len(cells)
-                log(f"skip {job.key}: {len(cells)} cell(s) already finished")
-                continue
-            runner.run_job(job, report)
+        distribution.decide(lambda: _check_weights(replace(plan, jobs=selected), runner))
+        report.cells_total = sum(len(j.cells(suite.name)) for j in selected)
+
+        def skip(finished: Job) -> None:
+            report.cells_skipped += len(finished.cells(suite.name))
+            log(f"skip {finished.key}: {len(finished.cells(suite.name))} cell(s) already finished")
+
+        run_shared(selected, claims, finished=lambda j: distribution.decide(lambda: runner.cells_finished(j)),
+                   run=lambda j: runner.run_job(j, report), skip=skip, log=log)
         report.seconds = round(time.perf_counter() - started, 3)
         if distribution.is_main:
             _write_run_summary(run_dir, suite, report, device, log, distribution.world_size)
@@ -634,17 +658,8 @@ def run_benchmark(
 
 def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str, log: Callable[[str], None],
                        world_size: int = 1) -> None:
-    path = run_dir / "run.json"
-    try:
-        runs = json.loads(path.read_text())["runs"] if path.is_file() else []
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-        from affbench.checkpoints import set_aside
-
-        runs = []
-        log(f"warning: {path} was damaged; moved it to {set_aside(path).name} and started a new one.")
-    runs.append({
+    append_run(run_dir, {
         "suite": suite.name, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device, "world_size": world_size, "cells": report.cells_total, "skipped": report.cells_skipped,
         "written": report.cells_written, "seconds": report.seconds, "affbench_version": __version__,
-    })
-    write_json_atomic(path, {"runs": runs})
+    }, log)

@@ -23,7 +23,7 @@ from typing import Any
 from affbench.errors import AffbenchError
 from affbench.results import CellKey
 from affbench.settings import TrainSettings
-from affbench.benchmarks.suite import Experiment, Suite
+from affbench.benchmarks.suite import Experiment, Suite, load_suite, validate_encoders
 
 
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
@@ -221,3 +221,12 @@ def make_plan(
     return Plan(suite, order, skipped)
 
 
+def list_jobs(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, *, encoders: Sequence[str] | None = None,
+              folds: Sequence[int] | None = None, epochs: int | None = None, max_steps: int | None = None) -> list[str]:
+    """The ids of the jobs :func:`run_benchmark` would run, in dependency order (a job after the
+    one it starts from), without training anything."""
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    validate_encoders(suite)
+    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps)
+    return [job.key for job in plan.jobs]

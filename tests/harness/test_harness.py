@@ -435,6 +435,9 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, prepared_root):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (checkpoint.parent / "done.json").exists() and load_records(run_dir) == []
+    # The killed process's claim on the job is left as a file, but the kernel dropped its lock.
+    (lock,) = (run_dir / "locks").iterdir()
+    assert lock.name == f"{checkpoint.parent.name}.lock" and lock.read_text().strip() == str(process.pid)
 
     messages: list[str] = []
     report = run_benchmark(suite, prepared_root, run_dir, device="cpu", progress=False, log=messages.append,
@@ -444,6 +447,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, prepared_root):
     record = load_records(run_dir)[0]
     assert record["resumed_from"] >= 1 and record["epochs"] == 12
     assert not list(checkpoint.parent.glob(".*.tmp"))  # a half-written checkpoint never survives as one
+    assert not lock.exists()  # taken over, then released
 
 
 def test_a_missing_imagenet_file_stops_the_run_before_any_job_trains(tmp_path, prepared_root, monkeypatch):
