@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from affbench.data import RowGroupBatchSampler
 from affbench.distributed import Distribution, RankBatches
@@ -70,6 +71,19 @@ def test_the_global_batch_must_divide_among_the_ranks():
     assert Distribution(4, 0, 0).per_rank_batch(32) == 8
     with pytest.raises(AffbenchError, match="batch_size 30 does not divide among 4 processes"):
         Distribution(4, 1, 1).per_rank_batch(30)
+
+
+def test_each_rank_draws_its_own_dropout_masks():
+    def masks(distribution):
+        torch.manual_seed(0)  # what seed_everything leaves on every rank
+        distribution.seed_rank(0)
+        return torch.nn.functional.dropout(torch.ones(1000), p=0.5, training=True)
+
+    rank0, rank1 = masks(Distribution(2, 0, 0)), masks(Distribution(2, 1, 1))
+    assert not torch.equal(rank0, rank1)
+    torch.manual_seed(0)
+    alone = torch.nn.functional.dropout(torch.ones(1000), p=0.5, training=True)
+    assert torch.equal(masks(Distribution()), alone)  # one process: the generator is left as seeded
 
 
 def test_torchrun_environment():
