@@ -119,6 +119,17 @@ class Distribution:
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        find_unused_parameters=True)
 
+    def seed_rank(self, seed: int) -> None:
+        """Give this rank its own stream of the global random generator, from ``seed`` and the rank.
+
+        Call it once the model is wrapped (DDP has copied rank 0's weights to every rank, so the
+        initialisation does not depend on it). Dropout draws its masks from that generator: with
+        every rank seeded alike, each rank would drop the same units at the same positions of its
+        slice, so the global batch would not see independent masks as one process's would.
+        """
+        if self.active:
+            torch.manual_seed(seed + 7919 * self.rank)
+
     # -- data
 
     def share(self, rows: np.ndarray) -> np.ndarray:

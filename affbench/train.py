@@ -356,6 +356,7 @@ def fit(
         log(f"resuming after epoch {run.start_epoch} of {settings.epochs} from {last_path}")
     step = TrainStep(model, tasks, losses, optimizer, scheduler, settings, device=device, channels_last=channels_last,
                      distribution=distribution)
+    distribution.seed_rank(settings.seed)
     eval_batch = settings.eval_batch_size or 2 * settings.batch_size
     validate = Validator(tasks, images, encoder_spec=model.spec, device=device,
                          batch_size=max(1, eval_batch // distribution.world_size), num_workers=workers,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -105,13 +106,13 @@ class RankZeroClaims(JobClaims):
     and releases, and every rank gets its answers, so that all of them run the same job at once.
 
     ``distribution`` is an :class:`affbench.distributed.Distribution` (``decide``, ``is_main``).
-    Under DDP a rank that waits for another process's job waits inside a collective call, so a
-    wait longer than the process group's timeout ends the run; run such suites as one torchrun
-    per job (``--job``) or without torchrun.
+    Waiting for another process's job is a poll (rank 0 looks, every rank sleeps), so that no rank
+    sits in one collective call longer than a poll: the process group's timeout (NCCL: 10 minutes)
+    would end the run.
     """
 
-    def __init__(self, claims: JobClaims, distribution):
-        self.claims, self.dist = claims, distribution
+    def __init__(self, claims: JobClaims, distribution, *, poll_seconds: float = 2.0):
+        self.claims, self.dist, self.poll_seconds = claims, distribution, poll_seconds
 
     def path(self, key: str) -> Path:
         return self.claims.path(key)
@@ -127,7 +128,8 @@ class RankZeroClaims(JobClaims):
         return self.dist.decide(lambda: self.claims.holder(key))
 
     def wait(self, key: str) -> None:
-        self.dist.decide(lambda: self.claims.wait(key))
+        while self.holder(key) is not None:
+            time.sleep(self.poll_seconds)
 
 def run_shared(jobs: Sequence[Job], claims: JobClaims, *, finished: Callable[[Job], bool],
                run: Callable[[Job], None], skip: Callable[[Job], None], log: Callable[[str], None]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from affbench.data import RowGroupBatchSampler
 from affbench.distributed import Distribution, RankBatches
@@ -70,6 +71,19 @@ def test_the_global_batch_must_divide_among_the_ranks():
     assert Distribution(4, 0, 0).per_rank_batch(32) == 8
     with pytest.raises(AffbenchError, match="batch_size 30 does not divide among 4 processes"):
         Distribution(4, 1, 1).per_rank_batch(30)
+
+
+def test_each_rank_draws_its_own_dropout_masks():
+    def masks(distribution):
+        torch.manual_seed(0)  # what seed_everything leaves on every rank
+        distribution.seed_rank(0)
+        return torch.nn.functional.dropout(torch.ones(1000), p=0.5, training=True)
+
+    rank0, rank1 = masks(Distribution(2, 0, 0)), masks(Distribution(2, 1, 1))
+    assert not torch.equal(rank0, rank1)
+    torch.manual_seed(0)
+    alone = torch.nn.functional.dropout(torch.ones(1000), p=0.5, training=True)
+    assert torch.equal(masks(Distribution()), alone)  # one process: the generator is left as seeded
 
 
 def test_torchrun_environment():
@@ -150,6 +164,51 @@ def test_gathered_outputs_hold_every_row_once(tmp_path):
         assert bool(got["refused"])
         assert got["sum"].tolist() == [3.0]
         assert str(got["decided"]) == "no such suite"
+
+
+# ----------------------------------------------------------------------------------------- claims
+
+
+def _claim_on_rank(rank: int, store: str, run_dir: str, out: str) -> None:
+    """Runs in a forked process: rank ``rank`` of two asks RankZeroClaims about jobs "a" and "b"."""
+    import torch.distributed as dist
+
+    from affbench.benchmarks.claims import JobClaims, RankZeroClaims
+
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    claims = RankZeroClaims(JobClaims(run_dir), Distribution(2, rank, rank), poll_seconds=0.05)
+    seen = {"a": claims.try_claim("a"), "a_holder": claims.holder("a"), "b": claims.try_claim("b")}
+    claims.release("a")
+    seen["a_after"] = claims.holder("a")
+    claims.wait("b")  # a poll: the test process lets go of "b" after a second
+    seen["b_later"] = claims.try_claim("b")
+    claims.release("b")
+    seen["pid"] = os.getpid()
+    dist.destroy_process_group()
+    Path(out).write_text(json.dumps(seen))
+
+
+def test_rank_0_claims_each_job_for_every_rank(tmp_path):
+    from affbench.benchmarks.claims import JobClaims
+
+    other = JobClaims(tmp_path / "run")  # another run-benchmark process on the same folder
+    assert other.try_claim("b")
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_claim_on_rank,
+                                 args=(r, str(tmp_path / "store"), str(tmp_path / "run"), str(tmp_path / f"{r}.json")))
+                 for r in range(2)]
+    for process in processes:
+        process.start()
+    time.sleep(1.0)
+    other.release("b")
+    for process in processes:
+        process.join(60)
+    assert [p.exitcode for p in processes] == [0, 0]
+    seen = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    for answers in seen:
+        # Both ranks get rank 0's answers: "a" claimed (held by rank 0), "b" held elsewhere, then free.
+        assert answers["a"] is True and answers["a_holder"] == seen[0]["pid"]
+        assert answers["b"] is False and answers["a_after"] is None and answers["b_later"] is True
 
 
 # ----------------------------------------------------------------------------------------- torchrun

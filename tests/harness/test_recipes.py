@@ -232,6 +232,30 @@ def test_reference_code_input_is_bgr_minus_means_and_targets_scale_by_255():
     assert float(model.intensities(heatmaps)[0, 0]) == pytest.approx(2.5)
 
 
+def test_fan_heatmap_output_starts_at_the_reference_scale_relative_to_its_targets():
+    """The reference starts its output convolution at MSRA scale for targets x255: the first heatmaps
+    are a few percent of the targets. With targets x1 the start is scaled down alike (an MSRA start
+    there was 6x the targets, and the learnability run stalled at the mean heatmap)."""
+    from affbench.encoders import create_encoder
+
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    spread = {}
+    for scale in (1.0, 255.0):
+        torch.manual_seed(0)  # the same draws: the two models differ in the head's scale only
+        model = create_encoder("fan-au", input_size=64, heatmap_scale=scale).train()
+        with torch.no_grad():
+            spread[scale] = float(model(images)["heatmaps"].pow(2).mean().sqrt())
+        fan_in = model.heatmap_net.heatmap_head.weight[0].numel()
+        std = float(model.heatmap_net.heatmap_head.weight.detach().std())
+        assert std == pytest.approx(math.sqrt(2 / fan_in) * scale / 255, rel=0.15)  # MSRA at 255
+    # Targets peak at scale x intensity (0-5): the first outputs are about a hundredth of that, at either scale.
+    assert spread[1.0] < 0.05 and spread[255.0] < 0.05 * 255
+    assert spread[255.0] / spread[1.0] == pytest.approx(255, rel=0.05)
+    # EmotiRAM-FAU's heatmaps are not regressed: they feed its bottleneck, from an MSRA start.
+    head = create_encoder("emotiram-fau", input_size=64, heatmap_scale=1.0).heatmap_net.heatmap_head.weight.detach()
+    assert float(head.std()) == pytest.approx(math.sqrt(2 / head[0].numel()), rel=0.15)
+
+
 # ----------------------------------------------------------------------------------------- suites
 
 
