@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import subprocess
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +27,7 @@ from affbench.files import write_text_atomic
 from affbench.results import DamagedRecordError, read_record, write_json_atomic, write_record
 from affbench.tracking import open_tracker
 from affbench.benchmarks.claims import JobClaims, RankZeroClaims, append_run, find_job, run_shared
+from affbench.benchmarks.records import cell_record, describe_device, git_commit, task_baselines
 from affbench.benchmarks.plan import Job, Plan, DataCache, task_specs, make_plan
 from affbench.benchmarks.suite import DerivedTask, Suite, load_suite, validate_encoders
 
@@ -38,29 +37,6 @@ VERIFIED_SHARDS = "verified-shards.json"
 
 
 # ----------------------------------------------------------------------------------------- running
-
-
-def git_commit() -> str | None:
-    """The commit of the affbench source tree, with ``+dirty`` for uncommitted changes; None outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def describe_device(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        index = torch.device(device).index or 0
-        return f"{device} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 @dataclass
@@ -353,7 +329,7 @@ class _Runner:
         selected = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "train",
-            "metrics": test, "validation_metrics": selected.get("val", {}), "baselines": _baselines(tasks),
+            "metrics": test, "validation_metrics": selected.get("val", {}), "baselines": task_baselines(tasks),
             "n": {t.name: {r: int(len(t.rows[r])) for r in ("train", "val", "test")} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
             "fallback_crops": {t.name: splits[t.name].get("fallback_crops") for t in tasks},
@@ -447,7 +423,7 @@ class _Runner:
             tracker.close()
         summary = {
             "job": job.key, "config_hash": job.config_hash, "mode": "evaluate",
-            "metrics": test, "validation_metrics": {}, "baselines": _baselines(tasks),
+            "metrics": test, "validation_metrics": {}, "baselines": task_baselines(tasks),
             # Nothing was trained here: the model's own training rows are in the source job's records.
             "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
@@ -480,55 +456,10 @@ class _Runner:
         self.write_records(job, summary, report)
 
     def write_records(self, job: Job, summary: Mapping[str, Any], report: RunReport) -> None:
-        experiment = job.experiment
         for cell in job.cells(self.suite.name):
-            task = cell.task
-            record = {
-                "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
-                "experiment": experiment.id, "label": experiment.label or experiment.encoder,
-                "job_tasks": list(experiment.tasks),
-                "variant": experiment.variant or None,
-                "kind": summary["kind"][task], "mode": summary["mode"],
-                "metrics": summary["metrics"].get(task, {}),
-                "baselines": (summary.get("baselines") or {}).get(task, {}),
-                "validation_metrics": summary["validation_metrics"].get(task, {}),
-                "primary_metric": summary["primary_metric"][task],
-                "n": summary["n"][task], "excluded": summary["excluded"][task],
-                "fallback_crops": summary.get("fallback_crops", {}).get(task),
-                "validation_split": summary["validation_split"][task],
-                "test_groups": summary["test_groups"][task],
-                "config_hash": job.config_hash, "job": job.key,
-                "seed": summary["seed"], "device": summary["device"], "world_size": summary.get("world_size"),
-                "global_batch_size": summary.get("global_batch_size"),
-                "git_commit": summary["git_commit"],
-                "affbench_version": summary["affbench_version"], "wall_seconds": summary["wall_seconds"],
-                "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
-                "epochs_planned": summary["epochs_planned"], "selected_epoch": summary["selected_epoch"],
-                "selection": summary["selection"],
-                # "validation", or "reference-last-epoch": trained on the validation subjects too and
-                # kept the last epoch (ME-GraphAU's protocol): not comparable with held-out selection.
-                "selection_protocol": summary.get("selection_protocol", "validation"),
-                "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
-                # The same for the selected epoch's validation_metrics.
-                "validation_metric_warnings": (summary.get("validation_metric_warnings") or {}).get(task, []),
-                "steps": summary["steps"], "resumed_from": summary["resumed_from"],
-                "initialisation": summary["initialisation"], "init_from": summary["init_from"],
-                "fresh_parameters": summary.get("fresh_parameters", []),
-                "loss": summary["loss"].get(task), "training": summary["training"],
-                "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],
-                "data": summary["data"], "data_loading": summary.get("data_loading"),
-                "curve": summary["curve"].get(task, []),
-                "finished_at": summary["finished_at"], "notes": experiment.notes,
-            }
+            record = cell_record(cell, job, summary)
             write_record(self.run_dir, record)
             report.cells_written += 1
-
-
-def _baselines(tasks) -> dict[str, dict[str, dict[str, float]]]:
-    """Each task's trivial predictors on the job's test rows (see affbench.baselines)."""
-    from affbench.baselines import trivial_baselines
-
-    return {t.name: trivial_baselines(t.spec, t.y, t.mask, t.rows) for t in tasks}
 
 
 @contextlib.contextmanager
