@@ -166,3 +166,55 @@ def make_affwild2(out: Path, frames: int = 12, *, distinct_faces: bool = False) 
     fields += [pa.field("expression", pa.int8()), pa.field("valence", pa.float32()), pa.field("arousal", pa.float32()),
                pa.field("split_au", pa.string()), pa.field("split_expr", pa.string()), pa.field("split_va", pa.string())]
     return write_dataset(out, "affwild2", fields, units, PROTOCOLS["affwild2"].to_dict())
+
+
+# ----------------------------------------------------------------------------------------- suites
+
+_SOLO = """
+[[experiment]]
+id = "caer-f"
+dataset = "caer-s"
+tasks = ["expression"]
+encoder = "emotiram-f"
+options = { input_size = 48 }
+"""
+
+_CHAIN = """
+[[experiment]]
+id = "disfa-fan"
+dataset = "disfa"
+tasks = ["au-intensity"]
+encoder = "fan-au"
+options = { input_size = 64 }
+folds = [1]
+
+[[experiment]]
+id = "caer-fau"
+dataset = "caer-s"
+tasks = ["expression"]
+encoder = "emotiram-fau"
+options = { input_size = 64 }
+
+[experiment.init]
+experiment = "disfa-fan"
+fold = 1
+option = "au_checkpoint"
+"""
+
+
+def chained_suite(name: str, *, solo: str | None = None, training: str = "") -> str:
+    """A one-step suite (TOML) in which EmotiRAM-FAU on CAER-S starts from fan-au's DISFA weights (a
+    job that depends on another), with EmotiRAM-f on CAER-S on its own ``solo="first"`` or
+    ``"last"``; ``training``: extra lines for the ``[training]`` table."""
+    head = f"""[suite]
+name = "{name}"
+
+[training]
+epochs = 1
+max_steps = 1
+batch_size = 8
+num_workers = 0
+{training}"""
+    parts = [head, _SOLO if solo == "first" else "", _CHAIN, _SOLO if solo == "last" else ""]
+    return "".join(parts)
+

@@ -15,48 +15,13 @@ from click.testing import CliRunner
 
 from affbench.benchmarks.harness import run_benchmark
 from affbench.cli import app
+from harness_fixtures import chained_suite
 
 pytest.importorskip("distributed")
 
 # Three tiny jobs: EmotiRAM-f on CAER-S on its own; fan-au on DISFA, then EmotiRAM-FAU on CAER-S
 # starting from fan-au's selected weights (it must wait for that job).
-SUITE = """
-[suite]
-name = "cluster"
-
-[training]
-epochs = 1
-max_steps = 1
-batch_size = 8
-num_workers = 0
-
-[[experiment]]
-id = "caer-f"
-dataset = "caer-s"
-tasks = ["expression"]
-encoder = "emotiram-f"
-options = { input_size = 48 }
-
-[[experiment]]
-id = "disfa-fan"
-dataset = "disfa"
-tasks = ["au-intensity"]
-encoder = "fan-au"
-options = { input_size = 64 }
-folds = [1]
-
-[[experiment]]
-id = "caer-fau"
-dataset = "caer-s"
-tasks = ["expression"]
-encoder = "emotiram-fau"
-options = { input_size = 64 }
-
-[experiment.init]
-experiment = "disfa-fan"
-fold = 1
-option = "au_checkpoint"
-"""
+SUITE = chained_suite("cluster", solo="first")
 
 #: What says which job a record is of, and with what: the same in both runs, exactly. (The numbers
 #: may differ in the last float bits: Dask's workers run PyTorch with one thread.)

@@ -25,6 +25,7 @@ from affbench.benchmarks.suite import parse_suite
 from affbench.cli import app
 from affbench.errors import AffbenchError
 from affbench.results import load_records
+from harness_fixtures import chained_suite
 
 QUICK = """
 [suite]
@@ -45,36 +46,7 @@ options = { input_size = 48 }
 """
 
 # fan-au on DISFA, then EmotiRAM-FAU on CAER-S starting from its selected weights.
-DEPENDENT = """
-[suite]
-name = "dependent"
-
-[training]
-epochs = 1
-max_steps = 1
-batch_size = 8
-num_workers = 0
-
-[[experiment]]
-id = "disfa-fan"
-dataset = "disfa"
-tasks = ["au-intensity"]
-encoder = "fan-au"
-options = { input_size = 64 }
-folds = [1]
-
-[[experiment]]
-id = "caer-fau"
-dataset = "caer-s"
-tasks = ["expression"]
-encoder = "emotiram-fau"
-options = { input_size = 64 }
-
-[experiment.init]
-experiment = "disfa-fan"
-fold = 1
-option = "au_checkpoint"
-"""
+DEPENDENT = chained_suite("dependent")
 
 
 def suite_file(tmp_path: Path, text: str = QUICK) -> Path:

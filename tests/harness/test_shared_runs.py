@@ -23,45 +23,10 @@ from affbench.benchmarks.harness import run_benchmark
 from affbench.benchmarks.plan import list_jobs
 from affbench.cli import app
 from affbench.results import load_records
+from harness_fixtures import chained_suite
 
 # fan-au on DISFA (A); EmotiRAM-FAU on CAER-S starting from A's weights (B); EmotiRAM-f on CAER-S (C).
-CHAINED = """
-[suite]
-name = "chained"
-
-[training]
-epochs = 1
-max_steps = 1
-batch_size = 8
-num_workers = 0
-
-[[experiment]]
-id = "disfa-fan"
-dataset = "disfa"
-tasks = ["au-intensity"]
-encoder = "fan-au"
-options = { input_size = 64 }
-folds = [1]
-
-[[experiment]]
-id = "caer-fau"
-dataset = "caer-s"
-tasks = ["expression"]
-encoder = "emotiram-fau"
-options = { input_size = 64 }
-
-[experiment.init]
-experiment = "disfa-fan"
-fold = 1
-option = "au_checkpoint"
-
-[[experiment]]
-id = "caer-f"
-dataset = "caer-s"
-tasks = ["expression"]
-encoder = "emotiram-f"
-options = { input_size = 48 }
-"""
+CHAINED = chained_suite("chained", solo="last")
 
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -268,7 +233,7 @@ def test_job_runs_exactly_that_job_and_refuses_what_it_cannot(tmp_path, prepared
 def test_a_narrowed_run_keeps_weights_that_another_encoders_run_starts_from(tmp_path, prepared_root):
     """keep_weights = false: the run of --encoders fan-au alone must not delete the weights that
     a run of --encoders emotiram-fau (another process, or later) starts from, or A trains twice."""
-    suite = suite_file(tmp_path, CHAINED.replace("num_workers = 0", "num_workers = 0\nkeep_weights = false"))
+    suite = suite_file(tmp_path, chained_suite("chained", solo="last", training="keep_weights = false\n"))
     out = tmp_path / "run"
     fan, fau, _ = job_ids(suite, prepared_root)
     first: list[str] = []
