@@ -540,14 +540,16 @@ class ShardImages(torch.utils.data.Dataset):
         seeds = [int(k[1]) if isinstance(k, (tuple, list)) else 0 for k in keys]
         # Rows of the same row group are decoded together so the cache is hit in a row.
         order = sorted(range(len(rows)), key=lambda i: (self._shard[rows[i]], self._group[rows[i]]))
-        images = np.empty((len(rows), 3, self.input_size, self.input_size), np.uint8)
+        images = np.empty((len(rows), self.input_size, self.input_size, 3), np.uint8)
         points = None if self.points is None else np.empty((len(rows), *self.points.shape[1:]), np.float32)
         for i in order:
             image, moved = self._load(rows[i], seeds[i])
-            images[i] = image.transpose(2, 0, 1)
+            images[i] = image
             if points is not None:
                 points[i] = moved
-        batch: dict[str, Any] = {"image": torch.from_numpy(images), "row": torch.as_tensor(rows, dtype=torch.int64)}
+        # (B, 3, H, W) in channels_last memory: no per-crop transpose copy, and the layout the GPU path uses
+        batch: dict[str, Any] = {"image": torch.from_numpy(images).permute(0, 3, 1, 2),
+                                 "row": torch.as_tensor(rows, dtype=torch.int64)}
         if points is not None:
             batch["points"] = torch.from_numpy(points)
         return batch

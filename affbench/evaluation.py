@@ -44,8 +44,9 @@ def forward(model, images: torch.Tensor, encoder_spec, device: torch.device, cha
     """The model's outputs for a uint8 batch: normalised on ``device``, bfloat16 autocast on a GPU."""
     images = images.to(device, non_blocking=True)
     x = normalise(images, encoder_spec.mean, encoder_spec.std)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    # Loader batches arrive in channels_last memory (see ShardImages.__getitems__): the GPU path keeps
+    # that layout, the CPU path computes on contiguous NCHW as before.
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         return model(x)
 

@@ -189,6 +189,8 @@ def test_shard_images_decode_the_stored_crops(prepared_root):
     rows = [0, 9, 30, 61]
     batch = images.__getitems__([(r, 0) for r in rows])
     assert batch["image"].shape == (4, 3, CROP, CROP) and batch["row"].tolist() == rows
+    # channels_last memory: each crop lands in the batch as decoded, without a transpose copy
+    assert batch["image"].permute(0, 2, 3, 1).is_contiguous()
     for i, row in enumerate(rows):
         expected = decode_image(stored[row]["image"])
         np.testing.assert_array_equal(batch["image"][i].permute(1, 2, 0).numpy(), expected)
