@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from affbench.errors import AffbenchError
+from affbench.processes import exit_with_parent
 
 T = TypeVar("T")
 
@@ -244,21 +243,14 @@ class Distribution:
 SINGLE = Distribution()
 
 
-def _stop_with_launcher(interval: float = 0.2) -> None:
+def _stop_with_launcher() -> None:
     """End this rank soon after the process that started it (torchrun) is gone.
 
     torchrun starts each rank in a session of its own, so a torchrun killed with SIGKILL (or by
     a lost node) would leave its ranks training on and writing into the run folder that the next
-    run resumes from. The launcher's death shows as a new parent process id.
+    run resumes from (the next run resumes from the last finished epoch instead).
     """
-    launcher = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == launcher:
-            time.sleep(interval)
-        os._exit(1)  # no clean-up: the next run resumes from the last finished epoch
-
-    threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
+    exit_with_parent(os.getppid(), name="stop-with-launcher")
 
 
 class RankBatches(torch.utils.data.Sampler):

@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from affbench.errors import AffbenchError
 from affbench.files import atomic_write, file_sha256
+from affbench.processes import exit_with_parent
 from affbench.progress import progress_bar
 from affbench.shards import DatasetWriter, ShardInfo
 
@@ -143,13 +144,7 @@ def _end_with_owner(owner: int, interval: float = 0.2) -> None:
     if os.getpid() == owner or os.getppid() != owner or _watching == owner:
         return
     _watching = owner
-
-    def watch() -> None:
-        while os.getppid() == owner:
-            time.sleep(interval)
-        os._exit(1)  # no cleanup: the next run removes what this unit left
-
-    threading.Thread(target=watch, name="end-with-owner", daemon=True).start()
+    exit_with_parent(owner, interval=interval, name="end-with-owner")  # the next run removes what this unit left
 
 
 @dataclass
