@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from affbench.data import Augmentation, ShardImages, _geometry, dataset_fingerprint, transform_crop
+from affbench.data import Augmentation, ShardImages, _geometry, centre_square, dataset_fingerprint, transform_crop
 from affbench.errors import AffbenchError
 from affbench.faces import transform_points
 from affbench.files import file_sha256, write_text_atomic
@@ -396,8 +396,7 @@ def open_decoded_cache(
 
 def _framing_matrix(height: int, width: int, side: int) -> np.ndarray:
     """Crop pixels -> cache pixels under :func:`_frame` (centre square, resized)."""
-    square = min(height, width)
-    x0, y0 = (width - square) // 2, (height - square) // 2
+    x0, y0, square = centre_square(height, width)
     matrix, _ = _geometry(square, side, Augmentation(), False, None)
     matrix = matrix.copy()
     matrix[:, 2] -= matrix[:, :2] @ np.array([x0, y0], dtype=np.float64)

@@ -376,6 +376,12 @@ def _colour(image: np.ndarray, augmentation: Augmentation, rng: np.random.Genera
     return img
 
 
+def centre_square(height: int, width: int) -> tuple[int, int, int]:
+    """``(x0, y0, side)`` of the centred square that a non-square crop is framed to."""
+    side = min(height, width)
+    return (width - side) // 2, (height - side) // 2, side
+
+
 def transform_crop(
     image: np.ndarray,
     out: int,
@@ -394,8 +400,7 @@ def transform_crop(
         raise ValueError(f"expected an RGB image, got shape {image.shape}")
     size = image.shape[0]
     if image.shape[1] != size:  # a non-square crop: frame its centre square
-        side = min(image.shape[:2])
-        y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+        x0, y0, side = centre_square(*image.shape[:2])
         image = image[y0 : y0 + side, x0 : x0 + side]
         if points is not None:
             points = points - np.array([x0, y0], dtype=np.float32)
