@@ -95,17 +95,9 @@ class MemoryPeak:
 
 
 def imagefolder_loader(folder: Path, input_size: int, batch_size: int, workers: int, crop: float, stored: int):
-    from torchvision import datasets, transforms
+    from affbench.benchmarks.speed.train_step import imagefolder_loader as baseline
 
-    transform = transforms.Compose([
-        transforms.RandomCrop(round(crop * stored)),
-        transforms.RandomHorizontalFlip(),
-        transforms.Resize(input_size, antialias=True),
-        transforms.PILToTensor(),
-    ])
-    dataset = datasets.ImageFolder(folder, transform=transform)
-    options = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, **options), None
+    return baseline(folder, input_size, batch_size, workers, crop, stored), None
 
 
 def affbench_loader(images, batch_size: int, workers: int):

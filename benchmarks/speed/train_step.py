@@ -133,7 +133,8 @@ def time_shard_loader(shards: Path, input_size: int, batch_size: int, workers: i
     return _epoch_rate(loader, sampler)
 
 
-def time_imagefolder(folder: Path, input_size: int, batch_size: int, workers: int, crop: float, stored: int) -> float:
+def imagefolder_loader(folder: Path, input_size: int, batch_size: int, workers: int, crop: float, stored: int):
+    """The baseline: torchvision's ImageFolder over the same crops as PNG files, the same augmentation."""
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([
@@ -144,8 +145,11 @@ def time_imagefolder(folder: Path, input_size: int, batch_size: int, workers: in
     ])
     dataset = datasets.ImageFolder(folder, transform=transform)
     options = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, **options)
-    return _epoch_rate(loader, None)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, **options)
+
+
+def time_imagefolder(folder: Path, input_size: int, batch_size: int, workers: int, crop: float, stored: int) -> float:
+    return _epoch_rate(imagefolder_loader(folder, input_size, batch_size, workers, crop, stored), None)
 
 
 def _epoch_rate(loader, sampler) -> float:
