@@ -578,7 +578,9 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     for note in result.notes:
         click.echo(f"note       {note}")
     table = result.table
-    filled = int(table["landmark_source"].isin(["interpolated", "carried"]).sum())
+    from affbench.shards import FALLBACK_SOURCES
+
+    filled = int(table["landmark_source"].isin(FALLBACK_SOURCES).sum())
     click.echo(f"{len(table)} row(s), {int(table['face_found'].sum())} with a face"
                f"{f' ({filled} more cropped from their neighbours)' if filled else ''}, from "
                f"{table['source'].nunique()} source(s) written to {out}")
