@@ -48,8 +48,8 @@ from affbench.shards import FALLBACK_SOURCES
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: The columns every table starts with, before the predictions.
-FACE_COLUMNS = ("source", "frame", "time", "face_found", "landmark_source", "n_faces", "det_score",
-                "box_x1", "box_y1", "box_x2", "box_y2")
+BOX_COLUMNS = ("box_x1", "box_y1", "box_x2", "box_y2")
+FACE_COLUMNS = ("source", "frame", "time", "face_found", "landmark_source", "n_faces", "det_score", *BOX_COLUMNS)
 
 
 def task_columns(task: TaskOutput) -> list[str]:
@@ -354,7 +354,7 @@ def _rows_of(batch: Sequence[FrameFace], models: Sequence[LoadedModel], mappings
         "landmark_source": [b.landmark_source for b in batch],
         "n_faces": pd.array([b.n_faces for b in batch], dtype="Int16"),
         "det_score": [float(b.face.score) if b.found else np.nan for b in batch],
-        **{name: boxes[:, j].tolist() for j, name in enumerate(FACE_COLUMNS[7:])},
+        **{name: boxes[:, j].tolist() for j, name in enumerate(BOX_COLUMNS)},
     }
     with_face = [i for i, b in enumerate(batch) if b.face is not None]
     for model, mapping in zip(models, mappings):
