@@ -54,7 +54,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from affbench.data import Augmentation, ShardImages, _geometry, centre_square, dataset_fingerprint, transform_crop
+from affbench.augment import Augmentation, _geometry, centre_square, transform_crop
+from affbench.data import ShardImages, dataset_fingerprint
 from affbench.errors import AffbenchError
 from affbench.faces import transform_points
 from affbench.files import file_sha256, write_text_atomic

@@ -3,7 +3,7 @@
 Every frame goes through what ``prepare`` does to a dataset (:mod:`affbench.faces`): videos through
 :class:`~affbench.face_tracking.FaceTracker`, still images through the full MTCNN cascade and the same face
 choice, then the similarity alignment onto the model's own template at its own crop size, and the
-evaluation framing of training (:func:`affbench.data.transform_crop`). Then the model, in batches.
+evaluation framing of training (:func:`affbench.augment.transform_crop`). Then the model, in batches.
 
 Columns are named the way OpenFace users read them:
 
@@ -87,7 +87,7 @@ class LoadedModel:
                  batch_size: int = 32, name: str | None = None, origin: str | os.PathLike | None = None):
         import torch
 
-        from affbench.data import Augmentation
+        from affbench.augment import Augmentation
 
         self.description = description
         self.name = name or description.name
@@ -115,7 +115,7 @@ class LoadedModel:
     def _inputs(self, crops: Sequence[np.ndarray]):
         import torch
 
-        from affbench.data import transform_crop
+        from affbench.augment import transform_crop
 
         size = self.spec.input_size
         batch = np.empty((len(crops), 3, size, size), np.uint8)

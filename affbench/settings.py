@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from affbench.data import Augmentation
+from affbench.augment import Augmentation
 from affbench.errors import AffbenchError
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
