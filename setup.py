@@ -1,6 +1,6 @@
 """Build hooks that pyproject.toml cannot express.
 
-cli.py sits at the repository's top level (DESIGN.md) but must install as ``affbench.cli``: setuptools
+cli.py sits at the repository's top level (docs/architecture.md) but must install as ``affbench.cli``: setuptools
 maps packages to folders, not single modules to new names, so ``build_py`` adds it to the
 ``affbench`` package here. Editable installs are made in setuptools' "strict" mode, whose link tree is
 built from ``build_py``'s outputs and so contains ``affbench/cli.py`` too; the default "lenient" mode

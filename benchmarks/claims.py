@@ -3,7 +3,7 @@
 Any number of ``run-benchmark`` processes (on one machine, or on many that share the run folder
 on a file system with working ``flock``) may run the same suite into the same ``--out``. Before
 a process trains a job it *claims* it: an exclusive lock on ``RUNDIR/locks/<job>.lock`` (see
-:mod:`affbench.locks`), held until the job's records are written. A process that finds a job
+:mod:`affbench.runtime.locks`), held until the job's records are written. A process that finds a job
 claimed goes on to the next one, comes back to it, and when nothing else is left waits for the
 holder to let go; a job that starts from another job's weights is not started before that job is
 finished. The kernel drops the lock of a process that dies, so a killed holder's job is claimed
@@ -23,15 +23,18 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from affbench.errors import AffbenchError
-from affbench.locks import LocksUnsupportedError, lock_holder, locked, try_lock, unlock, wait_for_lock
-from affbench.results import write_json_atomic
 from affbench.benchmarks.plan import Job, Plan
+from affbench.errors import AffbenchError
+from affbench.reporting.records import write_json_atomic
+from affbench.runtime.locks import LocksUnsupportedError, lock_holder, locked, try_lock, unlock, wait_for_lock
+from affbench.runtime.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from affbench.training.ddp import Distribution
 
 #: In the run folder: one lock file per job being run (removed when the job is done).
-LOCKS_DIR = "locks"
 
 
 class JobClaims:
@@ -42,7 +45,7 @@ class JobClaims:
     """
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.folder = Path(run_dir) / LOCKS_DIR
+        self.folder = RunFolder(run_dir).locks
         self._held: dict[str, int | None] = {}
         self._unlocked = False  # the file system cannot lock: run as before claims existed
 
@@ -105,13 +108,13 @@ class RankZeroClaims(JobClaims):
     """The claims of the processes that train one model together (torchrun): rank 0 claims, waits
     and releases, and every rank gets its answers, so that all of them run the same job at once.
 
-    ``distribution`` is an :class:`affbench.distributed.Distribution` (``decide``, ``is_main``).
+    ``distribution`` is an :class:`affbench.training.ddp.Distribution` (``decide``, ``is_main``).
     Waiting for another process's job is a poll (rank 0 looks, every rank sleeps), so that no rank
     sits in one collective call longer than a poll: the process group's timeout (NCCL: 10 minutes)
     would end the run.
     """
 
-    def __init__(self, claims: JobClaims, distribution, *, poll_seconds: float = 2.0):
+    def __init__(self, claims: JobClaims, distribution: Distribution, *, poll_seconds: float = 2.0):
         self.claims, self.dist, self.poll_seconds = claims, distribution, poll_seconds
 
     def path(self, key: str) -> Path:
@@ -153,7 +156,7 @@ def run_shared(jobs: Sequence[Job], claims: JobClaims, *, finished: Callable[[Jo
             raise AffbenchError(f"Job {job.key} starts from job {source.key}, which has not run; "
                                 f"run that job first (--job {source.key}).")
     while pending:
-        held = None  # the first job that another process holds: waited for when nothing else can run
+        held: Job | None = None  # the first job that another process holds: waited for when nothing else can run
         for job in pending:
             if any(other is job.depends for other in pending):
                 continue  # its source is still to be finished, here or elsewhere
@@ -167,6 +170,7 @@ def run_shared(jobs: Sequence[Job], claims: JobClaims, *, finished: Callable[[Jo
         else:
             # Pending jobs are in dependency order, so the first one never waits for a source: all
             # that is left is held by other processes.
+            assert held is not None  # the first pending job was tried, and it is held
             claims.log_wait(held.key, log)
             claims.wait(held.key)
             continue
@@ -187,12 +191,12 @@ def run_shared(jobs: Sequence[Job], claims: JobClaims, *, finished: Callable[[Jo
 def append_run(run_dir: Path, entry: Mapping[str, Any], log: Callable[[str], None] = print) -> None:
     """Add one run's summary to ``run_dir/run.json``, under its lock: processes sharing the run
     folder finish at any time, and none may lose another's entry."""
-    path = run_dir / "run.json"
+    path = RunFolder(run_dir).runs_file
     with locked(path):
         try:
             runs = json.loads(path.read_text())["runs"] if path.is_file() else []
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-            from affbench.checkpoints import set_aside
+            from affbench.training.checkpoints import set_aside
 
             runs = []
             log(f"warning: {path} was damaged; moved it to {set_aside(path).name} and started a new one.")

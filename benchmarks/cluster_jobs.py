@@ -23,12 +23,16 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from affbench import cluster
-from affbench.errors import AffbenchError
 from affbench.benchmarks.harness import RunReport, run_benchmark
 from affbench.benchmarks.plan import make_plan
 from affbench.benchmarks.suite import Suite, load_suite, validate_encoders
+from affbench.errors import AffbenchError
+from affbench.runtime import dask_cluster as cluster
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def _allow_child_processes() -> None:
 
 
 def run_on_cluster(
-    scheduler,
+    scheduler: Any,
     suite: Suite | str | os.PathLike,
     data_root: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -146,13 +150,16 @@ def run_on_cluster(
         for key, outcome in tasks:
             for line in outcome.lines:
                 log(f"  [{key}] {line}")
-            if outcome.ok:
+            if outcome.report is not None:  # outcome.ok
                 _add(report, outcome.report)
                 log(f"finished {key} on {outcome.worker} in {outcome.seconds:.0f} s")
             else:
                 failures.append(outcome)
-                log(f"not run {key}: {outcome.not_run}" if outcome.not_run else
-                    f"failed {key} on {outcome.worker}: {outcome.error.strip().splitlines()[-1]}")
+                if outcome.not_run:
+                    log(f"not run {key}: {outcome.not_run}")
+                else:
+                    assert outcome.error is not None  # a job that ran and did not finish says why
+                    log(f"failed {key} on {outcome.worker}: {outcome.error.strip().splitlines()[-1]}")
     report.seconds = round(time.perf_counter() - started, 3)
     if failures:
         _raise_failures(failures, len(plan.jobs))
@@ -168,7 +175,7 @@ def _add(total: RunReport, part: RunReport) -> None:
     total.notes += [note for note in part.notes if note not in total.notes]
 
 
-def _say_how_jobs_share_workers(client, log: Callable[[str], None]) -> None:
+def _say_how_jobs_share_workers(client: Client, log: Callable[[str], None]) -> None:
     threads = client.nthreads()
     if not threads:
         log("no Dask workers yet: the jobs start as workers join the scheduler")
@@ -188,3 +195,45 @@ def _raise_failures(failures: list[JobOutcome], jobs: int) -> None:
         f"{len(failures)} of {jobs} job(s) did not finish ({first.key}: {first.error}); the others' results are "
         "kept, and running the same command again retries the unfinished jobs."
     )
+
+
+class _Narrowing(TypedDict):
+    """The options :func:`run_suite` hands on to :func:`run_benchmark` or :func:`run_on_cluster` alike."""
+
+    encoders: Sequence[str] | None
+    folds: Sequence[int] | None
+    epochs: int | None
+    max_steps: int | None
+    device: str
+    num_workers: int | None
+    decoded_cache: bool
+    log: Callable[[str], None]
+
+
+def run_suite(
+    suite: Suite | str | os.PathLike,
+    data_root: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    scheduler: Any = None,
+    job: str | None = None,
+    encoders: Sequence[str] | None = None,
+    folds: Sequence[int] | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    decoded_cache: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunReport:
+    """``affbench run-benchmark``: the suite's jobs in this process (all, or only ``job``), or each as
+    a task on the Dask cluster of ``scheduler``."""
+    narrowing = _Narrowing(encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, device=device,
+                           num_workers=num_workers, decoded_cache=decoded_cache, log=log)
+    if scheduler is None:
+        return run_benchmark(suite, data_root, run_dir, progress=progress, job=job, **narrowing)
+    if job is not None:
+        raise AffbenchError("--job runs one job in this process and --scheduler runs every job on a Dask cluster; "
+                            "give one of them.")
+    return run_on_cluster(scheduler, suite, data_root, run_dir, **narrowing)

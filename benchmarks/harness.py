@@ -11,7 +11,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,22 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from affbench import __version__
-from affbench.distributed import SINGLE, Distribution
+from affbench.benchmarks.claims import JobClaims, RankZeroClaims, append_run, find_job, run_shared
+from affbench.benchmarks.plan import DataCache, Job, Plan, make_plan, task_specs
+from affbench.benchmarks.records import JobSummary, describe_device, git_commit, task_baselines
+from affbench.benchmarks.suite import DerivedTask, Suite, load_suite, validate_encoders
 from affbench.encoders.registry import WEIGHT_OPTIONS
 from affbench.errors import AffbenchError
-from affbench.files import write_text_atomic
-from affbench.results import DamagedRecordError, read_record, write_json_atomic, write_record
-from affbench.tracking import open_tracker
-from affbench.benchmarks.claims import JobClaims, RankZeroClaims, append_run, find_job, run_shared
-from affbench.benchmarks.records import cell_record, describe_device, git_commit, task_baselines
-from affbench.benchmarks.plan import Job, Plan, DataCache, task_specs, make_plan
-from affbench.benchmarks.suite import DerivedTask, Suite, load_suite, validate_encoders
-
-
-#: In the run folder: which shards were verified against their manifest (see affbench.integrity).
-VERIFIED_SHARDS = "verified-shards.json"
-
+from affbench.reporting.records import DamagedRecordError, read_record, write_json_atomic, write_record
+from affbench.runtime.files import write_text_atomic
+from affbench.runtime.run_folder import JobFolder, RunFolder
+from affbench.runtime.version import __version__
+from affbench.training.ddp import SINGLE, Distribution
+from affbench.training.tensorboard import open_tracker
 
 # ----------------------------------------------------------------------------------------- running
 
@@ -60,12 +56,13 @@ class _Runner:
                  progress: bool, log: Callable[[str], None], on_epoch_end, decoded_cache: bool = True,
                  distribution: Distribution = SINGLE, claims: JobClaims | None = None):
         self.plan, self.data, self.run_dir = plan, data, run_dir
+        self.folder = RunFolder(run_dir)
         self.claims = claims or JobClaims(run_dir)  # which process runs which job (see benchmarks.claims)
         self.suite = plan.suite
         self.device, self.num_workers = device, num_workers
         self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
         # Under torchrun every rank runs each job together; rank 0 alone reads what decides
-        # (it may set damaged files aside) and writes (see affbench.distributed).
+        # (it may set damaged files aside) and writes (see affbench.training.ddp).
         self.dist = distribution
         self.commit = git_commit()
         self.decoded_cache = decoded_cache
@@ -73,11 +70,8 @@ class _Runner:
 
     # -- bookkeeping
 
-    def job_dir(self, job: Job) -> Path:
-        return self.run_dir / "jobs" / job.key
-
-    def done_path(self, job: Job) -> Path:
-        return self.job_dir(job) / "done.json"
+    def job_folder(self, job: Job) -> JobFolder:
+        return self.folder.job(job.key)
 
     def cells_finished(self, job: Job) -> bool:
         """True when every cell of ``job`` has a record made with the same configuration."""
@@ -90,7 +84,7 @@ class _Runner:
             try:
                 record = read_record(path)
             except DamagedRecordError:
-                from affbench.checkpoints import set_aside
+                from affbench.training.checkpoints import set_aside
 
                 # The job's done.json (or its training) rewrites it; the damaged file is kept.
                 self.log(f"warning: {path} is not a valid result record; moved it to {set_aside(path).name} "
@@ -108,8 +102,8 @@ class _Runner:
     # -- tasks
 
     def task_data(self, job: Job):
-        from affbench.protocols import Protocol
-        from affbench.train import TaskData, apply_selection
+        from affbench.scoring.protocols import Protocol
+        from affbench.training.tasks import TaskData, apply_selection
 
         experiment = job.experiment
         prepared = self.data.get(experiment.dataset)
@@ -188,22 +182,24 @@ class _Runner:
 
     def source_weights(self, job: Job) -> Path:
         """The selected weights of the job ``job`` starts from or evaluates."""
-        path = self.job_dir(job.depends) / "best.pt"
+        source = _source_of(job)
+        path = self.job_folder(source).weights
         if not path.is_file():
-            raise AffbenchError(f"{job.key} needs the weights of {job.depends.key}, which are missing: {path}.")
+            raise AffbenchError(f"{job.key} needs the weights of {source.key}, which are missing: {path}.")
         return path
 
     def encoder_options(self, job: Job) -> dict[str, Any]:
         options = dict(job.experiment.options)
-        if job.experiment.init is not None:
-            options[job.experiment.init.option] = str(self.source_weights(job))
+        init = job.experiment.init
+        if init is not None and init.option is not None:
+            options[init.option] = str(self.source_weights(job))
         return options
 
     def images_for(self, prepared, encoder_spec, augmentation):
         """The crops at the model's input size: from the decoded cache (built on first use) unless it
         is switched off or cannot be written; and the cache used (None: the PNG shards)."""
-        from affbench.cache import images_with_cache
-        from affbench.data import crop_landmarks
+        from affbench.data.cache import images_with_cache
+        from affbench.data.loader import crop_landmarks
 
         points = crop_landmarks(prepared) if "heatmaps" in encoder_spec.heads else None
         images, cache = images_with_cache(prepared.folder, encoder_spec.input_size, augmentation, points=points,
@@ -215,20 +211,22 @@ class _Runner:
 
     # -- jobs
 
-    def read_done(self, job: Job) -> dict[str, Any] | None:
+    def read_done(self, job: Job) -> JobSummary | None:
         """A finished job's summary; None when it has none, or a damaged one (moved aside, with a warning)."""
-        from affbench.checkpoints import set_aside
+        from affbench.training.checkpoints import set_aside
 
-        path = self.done_path(job)
+        path = self.job_folder(job).done
         if not path.is_file():
             return None
         try:
             summary = json.loads(path.read_text())
             if isinstance(summary, dict) and summary.get("config_hash") == job.config_hash:
-                return summary
+                return JobSummary.from_dict(summary)
             problem = "it is not this job's summary"
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             problem = f"not valid JSON: {getattr(exc, 'msg', exc)}"
+        except (KeyError, TypeError) as exc:
+            problem = f"it lacks {exc}"
         moved = set_aside(path)
         self.log(f"warning: {path} is damaged ({problem}); moved it to {moved.name} and running job {job.key} again.")
         return None
@@ -239,11 +237,10 @@ class _Runner:
         Weights that are damaged (moved aside) or were not kept (``keep_weights = false`` in an
         earlier run) are made again by training that job again, so that no file blocks the run.
         """
-        from affbench.checkpoints import DamagedCheckpointError, set_aside
-        from affbench.train import load_model_state
+        from affbench.training.checkpoints import DamagedCheckpointError, load_model_state, set_aside
 
-        source = job.depends
-        path = self.job_dir(source) / "best.pt"
+        source = _source_of(job)
+        path = self.job_folder(source).weights
 
         def find_problem() -> str | None:
             if not path.is_file():
@@ -273,13 +270,6 @@ class _Runner:
 
     def train_job(self, job: Job, report: RunReport, *, again: bool = False) -> None:
         """Train ``job`` (or only write its records from its summary, unless ``again``) and score it."""
-        from affbench.cache import describe_loading
-        from affbench.encoders import create_encoder, get_encoder_spec
-        from affbench.train import (check_compatible, evaluate_tasks, fit, load_model_state, seed_everything)
-
-        experiment, settings = job.experiment, job.experiment.training
-        workdir = self.job_dir(job)
-        done = self.done_path(job)
         summary = None if again else self.dist.decide(lambda: self.read_done(job))
         if summary is not None:
             if self.dist.is_main:
@@ -287,22 +277,60 @@ class _Runner:
             return
         started = time.perf_counter()
         prepared, tasks, splits = self.task_data(job)
+        model = self.build_model(job, tasks)
+        settings = job.experiment.training
+        images, cache = self.images_for(prepared, model.spec, settings.augmentation)
+        folder = self.job_folder(job)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            write_json_atomic(folder.job_file, {"key": job.key, "config": job.config, "suite": self.suite.name,
+                                                "experiment": job.experiment.id})
+        self.log(f"{'resume' if folder.last.is_file() else 'train'} {job.key}: {job.experiment.encoder} on "
+                 f"{job.experiment.dataset} {'+'.join(job.experiment.tasks)}, fold {job.fold}, "
+                 f"{len(tasks[0].rows['train'])} training rows"
+                 + (f", {self.dist.world_size} processes" if self.dist.active else ""))
+        notes: dict[str, list[str]] = {}
+        result, test = self.fit_and_test(job, model, tasks, images, notes)
+        # This process's time plus that of the epochs an earlier, interrupted run finished.
+        seconds = time.perf_counter() - started + sum(h.get("seconds", 0.0)
+                                                      for h in result.history[: result.resumed_from or 0])
+        summary = JobSummary(
+            **self.common_summary(job, tasks, splits, test, model, prepared, cache, result.history, seconds, notes),
+            mode="train", validation_split={t.name: splits[t.name].get("validation") for t in tasks},
+            **_training_summary(job, tasks, model, result),
+        )
+        report.jobs_trained += 1
+        report.jobs_resumed += bool(result.resumed_from)
+        if not self.dist.is_main:
+            return
+        self.describe_model(job, model, tasks, prepared, settings, test)  # before done.json: a kill in between redoes it
+        write_json_atomic(folder.done, summary.to_dict())
+        self.write_records(job, summary, report)
+        folder.last.unlink(missing_ok=True)  # the optimiser state is not needed once done
+        if not settings.keep_weights and not self.weights_needed(job):
+            folder.weights.unlink(missing_ok=True)
+
+    def build_model(self, job: Job, tasks):
+        """The job's encoder, built with its options (and the weights it starts from), seeded."""
+        from affbench.encoders.registry import create_encoder, get_encoder_spec
+        from affbench.training.fit import seed_everything
+        from affbench.training.tasks import check_compatible
+
         options = self.encoder_options(job)
-        spec = get_encoder_spec(experiment.encoder, **options)  # checkpoints given may imply the structure
+        spec = get_encoder_spec(job.experiment.encoder, **options)  # checkpoints given may imply the structure
         for task in tasks:
             check_compatible(task.spec, spec)
-        seed_everything(settings.seed)
+        seed_everything(job.experiment.training.seed)
         with _warnings_to(self.log):
-            model = create_encoder(experiment.encoder, **options)
-        images, cache = self.images_for(prepared, model.spec, settings.augmentation)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            write_json_atomic(workdir / "job.json", {"key": job.key, "config": job.config, "suite": self.suite.name,
-                                                     "experiment": experiment.id})
-        resumed = (workdir / "last.pt").is_file()
-        self.log(f"{'resume' if resumed else 'train'} {job.key}: {experiment.encoder} on {experiment.dataset} "
-                 f"{'+'.join(experiment.tasks)}, fold {job.fold}, {len(tasks[0].rows['train'])} training rows"
-                 + (f", {self.dist.world_size} processes" if self.dist.active else ""))
+            return create_encoder(job.experiment.encoder, **options)
+
+    def fit_and_test(self, job: Job, model, tasks, images, notes: dict[str, list[str]]):
+        """Fit the model in the job's folder, load the selected weights and score them on the test rows."""
+        from affbench.training.checkpoints import load_model_state
+        from affbench.training.evaluation import evaluate_tasks
+        from affbench.training.fit import fit
+
+        settings, folder = job.experiment.training, self.job_folder(job)
         tracker = open_tracker(self.run_dir, job.key) if self.dist.is_main else None
 
         def epoch_end(epoch: int, entry: dict[str, Any]) -> None:
@@ -311,11 +339,11 @@ class _Runner:
             if self.on_epoch_end is not None:
                 self.on_epoch_end(job, epoch, entry)
 
-        notes: dict[str, list[str]] = {}
         try:
-            result = fit(model, tasks, images, settings, workdir=workdir, device=self.device, progress=self.progress,
-                         log=lambda m: self.log(f"  {m}"), on_epoch_end=epoch_end, distribution=self.dist)
-            model.load_state_dict(load_model_state(workdir / "best.pt"))
+            result = fit(model, tasks, images, settings, workdir=folder.path, device=self.device,
+                         progress=self.progress, log=lambda m: self.log(f"  {m}"), on_epoch_end=epoch_end,
+                         distribution=self.dist)
+            model.load_state_dict(load_model_state(folder.weights))
             eval_batch = settings.eval_batch_size or 2 * settings.batch_size
             test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                                   batch_size=max(1, eval_batch // self.dist.world_size),
@@ -326,62 +354,40 @@ class _Runner:
         finally:
             if tracker is not None:
                 tracker.close()
-        selected = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
-        summary = {
-            "job": job.key, "config_hash": job.config_hash, "mode": "train",
-            "metrics": test, "validation_metrics": selected.get("val", {}), "baselines": task_baselines(tasks),
-            "n": {t.name: {r: int(len(t.rows[r])) for r in ("train", "val", "test")} for t in tasks},
+        return result, test
+
+    def common_summary(self, job: Job, tasks, splits, test, model, prepared, cache, history, seconds: float,
+                       notes: dict[str, list[str]]) -> dict[str, Any]:
+        """The summary fields a trained and an evaluation-only job fill alike (``seconds``: its wall time)."""
+        from affbench.data.cache import describe_loading
+
+        return {
+            "job": job.key, "config_hash": job.config_hash, "metrics": test, "baselines": task_baselines(tasks),
             "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
             "fallback_crops": {t.name: splits[t.name].get("fallback_crops") for t in tasks},
-            "validation_split": {t.name: splits[t.name].get("validation") for t in tasks},
             "test_groups": {t.name: splits[t.name].get("test_groups") for t in tasks},
             "primary_metric": {t.name: t.spec.primary_metric for t in tasks},
             "kind": {t.name: t.spec.kind for t in tasks},
-            "epochs": result.epochs_run, "epochs_planned": settings.epochs, "selected_epoch": result.best_epoch,
-            "selection": result.selection, "selection_protocol": settings.selection,
-            "metric_warnings": notes, "validation_metric_warnings": selected.get("val_warnings", {}),
-            "steps": result.steps, "resumed_from": result.resumed_from,
-            "train_seconds": result.train_seconds, "loss": result.losses,
-            "curve": {t.name: [
-                {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
-                 "val": (h.get("val") or {}).get(t.name, {}).get(t.spec.primary_metric)}
-                for h in result.history] for t in tasks},
-            "initialisation": model.spec.init, "fresh_parameters": list(model.spec.fresh),
-            "init_from": None if job.depends is None else {"job": job.depends.key, "experiment": job.depends.experiment.id,
-                                                           "fold": job.depends.fold},
-            "seed": settings.seed, "training": settings.to_dict(), "encoder_options": dict(experiment.options),
+            "metric_warnings": notes, "encoder_options": dict(job.experiment.options),
             "encoder_spec": {"input_size": model.spec.input_size, "heads": dict(model.spec.heads),
                              "au_output": model.spec.au_output, "family": model.spec.family},
             "device": self.device_text, "git_commit": self.commit, "affbench_version": __version__,
-            # The suite's batch_size is the global batch: each of world_size processes took an equal share.
-            "world_size": self.dist.world_size, "global_batch_size": settings.batch_size,
+            "world_size": self.dist.world_size,
             "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
-            "data_loading": describe_loading(cache, result.history),
-            # This process's time plus that of the epochs an earlier, interrupted run finished.
-            "wall_seconds": round(time.perf_counter() - started
-                                  + sum(h.get("seconds", 0.0) for h in result.history[: result.resumed_from or 0]), 3),
+            "data_loading": describe_loading(cache, history),
+            "wall_seconds": round(seconds, 3),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        report.jobs_trained += 1
-        report.jobs_resumed += bool(result.resumed_from)
-        if not self.dist.is_main:
-            return
-        self.describe_model(job, model, tasks, prepared, settings, test)  # before done.json: a kill in between redoes it
-        write_json_atomic(done, summary)
-        self.write_records(job, summary, report)
-        (workdir / "last.pt").unlink(missing_ok=True)  # the optimiser state is not needed once done
-        if not settings.keep_weights and not self.weights_needed(job):
-            (workdir / "best.pt").unlink(missing_ok=True)
 
     def weights_needed(self, job: Job) -> bool:
         """Whether an experiment of the suite starts from or evaluates ``job``'s experiment: asked of
         the whole suite, not this (perhaps narrowed) plan, since another process may run that one."""
-        return any((other.init or other.evaluate) is not None
-                   and (other.init or other.evaluate).experiment == job.experiment.id for other in self.suite.experiments)
+        sources = (other.init or other.evaluate for other in self.suite.experiments)
+        return any(source is not None and source.experiment == job.experiment.id for source in sources)
 
     def describe_model(self, job: Job, model, tasks, prepared, settings, metrics) -> None:
         """``model.json`` beside ``best.pt``: what ``affbench export-model`` and ``predict`` need."""
-        from affbench.bundle import describe_trained_model, write_job_description
+        from affbench.inference.bundle import describe_trained_model, write_job_description
 
         trained_on = {"job": job.key, "suite": self.suite.name, "experiment": job.experiment.id,
                       "dataset": job.experiment.dataset, "fold": job.fold, "data_fingerprint": prepared.fingerprint,
@@ -390,18 +396,20 @@ class _Runner:
                                              prepared.manifest.get("parameters", {}),
                                              eval_crop=settings.augmentation.eval_crop, metrics=metrics,
                                              trained_on=trained_on)
-        write_job_description(self.job_dir(job), description)
+        write_job_description(self.job_folder(job).path, description)
 
     def evaluate_job(self, job: Job, report: RunReport) -> None:
-        from affbench.cache import describe_loading
-        from affbench.encoders import create_encoder
-        from affbench.train import check_compatible, evaluate_tasks, load_model_state
+        from affbench.encoders.registry import create_encoder
+        from affbench.training.checkpoints import load_model_state
+        from affbench.training.evaluation import evaluate_tasks
+        from affbench.training.tasks import check_compatible
 
         started = time.perf_counter()
         experiment = job.experiment
-        source = self.dist.decide(lambda: self.read_done(job.depends))
+        source_job = _source_of(job)
+        source = self.dist.decide(lambda: self.read_done(source_job))
         if source is None:
-            raise AffbenchError(f"Job {job.depends.key} has not finished; it must run before {job.key}.")
+            raise AffbenchError(f"Job {source_job.key} has not finished; it must run before {job.key}.")
         prepared, tasks, splits = self.task_data(job)
         architecture = {k: v for k, v in experiment.options.items() if k not in WEIGHT_OPTIONS}
         with _warnings_to(self.log):
@@ -409,8 +417,8 @@ class _Runner:
         for task in tasks:
             check_compatible(task.spec, model.spec)
         model.load_state_dict(load_model_state(self.source_weights(job)))
-        images, cache = self.images_for(prepared, model.spec, job.depends.experiment.training.augmentation)
-        self.log(f"evaluate {job.depends.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
+        images, cache = self.images_for(prepared, model.spec, source_job.experiment.training.augmentation)
+        self.log(f"evaluate {source_job.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
         notes: dict[str, list[str]] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                               num_workers=self.num_workers, progress=self.progress, notes=notes,
@@ -419,47 +427,73 @@ class _Runner:
             return
         tracker = open_tracker(self.run_dir, job.key)
         if tracker is not None:
-            tracker.log_test(test, source.get("selected_epoch") or 0)
+            tracker.log_test(test, source.selected_epoch or 0)
             tracker.close()
-        summary = {
-            "job": job.key, "config_hash": job.config_hash, "mode": "evaluate",
-            "metrics": test, "validation_metrics": {}, "baselines": task_baselines(tasks),
-            # Nothing was trained here: the model's own training rows are in the source job's records.
-            "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
-            "excluded": {t.name: splits[t.name].get("excluded") for t in tasks},
-            "fallback_crops": {t.name: splits[t.name].get("fallback_crops") for t in tasks},
-            "validation_split": {t.name: splits[t.name].get("derived") for t in tasks},
-            "test_groups": {t.name: splits[t.name].get("test_groups") for t in tasks},
-            "primary_metric": {t.name: t.spec.primary_metric for t in tasks},
-            "kind": {t.name: t.spec.kind for t in tasks},
-            "epochs": source.get("epochs"), "epochs_planned": source.get("epochs_planned"),
-            "selected_epoch": source.get("selected_epoch"), "selection": f"the model of {job.depends.key}",
-            "selection_protocol": source.get("selection_protocol", "validation"), "metric_warnings": notes,
-            "steps": source.get("steps"), "resumed_from": None, "train_seconds": 0.0, "loss": {},
-            "curve": {t.name: [] for t in tasks},
-            "initialisation": f"evaluation only: selected weights of {job.depends.key} "
-                              f"({source.get('initialisation')})",
-            "fresh_parameters": source.get("fresh_parameters", []),
-            "init_from": {"job": job.depends.key, "experiment": job.depends.experiment.id, "fold": job.depends.fold},
-            "seed": source.get("seed"), "training": None, "encoder_options": dict(experiment.options),
-            "encoder_spec": {"input_size": model.spec.input_size, "heads": dict(model.spec.heads),
-                             "au_output": model.spec.au_output, "family": model.spec.family},
-            "device": self.device_text, "git_commit": self.commit, "affbench_version": __version__,
-            "world_size": self.dist.world_size, "global_batch_size": None,
-            "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
-            "data_loading": describe_loading(cache, []),
-            "wall_seconds": round(time.perf_counter() - started, 3),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        self.job_dir(job).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.done_path(job), summary)
+        summary = JobSummary(
+            **self.common_summary(job, tasks, splits, test, model, prepared, cache, [],
+                                  time.perf_counter() - started, notes),
+            mode="evaluate", validation_split={t.name: splits[t.name].get("derived") for t in tasks},
+            **_evaluation_summary(job, tasks, source),
+        )
+        self.job_folder(job).path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.job_folder(job).done, summary.to_dict())
         self.write_records(job, summary, report)
 
-    def write_records(self, job: Job, summary: Mapping[str, Any], report: RunReport) -> None:
+    def write_records(self, job: Job, summary: JobSummary, report: RunReport) -> None:
         for cell in job.cells(self.suite.name):
-            record = cell_record(cell, job, summary)
-            write_record(self.run_dir, record)
+            write_record(self.run_dir, summary.cell_record(cell, job))
             report.cells_written += 1
+
+
+def _source_of(job: Job) -> Job:
+    """The job that ``job`` starts from or evaluates (the planner sets one for such jobs)."""
+    if job.depends is None:
+        raise AssertionError(f"job {job.key} has no source job")
+    return job.depends
+
+
+def _training_summary(job: Job, tasks, model, result) -> dict[str, Any]:
+    """The summary fields of a trained job that come from its training."""
+    settings = job.experiment.training
+    selected: dict[str, Any] = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
+    return {
+        "validation_metrics": selected.get("val", {}),
+        "n": {t.name: {r: int(len(t.rows[r])) for r in ("train", "val", "test")} for t in tasks},
+        "epochs": result.epochs_run, "epochs_planned": settings.epochs, "selected_epoch": result.best_epoch,
+        "selection": result.selection, "selection_protocol": settings.selection,
+        "validation_metric_warnings": selected.get("val_warnings", {}),
+        "steps": result.steps, "resumed_from": result.resumed_from,
+        "train_seconds": result.train_seconds, "loss": result.losses,
+        "curve": {t.name: [
+            {"epoch": h["epoch"], "train_loss": h["train_loss"].get(t.name), "lr": h["lr"],
+             "val": (h.get("val") or {}).get(t.name, {}).get(t.spec.primary_metric)}
+            for h in result.history] for t in tasks},
+        "initialisation": model.spec.init, "fresh_parameters": list(model.spec.fresh),
+        "init_from": None if job.depends is None else {"job": job.depends.key, "experiment": job.depends.experiment.id,
+                                                       "fold": job.depends.fold},
+        "seed": settings.seed, "training": settings.to_dict(),
+        # The suite's batch_size is the global batch: each of world_size processes took an equal share.
+        "global_batch_size": settings.batch_size,
+    }
+
+
+def _evaluation_summary(job: Job, tasks, source: JobSummary) -> dict[str, Any]:
+    """The summary fields of an evaluation-only job: its source job's training, nothing trained here."""
+    source_job = _source_of(job)
+    return {
+        "validation_metrics": {},
+        # Nothing was trained here: the model's own training rows are in the source job's records.
+        "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
+        "epochs": source.epochs, "epochs_planned": source.epochs_planned,
+        "selected_epoch": source.selected_epoch, "selection": f"the model of {source_job.key}",
+        "selection_protocol": source.selection_protocol,
+        "steps": source.steps, "resumed_from": None, "train_seconds": 0.0, "loss": {},
+        "curve": {t.name: [] for t in tasks},
+        "initialisation": f"evaluation only: selected weights of {source_job.key} ({source.initialisation})",
+        "fresh_parameters": source.fresh_parameters,
+        "init_from": {"job": source_job.key, "experiment": source_job.experiment.id, "fold": source_job.fold},
+        "seed": source.seed, "training": None, "global_batch_size": None,
+    }
 
 
 @contextlib.contextmanager
@@ -527,40 +561,21 @@ def run_benchmark(
     on_epoch_end : callable, optional
         ``(job, epoch, history_entry)`` after each epoch's checkpoint (tests interrupt here).
     decoded_cache : bool
-        Train and score from the decoded cache beside each dataset's shards (:mod:`affbench.cache`;
+        Train and score from the decoded cache beside each dataset's shards (:mod:`affbench.data.cache`;
         built on first use, rebuilt when the shards change); False reads the PNG shards.
     job : str, optional
         Run only the job with this id (one of :func:`list_jobs`), e.g. one task of a job array.
     claims : JobClaims, optional
         Who runs which job (default: a lock per job in ``run_dir``, taken by rank 0 under torchrun).
     """
-    from affbench.faces import resolve_device
-
     started = time.perf_counter()
     distribution = Distribution.from_environment()
     if not distribution.is_main:
         log, progress = (lambda message: None), False
-    if not isinstance(suite, Suite):
-        suite = load_suite(suite)
-    validate_encoders(suite)
-    device = distribution.device(resolve_device(device))
+    planned_suite, plan, data, selected, device = _plan_run(
+        suite, data_root, run_dir, distribution, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps,
+        device=device, num_workers=num_workers, job=job)
     run_dir = Path(run_dir)
-    _check_output_folder(run_dir)
-    # Rank 0 checks the shards against their manifest (the others would only read them all again).
-    data = DataCache(Path(data_root), suite, verify_cache=run_dir / VERIFIED_SHARDS if distribution.is_main else None)
-    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, data_cache=data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "suites").mkdir(exist_ok=True)
-    if suite.text and distribution.is_main:
-        write_text_atomic(run_dir / "suites" / f"{suite.name}.toml", suite.text)
-    if num_workers is not None:
-        for planned in plan.jobs:
-            planned.experiment = replace(planned.experiment,
-                                         training=planned.experiment.training.merged({"num_workers": num_workers}))
-    selected = plan.jobs if job is None else [find_job(plan, job)]
-    for planned in selected:
-        if not planned.experiment.is_evaluation:
-            distribution.per_rank_batch(planned.experiment.training.batch_size, f"batch_size of {planned.experiment.id}")
     distribution.start(device)
     try:
         claims = claims or JobClaims(run_dir)
@@ -569,22 +584,55 @@ def run_benchmark(
         runner = _Runner(plan, data, run_dir, device, num_workers=num_workers, progress=progress, log=log,
                          on_epoch_end=on_epoch_end, decoded_cache=decoded_cache, distribution=distribution,
                          claims=claims)
-        report = RunReport(suite.name, run_dir, notes=list(plan.skipped), is_main=distribution.is_main)
+        report = RunReport(planned_suite.name, run_dir, notes=list(plan.skipped), is_main=distribution.is_main)
         distribution.decide(lambda: _check_weights(replace(plan, jobs=selected), runner))
-        report.cells_total = sum(len(j.cells(suite.name)) for j in selected)
+        report.cells_total = sum(len(j.cells(planned_suite.name)) for j in selected)
 
         def skip(finished: Job) -> None:
-            report.cells_skipped += len(finished.cells(suite.name))
-            log(f"skip {finished.key}: {len(finished.cells(suite.name))} cell(s) already finished")
+            report.cells_skipped += len(finished.cells(planned_suite.name))
+            log(f"skip {finished.key}: {len(finished.cells(planned_suite.name))} cell(s) already finished")
 
         run_shared(selected, claims, finished=lambda j: distribution.decide(lambda: runner.cells_finished(j)),
                    run=lambda j: runner.run_job(j, report), skip=skip, log=log)
         report.seconds = round(time.perf_counter() - started, 3)
         if distribution.is_main:
-            _write_run_summary(run_dir, suite, report, device, log, distribution.world_size)
+            _write_run_summary(run_dir, planned_suite, report, device, log, distribution.world_size)
     finally:
         distribution.stop()
     return report
+
+
+def _plan_run(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, run_dir: str | os.PathLike,
+              distribution: Distribution, *, encoders: Sequence[str] | None, folds: Sequence[int] | None,
+              epochs: int | None, max_steps: int | None, device: str, num_workers: int | None,
+              job: str | None) -> tuple[Suite, Plan, DataCache, list[Job], str]:
+    """Everything settled before the first job: the suite, its plan and data, the jobs this process
+    may run, the device; the run folder made, with the suite's text kept in it."""
+    from affbench.runtime.devices import resolve_device
+
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    validate_encoders(suite)
+    device = distribution.device(resolve_device(device))
+    run_dir = Path(run_dir)
+    _check_output_folder(run_dir)
+    folder = RunFolder(run_dir)
+    # Rank 0 checks the shards against their manifest (the others would only read them all again).
+    data = DataCache(Path(data_root), suite, verify_cache=folder.verified_shards if distribution.is_main else None)
+    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, data_cache=data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folder.suites.mkdir(exist_ok=True)
+    if suite.text and distribution.is_main:
+        write_text_atomic(folder.suite_copy(suite.name), suite.text)
+    if num_workers is not None:
+        for planned in plan.jobs:
+            planned.experiment = replace(planned.experiment,
+                                         training=planned.experiment.training.merged({"num_workers": num_workers}))
+    selected = plan.jobs if job is None else [find_job(plan, job)]
+    for planned in selected:
+        if not planned.experiment.is_evaluation:
+            distribution.per_rank_batch(planned.experiment.training.batch_size, f"batch_size of {planned.experiment.id}")
+    return suite, plan, data, selected, device
 
 
 def _write_run_summary(run_dir: Path, suite: Suite, report: RunReport, device: str, log: Callable[[str], None],

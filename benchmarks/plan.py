@@ -2,7 +2,7 @@
 
 Each (experiment, fold) is a *job*; it trains one model (multi-task when it lists several tasks) or
 evaluates one, and writes one record per *cell* (suite, dataset, task, encoder, fold) through
-:mod:`affbench.results`. Jobs are content-addressed: ``RUNDIR/jobs/<dataset>-<encoder>-...-<hash>``
+:mod:`affbench.reporting.records`. Jobs are content-addressed: ``RUNDIR/jobs/<dataset>-<encoder>-...-<hash>``
 where the hash covers the data, protocol, encoder options, training settings and the hash of the
 job it starts from, so two suites run into the same RUNDIR share identical jobs, and a changed
 setting never reuses a stale checkpoint. A re-run skips cells whose record has the same
@@ -18,79 +18,171 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from affbench.benchmarks.suite import Experiment, Source, Suite, load_suite, validate_encoders
 from affbench.errors import AffbenchError
-from affbench.results import CellKey
-from affbench.settings import TrainSettings
-from affbench.benchmarks.suite import Experiment, Suite, load_suite, validate_encoders
+from affbench.reporting.records import CellKey
+from affbench.training.settings import TrainSettings
 
+if TYPE_CHECKING:
+    from affbench.data.prepared import PreparedData
+    from affbench.scoring.protocols import Protocol, TaskSpec
 
 #: Bumped when the harness changes in a way that changes results (invalidates job hashes).
 HARNESS_VERSION = 2
 
 
-
 def _hash(data: Any) -> str:
+    """SHA-256 of ``data`` as canonical JSON: the content address of a job."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
 class Job:
-    """One (experiment, fold): trains (or evaluates) one model and yields one cell per task."""
+    """One (experiment, fold): trains (or evaluates) one model and yields one cell per task.
+
+    Parameters
+    ----------
+    experiment : Experiment
+        The experiment, with the plan's training overrides applied.
+    fold : int
+        The protocol fold it trains and tests on.
+    source_fold : int, optional
+        For ``init`` / ``evaluate`` experiments: the fold of the referenced job.
+    depends : Job, optional
+        The job it starts from or evaluates.
+    config : dict
+        Everything that decides its results (data, protocol, encoder, training, source job).
+    config_hash : str
+        :func:`_hash` of ``config``.
+    requested : bool, default=True
+        False: only run because another job needs it.
+    """
 
     experiment: Experiment
     fold: int
-    source_fold: int | None = None  # init / evaluate: the fold of the referenced job
+    source_fold: int | None = None
     depends: Job | None = None
     config: dict[str, Any] = field(default_factory=dict)
     config_hash: str = ""
-    requested: bool = True  # False: only run because another job needs it
+    requested: bool = True
 
     @property
     def key(self) -> str:
+        """The job's folder name: ``[eval-]<dataset>-<encoder>-<tasks>-fold<n>-<hash prefix>``."""
         tasks = "+".join(self.experiment.tasks)
         kind = "eval-" if self.experiment.is_evaluation else ""
         return f"{kind}{self.experiment.dataset}-{self.experiment.encoder}-{tasks}-fold{self.fold}-{self.config_hash[:10]}"
 
     def cells(self, suite: str) -> list[CellKey]:
+        """The cells the job writes a record for, one per task.
+
+        Parameters
+        ----------
+        suite : str
+            The suite's name.
+
+        Returns
+        -------
+        list of CellKey
+        """
         return [CellKey(suite, self.experiment.dataset, task, self.experiment.cell_encoder, self.fold)
                 for task in self.experiment.tasks]
 
 
 @dataclass
 class Plan:
+    """A suite's jobs in dependency order (a job after the one it starts from or evaluates).
+
+    Parameters
+    ----------
+    suite : Suite
+        The suite planned.
+    jobs : list of Job
+        Every job to run, the requested ones and those they need.
+    skipped : list of str
+        Notes on experiments that the narrowing (or missing data) left without a job.
+    """
+
     suite: Suite
     jobs: list[Job]
-    skipped: list[str]  # notes on experiments that the narrowing left without a fold
+    skipped: list[str]
 
 
 class DataCache:
-    """Prepared datasets are opened once per run (the label tables are what costs)."""
+    """Prepared datasets are opened once per run (the label tables are what costs).
 
-    def __init__(self, data_root: Path, suite: Suite, verify_cache: Path | None = None):
+    Parameters
+    ----------
+    data_root : Path
+        The ``--data`` folder.
+    suite : Suite
+        Its ``[datasets]`` folder names are honoured.
+    verify_cache : Path, optional
+        Where shard verification is remembered; given, shards are checked against their manifest's
+        hashes before a run trains on them.
+    """
+
+    def __init__(self, data_root: Path, suite: Suite, verify_cache: Path | None = None) -> None:
         self.data_root, self.suite, self.verify_cache = data_root, suite, verify_cache
         self._cache: dict[str, Any] = {}
 
-    def get(self, dataset: str):
+    def get(self, dataset: str) -> PreparedData:
+        """The prepared ``dataset``, opened on first use.
+
+        Parameters
+        ----------
+        dataset : str
+            A dataset name.
+
+        Returns
+        -------
+        affbench.data.prepared.PreparedData
+        """
         if dataset not in self._cache:
-            from affbench.data import open_prepared
+            from affbench.data.prepared import open_prepared
 
             # Shards are checked against their manifest's hashes before a run trains on them.
             self._cache[dataset] = open_prepared(self.data_root, dataset, folder=self.suite.folders.get(dataset),
                                                  verify=self.verify_cache is not None, verify_cache=self.verify_cache)
         return self._cache[dataset]
 
-    def protocol(self, dataset: str):
-        from affbench.protocols import Protocol
+    def protocol(self, dataset: str) -> Protocol:
+        """The evaluation protocol stored with the prepared ``dataset``.
+
+        Parameters
+        ----------
+        dataset : str
+            A dataset name.
+
+        Returns
+        -------
+        affbench.scoring.protocols.Protocol
+        """
+        from affbench.scoring.protocols import Protocol
 
         return Protocol.from_dict(self.get(dataset).protocol_dict)
 
 
-def task_specs(experiment: Experiment, suite: Suite, protocol) -> list:
-    """The TaskSpecs of an experiment: the protocol's (with the suite's metrics) or derived ones."""
-    from dataclasses import replace
+def task_specs(experiment: Experiment, suite: Suite, protocol: Protocol) -> list[TaskSpec]:
+    """The TaskSpecs of an experiment: the protocol's (with the experiment's metrics) or derived ones.
 
+    Parameters
+    ----------
+    experiment : Experiment
+        Its ``tasks`` name protocol tasks or the suite's derived tasks; its ``metrics``, when given,
+        replace a protocol task's (the primary metric stays where it is among them).
+    suite : Suite
+        Holds the derived tasks.
+    protocol : affbench.scoring.protocols.Protocol
+        The protocol of the experiment's dataset.
+
+    Returns
+    -------
+    list of affbench.scoring.protocols.TaskSpec
+        One per task of the experiment, in its order.
+    """
     specs = []
     for name in experiment.tasks:
         if name in suite.derived_tasks:
@@ -102,6 +194,128 @@ def task_specs(experiment: Experiment, suite: Suite, protocol) -> list:
             spec = replace(spec, metrics=tuple(experiment.metrics), primary_metric=primary)
         specs.append(spec)
     return specs
+
+
+def _check_encoders(suite: Suite, encoders: Sequence[str] | None) -> None:
+    """Every encoder of the narrowing is one the suite uses."""
+    known = sorted({e.encoder for e in suite.experiments})
+    for name in encoders or ():
+        if name not in known:
+            raise AffbenchError(f"Suite {suite.name} has no encoder {name!r}; its encoders are: {', '.join(known)}.")
+
+
+def _training_overrides(epochs: int | None, max_steps: int | None) -> dict[str, Any]:
+    """The training settings that ``epochs`` / ``max_steps`` override in every training experiment."""
+    overrides: dict[str, Any] = {}
+    if epochs is not None:
+        overrides["epochs"] = int(epochs)
+    if max_steps is not None:
+        overrides["max_steps"] = int(max_steps)
+    return overrides
+
+
+class _Planner:
+    """The jobs of one :func:`make_plan` call, built once each and kept in dependency order."""
+
+    def __init__(self, suite: Suite, data_root: Path, cache: DataCache, overrides: dict[str, Any]) -> None:
+        self.suite, self.data_root, self.cache, self.overrides = suite, data_root, cache, overrides
+        self.by_id = {e.id: e for e in suite.experiments}
+        self.jobs: dict[tuple[str, int], Job] = {}
+        self.order: list[Job] = []
+        self.skipped: list[str] = []
+
+    def request(self, experiment: Experiment, folds: Sequence[int] | None) -> None:
+        """Plan ``experiment`` on its folds among ``folds``, or note why it has none."""
+        if experiment.when_prepared and (why := self.missing_data(experiment)):
+            self.skipped.append(f"{experiment.id}: skipped, {why[0].lower()}{why[1:]}")
+            return
+        chosen = [f for f in self.protocol_folds(experiment) if folds is None or f in folds]
+        if not chosen:
+            self.skipped.append(f"{experiment.id}: no fold of {experiment.dataset} among --folds {list(folds or [])}")
+        for fold in chosen:
+            self.build(experiment, fold, requested=True)
+
+    def protocol_folds(self, experiment: Experiment) -> tuple[int, ...]:
+        """The folds ``experiment`` runs: its own ``folds`` (checked) or all of its dataset's protocol."""
+        available = self.cache.protocol(experiment.dataset).folds
+        if experiment.folds is None:
+            return tuple(available)
+        unknown = sorted(set(experiment.folds) - set(available))
+        if unknown:
+            raise AffbenchError(
+                f"Experiment {experiment.id!r} asks for fold(s) {unknown} of {experiment.dataset}, whose folds are {list(available)}."
+            )
+        return experiment.folds
+
+    def build(self, experiment: Experiment, fold: int, requested: bool) -> Job:
+        """The job of (experiment, fold), after the job it starts from or evaluates; built once."""
+        key = (experiment.id, fold)
+        if key in self.jobs:
+            self.jobs[key].requested = self.jobs[key].requested or requested
+            return self.jobs[key]
+        if experiment.is_evaluation:
+            experiment = replace(experiment, training=TrainSettings())
+        elif self.overrides:
+            experiment = replace(experiment, training=experiment.training.merged(self.overrides))
+        source = experiment.init or experiment.evaluate
+        depends, source_fold, reference = None, None, None
+        if source is not None:
+            depends, source_fold = self._source_job(experiment, source, fold)
+            reference = {"job": depends.config_hash, "option": source.option}
+        config = self._config(experiment, fold, reference)
+        job = Job(experiment, fold, source_fold, depends, config, _hash(config), requested)
+        self.jobs[key] = job
+        self.order.append(job)
+        return job
+
+    def _source_job(self, experiment: Experiment, source: Source, fold: int) -> tuple[Job, int]:
+        """The job that ``source`` refers to and its fold: the one named, the only one, or ``fold``."""
+        origin = self.by_id[source.experiment]
+        origin_folds = self.protocol_folds(origin)
+        source_fold = source.fold if source.fold is not None else (
+            origin_folds[0] if len(origin_folds) == 1 else fold)
+        if source_fold not in origin_folds:
+            raise AffbenchError(
+                f"Experiment {experiment.id!r} refers to fold {source_fold} of {origin.id!r}, which runs folds {list(origin_folds)}."
+            )
+        return self.build(origin, source_fold, requested=False), source_fold
+
+    def _config(self, experiment: Experiment, fold: int, reference: dict[str, Any] | None) -> dict[str, Any]:
+        """Everything that decides the job's results, ``reference`` the job it starts from or evaluates
+        (its hash and the encoder option that receives its weights); the hash is the job's address."""
+        prepared = self.cache.get(experiment.dataset)
+        protocol = self.cache.protocol(experiment.dataset)
+        specs = task_specs(experiment, self.suite, protocol)
+        derived = self.suite.derived_tasks
+        return {
+            "harness": HARNESS_VERSION,
+            "mode": "evaluate" if experiment.is_evaluation else "train",
+            "dataset": experiment.dataset,
+            "data": prepared.fingerprint,
+            "tasks": [s.to_dict() for s in specs],
+            "derived": [derived[t].to_dict() for t in experiment.tasks if t in derived],
+            "split": protocol.to_dict().get("split"),
+            "validation": protocol.to_dict().get("validation"),
+            "fold": fold,
+            "encoder": experiment.encoder,
+            "options": {k: v for k, v in sorted(experiment.options.items())},
+            **({"variant": experiment.variant} if experiment.variant else {}),
+            "training": None if experiment.is_evaluation else experiment.training.result_dict(),
+            "source": reference,
+        }
+
+    def missing_data(self, experiment: Experiment | None) -> str | None:
+        """Why a ``when_prepared`` experiment cannot run here (its or its source's data is not prepared)."""
+        from affbench.data.prepared import find_dataset_folder
+
+        while experiment is not None:
+            try:
+                find_dataset_folder(self.data_root, experiment.dataset, self.suite.folders.get(experiment.dataset))
+            except AffbenchError as exc:
+                return str(exc)
+            source = experiment.init or experiment.evaluate
+            experiment = self.by_id[source.experiment] if source else None
+        return None
 
 
 def make_plan(
@@ -117,114 +331,62 @@ def make_plan(
     """Expand the suite into jobs in dependency order, narrowed by ``encoders`` and ``folds``.
 
     Jobs that a requested job starts from (``init``) or evaluates run too, whatever the narrowing.
-    ``epochs`` / ``max_steps`` override every training experiment (and so change job hashes).
+
+    Parameters
+    ----------
+    suite : Suite
+        The suite to plan.
+    data_root : path
+        The ``--data`` folder holding the prepared datasets.
+    encoders : sequence of str, optional
+        Plan only the experiments of these encoders (each must be one of the suite's).
+    folds : sequence of int, optional
+        Plan only these folds; an experiment left with none is noted in :attr:`Plan.skipped`.
+    epochs, max_steps : int, optional
+        Override every training experiment's settings (and so change job hashes).
+    data_cache : DataCache, optional
+        Opened datasets to reuse; default: a new cache over ``data_root``.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    AffbenchError
+        For an unknown encoder or fold, a reference to a fold its source does not run, or a
+        narrowing that leaves nothing to run.
     """
     data_root = Path(data_root)
     cache = data_cache or DataCache(data_root, suite)
-    known = sorted({e.encoder for e in suite.experiments})
-    for name in encoders or ():
-        if name not in known:
-            raise AffbenchError(f"Suite {suite.name} has no encoder {name!r}; its encoders are: {', '.join(known)}.")
-    overrides: dict[str, Any] = {}
-    if epochs is not None:
-        overrides["epochs"] = int(epochs)
-    if max_steps is not None:
-        overrides["max_steps"] = int(max_steps)
-
-    by_id = {e.id: e for e in suite.experiments}
-    jobs: dict[tuple[str, int], Job] = {}
-    order: list[Job] = []
-    skipped: list[str] = []
-
-    def protocol_folds(experiment: Experiment) -> tuple[int, ...]:
-        available = cache.protocol(experiment.dataset).folds
-        if experiment.folds is None:
-            return tuple(available)
-        unknown = sorted(set(experiment.folds) - set(available))
-        if unknown:
-            raise AffbenchError(
-                f"Experiment {experiment.id!r} asks for fold(s) {unknown} of {experiment.dataset}, whose folds are {list(available)}."
-            )
-        return experiment.folds
-
-    def build(experiment: Experiment, fold: int, requested: bool) -> Job:
-        key = (experiment.id, fold)
-        if key in jobs:
-            jobs[key].requested = jobs[key].requested or requested
-            return jobs[key]
-        if experiment.is_evaluation:
-            experiment = replace(experiment, training=TrainSettings())
-        elif overrides:
-            experiment = replace(experiment, training=experiment.training.merged(overrides))
-        source = experiment.init or experiment.evaluate
-        depends, source_fold = None, None
-        if source is not None:
-            origin = by_id[source.experiment]
-            origin_folds = protocol_folds(origin)
-            source_fold = source.fold if source.fold is not None else (
-                origin_folds[0] if len(origin_folds) == 1 else fold)
-            if source_fold not in origin_folds:
-                raise AffbenchError(
-                    f"Experiment {experiment.id!r} refers to fold {source_fold} of {origin.id!r}, which runs folds {list(origin_folds)}."
-                )
-            depends = build(origin, source_fold, requested=False)
-        prepared = cache.get(experiment.dataset)
-        protocol = cache.protocol(experiment.dataset)
-        specs = task_specs(experiment, suite, protocol)
-        config = {
-            "harness": HARNESS_VERSION,
-            "mode": "evaluate" if experiment.is_evaluation else "train",
-            "dataset": experiment.dataset,
-            "data": prepared.fingerprint,
-            "tasks": [s.to_dict() for s in specs],
-            "derived": [suite.derived_tasks[t].to_dict() for t in experiment.tasks if t in suite.derived_tasks],
-            "split": protocol.to_dict().get("split"),
-            "validation": protocol.to_dict().get("validation"),
-            "fold": fold,
-            "encoder": experiment.encoder,
-            "options": {k: v for k, v in sorted(experiment.options.items())},
-            **({"variant": experiment.variant} if experiment.variant else {}),
-            "training": None if experiment.is_evaluation else experiment.training.result_dict(),
-            "source": None if depends is None else {"job": depends.config_hash, "option": source.option},
-        }
-        job = Job(experiment, fold, source_fold, depends, config, _hash(config), requested)
-        jobs[key] = job
-        order.append(job)
-        return job
-
-    def missing_data(experiment: Experiment) -> str | None:
-        """Why a ``when_prepared`` experiment cannot run here (its or its source's data is not prepared)."""
-        from affbench.data import find_dataset_folder
-
-        while experiment is not None:
-            try:
-                find_dataset_folder(data_root, experiment.dataset, suite.folders.get(experiment.dataset))
-            except AffbenchError as exc:
-                return str(exc)
-            source = experiment.init or experiment.evaluate
-            experiment = by_id[source.experiment] if source else None
-        return None
-
+    _check_encoders(suite, encoders)
+    planner = _Planner(suite, data_root, cache, _training_overrides(epochs, max_steps))
     for experiment in suite.experiments:
-        if encoders and experiment.encoder not in encoders:
-            continue
-        if experiment.when_prepared and (why := missing_data(experiment)):
-            skipped.append(f"{experiment.id}: skipped, {why[0].lower()}{why[1:]}")
-            continue
-        chosen = [f for f in protocol_folds(experiment) if folds is None or f in folds]
-        if not chosen:
-            skipped.append(f"{experiment.id}: no fold of {experiment.dataset} among --folds {list(folds or [])}")
-        for fold in chosen:
-            build(experiment, fold, requested=True)
-    if not order:
+        if not encoders or experiment.encoder in encoders:
+            planner.request(experiment, folds)
+    if not planner.order:
         raise AffbenchError(f"Nothing to run: the narrowing leaves no cell of suite {suite.name}.")
-    return Plan(suite, order, skipped)
+    return Plan(suite, planner.order, planner.skipped)
 
 
 def list_jobs(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, *, encoders: Sequence[str] | None = None,
               folds: Sequence[int] | None = None, epochs: int | None = None, max_steps: int | None = None) -> list[str]:
-    """The ids of the jobs :func:`run_benchmark` would run, in dependency order (a job after the
-    one it starts from), without training anything."""
+    """The ids of the jobs :func:`~affbench.benchmarks.harness.run_benchmark` would run, in dependency order, without training anything.
+
+    Parameters
+    ----------
+    suite : Suite, suite name or TOML path
+        The suite (loaded with :func:`~affbench.benchmarks.suite.load_suite` unless a Suite).
+    data_root : path
+        The ``--data`` folder.
+    encoders, folds, epochs, max_steps : optional
+        As for :func:`make_plan`.
+
+    Returns
+    -------
+    list of str
+        :attr:`Job.key` of every job, a job after the one it starts from.
+    """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     validate_encoders(suite)

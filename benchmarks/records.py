@@ -1,15 +1,17 @@
 """What a benchmark run writes about itself: one result record per cell, and the provenance in it.
 
-A record is the unit :mod:`affbench.results` reads back (tables, plots, export); its fields are
-documented in the README ("Result records"). :mod:`affbench.benchmarks.harness` fills the job's
-summary while training and scoring, and :func:`cell_record` turns it into each cell's record.
+A record is the unit :mod:`affbench.reporting.records` reads back (tables, plots, export); its fields are
+documented in docs/results.md ("Result records"). :mod:`affbench.benchmarks.harness` fills the job's
+summary (:class:`JobSummary`) while training and scoring, and :meth:`JobSummary.cell_record` turns it
+into each cell's record.
 """
 
 from __future__ import annotations
 
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,50 +41,125 @@ def describe_device(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def task_baselines(tasks) -> dict[str, dict[str, dict[str, float]]]:
-    """Each task's trivial predictors on the job's test rows (see affbench.baselines)."""
-    from affbench.baselines import trivial_baselines
+def task_baselines(tasks) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Each task's trivial predictors on the job's test rows (see affbench.scoring.baselines)."""
+    from affbench.scoring.baselines import trivial_baselines
 
     return {t.name: trivial_baselines(t.spec, t.y, t.mask, t.rows) for t in tasks}
 
 
-def cell_record(cell, job: Job, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The result record of one cell (a task of the job, scored on its fold) from the job's summary."""
-    experiment, task = job.experiment, cell.task
-    return {
-        "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
-        "experiment": experiment.id, "label": experiment.label or experiment.encoder,
-        "job_tasks": list(experiment.tasks),
-        "variant": experiment.variant or None,
-        "kind": summary["kind"][task], "mode": summary["mode"],
-        "metrics": summary["metrics"].get(task, {}),
-        "baselines": (summary.get("baselines") or {}).get(task, {}),
-        "validation_metrics": summary["validation_metrics"].get(task, {}),
-        "primary_metric": summary["primary_metric"][task],
-        "n": summary["n"][task], "excluded": summary["excluded"][task],
-        "fallback_crops": summary.get("fallback_crops", {}).get(task),
-        "validation_split": summary["validation_split"][task],
-        "test_groups": summary["test_groups"][task],
-        "config_hash": job.config_hash, "job": job.key,
-        "seed": summary["seed"], "device": summary["device"], "world_size": summary.get("world_size"),
-        "global_batch_size": summary.get("global_batch_size"),
-        "git_commit": summary["git_commit"],
-        "affbench_version": summary["affbench_version"], "wall_seconds": summary["wall_seconds"],
-        "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
-        "epochs_planned": summary["epochs_planned"], "selected_epoch": summary["selected_epoch"],
-        "selection": summary["selection"],
-        # "validation", or "reference-last-epoch": trained on the validation subjects too and
-        # kept the last epoch (ME-GraphAU's protocol): not comparable with held-out selection.
-        "selection_protocol": summary.get("selection_protocol", "validation"),
-        "metric_warnings": (summary.get("metric_warnings") or {}).get(task, []),
-        # The same for the selected epoch's validation_metrics.
-        "validation_metric_warnings": (summary.get("validation_metric_warnings") or {}).get(task, []),
-        "steps": summary["steps"], "resumed_from": summary["resumed_from"],
-        "initialisation": summary["initialisation"], "init_from": summary["init_from"],
-        "fresh_parameters": summary.get("fresh_parameters", []),
-        "loss": summary["loss"].get(task), "training": summary["training"],
-        "encoder_options": summary["encoder_options"], "encoder_spec": summary["encoder_spec"],
-        "data": summary["data"], "data_loading": summary.get("data_loading"),
-        "curve": summary["curve"].get(task, []),
-        "finished_at": summary["finished_at"], "notes": experiment.notes,
-    }
+#: done.json keys that older affbench versions did not write: read as their defaults.
+_OPTIONAL: dict[str, Callable[[], Any]] = {"fallback_crops": dict, "baselines": dict, "selection_protocol": lambda: "validation",
+             "metric_warnings": dict, "validation_metric_warnings": dict, "world_size": lambda: None,
+             "global_batch_size": lambda: None, "fresh_parameters": list, "data_loading": lambda: None}
+
+
+@dataclass
+class JobSummary:
+    """A finished job's summary (``RUNDIR/jobs/<job>/done.json``): the one type that result records
+    are made from.
+
+    Per-task fields map a task name to its value. :meth:`cell_record` is one cell's record;
+    :meth:`to_dict` and :meth:`from_dict` are the done.json form (keys as the field names).
+    """
+
+    job: str
+    config_hash: str
+    mode: str  # "train" or "evaluate"
+    metrics: dict[str, dict[str, Any]]
+    validation_metrics: dict[str, dict[str, Any]]
+    n: dict[str, dict[str, int]]
+    excluded: dict[str, Any]
+    validation_split: dict[str, Any]
+    test_groups: dict[str, Any]
+    primary_metric: dict[str, str]
+    kind: dict[str, str]
+    epochs: int | None
+    epochs_planned: int | None
+    selected_epoch: int | None
+    selection: str | None
+    steps: int | None
+    resumed_from: int | None
+    train_seconds: float
+    loss: dict[str, Any]
+    curve: dict[str, list[dict[str, Any]]]
+    initialisation: str | None
+    init_from: dict[str, Any] | None
+    seed: int | None
+    training: dict[str, Any] | None
+    encoder_options: dict[str, Any]
+    encoder_spec: dict[str, Any]
+    device: str
+    git_commit: str | None
+    affbench_version: str
+    data: dict[str, Any]
+    wall_seconds: float
+    finished_at: str
+    fallback_crops: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    # "validation", or "reference-last-epoch": trained on the validation subjects too and kept the
+    # last epoch (ME-GraphAU's protocol): not comparable with held-out selection.
+    selection_protocol: str = "validation"
+    metric_warnings: dict[str, list[str]] = field(default_factory=dict)
+    validation_metric_warnings: dict[str, list[str]] = field(default_factory=dict)
+    world_size: int | None = None
+    global_batch_size: int | None = None
+    fresh_parameters: list[str] = field(default_factory=list)
+    data_loading: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, summary: Mapping[str, Any]) -> JobSummary:
+        """The summary a done.json holds; a missing required key is a ``KeyError``."""
+        values = {}
+        for f in fields(cls):
+            if f.name in summary:
+                values[f.name] = summary[f.name]
+            elif f.name in _OPTIONAL:
+                values[f.name] = _OPTIONAL[f.name]()
+            else:
+                raise KeyError(f.name)
+        # None where a file wrote null for a mapping it now always has
+        for name in ("baselines", "metric_warnings", "validation_metric_warnings", "fallback_crops"):
+            values[name] = values[name] or {}
+        return cls(**values)
+
+    def cell_record(self, cell, job: Job) -> dict[str, Any]:
+        """The result record of one cell (a task of the job, scored on its fold)."""
+        experiment, task = job.experiment, cell.task
+        return {
+            "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
+            "experiment": experiment.id, "label": experiment.label or experiment.encoder,
+            "job_tasks": list(experiment.tasks),
+            "variant": experiment.variant or None,
+            "kind": self.kind[task], "mode": self.mode,
+            "metrics": self.metrics.get(task, {}),
+            "baselines": self.baselines.get(task, {}),
+            "validation_metrics": self.validation_metrics.get(task, {}),
+            "primary_metric": self.primary_metric[task],
+            "n": self.n[task], "excluded": self.excluded[task],
+            "fallback_crops": self.fallback_crops.get(task),
+            "validation_split": self.validation_split[task],
+            "test_groups": self.test_groups[task],
+            "config_hash": job.config_hash, "job": job.key,
+            "seed": self.seed, "device": self.device, "world_size": self.world_size,
+            "global_batch_size": self.global_batch_size,
+            "git_commit": self.git_commit,
+            "affbench_version": self.affbench_version, "wall_seconds": self.wall_seconds,
+            "train_seconds": self.train_seconds, "epochs": self.epochs,
+            "epochs_planned": self.epochs_planned, "selected_epoch": self.selected_epoch,
+            "selection": self.selection,
+            "selection_protocol": self.selection_protocol,
+            "metric_warnings": self.metric_warnings.get(task, []),
+            "validation_metric_warnings": self.validation_metric_warnings.get(task, []),
+            "steps": self.steps, "resumed_from": self.resumed_from,
+            "initialisation": self.initialisation, "init_from": self.init_from,
+            "fresh_parameters": self.fresh_parameters,
+            "loss": self.loss.get(task), "training": self.training,
+            "encoder_options": self.encoder_options, "encoder_spec": self.encoder_spec,
+            "data": self.data, "data_loading": self.data_loading,
+            "curve": self.curve.get(task, []),
+            "finished_at": self.finished_at, "notes": experiment.notes,
+        }

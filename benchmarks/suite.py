@@ -7,13 +7,13 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
 ``[datasets]``
     Optional sub-folder names under ``--data`` (default: the dataset's name).
 ``[training]`` (with ``[training.augmentation]``)
-    Default :class:`affbench.train.TrainSettings`; ``guessed`` lists what the papers leave open.
+    Default :class:`affbench.training.fit.TrainSettings`; ``guessed`` lists what the papers leave open.
 ``[tasks.<name>]``
     Derived evaluation tasks that no protocol declares, e.g. the thesis' "AU6 and AU12 on CAER-S
     Happy images" (rows of one class of a source task, AUs assumed active, the AU co-activation
     metrics).
 ``[[published]]``
-    The numbers the reproduced paper reports, with their source (see :mod:`affbench.published`);
+    The numbers the reproduced paper reports, with their source (see :mod:`affbench.reporting.published`);
     ``affbench export`` shows them beside affbench's.
 ``[[experiment]]``
     ``id``, ``dataset``, ``tasks``, ``encoder``, ``options`` (encoder options), ``folds``
@@ -37,12 +37,15 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.files import check_name
-from affbench.settings import TrainSettings
+from affbench.runtime.files import check_name
+from affbench.training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from affbench.scoring.protocols import TaskSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,10 +57,19 @@ SUITES_DIR = Path(__file__).with_name("suites")
 DATASET_NAMES = ("disfa", "bp4d", "caer-s", "affwild2")
 
 
-
 @dataclass(frozen=True)
 class Source:
-    """A reference to another experiment's selected model."""
+    """A reference to another experiment's selected model.
+
+    Parameters
+    ----------
+    experiment : str
+        The referenced experiment's id.
+    fold : int, optional
+        Its fold; default: its only fold, or the referring job's own fold.
+    option : str, optional
+        For ``[experiment.init]``: the encoder option that receives the checkpoint path.
+    """
 
     experiment: str
     fold: int | None = None
@@ -66,7 +78,33 @@ class Source:
 
 @dataclass(frozen=True)
 class DerivedTask:
-    """An evaluation task built from a source task's rows (``[tasks.<name>]`` in a suite)."""
+    """An evaluation task built from a source task's rows (``[tasks.<name>]`` in a suite).
+
+    Parameters
+    ----------
+    name : str
+        The task's name.
+    dataset : str
+        The dataset whose rows it takes.
+    source_task : str
+        The protocol task whose rows of ``classes`` it takes.
+    classes : tuple of str
+        Class names of the source task.
+    kind : str
+        The task kind (a :data:`~affbench.scoring.metrics.TASK_KINDS` value).
+    output_key : str
+        The model output scored.
+    label_names : tuple of str
+        One name per output column.
+    assume_active : tuple of str
+        The labels assumed active on every row (the co-activation metrics' columns).
+    metrics : tuple of str
+        Registered metric names; the first is the primary one.
+    role : str, default="test"
+        The rows of the source task's split used.
+    description : str, default=""
+        The task in words.
+    """
 
     name: str
     dataset: str
@@ -80,8 +118,15 @@ class DerivedTask:
     role: str = "test"
     description: str = ""
 
-    def spec(self):
-        from affbench.protocols import TaskSpec
+    def spec(self) -> TaskSpec:
+        """The task as a :class:`~affbench.scoring.protocols.TaskSpec` (no split column of its own).
+
+        Returns
+        -------
+        affbench.scoring.protocols.TaskSpec
+            The co-activation metrics get ``assume_active`` as their ``labels`` option.
+        """
+        from affbench.scoring.protocols import TaskSpec
 
         options = {m: {"labels": list(self.assume_active)} for m in self.metrics
                    if m in ("all_active_rate", "any_active_rate")}
@@ -92,11 +137,49 @@ class DerivedTask:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The task as JSON-native values (tuples as lists), for job configurations.
+
+        Returns
+        -------
+        dict
+        """
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
 class Experiment:
+    """One ``[[experiment]]`` of a suite: an encoder trained (or evaluated) on a dataset's tasks.
+
+    Parameters
+    ----------
+    id : str
+        Unique within the suite.
+    dataset : str
+        One of :data:`DATASET_NAMES`.
+    tasks : tuple of str
+        Protocol tasks or the suite's derived tasks (those for evaluation only).
+    encoder : str
+        A registered encoder name.
+    options : mapping, default={}
+        Encoder options.
+    folds : tuple of int, optional
+        The protocol folds it runs; default: all.
+    training : TrainSettings
+        The suite's training defaults with the experiment's overrides.
+    init, evaluate : Source, optional
+        Start from another experiment's selected weights, or only score that experiment's model.
+    label : str, default=""
+        The paper's name for it.
+    metrics : tuple of str, optional
+        Replace the tasks' metrics.
+    notes : str, default=""
+        Free text.
+    variant : str, default=""
+        Names the cells ``<encoder>-<variant>``.
+    when_prepared : bool, default=False
+        Run only where its data (and its source's) is prepared; else skipped with a note.
+    """
+
     id: str
     dataset: str
     tasks: tuple[str, ...]
@@ -110,10 +193,11 @@ class Experiment:
     metrics: tuple[str, ...] | None = None
     notes: str = ""
     variant: str = ""
-    when_prepared: bool = False  # run only where its data (and its source's) is prepared; else skipped with a note
+    when_prepared: bool = False
 
     @property
     def is_evaluation(self) -> bool:
+        """True when the experiment only scores another experiment's model (``[experiment.evaluate]``)."""
         return self.evaluate is not None
 
     @property
@@ -124,6 +208,28 @@ class Experiment:
 
 @dataclass
 class Suite:
+    """A parsed and checked suite (see the module docstring for its TOML tables).
+
+    Parameters
+    ----------
+    name, description, reproduces : str
+        From ``[suite]``.
+    experiments : list of Experiment
+        In file order, references resolved (an evaluation takes its source's encoder and options).
+    derived_tasks : dict of str to DerivedTask
+        From ``[tasks.<name>]``.
+    folders : dict of str to str
+        From ``[datasets]``: dataset -> sub-folder of ``--data``.
+    training : TrainSettings
+        From ``[training]``: every experiment's defaults.
+    path : Path, optional
+        The TOML file.
+    text : str, default=""
+        Its text.
+    published : list of affbench.reporting.published.Published
+        From ``[[published]]``.
+    """
+
     name: str
     description: str
     reproduces: str
@@ -133,9 +239,25 @@ class Suite:
     training: TrainSettings
     path: Path | None = None
     text: str = ""
-    published: list = field(default_factory=list)  # affbench.published.Published
+    published: list = field(default_factory=list)
 
     def experiment(self, experiment_id: str) -> Experiment:
+        """The experiment with id ``experiment_id``.
+
+        Parameters
+        ----------
+        experiment_id : str
+            An experiment id of the suite.
+
+        Returns
+        -------
+        Experiment
+
+        Raises
+        ------
+        AffbenchError
+            Listing the suite's experiments, when none has that id.
+        """
         for experiment in self.experiments:
             if experiment.id == experiment_id:
                 return experiment
@@ -144,7 +266,19 @@ class Suite:
 
 
 def list_suites() -> list[tuple[str, str, Path]]:
-    """``(name, description, path)`` of every suite shipped with affbench."""
+    """Every suite shipped with affbench (``benchmarks/suites/*.toml``), by file name.
+
+    Returns
+    -------
+    list of (str, str, Path)
+        ``(name, description, path)`` of each suite.
+
+    Examples
+    --------
+    >>> from affbench.benchmarks.suite import list_suites
+    >>> "demo" in [name for name, _, _ in list_suites()]
+    True
+    """
     found = []
     for path in sorted(SUITES_DIR.glob("*.toml")):
         try:
@@ -157,6 +291,7 @@ def list_suites() -> list[tuple[str, str, Path]]:
 
 
 def _check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    """Every key of ``table`` is ``allowed``; the message names ``where`` and the allowed keys."""
     allowed = sorted(allowed)
     for key in table:
         if key not in allowed:
@@ -164,7 +299,32 @@ def _check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) ->
 
 
 def load_suite(name_or_path: str | os.PathLike) -> Suite:
-    """A shipped suite by name, or a suite TOML file by path; every mistake is one clear sentence."""
+    """A shipped suite by name, or a suite TOML file by path; every mistake is one clear sentence.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A name from :func:`list_suites`, or the path of a TOML file (one ending in ``.toml`` or
+        an existing file).
+
+    Returns
+    -------
+    Suite
+        As :func:`parse_suite` builds it.
+
+    Raises
+    ------
+    AffbenchError
+        For a missing file, invalid TOML or an invalid suite; UnknownNameError (listing the
+        shipped suites) for an unknown name.
+
+    Examples
+    --------
+    >>> from affbench.benchmarks.suite import load_suite
+    >>> suite = load_suite("demo")
+    >>> suite.name, suite.experiment("disfa-fan").encoder
+    ('demo', 'fan-au')
+    """
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.is_file():
         if not candidate.is_file():
@@ -184,92 +344,48 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 
 
 def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str = "") -> Suite:
+    """Check a parsed suite TOML and build its :class:`Suite`; every mistake is one clear sentence.
+
+    Parameters
+    ----------
+    data : mapping
+        The TOML document, as :mod:`tomllib` parses it (tables described in the module docstring).
+    path : Path, optional
+        The file it was read from: names it in messages and gives the default suite name.
+    text : str, default=""
+        The file's text, kept with the suite for its records.
+
+    Returns
+    -------
+    Suite
+        With every ``[experiment.init]`` / ``[experiment.evaluate]`` reference resolved.
+
+    Raises
+    ------
+    AffbenchError
+        For an unknown key, a missing or invalid value, a duplicate experiment, a dangling or
+        looping reference or two experiments giving the same cell.
+
+    Examples
+    --------
+    >>> from affbench.benchmarks.suite import parse_suite
+    >>> suite = parse_suite({"suite": {"name": "mini"}, "experiment": [
+    ...     {"id": "caer-f", "dataset": "caer-s", "tasks": ["expression"], "encoder": "emotiram-f"}]})
+    >>> suite.name, [(e.id, e.cell_encoder, e.tasks) for e in suite.experiments]
+    ('mini', [('caer-f', 'emotiram-f', ('expression',))])
+    """
     where = path.name if path else "the suite"
     _check_keys(data, ("suite", "datasets", "training", "tasks", "experiment", "published"), where)
     meta = data.get("suite", {})
-    _check_keys(meta, ("name", "description", "reproduces"), f"[suite] of {where}")
-    name = meta.get("name") or (path.stem if path else "")
-    if not name:
-        raise AffbenchError(f"{where} has no [suite] name.")
-    check_name("suite name", name)
-    folders = dict(data.get("datasets", {}))
-    for dataset, folder in folders.items():
-        if dataset not in DATASET_NAMES:
-            raise UnknownNameError("dataset", dataset, DATASET_NAMES)
-        check_name(f"[datasets] folder of {dataset}", folder)
+    name = _suite_name(meta, path, where)
+    folders = _dataset_folders(data.get("datasets", {}))
     defaults = TrainSettings.from_dict(data.get("training", {}))
-
-    derived: dict[str, DerivedTask] = {}
-    for task_name, table in data.get("tasks", {}).items():
-        check_name("task name", task_name)
-        _check_keys(table, ("dataset", "source_task", "classes", "kind", "output_key", "label_names",
-                            "assume_active", "metrics", "role", "description"), f"[tasks.{task_name}] of {where}")
-        try:
-            derived[task_name] = DerivedTask(
-                name=task_name, dataset=table["dataset"], source_task=table["source_task"],
-                classes=tuple(table["classes"]), kind=table["kind"], output_key=table.get("output_key", "au"),
-                label_names=tuple(table["label_names"]), assume_active=tuple(table["assume_active"]),
-                metrics=tuple(table["metrics"]), role=table.get("role", "test"),
-                description=table.get("description", ""),
-            )
-        except KeyError as exc:
-            raise AffbenchError(f"[tasks.{task_name}] of {where} has no {exc.args[0]!r}.") from None
-        unknown = set(derived[task_name].assume_active) - set(derived[task_name].label_names)
-        if unknown:
-            raise AffbenchError(f"[tasks.{task_name}] assumes {sorted(unknown)} active, which are not in its label_names.")
-
-    experiments: list[Experiment] = []
-    for index, table in enumerate(data.get("experiment", [])):
-        label = f"[[experiment]] #{index + 1} of {where}"
-        _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
-                            "evaluate", "label", "metrics", "notes", "variant", "when_prepared"), label)
-        for required in ("id", "dataset", "tasks"):
-            if required not in table:
-                raise AffbenchError(f"{label} has no {required!r}.")
-        if table["dataset"] not in DATASET_NAMES:
-            raise UnknownNameError("dataset", table["dataset"], DATASET_NAMES)
-        if "encoder" not in table and "evaluate" not in table:
-            raise AffbenchError(f"{label} ({table['id']}) has no 'encoder'.")
-        check_name("experiment id", table["id"])
-        if not isinstance(table["tasks"], list):
-            raise AffbenchError(f"{label} ({table['id']}): 'tasks' must be a list of task names.")
-        for task in table["tasks"]:
-            check_name(f"task name of experiment {table['id']!r}", task)
-        if "encoder" in table:
-            check_name(f"encoder name of experiment {table['id']!r}", table["encoder"])
-        init = evaluate = None
-        if "init" in table:
-            _check_keys(table["init"], ("experiment", "fold", "option"), f"[experiment.init] of {table['id']}")
-            init = Source(table["init"]["experiment"], table["init"].get("fold"), table["init"].get("option", "au_checkpoint"))
-        if "evaluate" in table:
-            _check_keys(table["evaluate"], ("experiment", "fold"), f"[experiment.evaluate] of {table['id']}")
-            evaluate = Source(table["evaluate"]["experiment"], table["evaluate"].get("fold"))
-        if init and evaluate:
-            raise AffbenchError(f"Experiment {table['id']!r} has both [init] and [evaluate]; it trains or it evaluates.")
-        if evaluate and "training" in table:
-            raise AffbenchError(f"Experiment {table['id']!r} only evaluates, so it takes no [training] settings.")
-        folds = table.get("folds")
-        metrics = table.get("metrics")
-        if metrics is not None:
-            from affbench.scoring import get_metric
-
-            for metric in metrics:
-                get_metric(metric)  # UnknownNameError lists the registered ones
-        experiments.append(Experiment(
-            id=table["id"], dataset=table["dataset"], tasks=tuple(table["tasks"]), encoder=table.get("encoder", ""),
-            options=dict(table.get("options", {})), folds=tuple(int(f) for f in folds) if folds is not None else None,
-            training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
-            label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
-            notes=table.get("notes", ""), variant=str(table.get("variant", "")),
-            when_prepared=bool(table.get("when_prepared", False)),
-        ))
-    if not experiments:
-        raise AffbenchError(f"{where} declares no [[experiment]].")
-    ids = [e.id for e in experiments]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise AffbenchError(f"{where} declares experiment {duplicates[0]!r} twice.")
-    from affbench.published import parse_published
+    derived = {task_name: _derived_task(task_name, table, where)
+               for task_name, table in data.get("tasks", {}).items()}
+    experiments = [_experiment(table, f"[[experiment]] #{index + 1} of {where}", defaults)
+                   for index, table in enumerate(data.get("experiment", []))]
+    _check_experiment_ids(experiments, where)
+    from affbench.reporting.published import parse_published
 
     published = parse_published(data.get("published", []), {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
@@ -278,7 +394,117 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     return suite
 
 
+def _suite_name(meta: Mapping[str, Any], path: Path | None, where: str) -> str:
+    """The ``[suite]`` table's name (default: the file's stem), checked as a file name."""
+    _check_keys(meta, ("name", "description", "reproduces"), f"[suite] of {where}")
+    name = meta.get("name") or (path.stem if path else "")
+    if not name:
+        raise AffbenchError(f"{where} has no [suite] name.")
+    check_name("suite name", name)
+    return name
+
+
+def _dataset_folders(table: Mapping[str, Any]) -> dict[str, str]:
+    """The ``[datasets]`` table: a known dataset's sub-folder name under ``--data``."""
+    folders = dict(table)
+    for dataset, folder in folders.items():
+        if dataset not in DATASET_NAMES:
+            raise UnknownNameError("dataset", dataset, DATASET_NAMES)
+        check_name(f"[datasets] folder of {dataset}", folder)
+    return folders
+
+
+def _derived_task(task_name: str, table: Mapping[str, Any], where: str) -> DerivedTask:
+    """One ``[tasks.<name>]`` table, whose assumed-active labels must be among its label names."""
+    check_name("task name", task_name)
+    _check_keys(table, ("dataset", "source_task", "classes", "kind", "output_key", "label_names",
+                        "assume_active", "metrics", "role", "description"), f"[tasks.{task_name}] of {where}")
+    try:
+        task = DerivedTask(
+            name=task_name, dataset=table["dataset"], source_task=table["source_task"],
+            classes=tuple(table["classes"]), kind=table["kind"], output_key=table.get("output_key", "au"),
+            label_names=tuple(table["label_names"]), assume_active=tuple(table["assume_active"]),
+            metrics=tuple(table["metrics"]), role=table.get("role", "test"),
+            description=table.get("description", ""),
+        )
+    except KeyError as exc:
+        raise AffbenchError(f"[tasks.{task_name}] of {where} has no {exc.args[0]!r}.") from None
+    unknown = set(task.assume_active) - set(task.label_names)
+    if unknown:
+        raise AffbenchError(f"[tasks.{task_name}] assumes {sorted(unknown)} active, which are not in its label_names.")
+    return task
+
+
+def _experiment(table: Mapping[str, Any], label: str, defaults: TrainSettings) -> Experiment:
+    """One ``[[experiment]]`` table (``label`` names it in messages), its training over ``defaults``."""
+    _check_experiment_table(table, label)
+    init, evaluate = _sources(table)
+    folds = table.get("folds")
+    metrics = table.get("metrics")
+    if metrics is not None:
+        from affbench.scoring.registry import get_metric
+
+        for metric in metrics:
+            get_metric(metric)  # UnknownNameError lists the registered ones
+    return Experiment(
+        id=table["id"], dataset=table["dataset"], tasks=tuple(table["tasks"]), encoder=table.get("encoder", ""),
+        options=dict(table.get("options", {})), folds=tuple(int(f) for f in folds) if folds is not None else None,
+        training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
+        label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
+        notes=table.get("notes", ""), variant=str(table.get("variant", "")),
+        when_prepared=bool(table.get("when_prepared", False)),
+    )
+
+
+def _check_experiment_table(table: Mapping[str, Any], label: str) -> None:
+    """An experiment's keys, required values, dataset and names (ids, tasks and encoder become file names)."""
+    _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
+                        "evaluate", "label", "metrics", "notes", "variant", "when_prepared"), label)
+    for required in ("id", "dataset", "tasks"):
+        if required not in table:
+            raise AffbenchError(f"{label} has no {required!r}.")
+    if table["dataset"] not in DATASET_NAMES:
+        raise UnknownNameError("dataset", table["dataset"], DATASET_NAMES)
+    if "encoder" not in table and "evaluate" not in table:
+        raise AffbenchError(f"{label} ({table['id']}) has no 'encoder'.")
+    check_name("experiment id", table["id"])
+    if not isinstance(table["tasks"], list):
+        raise AffbenchError(f"{label} ({table['id']}): 'tasks' must be a list of task names.")
+    for task in table["tasks"]:
+        check_name(f"task name of experiment {table['id']!r}", task)
+    if "encoder" in table:
+        check_name(f"encoder name of experiment {table['id']!r}", table["encoder"])
+
+
+def _sources(table: Mapping[str, Any]) -> tuple[Source | None, Source | None]:
+    """An experiment's ``[experiment.init]`` and ``[experiment.evaluate]`` references; one at most."""
+    init = evaluate = None
+    if "init" in table:
+        _check_keys(table["init"], ("experiment", "fold", "option"), f"[experiment.init] of {table['id']}")
+        init = Source(table["init"]["experiment"], table["init"].get("fold"), table["init"].get("option", "au_checkpoint"))
+    if "evaluate" in table:
+        _check_keys(table["evaluate"], ("experiment", "fold"), f"[experiment.evaluate] of {table['id']}")
+        evaluate = Source(table["evaluate"]["experiment"], table["evaluate"].get("fold"))
+    if init and evaluate:
+        raise AffbenchError(f"Experiment {table['id']!r} has both [init] and [evaluate]; it trains or it evaluates.")
+    if evaluate and "training" in table:
+        raise AffbenchError(f"Experiment {table['id']!r} only evaluates, so it takes no [training] settings.")
+    return init, evaluate
+
+
+def _check_experiment_ids(experiments: list[Experiment], where: str) -> None:
+    """At least one experiment, and no id twice."""
+    if not experiments:
+        raise AffbenchError(f"{where} declares no [[experiment]].")
+    ids = [e.id for e in experiments]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise AffbenchError(f"{where} declares experiment {duplicates[0]!r} twice.")
+
+
 def _resolve_references(suite: Suite) -> None:
+    """Check the experiments' references (known, acyclic, on their own dataset's derived tasks) and cells
+    (one experiment each); an evaluation takes its source's encoder and options, in place."""
     by_id = {e.id: e for e in suite.experiments}
     for i, experiment in enumerate(suite.experiments):
         source = experiment.init or experiment.evaluate
@@ -307,8 +533,8 @@ def _resolve_references(suite: Suite) -> None:
     # Dependencies must not loop.
     for experiment in suite.experiments:
         seen, current = {experiment.id}, experiment
-        while (current.init or current.evaluate) is not None:
-            current = by_id[(current.init or current.evaluate).experiment]
+        while (source := current.init or current.evaluate) is not None:
+            current = by_id[source.experiment]
             if current.id in seen:
                 raise AffbenchError(f"Experiments of suite {suite.name} depend on each other in a loop ({current.id}).")
             seen.add(current.id)
@@ -327,8 +553,19 @@ def _resolve_references(suite: Suite) -> None:
 
 
 def validate_encoders(suite: Suite) -> None:
-    """Every encoder name and option of the suite exists (UnknownNameError lists the valid names)."""
-    from affbench.encoders import get_encoder_spec
+    """Check that every encoder name and option of the suite exists.
+
+    Parameters
+    ----------
+    suite : Suite
+        Its experiments' encoders and options (weight options, which carry paths, excepted).
+
+    Raises
+    ------
+    UnknownNameError
+        Listing the valid names, for an unknown encoder or option.
+    """
+    from affbench.encoders.registry import get_encoder_spec
 
     for experiment in suite.experiments:
         options = {k: v for k, v in experiment.options.items() if k not in WEIGHT_OPTIONS}

@@ -1,4 +1,4 @@
-"""Aff-Wild2, ABAW3 release (Kollias et al.): layout, headers and label facts (see shared FACTS.md),
+"""Aff-Wild2, ABAW3 release (Kollias et al.): layout, headers and label facts (see docs/datasets.md),
 and ``prepare``.
 
 Layout::
@@ -34,9 +34,14 @@ import numpy as np
 import pyarrow as pa
 
 from affbench.errors import DataLayoutError
+from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
 from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
-from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units
-from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, decode_image, encode_image, make_schema
+from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units
+from affbench.scoring.protocols import GivenSplit, Protocol, TaskSpec, Validation
+from affbench.shards.codec import IMAGE_CODECS, decode_image, encode_image
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.schema import make_schema
+from affbench.shards.writer import ShardWriter
 
 DATASET = "affwild2"
 IMAGE_DIR = "cropped_aligned"
@@ -191,7 +196,7 @@ def parse_annotation(text: str, task: str, name: str) -> np.ndarray:
     try:
         values = np.asarray(",".join(body).split(","), dtype=np.float64).reshape(-1, width)
     except ValueError:
-        number, line = next((n, l) for n, l in enumerate(body, start=2) if not _numbers(l))
+        number, line = next((n, text) for n, text in enumerate(body, start=2) if not _numbers(text))
         raise AnnotationError(f"{name} line {number} holds {line!r}, which is not numbers.") from None
     if task == "va":
         ok = (values == VA_MISSING) | ((values >= -1.0) & (values <= 1.0))
@@ -233,6 +238,7 @@ class Video:
 
     @property
     def key(self) -> str:
+        """The unit's key: the video's name."""
         return self.name
 
     @property
@@ -278,6 +284,29 @@ def read_annotations(layout: Layout) -> tuple[list[Video], str]:
 
 
 # ----------------------------------------------------------------------------------------- work
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Everything that decides the content of the shards, and where the annotations are."""
+
+    annotations: str | None = None  # a folder holding the *_Challenge folders, where they are not under ROOT
+    size: int = IMAGE_SIZE
+    codec: str = "jpeg"
+    quality: int = 95
+    rows_per_shard: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.codec not in IMAGE_CODECS:
+            raise ValueError(f"unknown image codec {self.codec!r}; choose one of {sorted(IMAGE_CODECS)}")
+
+    @classmethod
+    def from_options(cls, *, size: int = IMAGE_SIZE, codec: str = "jpeg", quality: int = 95,
+                     rows_per_shard: int = 1000, annotations: str | os.PathLike | None = None,
+                     device: str | None = None) -> PrepareSettings:
+        """The settings from ``affbench prepare affwild2``'s options (``device`` is not used: no detector runs)."""
+        return cls(annotations=None if annotations is None else os.fspath(annotations), size=size, codec=codec,
+                   quality=quality, rows_per_shard=rows_per_shard)
 
 
 @dataclass(frozen=True)
@@ -374,7 +403,7 @@ def process_video(settings: Settings, unit: Video, tick: Tick) -> UnitOutcome:
     with ShardWriter(settings.out, unit.key, make_schema(LABEL_FIELDS), rows_per_shard=settings.rows_per_shard) as writer:
         for frame, name in enumerate(names):
             source = f"{folder_rel}/{name}"
-            row = {
+            row: dict[str, Any] = {
                 "sample_id": f"{DATASET}/{unit.name}/{frame:06d}",
                 "dataset": DATASET,
                 "subject": unit.name,
@@ -421,13 +450,9 @@ def process_video(settings: Settings, unit: Video, tick: Tick) -> UnitOutcome:
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
+    settings: PrepareSettings | None = None,
     *,
-    annotations: str | os.PathLike | None = None,
-    size: int = IMAGE_SIZE,
-    codec: str = "jpeg",
-    quality: int = 95,
     workers: int = 1,
-    rows_per_shard: int = 1000,
     progress: bool = True,
     backend: str | None = None,
     scheduler: Any = None,
@@ -439,14 +464,14 @@ def prepare(
     root : path
         Holds ``cropped_aligned/`` (searched for if nested) and, unless ``annotations`` is given,
         the three ``*_Challenge`` folders (searched for up to ``SEARCH_DEPTH`` levels down).
-    annotations : path, optional
-        A folder holding the challenge folders, where they are not under ``root``.
-    size, codec, quality
-        The stored image: with ``codec="jpeg"`` at the challenge's 112 the original JPEG bytes are
-        kept unchanged; otherwise images are resized to ``size`` and encoded with ``codec``.
+    settings : PrepareSettings, optional
+        ``annotations``: a folder holding the challenge folders, where they are not under ``root``.
+        ``size``, ``codec``, ``quality``: the stored image; with ``codec="jpeg"`` at the
+        challenge's 112 the original JPEG bytes are kept unchanged, otherwise images are resized
+        to ``size`` and encoded with ``codec``.
     scheduler : str or distributed.Client, optional
         Run every unit as one task on this Dask cluster (``tcp://host:8786``), see
-        :func:`affbench.runner.run_units`; ``workers`` is then not used.
+        :func:`affbench.preparation.units.run_units`; ``workers`` is then not used.
 
     Returns
     -------
@@ -457,22 +482,21 @@ def prepare(
     --------
     >>> summary = prepare("/data/ABAW3", "prepared/affwild2", workers=8)  # doctest: +SKIP
     """
-    if codec not in IMAGE_CODECS:
-        raise ValueError(f"unknown image codec {codec!r}; choose one of {sorted(IMAGE_CODECS)}")
-    layout = find_layout(root, annotations)
+    chosen = settings or PrepareSettings()
+    layout = find_layout(root, chosen.annotations)
     videos, annotations_sha256 = read_annotations(layout)
-    settings = Settings(
+    resolved = Settings(
         root=str(layout.root.resolve()),
         images=str(layout.images.resolve()),
         out=str(Path(out).resolve()),
-        size=size,
-        codec=codec,
-        quality=quality,
-        rows_per_shard=rows_per_shard,
+        size=chosen.size,
+        codec=chosen.codec,
+        quality=chosen.quality,
+        rows_per_shard=chosen.rows_per_shard,
     )
     info = {
-        "root": settings.root,
-        "images": settings.images,
+        "root": resolved.root,
+        "images": resolved.images,
         "challenges": {task: str(path.resolve()) for task, path in layout.challenges.items()},
         "videos": {
             task: {split: sum(1 for v in videos if task in v.tasks and v.tasks[task].split == split) for split in SPLITS}
@@ -480,19 +504,80 @@ def prepare(
         },
         "notes": NOTES,
     }
-    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
-
     with DatasetWriter(
         out,
         dataset=DATASET,
-        parameters=settings.parameters(annotations_sha256),
+        parameters=resolved.parameters(annotations_sha256),
         schema=make_schema(LABEL_FIELDS),
-        protocol=protocol_for(DATASET).to_dict(),
+        protocol=PROTOCOL.to_dict(),
         info=info,
     ) as writer:  # holds the folder: one process at a time
         # What each video is made from, so that a replaced, added or removed image gets it redone.
         videos = [dataclasses.replace(v, inputs=fingerprint(layout.images, _image_files(v))) for v in videos]
-        process = functools.partial(process_video, settings)
+        process = functools.partial(process_video, resolved)
         return run_units(writer, videos, process, workers=workers, progress=progress, item="frames",
                          backend=backend, scheduler=scheduler)
 
+# ----------------------------------------------------------------------------------------- protocol
+
+_AFFWILD2_TRAIN, _AFFWILD2_OFFICIAL_VALIDATION = SPLITS
+
+PROTOCOL = Protocol(
+    dataset="affwild2",
+    description=(
+        "ABAW3 per-task splits: the official Validation_Set plays test (what papers report); model "
+        "selection uses a seeded hold-out of Train_Set videos, both halves of a two-person video together."
+    ),
+    tasks={
+        "au-detection": TaskSpec(
+            name="au-detection",
+            kind="au-detection",
+            label_columns=AU_COLUMNS,
+            output_key="au",
+            n_outputs=len(AUS),
+            label_names=AU_COLUMNS,
+            metrics=("f1", "accuracy"),
+            primary_metric="f1",
+            split_column="split_au",
+            missing_values=(AU_MISSING,),
+        ),
+        "expression": TaskSpec(
+            name="expression",
+            kind="expression",
+            label_columns=("expression",),
+            output_key="expression",
+            n_outputs=len(EXPRESSIONS),
+            label_names=tuple(name.lower() for name in EXPRESSIONS),
+            metrics=("f1", "accuracy"),
+            primary_metric="f1",
+            split_column="split_expr",
+            missing_values=(EXPR_MISSING,),
+        ),
+        "va": TaskSpec(
+            name="va",
+            kind="va",
+            label_columns=("valence", "arousal"),
+            output_key="va",
+            n_outputs=2,
+            label_names=("valence", "arousal"),
+            metrics=("ccc",),
+            primary_metric="ccc",
+            split_column="split_va",
+            # Shards store unannotated VA as null; the raw marker is accepted too.
+            missing_values=(VA_MISSING,),
+        ),
+    },
+    split=GivenSplit(train=_AFFWILD2_TRAIN, test=_AFFWILD2_OFFICIAL_VALIDATION),
+    validation=Validation(
+        method="group-holdout",
+        fraction=SUBJECT_VALIDATION_FRACTION,
+        seed=VALIDATION_SEED,
+        group_column="subject",
+        merge_suffixes=TWO_PERSON_SUFFIXES,
+    ),
+)
+
+
+def summary_notes(manifest: dict) -> list[str]:
+    """Aff-Wild2's summary needs no lines beyond the run's own."""
+    return []

@@ -1,4 +1,4 @@
-"""BP4D-Spontaneous (Zhang et al. 2014): layout, label and protocol facts (see shared FACTS.md),
+"""BP4D-Spontaneous (Zhang et al. 2014): layout, label and protocol facts (see docs/datasets.md),
 and ``prepare``.
 
 Layout (as ME-GraphAU's and JAA-Net's data tools read it)::
@@ -11,7 +11,7 @@ Layout (as ME-GraphAU's and JAA-Net's data tools read it)::
 
 The frame folders and ``AU_OCC`` are found anywhere within a few folder levels under ROOT, as for
 Aff-Wild2. A unit is one (subject, task): its coded frames, tracked in frame order through the
-same MTCNN tracking as a DISFA video (:mod:`affbench.sequences`). Only coded frames become rows;
+same MTCNN tracking as a DISFA video (:mod:`affbench.preparation.sequences`). Only coded frames become rows;
 frames that have an image but no code are counted (``uncoded_frames``) and not stored. Codes are
 joined by frame number (the number in the CSV's first column and in the image's file name); 9
 (unknown) is stored as -1, and so is an intensity the intensity files do not give.
@@ -25,6 +25,7 @@ import functools
 import io
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,19 @@ import numpy as np
 import pyarrow as pa
 
 from affbench.errors import DataLayoutError
-from affbench.face_tracking import FaceTracker
-from affbench.faces import resolve_device, shared_detector
-from affbench.pipelines.disfa import PrepareSettings as _CropSettings
+from affbench.faces.detection import shared_detector
+from affbench.faces.tracking import FaceTracker
+from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
+from affbench.pipelines.disfa import SequenceSettings
 from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
-from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
-from affbench.shards import DatasetWriter, ShardWriter, make_schema, read_image_file
-from affbench.sequences import write_tracked_sequence
+from affbench.preparation.sequences import write_tracked_sequence
+from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
+from affbench.runtime.devices import resolve_device
+from affbench.scoring.protocols import CrossValidation, Protocol, TaskSpec, Validation
+from affbench.shards.codec import read_image_file
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.schema import make_schema
+from affbench.shards.writer import ShardWriter
 
 DATASET = "bp4d"
 SUBJECTS: tuple[str, ...] = (*(f"F{n:03d}" for n in range(1, 24)), *(f"M{n:03d}" for n in range(1, 19)))
@@ -93,6 +100,7 @@ def intensity_path(au: int, subject: str, task: str) -> str:
 
 
 def sample_id(subject: str, task: str, frame: int) -> str:
+    """The ``sample_id`` of a frame's row: ``bp4d/<subject>/<task>/<frame>``."""
     return f"{DATASET}/{subject}/{task}/{frame}"
 
 
@@ -326,11 +334,18 @@ def read_codes(unit: TaskSequence) -> tuple[np.ndarray, np.ndarray, list[dict[in
 
 
 @dataclass(frozen=True)
-class PrepareSettings(_CropSettings):
+class PrepareSettings(SequenceSettings):
     """The DISFA pipeline's crop, detector, tracker and alignment settings (256x256 by default)."""
 
-    def parameters(self, camera: str | None = None) -> dict:
-        parameters = super().parameters(camera="single (the 2D frames)")
+    @classmethod
+    def from_options(cls, *, size: int = 256, codec: str = "png", quality: int = 95, device: str = "auto",
+                     rows_per_shard: int = 1000) -> PrepareSettings:
+        """The settings from ``affbench prepare bp4d``'s options."""
+        return cls(size=size, codec=codec, quality=quality, device=device, rows_per_shard=rows_per_shard)
+
+    def parameters(self) -> dict[str, Any]:
+        """What the manifest records (and a resumed run must match): DISFA's, less the camera, with BP4D's labels."""
+        parameters = super().parameters()
         del parameters["camera"]
         parameters["labels"] = {
             "occurrence": list(AU_COLUMNS),
@@ -364,7 +379,7 @@ def prepare_task(unit: TaskSequence, tick: Tick, *, out_dir: str, settings: Prep
     def source(frame: int) -> str:
         return f"{unit.folder}/{images.get(frame, f'{frame}.jpg')}"
 
-    def stream():
+    def stream() -> Iterator[tuple[int, np.ndarray | None]]:
         for frame in code_of:
             if frame not in images:
                 failures.append({"unit": unit.key, "item": source(frame), "reason": "a coded frame without an image"})
@@ -406,8 +421,8 @@ def prepare_task(unit: TaskSequence, tick: Tick, *, out_dir: str, settings: Prep
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
+    settings: PrepareSettings | None = None,
     *,
-    settings: PrepareSettings = PrepareSettings(),
     workers: int = 1,
     progress: bool = True,
     backend: str | None = None,
@@ -415,6 +430,7 @@ def prepare(
 ) -> RunSummary:
     """Prepare (or resume preparing) BP4D from ``root`` into ``out``; every code file is checked
     before any work starts."""
+    settings = settings or PrepareSettings()
     layout = find_layout(root)
     units = find_units(layout)
     sized = []
@@ -423,9 +439,7 @@ def prepare(
         sized.append(dataclasses.replace(unit, size=len(frames)))
     device = resolve_device(settings.device) if runs_here(backend, scheduler) else settings.device
     settings = dataclasses.replace(settings, device=device)
-    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
-
-    protocol = protocol_for(DATASET)
+    protocol = PROTOCOL
     if layout.intensity is None:  # no FERA 2015 intensity codes in this copy: detection only
         protocol = dataclasses.replace(protocol, tasks={k: t for k, t in protocol.tasks.items() if t.kind != "au-intensity"})
     with DatasetWriter(
@@ -446,3 +460,52 @@ def prepare(
 def uncoded_frames(manifest: dict) -> int:
     """Frames with an image but no occurrence code, over every prepared unit (they are not rows)."""
     return sum(unit["stats"].get("uncoded_frames", 0) for unit in manifest["units"].values())
+
+
+def summary_notes(manifest: dict) -> list[str]:
+    """The line ``affbench prepare bp4d`` adds to its summary: the frames without codes."""
+    return [f"frames without codes (not stored): {uncoded_frames(manifest)}"]
+
+
+# ----------------------------------------------------------------------------------------- protocol
+
+PROTOCOL = Protocol(
+    dataset="bp4d",
+    description=(
+        "3-fold subject-exclusive protocol of ME-GraphAU / JAA-Net (fold 1 tests part3, fold 2 part2, "
+        "fold 3 part1); 12 AUs, occurrence as coded (9 = unknown is left out per AU); FERA 2015 intensity "
+        "(5 AUs, ICC) where the copy has the codes; validation = seeded hold-out of training subjects."
+    ),
+    tasks={
+        "au-detection": TaskSpec(
+            name="au-detection",
+            kind="au-detection",
+            label_columns=AU_COLUMNS,
+            output_key="au",
+            n_outputs=len(AUS),
+            label_names=AU_COLUMNS,
+            metrics=("f1", "accuracy"),
+            primary_metric="f1",
+            split_column=None,
+            missing_values=(MISSING,),
+        ),
+        "au-intensity": TaskSpec(
+            name="au-intensity",
+            kind="au-intensity",
+            label_columns=INTENSITY_COLUMNS,
+            output_key="au",
+            n_outputs=len(INTENSITY_AUS),
+            label_names=tuple(f"au{au}" for au in INTENSITY_AUS),
+            metrics=("icc",),
+            primary_metric="icc",
+            split_column=None,
+            missing_values=(MISSING,),
+        ),
+    },
+    split=CrossValidation(
+        parts=PARTS, test_parts={fold: (part,) for fold, part in FOLD_TEST_PART.items()}, group_column="subject"
+    ),
+    validation=Validation(
+        method="group-holdout", fraction=SUBJECT_VALIDATION_FRACTION, seed=VALIDATION_SEED, group_column="subject"
+    ),
+)

@@ -1,11 +1,11 @@
-"""CAER-S (Lee et al. 2019): layout, classes and split facts (see shared FACTS.md), and ``prepare``.
+"""CAER-S (Lee et al. 2019): layout, classes and split facts (see docs/datasets.md), and ``prepare``.
 
 Layout: ``ROOT/train/<Class>/NNNN.png`` and ``ROOT/test/<Class>/NNNN.png``; no validation folder.
 Reported quirk: the anger folder is ``Angry`` in train and ``Anger`` in test; both map to Anger.
 
 :func:`prepare` turns every image into one row: MTCNN finds the faces, one is kept (the largest or
 the most confident, ``select``), and it is aligned onto the shared 5-point template
-(:class:`affbench.faces.AlignmentTemplate`) and cropped to ``size`` x ``size``. The face box and the
+(:class:`affbench.faces.alignment.AlignmentTemplate`) and cropped to ``size`` x ``size``. The face box and the
 five landmarks are stored in source-image pixels, so that a context stream (EmotiRAM's) can cut
 its own crop from the source image later without detecting again. An image without a face keeps
 its row with ``face_found`` false; an image that cannot be read keeps one too and is listed, with
@@ -17,6 +17,7 @@ loader holds out a seeded, stratified fraction of ``train`` (``DEFAULT_VALIDATIO
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections import Counter
@@ -28,18 +29,16 @@ import numpy as np
 import pyarrow as pa
 
 from affbench.errors import DataLayoutError
-from affbench.faces import (
-    SCORE_MARGIN,
-    SIZE_MARGIN,
-    AlignmentTemplate,
-    DetectorSettings,
-    face_crop_columns,
-    resolve_device,
-    select_face,
-    shared_detector,
-)
-from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
-from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, read_image_file
+from affbench.faces.alignment import AlignmentTemplate
+from affbench.faces.detection import SCORE_MARGIN, SIZE_MARGIN, DetectorSettings, select_face, shared_detector
+from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
+from affbench.runtime.devices import resolve_device
+from affbench.scoring.protocols import GivenSplit, Protocol, TaskSpec, Validation
+from affbench.shards.codec import IMAGE_CODECS, read_image_file
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.rows import face_crop_columns
+from affbench.shards.schema import make_schema
+from affbench.shards.writer import ShardWriter
 
 DATASET = "caer-s"
 CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
@@ -94,10 +93,12 @@ class ImageFolder:
 
     @property
     def key(self) -> str:
+        """The unit's key: ``<split>/<class folder>``."""
         return f"{self.split}/{self.folder}"
 
     @property
     def size(self) -> int:
+        """The number of images in the folder."""
         return len(self.files)
 
 
@@ -169,19 +170,28 @@ def sample_ids(unit: ImageFolder) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything one worker needs to process a unit (picklable, so joblib can send it)."""
+class PrepareSettings:
+    """Everything that decides the content of the shards (plus where MTCNN runs)."""
 
-    root: str
-    out: str
     size: int = DEFAULT_SIZE
     codec: str = "png"
     quality: int = 95
     select: str = "largest"
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     template: AlignmentTemplate = field(default_factory=AlignmentTemplate)
-    device: str = "cpu"
+    device: str = "auto"
     rows_per_shard: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ValueError(f"unknown face selection {self.select!r}; use one of {SELECTIONS}")
+
+    @classmethod
+    def from_options(cls, *, size: int = DEFAULT_SIZE, codec: str = "png", quality: int = 95, device: str = "auto",
+                     rows_per_shard: int = 1000, select: str = "largest", batch_size: int = 16) -> PrepareSettings:
+        """The settings from ``affbench prepare caer-s``'s options."""
+        return cls(size=size, codec=codec, quality=quality, select=select,
+                   detector=DetectorSettings(batch_size=batch_size), device=device, rows_per_shard=rows_per_shard)
 
     def parameters(self) -> dict:
         """The preprocessing parameters a manifest records (and a resumed run must repeat)."""
@@ -198,6 +208,14 @@ class Settings:
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class Settings(PrepareSettings):
+    """Everything one worker needs to process a unit (picklable, so joblib can send it)."""
+
+    root: str
+    out: str
+
+
 def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOutcome:
     """Detect, select, align and crop the face of every image of one folder; write its shards."""
     root = Path(settings.root)
@@ -208,7 +226,7 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
     # Enough images for full batches of the common size, few enough for a lively progress bar.
     chunk = max(32, 2 * settings.detector.batch_size)
     stats = {"images": 0, "faces_found": 0, "no_face": 0, "several_faces": 0, "unreadable": 0,
-             "detection_failed": 0, "device": detector.device}
+             "detection_failed": 0}
     failures: list[dict[str, str]] = []
     with ShardWriter(settings.out, unit.key, schema, rows_per_shard=settings.rows_per_shard) as writer:
         for start in range(0, unit.size, chunk):
@@ -250,22 +268,15 @@ def process_folder(settings: Settings, unit: ImageFolder, tick: Tick) -> UnitOut
                 stats["no_face"] += i in detections and face is None
                 stats["several_faces"] += len(faces) > 1
             tick(len(names))
-    return UnitOutcome(unit.key, writer.shards, failures=failures, stats=stats)
+    return UnitOutcome(unit.key, writer.shards, failures=failures, stats={**stats, "device": detector.device})
 
 
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
+    settings: PrepareSettings | None = None,
     *,
-    size: int = DEFAULT_SIZE,
-    codec: str = "png",
-    quality: int = 95,
-    select: str = "largest",
-    detector: DetectorSettings | None = None,
-    template: AlignmentTemplate | None = None,
-    device: str = "auto",
     workers: int = 1,
-    rows_per_shard: int = 1000,
     progress: bool = True,
     backend: str | None = None,
     scheduler: Any = None,
@@ -278,15 +289,13 @@ def prepare(
         The CAER-S root holding ``train/<Class>/`` and ``test/<Class>/``.
     out : path
         Output folder (``manifest.json`` + ``shards/``).
-    size : int
-        Side of the aligned square face crop.
-    select : {"largest", "prob"}
-        Which face to keep where MTCNN finds several (:func:`affbench.faces.select_face`): the
-        largest box, or the highest probability, each only by a clear margin; near-ties go to the
-        face nearest the image centre (:data:`SELECTION_RULES`).
+    settings : PrepareSettings, optional
+        Crop size, codec, face selection (``select``: where MTCNN finds several faces, the largest
+        box or the highest probability, each only by a clear margin; near-ties go to the face
+        nearest the image centre, :data:`SELECTION_RULES`), detector, template, device.
     scheduler : str or distributed.Client, optional
         Run every unit as one task on this Dask cluster (``tcp://host:8786``), see
-        :func:`affbench.runner.run_units`; ``workers`` is then not used.
+        :func:`affbench.preparation.units.run_units`; ``workers`` is then not used.
 
     Returns
     -------
@@ -299,30 +308,21 @@ def prepare(
     >>> summary.ok                                                          # doctest: +SKIP
     True
     """
-    if select not in SELECTIONS:
-        raise ValueError(f"unknown face selection {select!r}; use one of {SELECTIONS}")
+    chosen = settings or PrepareSettings()
     settings = Settings(
         root=str(Path(root).resolve()),
         out=str(Path(out).resolve()),
-        size=size,
-        codec=codec,
-        quality=quality,
-        select=select,
-        detector=detector or DetectorSettings(),
-        template=template or AlignmentTemplate(),
-        # On a cluster each worker settles "auto" itself (its unit stats say where it ran).
-        device=resolve_device(device) if runs_here(backend, scheduler) else device,
-        rows_per_shard=rows_per_shard,
+        **{f.name: getattr(chosen, f.name) for f in dataclasses.fields(PrepareSettings)},
     )
+    if runs_here(backend, scheduler):  # on a cluster each worker settles "auto" itself (its unit stats say where)
+        settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     units, ignored = find_image_folders(root, exclude=out)
-    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
-
     with DatasetWriter(
         out,
         dataset=DATASET,
         parameters=settings.parameters(),
         schema=make_schema(LABEL_FIELDS),
-        protocol=protocol_for(DATASET).to_dict(),
+        protocol=PROTOCOL.to_dict(),
         info={
             "root": settings.root,
             "device": settings.device,
@@ -335,3 +335,35 @@ def prepare(
         return run_units(writer, units, process, workers=workers, progress=progress, item="images",
                          backend=backend, scheduler=scheduler)
 
+# ----------------------------------------------------------------------------------------- protocol
+
+PROTOCOL = Protocol(
+    dataset="caer-s",
+    description=(
+        "train/test as distributed; validation = seeded, class-stratified fraction of train "
+        "(12.5% by default, as the public CAER-Net code)."
+    ),
+    tasks={
+        "expression": TaskSpec(
+            name="expression",
+            kind="expression",
+            label_columns=("expression",),
+            output_key="expression",
+            n_outputs=len(CLASSES),
+            label_names=tuple(name.lower() for name in CLASSES),
+            metrics=("accuracy", "f1"),
+            primary_metric="accuracy",
+            split_column="split",
+            missing_values=(-1,),
+        ),
+    },
+    split=GivenSplit(train=SPLITS[0], test=SPLITS[1]),
+    validation=Validation(
+        method="stratified", fraction=DEFAULT_VALIDATION_FRACTION, seed=DEFAULT_VALIDATION_SEED
+    ),
+)
+
+
+def summary_notes(manifest: dict) -> list[str]:
+    """CAER-S's summary needs no lines beyond the run's own."""
+    return []

@@ -1,4 +1,4 @@
-"""DISFA (Mavadati et al. 2013): layout, labels and protocol facts (see shared FACTS.md).
+"""DISFA (Mavadati et al. 2013): layout, labels and protocol facts (see docs/datasets.md).
 
 Layout::
 
@@ -12,12 +12,12 @@ Preparing (``affbench prepare disfa``)
 --------------------------------------
 :func:`find_videos` checks the layout and lists one :class:`DisfaVideo` unit per video and camera;
 :func:`prepare_video` turns one of them into shards, and :func:`prepare` runs it over every
-unfinished video with :func:`affbench.runner.run_units`. Every frame becomes one row, ``frame``
+unfinished video with :func:`affbench.preparation.units.run_units`. Every frame becomes one row, ``frame``
 0-based, with the 12 AU intensities of the label lines at the same position (``-1`` past the end of
-a label file). Faces are followed by :class:`affbench.face_tracking.FaceTracker` (``--tracking
+a label file). Faces are followed by :class:`affbench.faces.tracking.FaceTracker` (``--tracking
 off``: the full cascade on every frame). A frame where no face is found keeps its row with
 ``face_found=False`` but still gets a crop, from the landmarks of its nearest good frames in time
-(:func:`affbench.face_tracking.fill_gaps`): ``landmark_source`` says ``interpolated`` or
+(:func:`affbench.faces.tracking.fill_gaps`): ``landmark_source`` says ``interpolated`` or
 ``carried``, and the unit's stats count these fallback crops. Only a video without any face has
 rows with no image.
 ``sample_id`` is ``disfa/SN001/000123`` for the left camera and ``disfa/SN001/right/000123`` for the
@@ -25,7 +25,7 @@ right one, so ``--camera both`` keeps ids unique and left-camera ids stay the sa
 were prepared.
 
 Scaling out: :func:`prepare_video` is pure (a unit and settings in, shards on disk and a
-:class:`~affbench.runner.UnitOutcome` out; it reads only its own video and label files and writes
+:class:`~affbench.preparation.units.UnitOutcome` out; it reads only its own video and label files and writes
 only its own shards), so each video can be one task on a Dask cluster
 (``pip install "affbench[dask]"``). Where ROOT and the output folder are on a shared file system,
 at the same paths on every machine::
@@ -52,17 +52,19 @@ import numpy as np
 import pyarrow as pa
 
 from affbench.errors import DataLayoutError
-from affbench.faces import (
-    AlignmentTemplate,
-    DetectorSettings,
-    resolve_device,
-    shared_detector,
-)
-from affbench.runner import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
-from affbench.shards import IMAGE_CODECS, DatasetWriter, ShardWriter, make_schema, remove_unit_shards
-from affbench.face_tracking import FaceTracker, TrackerSettings
-from affbench.sequences import write_tracked_sequence
-from affbench.video import VideoError, VideoReader, probe_video
+from affbench.faces.alignment import AlignmentTemplate
+from affbench.faces.detection import DetectorSettings, shared_detector
+from affbench.faces.tracking import FaceTracker, TrackerSettings
+from affbench.faces.video import VideoError, VideoReader, probe_video
+from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
+from affbench.preparation.sequences import write_tracked_sequence
+from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
+from affbench.runtime.devices import resolve_device
+from affbench.scoring.protocols import CrossValidation, Protocol, TaskSpec, Validation
+from affbench.shards.codec import IMAGE_CODECS
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.schema import make_schema
+from affbench.shards.writer import ShardWriter, remove_unit_shards
 
 #: The 12 annotated AUs, in label-column order.
 AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
@@ -95,6 +97,7 @@ CAMERA_PREFIX = {"left": "Left", "right": "Right"}
 
 
 def au_column(au: int) -> str:
+    """The label column of an AU: ``au<number>``."""
     return f"au{au}"
 
 
@@ -257,14 +260,17 @@ ROW_NOTES = {
 
 
 @dataclass(frozen=True)
-class PrepareSettings:
-    """Everything that decides the content of the shards (plus where MTCNN runs)."""
+class SequenceSettings:
+    """Everything that decides the content of the shards (plus where MTCNN runs), for the pipelines
+    that track a face through frame sequences: DISFA's :class:`PrepareSettings` and BP4D's, which
+    differ in the command-line options they take (:meth:`PrepareSettings.from_options`)."""
 
     size: int = 256
     codec: str = "png"
     quality: int = 95
     device: str = "auto"
     rows_per_shard: int = 1000
+    camera: str = "left"  # left, right or both
     torch_threads: int = 1  # per worker process; 0 leaves PyTorch's default
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
@@ -274,13 +280,13 @@ class PrepareSettings:
         if self.codec not in IMAGE_CODECS:
             raise ValueError(f"unknown codec {self.codec!r}")
 
-    def parameters(self, camera: str) -> dict:
+    def parameters(self) -> dict[str, Any]:
         """What the manifest records (and a resumed run must match)."""
         crop = {"size": self.size, "codec": self.codec}
         if self.codec != "png":
             crop["quality"] = self.quality
         return {
-            "camera": camera,
+            "camera": self.camera,
             "crop": crop,
             "detector": self.detector.describe(),
             "tracker": self.tracker.describe(),
@@ -295,12 +301,24 @@ class PrepareSettings:
         }
 
 
+@dataclass(frozen=True)
+class PrepareSettings(SequenceSettings):
+    """Everything that decides the content of the DISFA shards (plus where MTCNN runs)."""
+
+    @classmethod
+    def from_options(cls, *, size: int = 256, codec: str = "png", quality: int = 95, device: str = "auto",
+                     rows_per_shard: int = 1000, camera: str = "left", tracking: str = "on") -> PrepareSettings:
+        """The settings from ``affbench prepare disfa``'s options (``tracking`` is ``"on"`` or ``"off"``)."""
+        return cls(size=size, codec=codec, quality=quality, device=device, rows_per_shard=rows_per_shard,
+                   camera=camera, tracker=TrackerSettings(tracking=tracking == "on"))
+
+
 def prepare_video(unit: DisfaVideo, tick: Tick, *, out_dir: str, settings: PrepareSettings) -> UnitOutcome:
     """Turn one DISFA video into shards under ``out_dir``: one row per decoded frame.
 
     Pure: reads only the unit's video and label files, writes only the unit's shards, and returns
     what happened (rows, faces found, the label join, any length mismatch) as a
-    :class:`~affbench.runner.UnitOutcome`. A video that cannot be opened or decodes fewer frames
+    :class:`~affbench.preparation.units.UnitOutcome`. A video that cannot be opened or decodes fewer frames
     than it declares is a failed unit (its shards removed): its frame indices cannot be trusted.
     """
     import torch
@@ -357,9 +375,8 @@ def length_mismatch(unit: DisfaVideo, frames: int, lengths: Sequence[int]) -> st
 def prepare(
     root: str | Path,
     out: str | Path,
+    settings: PrepareSettings | None = None,
     *,
-    camera: str = "left",
-    settings: PrepareSettings = PrepareSettings(),
     workers: int = 1,
     progress: bool = True,
     backend: str | None = None,
@@ -370,21 +387,20 @@ def prepare(
     Returns the run's summary; the manifest's ``units`` hold every video's stats, including the
     length mismatches of videos finished by earlier runs (:func:`length_mismatches`).
     """
-    units = find_videos(root, camera)
+    settings = settings or PrepareSettings()
+    units = find_videos(root, settings.camera)
     for unit in {u.subject: u for u in units}.values():  # malformed labels stop the run before any work
         read_labels([Path(unit.root) / p for p in unit.labels])
     # Locally the device is settled here, so that a missing GPU is one clear error up front; on a
     # cluster each worker resolves it (the unit stats record where each video ran).
     device = resolve_device(settings.device) if runs_here(backend, scheduler) else settings.device
     settings = dataclasses.replace(settings, device=device)
-    from affbench.pipelines.protocols import protocol_for  # imports this module's facts
-
     with DatasetWriter(
         out,
         dataset=DATASET,
-        parameters=settings.parameters(camera),
+        parameters=settings.parameters(),
         schema=label_schema(),
-        protocol=protocol_for(DATASET).to_dict(),
+        protocol=PROTOCOL.to_dict(),
         info={"root": str(Path(root).resolve()), "device": device, "rows_per_shard": settings.rows_per_shard,
               "videos": len(units)},
     ) as writer:  # holds the folder: one process at a time
@@ -398,3 +414,52 @@ def length_mismatches(manifest: dict) -> list[str]:
     """The video/label length mismatches a prepared folder's manifest records, one line each."""
     return [unit["stats"]["length_mismatch"] for _, unit in sorted(manifest["units"].items())
             if "length_mismatch" in unit["stats"]]
+
+
+def summary_notes(manifest: dict) -> list[str]:
+    """The lines ``affbench prepare disfa`` adds to its summary: every video/label length mismatch."""
+    return [f"length mismatch: {line}" for line in length_mismatches(manifest)]
+
+
+# ----------------------------------------------------------------------------------------- protocol
+
+PROTOCOL = Protocol(
+    dataset="disfa",
+    description=(
+        "3-fold subject-exclusive protocol of JAA-Net / ME-GraphAU (fold 1 tests part3, fold 2 part2, "
+        "fold 3 part1); validation = seeded hold-out of training subjects; left camera."
+    ),
+    tasks={
+        "au-detection": TaskSpec(
+            name="au-detection",
+            kind="au-detection",
+            label_columns=tuple(au_column(au) for au in DETECTION_AUS),
+            output_key="au",
+            n_outputs=len(DETECTION_AUS),
+            label_names=tuple(au_column(au) for au in DETECTION_AUS),
+            metrics=("f1", "accuracy"),
+            primary_metric="f1",
+            split_column=None,
+            binarize_at=OCCURRENCE_THRESHOLD,
+            missing_values=(-1,),
+        ),
+        "au-intensity": TaskSpec(
+            name="au-intensity",
+            kind="au-intensity",
+            label_columns=AU_COLUMNS,
+            output_key="au",
+            n_outputs=len(AUS),
+            label_names=AU_COLUMNS,
+            metrics=("icc",),
+            primary_metric="icc",
+            split_column=None,
+            missing_values=(-1,),
+        ),
+    },
+    split=CrossValidation(
+        parts=PARTS, test_parts={fold: (part,) for fold, part in FOLD_TEST_PART.items()}, group_column="subject"
+    ),
+    validation=Validation(
+        method="group-holdout", fraction=SUBJECT_VALIDATION_FRACTION, seed=VALIDATION_SEED, group_column="subject"
+    ),
+)

@@ -44,6 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypedDict
 
 import cv2
 import numpy as np
@@ -109,7 +110,8 @@ def astronaut_face() -> FacePatch:
     from skimage import data
 
     head = data.astronaut()[20:250, 125:325]
-    return FacePatch(np.ascontiguousarray(head), _soft_ellipse(*head.shape[:2], feather=0.2))
+    height, width = head.shape[:2]
+    return FacePatch(np.ascontiguousarray(head), _soft_ellipse(height, width, feather=0.2))
 
 
 @lru_cache(maxsize=1)
@@ -138,7 +140,7 @@ def _scene(height: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     top, bottom = rng.uniform(40, 220, 3), rng.uniform(40, 220, 3)
     ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    canvas = (top * (1 - ramp) + bottom * ramp) * np.ones((1, width, 1), np.float32)
+    canvas: np.ndarray = (top * (1 - ramp) + bottom * ramp) * np.ones((1, width, 1), np.float32)
     for _ in range(6):
         x0, y0 = int(rng.integers(0, width * 9 // 10)), int(rng.integers(0, height * 9 // 10))
         w, h = int(rng.integers(width // 10, width // 3)), int(rng.integers(height // 10, height // 3))
@@ -205,7 +207,7 @@ def disfa_frame(subject_index: int, camera: str, frame: int, frames: int) -> np.
 
 def _write_video(path: Path, frames: Iterable[np.ndarray], fps: float, size: tuple[int, int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     if not writer.isOpened():
         raise AffbenchError(f"OpenCV cannot write the AVI video {path}.")
     try:
@@ -246,6 +248,7 @@ def bp4d_occurrence(subject: str, task: str, frame: int, au: int) -> int:
 
 
 def bp4d_intensity(subject: str, frame: int, au: int) -> int:
+    """The sample FACS intensity (0-5) of ``au`` in a BP4D subject's frame."""
     s = [u for u, _ in BP4D_UNITS].index(subject)
     return (frame + bp4d.INTENSITY_AUS.index(au) + s) % 6
 
@@ -331,7 +334,15 @@ def write_caer_s(root: Path) -> Path:
 # ----------------------------------------------------------------------------------------- Aff-Wild2
 
 
-def affwild2_labels(video_index: int, frame: int) -> dict[str, object]:
+class Affwild2Labels(TypedDict):
+    """The sample labels of one Aff-Wild2 frame (see :func:`affwild2_labels`)."""
+
+    au: list[int]
+    expr: int
+    va: tuple[float, float]
+
+
+def affwild2_labels(video_index: int, frame: int) -> Affwild2Labels:
     """The sample labels of one frame: ``au`` (list), ``expr`` (int), ``va`` (tuple) with the
     dataset's missing-value markers where the frame is unannotated."""
     if frame in AFFWILD2_UNANNOTATED:
@@ -400,6 +411,8 @@ def write_sample_data(
     options, is left as it is (the output is deterministic).
     """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise AffbenchError(f"DIRECTORY {directory} is a file, not a folder; give a folder.")
     unknown = sorted(set(datasets) - set(ALL_DATASETS))
     if unknown:
         raise AffbenchError(f"No sample data for {', '.join(unknown)}; choose from {', '.join(ALL_DATASETS)}.")

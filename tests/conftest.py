@@ -26,7 +26,7 @@ def sample_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def detector():
     """The MTCNN the pipelines share in this process (default settings, CPU), loaded once."""
-    from affbench.faces import DetectorSettings, shared_detector
+    from affbench.faces.detection import DetectorSettings, shared_detector
 
     return shared_detector(DetectorSettings(), "cpu")
 

@@ -18,8 +18,9 @@ from affbench.errors import DataLayoutError, ParameterMismatchError
 from affbench.pipelines import affwild2
 from affbench.pipelines import sample_data as sd
 from affbench.pipelines.affwild2 import AnnotationError
-from affbench.protocols import Protocol
-from affbench.shards import ShardReader, decode_image
+from affbench.scoring.protocols import Protocol
+from affbench.shards.codec import decode_image
+from affbench.shards.reader import ShardReader
 
 AU_COLUMNS = ["au1", "au2", "au4", "au6", "au7", "au10", "au12", "au15", "au23", "au24", "au25", "au26"]
 CHALLENGE = {"au": "AU_Detection_Challenge", "expr": "EXPR_Classification_Challenge", "va": "VA_Estimation_Challenge"}
@@ -90,7 +91,7 @@ def test_per_task_split_columns(prepared):
 
 def test_a_frame_without_image_keeps_its_row(prepared):
     out, rows, manifest = prepared
-    for (video, frame), row in rows.items():
+    for (_video, frame), row in rows.items():
         missing = frame in sd.AFFWILD2_NO_IMAGE
         assert row["face_found"] is (not missing)
         assert (row["image"] is None) is missing
@@ -181,7 +182,7 @@ def test_annotations_elsewhere_and_nested_folders_are_found(root, tmp_path):
 
 
 def test_resize_and_codec_reencode_the_images(root, tmp_path):
-    affwild2.prepare(root, tmp_path / "out", size=64, codec="png", progress=False)
+    affwild2.prepare(root, tmp_path / "out", affwild2.PrepareSettings(size=64, codec="png"), progress=False)
     reader = ShardReader(tmp_path / "out")
     row = next(r for r in reader.iter_rows() if r["face_found"])
     assert row["image"]["bytes"][:8] == b"\x89PNG\r\n\x1a\n" and row["image"]["path"].endswith(".png")
@@ -316,7 +317,7 @@ def test_a_fifo_among_the_annotation_files_is_not_read(root, tmp_path):
 def test_a_full_disk_stops_prepare_with_one_sentence_and_the_rerun_completes(root, tmp_path, monkeypatch):
     import errno
 
-    from affbench.shards import ShardWriter
+    from affbench.shards.writer import ShardWriter
 
     flush = ShardWriter._flush
 
@@ -341,8 +342,8 @@ def test_a_full_disk_stops_prepare_with_one_sentence_and_the_rerun_completes(roo
 def test_an_unwritable_or_busy_or_file_out_is_one_sentence(root, tmp_path, monkeypatch):
     import errno
 
-    import affbench.shards
-    from affbench.locks import FolderLock
+    import affbench.shards.manifest
+    from affbench.runtime.locks import FolderLock
 
     def prepare(out):
         result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
@@ -361,6 +362,6 @@ def test_an_unwritable_or_busy_or_file_out_is_one_sentence(root, tmp_path, monke
     def read_only(path, text):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(affbench.shards, "write_text_atomic", read_only)
+    monkeypatch.setattr(affbench.shards.manifest, "write_text_atomic", read_only)
     assert prepare(tmp_path / "ro") == (f"Error: Cannot write {tmp_path / 'ro' / 'manifest.json'}: Read-only file system; "
                                         "make it writable or choose another --out, then run the same command again to resume.")

@@ -1,4 +1,4 @@
-"""affbench.align: where the default template frames the face, the constant border, anti-aliasing."""
+"""affbench.faces.alignment: where the default template frames the face, the constant border, anti-aliasing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from affbench.align import (
+from affbench.faces.alignment import (
     AlignmentTemplate,
     align_face,
     alignment_matrix,
@@ -83,9 +83,10 @@ def test_default_follows_the_jaa_net_box_rule_with_the_documented_enlargement():
 )
 def test_dlib_finds_brows_and_chin_of_a_rolled_real_face_inside_the_crop(detector):
     """The astronaut rolled 30 degrees: aligned from MTCNN's landmarks, judged by dlib's 68 points."""
+    from pathlib import Path
+
     import cv2
     import dlib
-    from pathlib import Path
     from skimage import data
 
     spec = importlib.util.find_spec("face_recognition_models")

@@ -1,12 +1,12 @@
-"""affbench.baselines on hand-made cases; every expected number is worked out by hand below."""
+"""affbench.scoring.baselines on hand-made cases; every expected number is worked out by hand below."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from affbench.baselines import trivial_baselines
-from affbench.protocols import TaskSpec
+from affbench.scoring.baselines import trivial_baselines
+from affbench.scoring.protocols import TaskSpec
 
 
 def spec(kind, labels, metrics, n_outputs=None):

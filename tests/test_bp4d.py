@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from affbench.cli import app
 from affbench.errors import DataLayoutError
-from affbench.pipelines import bp4d
+from affbench.pipelines import bp4d, protocol_for
 from affbench.pipelines import sample_data as sd
-from affbench.pipelines.protocols import protocol_for
-from affbench.shards import ShardReader, read_manifest
+from affbench.shards.manifest import read_manifest
+from affbench.shards.reader import ShardReader
 
 SETTINGS = bp4d.PrepareSettings(device="cpu")
 OCC = f"{bp4d.CODES_DIR}/{bp4d.OCCURRENCE_DIR}"

@@ -16,11 +16,12 @@ from click.testing import CliRunner
 
 from affbench.cli import app
 from affbench.errors import DataLayoutError, ParameterMismatchError
-from affbench.faces import AlignmentTemplate, align_face
+from affbench.faces.alignment import AlignmentTemplate, align_face
 from affbench.pipelines import caer_s
 from affbench.pipelines import sample_data as sd
-from affbench.protocols import Protocol
-from affbench.shards import ShardReader, decode_image
+from affbench.scoring.protocols import Protocol
+from affbench.shards.codec import decode_image
+from affbench.shards.reader import ShardReader
 
 pytestmark = pytest.mark.slow  # MTCNN runs on every image
 
@@ -173,7 +174,7 @@ def test_several_faces_keep_the_largest_or_the_most_confident(caer_root, prepare
     root = tmp_path / "CAER-S"
     write_png(root / TWO_FACES, two_face_scene())
     (root / "test").mkdir()
-    caer_s.prepare(root, tmp_path / "out", select="prob", progress=False)
+    caer_s.prepare(root, tmp_path / "out", caer_s.PrepareSettings(select="prob"), progress=False)
     (row,) = ShardReader(tmp_path / "out").iter_rows()
     # "prob" keeps the surer face only by a clear margin; closer scores fall back to the size rule
     expected = surest if surest.score > largest.score + caer_s.SCORE_MARGIN else largest
@@ -216,12 +217,13 @@ def test_resume_redoes_only_unfinished_folders_and_refuses_other_parameters(samp
     }
 
     with pytest.raises(ParameterMismatchError, match="size"):
-        caer_s.prepare(root, out, size=64, progress=False)
+        caer_s.prepare(root, out, caer_s.PrepareSettings(size=64), progress=False)
     with pytest.raises(ParameterMismatchError, match="select"):
-        caer_s.prepare(root, out, select="prob", progress=False)
+        caer_s.prepare(root, out, caer_s.PrepareSettings(select="prob"), progress=False)
     # crops resampled another way (the warp before issue 10) are not mixed in either
     with pytest.raises(ParameterMismatchError, match=r"alignment\.antialias, alignment\.border"):
-        caer_s.prepare(root, out, template=AlignmentTemplate(border="replicate", antialias=False), progress=False)
+        caer_s.prepare(root, out, caer_s.PrepareSettings(template=AlignmentTemplate(border="replicate", antialias=False)),
+                       progress=False)
 
 
 def test_the_unit_work_pickles_for_joblib_workers_and_gives_the_same_rows(caer_root, prepared, detector, tmp_path):
@@ -281,7 +283,7 @@ def test_images_mtcnn_cannot_take_fail_alone_and_changes_are_picked_up(sample_da
 
 
 def test_class_folders_whose_names_differ_only_in_case_do_not_share_shards(tmp_path):
-    from affbench.shards import unit_prefix
+    from affbench.shards.writer import unit_prefix
 
     for folder in ("train/Happy", "train/happy", "test/Happy"):
         (tmp_path / folder).mkdir(parents=True)

@@ -9,8 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from affbench import __version__
 from affbench.cli import app
+from affbench.runtime.version import __version__
 
 
 def all_commands(group: click.Group, prefix=()):

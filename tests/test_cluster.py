@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from affbench.cli import app
-from affbench.cluster import ClusterError
 from affbench.pipelines import affwild2
 from affbench.pipelines import sample_data as sd
-from affbench.shards import read_manifest
+from affbench.runtime.dask_cluster import ClusterError
+from affbench.shards.manifest import read_manifest
 
 distributed = pytest.importorskip("distributed")
 
@@ -73,7 +73,7 @@ def test_bp4d_on_the_cluster_gives_the_shards_of_a_local_run_with_the_device_set
 def test_an_interrupted_cluster_prepare_resumes_and_ends_with_the_shards_of_a_local_run(
         dask_scheduler, affwild2_root, tmp_path, monkeypatch):
     assert prepare("affwild2", str(affwild2_root), "--out", str(tmp_path / "local")).exit_code == 0
-    from affbench import runner
+    from affbench.preparation import units as runner
 
     record = runner._record
     recorded = []

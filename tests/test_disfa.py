@@ -3,6 +3,7 @@ SN010's video is one frame shorter than its labels; frame 5 of every video shows
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,11 +19,14 @@ from click.testing import CliRunner
 
 from affbench.cli import app
 from affbench.errors import AffbenchError, DataLayoutError
-from affbench.faces import AlignmentTemplate, DetectorSettings
+from affbench.faces.alignment import AlignmentTemplate
+from affbench.faces.detection import DetectorSettings
 from affbench.pipelines import disfa
 from affbench.pipelines import sample_data as sd
-from affbench.protocols import Protocol
-from affbench.shards import ShardReader, decode_image, read_manifest
+from affbench.scoring.protocols import Protocol
+from affbench.shards.codec import decode_image
+from affbench.shards.manifest import read_manifest
+from affbench.shards.reader import ShardReader
 
 SETTINGS = disfa.PrepareSettings(device="cpu")
 
@@ -237,7 +241,7 @@ def test_both_cameras_keep_ids_unique_and_agree_with_a_single_camera_run(prepare
     reference, _, _, _ = prepared
     root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN010"])
     out = tmp_path / "both"
-    summary = disfa.prepare(root, out, camera="both", settings=SETTINGS, workers=2, progress=False)
+    summary = disfa.prepare(root, out, dataclasses.replace(SETTINGS, camera="both"), workers=2, progress=False)
     assert summary.ok and sorted(read_manifest(out)["units"]) == ["SN010/left", "SN010/right"]
     table = ShardReader(out).table(columns=["sample_id", "frame", "source", "au1", "au26"]).to_pandas()
     assert table.sample_id.is_unique and len(table) == 2 * 23

@@ -16,10 +16,15 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from affbench.encoders import (
-    EncoderSpec, count_parameters, create_encoder, get_encoder_spec, list_encoders, load_checkpoint,
-)
 from affbench.encoders import fan, megraph, trunks, weights
+from affbench.encoders.registry import (
+    EncoderSpec,
+    count_parameters,
+    create_encoder,
+    get_encoder_spec,
+    list_encoders,
+)
+from affbench.encoders.weights import load_checkpoint
 from affbench.errors import AffbenchError, UnknownNameError
 
 EXPECTED_VARIANTS = {
@@ -79,7 +84,8 @@ def test_unknown_name_and_bad_options_are_one_sentence_errors():
 
 
 def test_bare_decorator_registers_a_factory_and_specs_it_on_the_meta_device(monkeypatch):
-    from affbench.encoders import Encoder, register_encoder, registry
+    from affbench.encoders import registry
+    from affbench.encoders.registry import Encoder, register_encoder
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     built_on = []

@@ -1,13 +1,19 @@
-"""affbench.face_tracking: verified tracking (no silent drift), --tracking off, fallback crops for faceless frames."""
+"""affbench.faces.tracking: verified tracking (no silent drift), --tracking off, fallback crops for faceless frames."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from affbench.faces import Face
+from affbench.faces.detection import Face
+from affbench.faces.tracking import (
+    FaceTracker,
+    TrackedFace,
+    TrackerSettings,
+    fill_gaps,
+    landmark_disagreement,
+)
 from affbench.pipelines import sample_data as sd
-from affbench.face_tracking import FaceTracker, TrackedFace, TrackerSettings, fill_gaps, landmark_disagreement
 
 
 def jumping_face(n: int = 6, jump_at: int = 3):

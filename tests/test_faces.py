@@ -5,21 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from affbench.faces import (
-    SIZE_MARGIN,
+from affbench.faces.alignment import (
     AlignmentTemplate,
-    Face,
-    DetectorSettings,
     alignment_matrix,
-    face_crop_columns,
-    select_face,
-    shared_detector,
     similarity_transform,
     transform_points,
 )
+from affbench.faces.detection import SIZE_MARGIN, DetectorSettings, Face, select_face, shared_detector
+from affbench.faces.tracking import FaceTracker, TrackerSettings
 from affbench.pipelines import sample_data as sd
-from affbench.face_tracking import FaceTracker, TrackerSettings
-from affbench.shards import decode_image
+from affbench.shards.codec import decode_image
+from affbench.shards.rows import face_crop_columns
 
 FRAMES = 24  # the motion of the sample DISFA videos: a full cycle in 24 frames, fast on purpose
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from scipy.stats import f_oneway, pearsonr
 from sklearn.metrics import accuracy_score, f1_score
 
-from affbench import metrics
 from affbench.errors import UnknownNameError
-from affbench.metrics import (
+from affbench.scoring import metrics
+from affbench.scoring.metrics import (
     TASK_KINDS,
     DegenerateMetricWarning,
     accuracy,
@@ -28,8 +28,9 @@ from affbench.metrics import (
     icc_ratings,
     torch_ccc,
 )
-from affbench.protocols import TaskSpec
-from affbench.scoring import evaluate, get_metric, is_better, list_metrics
+from affbench.scoring.protocols import TaskSpec
+from affbench.scoring.registry import get_metric, is_better, list_metrics
+from affbench.scoring.scorer import score_task
 
 
 @pytest.fixture
@@ -154,6 +155,103 @@ def test_binary_f1_matches_sklearn(rng):
     truth = rng.integers(0, 2, size=100)
     pred = rng.integers(0, 2, size=100)
     assert f1(truth, pred, average="binary") == pytest.approx(f1_score(truth, pred))
+
+
+def _sklearn_f1(truth, pred, average, **options):
+    with warnings.catch_warnings():  # sklearn's own warning for an undefined label; affbench's is tested below
+        warnings.simplefilter("ignore")
+        return f1_score(truth, pred, average=average, **options)
+
+
+@pytest.mark.parametrize("average", [None, "macro", "micro", "weighted", "samples"])
+@pytest.mark.parametrize("zero_division", [0.0, 1.0])
+def test_multilabel_f1_matches_sklearn_for_every_average(rng, average, zero_division):
+    for trial in range(10):
+        n, k = int(rng.integers(1, 60)), int(rng.integers(2, 9))
+        truth = (rng.random((n, k)) < rng.uniform(0.05, 0.6)).astype(int)
+        prob = np.clip(truth * rng.uniform(0, 0.5) + rng.random((n, k)) * 0.8, 0, 1)
+        decided = (prob >= 0.5).astype(int)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateMetricWarning)  # sparse draws leave a label empty
+            value = f1(truth, prob, average=average, zero_division=zero_division)
+            columns = sorted(rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False).tolist())
+            subset = f1(truth, prob, average=average, labels=columns, zero_division=zero_division)
+        expected = _sklearn_f1(truth, decided, average, zero_division=zero_division)
+        np.testing.assert_allclose(value, expected, rtol=0, atol=1e-12, err_msg=f"trial {trial}")
+        assert np.shape(value) == np.shape(expected)
+        np.testing.assert_allclose(subset, _sklearn_f1(truth, decided, average, labels=columns,
+                                                       zero_division=zero_division), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("average", [None, "macro", "micro", "weighted"])
+@pytest.mark.parametrize("zero_division", [0.0, 1.0])
+def test_multiclass_f1_matches_sklearn_for_every_average(rng, average, zero_division):
+    for trial in range(20):
+        n, n_classes = int(rng.integers(1, 80)), int(rng.integers(2, 8))
+        truth = rng.integers(0, n_classes, size=n)
+        pred = np.where(rng.random(n) < rng.random(), truth, rng.integers(0, n_classes, size=n))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateMetricWarning)  # a class may be missing from a draw
+            value = f1(truth, pred, average=average, zero_division=zero_division)
+            every = f1(truth, pred, average=average, labels=range(n_classes + 1), zero_division=zero_division)
+        np.testing.assert_allclose(value, _sklearn_f1(truth, pred, average, zero_division=zero_division),
+                                   rtol=0, atol=1e-12, err_msg=f"trial {trial}")
+        np.testing.assert_allclose(every, _sklearn_f1(truth, pred, average, labels=range(n_classes + 1),
+                                                      zero_division=zero_division), rtol=0, atol=1e-12)
+    binary_truth, binary_pred = rng.integers(0, 2, size=50), rng.integers(0, 2, size=50)
+    assert f1(binary_truth, binary_pred, average="binary") == pytest.approx(f1_score(binary_truth, binary_pred))
+
+
+def test_f1_average_none_is_per_label_and_the_default_is_macro(rng):
+    truth = (rng.random((100, 4)) < 0.4).astype(int)
+    prob = rng.random((100, 4))
+    classes, predicted = rng.integers(0, 5, size=100), rng.integers(0, 5, size=100)
+    with _strict():
+        for y_true, y_pred, n_labels in ((truth, prob, 4), (classes, predicted, 5)):
+            per_label = f1(y_true, y_pred, average=None)
+            assert isinstance(per_label, np.ndarray) and per_label.shape == (n_labels,)
+            # per_label=True is average=None, whatever the (default) macro says; the registry relies on it
+            np.testing.assert_array_equal(f1(y_true, y_pred, per_label=True), per_label)
+            np.testing.assert_array_equal(f1(y_true, y_pred, average=None, per_label=True), per_label)
+            assert f1(y_true, y_pred) == f1(y_true, y_pred, average="macro") == pytest.approx(per_label.mean())
+
+
+def test_f1_refuses_averages_that_do_not_fit_the_layout():
+    multilabel, classes = np.array([[1, 0], [0, 1]]), np.array([0, 1])
+    with pytest.raises(ValueError, match="one of None, 'macro'"):
+        f1(classes, classes, average="mean")
+    with pytest.raises(ValueError, match="binary.*multilabel"):
+        f1(multilabel, multilabel, average="binary")
+    with pytest.raises(ValueError, match="samples.*multilabel"):
+        f1(classes, classes, average="samples")
+    for average in ("micro", "weighted", "binary"):
+        with pytest.raises(ValueError, match="per_label=True"):
+            f1(classes, classes, average=average, per_label=True)
+
+
+@pytest.mark.parametrize("average", [None, "macro", "micro", "weighted", "samples"])
+def test_f1_warnings_point_at_the_caller(average):
+    with pytest.warns(DegenerateMetricWarning) as record:
+        f1(np.zeros((4, 2), dtype=int), np.zeros((4, 2)), average=average)
+    assert {w.filename for w in record} == {__file__}
+
+
+def test_f1_averages_warn_for_degenerate_input():
+    none = np.zeros((6, 3), dtype=int)
+    with pytest.warns(DegenerateMetricWarning, match="0/0"):
+        assert f1(none, np.zeros((6, 3)), average="micro", zero_division=1.0) == 1.0
+    with pytest.warns(DegenerateMetricWarning, match="weight"):
+        f1(none, np.ones((6, 3)), average="weighted")
+    with pytest.warns(DegenerateMetricWarning, match="6 of 6 samples"):
+        assert f1(none, np.zeros((6, 3)), average="samples") == 0.0
+    for average in ("micro", "weighted", "samples"):
+        with pytest.warns(DegenerateMetricWarning, match="empty"):
+            assert np.isnan(f1(np.zeros((0, 3)), np.zeros((0, 3)), average=average))
+    for average in ("micro", "weighted"):
+        with pytest.warns(DegenerateMetricWarning, match="empty"):
+            assert np.isnan(f1(np.zeros(0), np.zeros(0), average=average))
+        with pytest.warns(DegenerateMetricWarning, match=r"classes \[3\]"):
+            f1([0, 1, 1], [0, 1, 3], average=average, labels=[3])
 
 
 def test_accuracy_matches_sklearn(rng):
@@ -354,7 +452,7 @@ def test_cli_lists_metrics():
     assert "higher" in lines["icc"] and "au-intensity" in lines["icc"]
 
 
-# ----------------------------------------------------------------------------------------- evaluate
+# ----------------------------------------------------------------------------------------- score_task
 
 
 AU_TASK = TaskSpec(
@@ -372,7 +470,7 @@ def test_evaluate_au_detection_with_mask(rng):
     truth = (rng.random((120, 3)) < 0.4).astype(np.float32)
     prob = np.clip(truth * 0.5 + rng.random((120, 3)) * 0.6, 0, 1)
     mask = rng.random((120, 3)) > 0.2
-    scores = evaluate(AU_TASK, truth, prob, mask=mask)
+    scores = score_task(AU_TASK, truth, prob, mask=mask)
     for j, label in enumerate(AU_TASK.label_names):
         rows = mask[:, j]
         assert scores[f"f1/{label}"] == pytest.approx(f1_score(truth[rows, j], prob[rows, j] >= 0.5))
@@ -383,12 +481,12 @@ def test_evaluate_au_detection_with_mask(rng):
     # A masked-out entry must not matter, whatever it holds.
     flipped = truth.copy()
     flipped[~mask] = 1 - flipped[~mask]
-    assert evaluate(AU_TASK, flipped, prob, mask=mask) == scores
+    assert score_task(AU_TASK, flipped, prob, mask=mask) == scores
 
 
 def test_evaluate_refuses_logits_for_detection(rng):
     with pytest.raises(ValueError, match="sigmoid"):
-        evaluate(AU_TASK, np.zeros((4, 3)), rng.normal(size=(4, 3)) * 5)
+        score_task(AU_TASK, np.zeros((4, 3)), rng.normal(size=(4, 3)) * 5)
 
 
 def test_evaluate_expression_scores_and_row_mask(rng):
@@ -396,12 +494,12 @@ def test_evaluate_expression_scores_and_row_mask(rng):
     logits = rng.normal(size=(200, 4))
     logits[np.arange(200), truth] += rng.random(200) * 2
     keep = rng.random(200) > 0.1
-    scores = evaluate(EXPR_TASK, truth, logits, mask=keep)
+    scores = score_task(EXPR_TASK, truth, logits, mask=keep)
     pred = logits.argmax(axis=1)
     assert scores["accuracy"] == pytest.approx(accuracy_score(truth[keep], pred[keep]))
     assert scores["f1"] == pytest.approx(f1_score(truth[keep], pred[keep], average="macro", labels=range(4)))
     assert scores["f1/happy"] == pytest.approx(f1_score(truth[keep] == 1, pred[keep] == 1))
-    assert evaluate(EXPR_TASK, truth, pred, mask=keep) == scores  # labels work as well as scores
+    assert score_task(EXPR_TASK, truth, pred, mask=keep) == scores  # labels work as well as scores
 
 
 def test_evaluate_va_keys_and_values(rng):
@@ -409,7 +507,7 @@ def test_evaluate_va_keys_and_values(rng):
                     label_names=("valence", "arousal"), metrics=("ccc",), primary_metric="ccc")
     truth = rng.uniform(-1, 1, size=(100, 2))
     pred = truth * 0.8 + rng.normal(scale=0.2, size=(100, 2))
-    scores = evaluate(task, truth, pred)
+    scores = score_task(task, truth, pred)
     assert set(scores) == {"ccc", "ccc/valence", "ccc/arousal"}
     assert scores["ccc/valence"] == pytest.approx(ccc(truth[:, 0], pred[:, 0]))
     assert scores["ccc"] == pytest.approx((scores["ccc/valence"] + scores["ccc/arousal"]) / 2)
@@ -419,13 +517,13 @@ def test_evaluate_names_the_label_in_warnings():
     truth = np.zeros((5, 3))
     truth[:, 0] = 1
     with pytest.warns(DegenerateMetricWarning) as record:
-        evaluate(AU_TASK, truth, np.full((5, 3), 0.9))
+        score_task(AU_TASK, truth, np.full((5, 3), 0.9))
     messages = " ".join(str(w.message) for w in record)
     assert "f1/au6" in messages and "f1/au12" in messages and "column" not in messages
 
 
 def test_docstring_examples_run():
-    from affbench import protocols
+    from affbench.scoring import protocols
 
     for module in (metrics, protocols):
         failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -16,15 +16,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from affbench.bundle import ModelDescription, describe_trained_model, read_model_file, save_model_file
 from affbench.cli import app
-from affbench.encoders import create_encoder
-from affbench.faces import AlignmentTemplate, align_face, shared_detector
-from affbench.face_tracking import FaceTracker, TrackerSettings
-from affbench.pipelines.protocols import PROTOCOLS
+from affbench.encoders.registry import create_encoder
+from affbench.faces.alignment import AlignmentTemplate, align_face
+from affbench.faces.detection import shared_detector
+from affbench.faces.tracking import FaceTracker, TrackerSettings
+from affbench.faces.video import VideoReader
+from affbench.inference.bundle import (
+    ModelDescription,
+    describe_trained_model,
+    read_model_file,
+    save_model_file,
+)
+from affbench.inference.predict import FACE_COLUMNS, load_model, task_columns
+from affbench.pipelines import protocols
 from affbench.pipelines.sample_data import CAER_NO_FACE, NO_FACE_FRAMES
-from affbench.predict import FACE_COLUMNS, load_model, task_columns
-from affbench.video import VideoReader
 
 # Not the default template: predict must use the one the model records, not a default.
 TEMPLATE = AlignmentTemplate(face_scale=0.75, shift_y=0.02)
@@ -34,7 +40,7 @@ def make_model_file(path: Path, *, seed: int = 0, name: str = "mtl") -> Path:
     """A small multi-task model (AU presence, expression, VA) described as trained on 112 crops."""
     torch.manual_seed(seed)
     model = create_encoder("inceptionv3-mtl", input_size=75).eval()
-    protocol = PROTOCOLS["affwild2"]
+    protocol = protocols()["affwild2"]
     tasks = [protocol.task(n) for n in ("au-detection", "expression", "va")]
     description = describe_trained_model(name, model.spec, tasks, {"alignment": TEMPLATE.describe(112)},
                                          eval_crop=0.875, metrics={"expression": {"accuracy": 0.5}})
@@ -67,7 +73,7 @@ def test_a_model_file_round_trips_through_weights_only_load(model_file):
     assert description == ModelDescription.from_dict(blob["affbench_model"])
     assert description.template == TEMPLATE and description.crop_size == 112 and description.eval_crop == 0.875
     assert [t.label_names for t in description.tasks] == [
-        PROTOCOLS["affwild2"].task(n).label_names for n in ("au-detection", "expression", "va")]
+        protocols()["affwild2"].task(n).label_names for n in ("au-detection", "expression", "va")]
     torch.manual_seed(0)
     original = create_encoder("inceptionv3-mtl", input_size=75).eval()
     assert description.encoder_spec["mean"] == list(original.spec.mean)
@@ -88,7 +94,7 @@ def test_predict_on_a_video_gives_one_row_per_frame_with_values_in_range(video_r
     assert len(table) == frames
     assert table["frame"].tolist() == list(range(frames))
     np.testing.assert_allclose(table["time"], np.arange(frames) / fps)
-    protocol = PROTOCOLS["affwild2"]
+    protocol = protocols()["affwild2"]
     expected = list(FACE_COLUMNS) + [c for n in ("au-detection", "expression", "va")
                                      for c in task_columns(protocol.task(n))]
     assert list(table.columns) == expected
@@ -229,7 +235,7 @@ def test_predict_takes_single_crops_and_arrays(model_file):
 
 def test_an_interrupted_run_resumes_without_redoing_finished_inputs(sample_data, model_file, video, tmp_path,
                                                                      monkeypatch):
-    import affbench.predict as inference
+    import affbench.inference.predict as inference
 
     model = load_model(model_file, device="cpu")
     image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"

@@ -1,4 +1,4 @@
-"""affbench.progress (plain lines off a terminal, silence with --quiet) and affbench.tracking (TensorBoard)."""
+"""affbench.runtime.progress (plain lines off a terminal, silence with --quiet) and affbench.training.tensorboard (TensorBoard)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from affbench.progress import PlainProgress, progress_bar
+from affbench.runtime.progress import PlainProgress, progress_bar
 
 
 class Log(io.StringIO):
@@ -56,7 +56,7 @@ def test_epoch_scalars_are_written_for_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from affbench.tracking import open_tracker
+    from affbench.training.tensorboard import open_tracker
 
     tracker = open_tracker(tmp_path, "job-1")
     for epoch, loss in ((1, 0.9), (2, 0.7)):
@@ -78,7 +78,7 @@ def test_epoch_scalars_are_written_for_tensorboard(tmp_path):
 def test_without_tensorboard_nothing_is_tracked(tmp_path, monkeypatch):
     import sys
 
-    from affbench import tracking
+    from affbench.training import tensorboard as tracking
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     assert tracking.open_tracker(tmp_path, "job") is None
@@ -88,7 +88,7 @@ def test_without_tensorboard_nothing_is_tracked(tmp_path, monkeypatch):
 def test_epoch_lines_name_their_validation_metric():
     from types import SimpleNamespace
 
-    from affbench.train import describe_validation
+    from affbench.training.evaluation import describe_validation
 
     def task(name, metric):
         return SimpleNamespace(name=name, spec=SimpleNamespace(primary_metric=metric))

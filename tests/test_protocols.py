@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import subprocess
 import sys
@@ -13,12 +12,16 @@ import pandas as pd
 import pytest
 
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.scoring import evaluate
-from affbench.pipelines.protocols import AFFWILD2, CAER_S, DISFA, PROTOCOLS, protocol_for
-from affbench.protocols import Protocol, TaskSpec
-from affbench.shards import DatasetWriter, make_schema, read_manifest
+from affbench.pipelines import protocol_for, protocols
+from affbench.pipelines.affwild2 import PROTOCOL as AFFWILD2
+from affbench.pipelines.caer_s import PROTOCOL as CAER_S
+from affbench.pipelines.disfa import PROTOCOL as DISFA
+from affbench.scoring.protocols import Protocol, TaskSpec
+from affbench.scoring.scorer import score_task
+from affbench.shards.manifest import DatasetWriter, read_manifest
+from affbench.shards.schema import make_schema
 
-# Typed from FACTS.md on purpose (not imported), so that the declarations are checked against the source.
+# Typed from docs/datasets.md on purpose (not imported), so that the declarations are checked against the source.
 DISFA_PARTS = {
     "part1": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016".split(),
     "part2": "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024".split(),
@@ -157,11 +160,11 @@ def test_disfa_unknown_subject_and_fold_are_clear_errors(disfa_meta):
         DISFA.split_indices(disfa_meta, "expression", 1)
 
 
-def test_disfa_end_to_end_with_evaluate(disfa_meta):
+def test_disfa_end_to_end_with_score_task(disfa_meta):
     split = DISFA.split_indices(disfa_meta, "au-detection", 2)
     y, mask = DISFA.targets(disfa_meta, "au-detection")
     test = split["test"]
-    scores = evaluate(DISFA.task("au-detection"), y[test], y[test], mask=mask[test])  # a perfect predictor
+    scores = score_task(DISFA.task("au-detection"), y[test], y[test], mask=mask[test])  # a perfect predictor
     assert scores["f1"] == pytest.approx(1.0) and scores["accuracy/au6"] == pytest.approx(1.0)
     assert {f"f1/au{a}" for a in DISFA_DETECTION_AUS} <= set(scores)
 
@@ -319,9 +322,9 @@ def test_affwild2_task_metrics():
 # ----------------------------------------------------------------------------------------- declarations, JSON
 
 
-@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+@pytest.mark.parametrize("name", sorted(protocols()))
 def test_protocol_round_trips_through_json(name):
-    protocol = PROTOCOLS[name]
+    protocol = protocols()[name]
     data = protocol.to_dict()
     assert json.loads(json.dumps(data)) == data  # JSON-native values only
     restored = Protocol.from_dict(json.loads(json.dumps(data, sort_keys=True)))
@@ -352,7 +355,7 @@ def test_taskspec_checks_its_metrics():
 
 
 def test_library_does_not_import_pipelines():
-    code = ("import sys, affbench.protocols, affbench.metrics, affbench.scoring; "
+    code = ("import sys, affbench.scoring.protocols, affbench.scoring.metrics, affbench.scoring; "
             "bad = [m for m in sys.modules if m.startswith('affbench.pipelines') or m.startswith('affbench.benchmarks')]; "
             "assert not bad, bad; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from affbench.encoders import create_encoder, get_encoder_spec, trunks
+from affbench.encoders import trunks
+from affbench.encoders.registry import create_encoder, get_encoder_spec
 from affbench.errors import AffbenchError
 
 BN_EPS = 1e-5

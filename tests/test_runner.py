@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from affbench.errors import AffbenchError
-from affbench.locks import LOCK_NAME, FolderBusyError
-from affbench.runner import OutputWriteError, UnitOutcome, run_units
-from affbench.shards import DatasetWriter, ShardReader, ShardWriter, make_schema
-
+from affbench.preparation.units import OutputWriteError, UnitOutcome, run_units
+from affbench.runtime.locks import LOCK_NAME, FolderBusyError
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.reader import ShardReader
+from affbench.shards.schema import make_schema
+from affbench.shards.writer import ShardWriter
 
 
 class Unit:
@@ -138,12 +140,12 @@ def test_a_full_disk_stops_the_run_with_one_sentence_and_the_unit_stays_unfinish
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES, errno.EROFS])
 def test_a_manifest_that_cannot_be_written_is_one_sentence(tmp_path, monkeypatch, error):
-    import affbench.shards
+    import affbench.shards.manifest
 
     def refuse(path, text):
         raise OSError(error, os.strerror(error), str(path))
 
-    monkeypatch.setattr(affbench.shards, "write_text_atomic", refuse)
+    monkeypatch.setattr(affbench.shards.manifest, "write_text_atomic", refuse)
     with pytest.raises(AffbenchError, match=rf"Cannot write .*manifest.json: {os.strerror(error)}; .*run the same command"):
         open_writer(tmp_path / "prepared")
     assert not (tmp_path / "prepared" / LOCK_NAME).exists()
@@ -187,7 +189,8 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
     out = tmp_path / "prepared"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from affbench.shards import DatasetWriter, make_schema
+        from affbench.shards.manifest import DatasetWriter
+        from affbench.shards.schema import make_schema
         writer = DatasetWriter({str(out)!r}, dataset="toy", parameters={{}}, schema=make_schema())
         print("held", flush=True)
         time.sleep(60)
@@ -206,8 +209,9 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
 WORKER_SCRIPT = """
 import os, sys, time
 from pathlib import Path
-from affbench.runner import UnitOutcome, run_units
-from affbench.shards import DatasetWriter, make_schema
+from affbench.preparation.units import UnitOutcome, run_units
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.schema import make_schema
 
 pids = Path(sys.argv[2])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from affbench.errors import AffbenchError
-from affbench.faces import AlignmentTemplate, align_face
+from affbench.faces.alignment import AlignmentTemplate, align_face
 from affbench.pipelines import affwild2, caer_s, disfa
 from affbench.pipelines import sample_data as sd
 
@@ -42,7 +42,7 @@ def test_disfa_layout_and_video_lengths(sample_data):
     root = sample_data["disfa"]
     assert (root / "Videos_LeftCamera").is_dir() and (root / "Video_RightCamera").is_dir()
     for subject in sd.DISFA_SUBJECTS:
-        for camera, folder, prefix in (("left", "Videos_LeftCamera", "Left"), ("right", "Video_RightCamera", "Right")):
+        for _camera, folder, prefix in (("left", "Videos_LeftCamera", "Left"), ("right", "Video_RightCamera", "Right")):
             video = root / folder / f"{prefix}Video{subject}_comp.avi"
             capture = cv2.VideoCapture(str(video))
             frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))

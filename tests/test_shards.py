@@ -14,17 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from affbench.errors import AffbenchError, ParameterMismatchError
-from affbench.files import file_sha256
-from affbench.runner import UnitOutcome, run_units
-from affbench.shards import (
-    BASE_COLUMNS,
-    DatasetWriter,
-    ShardReader,
-    ShardWriter,
-    decode_image,
-    encode_image,
-    make_schema,
-)
+from affbench.preparation.units import UnitOutcome, run_units
+from affbench.runtime.files import file_sha256
+from affbench.shards.codec import decode_image, encode_image
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.reader import ShardReader
+from affbench.shards.schema import BASE_COLUMNS, make_schema
+from affbench.shards.writer import ShardWriter
 
 LABELS = [pa.field("au12", pa.int8()), pa.field("valence", pa.float32())]
 PARAMS = {"size": 32, "codec": "png", "detector": {"thresholds": [0.6, 0.7, 0.7]}}
@@ -128,7 +124,8 @@ def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_shards import LABELS, make_row
-        from affbench.shards import ShardWriter, make_schema
+        from affbench.shards.schema import make_schema
+        from affbench.shards.writer import ShardWriter
         writer = ShardWriter({str(tmp_path)!r}, "SN002", make_schema(LABELS), rows_per_shard=4, row_group_size=1)
         for i in range(7):
             writer.write(make_row("SN002", i))

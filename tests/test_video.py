@@ -1,4 +1,4 @@
-"""affbench.video: 0-based frames in order, honest counts, truncated and unreadable files."""
+"""affbench.faces.video: 0-based frames in order, honest counts, truncated and unreadable files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from affbench.errors import AffbenchError
-from affbench.video import VideoError, VideoReader, iter_frames, probe_video
+from affbench.faces.video import VideoError, VideoReader, iter_frames, probe_video
 
 FRAMES = 12
 

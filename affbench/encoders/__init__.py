@@ -32,6 +32,9 @@ What a training harness needs to know:
 - ``spec.init`` says in words how the weights were initialised; record it with every result.
 """
 
+from pathlib import Path
+from typing import Any
+
 from affbench.encoders.registry import (
     WEIGHT_OPTIONS,
     Encoder,
@@ -43,8 +46,6 @@ from affbench.encoders.registry import (
     list_encoders,
     register_encoder,
 )
-from pathlib import Path
-
 from affbench.encoders.weights import LoadReport, load_checkpoint, require_imagenet_file
 from affbench.errors import AffbenchError
 
@@ -61,7 +62,7 @@ IMAGENET_WEIGHTS = {
 }
 
 
-def check_weights_available(name: str, **options) -> None:
+def check_weights_available(name: str, **options: Any) -> None:
     """Raise now, with the error building would give, where the file that
     ``create_encoder(name, **options)`` would load for ``pretrained`` is missing. Builds nothing,
     so a benchmark can check every job before the first one trains."""

@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from affbench.encoders.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    EncoderSpec,
+    check_choice,
+    check_positive,
+    register_encoder,
 )
 from affbench.encoders.weights import apply_pretrained, is_checkpoint_path, read_state_dict
 from affbench.errors import AffbenchError

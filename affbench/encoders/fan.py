@@ -53,13 +53,18 @@ distances along the eye line and its perpendicular), and :func:`heatmap_targets`
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn
 
 from affbench.encoders.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    EncoderSpec,
+    check_choice,
+    check_positive,
+    register_encoder,
 )
 from affbench.encoders.trunks import ResNet50Trunk
 from affbench.encoders.weights import apply_pretrained, load_au_checkpoint
@@ -301,6 +306,7 @@ class FanHeatmapNet(nn.Module):
         nn.init.kaiming_normal_(self.heatmap_head.weight, mode="fan_in", nonlinearity="relu")
         with torch.no_grad():  # the reference's initial output scale relative to its targets (see above)
             self.heatmap_head.weight.mul_(heatmap_scale / REFERENCE_HEATMAP_SCALE)
+        assert self.heatmap_head.bias is not None  # built with bias=True
         nn.init.zeros_(self.heatmap_head.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -356,8 +362,10 @@ class _HeatmapEncoder(Encoder):
         """
         points = self.au_points(torch.as_tensor(landmarks5, dtype=torch.float32), image_size=image_size)
         scale = float(self.spec.options.get("heatmap_scale", 1.0))
+        heatmap_size = self.spec.heatmap_size
+        assert heatmap_size is not None  # every heatmap variant's spec sets it
         return heatmap_targets(points, torch.as_tensor(intensities, dtype=torch.float32) * scale,
-                               self.spec.heatmap_size, self.spec.input_size)
+                               heatmap_size, self.spec.input_size)
 
 
 def _check_fan_options(name: str, options: dict) -> tuple[int, ...]:
@@ -383,14 +391,14 @@ def _check_fan_options(name: str, options: dict) -> tuple[int, ...]:
     return aus
 
 
-def _normalisation(options: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _normalisation(options: dict) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) for :func:`affbench.data.normalise`, which works on RGB in [0, 1]: the reference
     code's values come out once the network flips the channels to BGR."""
     if options["input_normalisation"] == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     # Channel c of the RGB input meets reference mean (B, G, R order) of position 2 - c after the flip.
-    mean = tuple(m / 255.0 for m in reversed(REFERENCE_PIXEL_MEANS))
-    return mean, (1.0 / 255.0,) * 3
+    m0, m1, m2 = REFERENCE_PIXEL_MEANS
+    return (m2 / 255.0, m1 / 255.0, m0 / 255.0), (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
 
 
 def _fan_au_spec(name: str, options: dict) -> EncoderSpec:
@@ -439,7 +447,9 @@ class EmotiRAMFAU(_HeatmapEncoder):
         super().__init__()
         self.spec = spec
         self._build_heatmap_net(regressed=False)
-        layers, width = [nn.Flatten()], spec.heads["heatmaps"] * spec.heatmap_size**2
+        assert spec.heatmap_size is not None  # every heatmap variant's spec sets it
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = spec.heads["heatmaps"] * spec.heatmap_size**2
         for size in BOTTLENECK_SIZES:
             layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
             width = size

@@ -38,15 +38,25 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import torch
 from torch import nn
 
 from affbench.encoders.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    EncoderSpec,
+    check_choice,
+    check_positive,
+    register_encoder,
 )
 from affbench.encoders.trunks import (
-    INCEPTION_MIXED_6E_CHANNELS, INCEPTION_TO_MIXED_6E, inception_v3_to_mixed_6e, load_inception_imagenet,
+    INCEPTION_MIXED_6E_CHANNELS,
+    INCEPTION_TO_MIXED_6E,
+    inception_v3_to_mixed_6e,
+    load_inception_imagenet,
 )
 from affbench.encoders.weights import apply_pretrained, is_checkpoint_path, read_state_dict
 from affbench.errors import AffbenchError
@@ -72,6 +82,8 @@ def _abaw3_trunk_key(key: str) -> str:
 
 
 class _InceptionEncoder(Encoder):
+    trunk: nn.Sequential
+
     def load_imagenet(self) -> str:
         return load_inception_imagenet(self.trunk)
 
@@ -113,6 +125,8 @@ def _smm_spec(name: str, options: dict) -> EncoderSpec:
 
 class SMMEmotionNet(_InceptionEncoder):
     """Sign-and-Message Multi-Emotion Net: ``au`` logits, ``expression`` logits, ``va``."""
+
+    positions: torch.Tensor  # a buffer: the sinusoidal position table of the ROIs
 
     def __init__(self, spec: EncoderSpec):
         super().__init__()
@@ -210,7 +224,7 @@ def _infer_smm(options: dict) -> dict:
     state = _pretrained_state(options)
     if state is None:
         return {}
-    implied = {}
+    implied: dict[str, Any] = {}
     for weight, bias in (("emotion_classifiers.0.fc.weight", "emotion_classifiers.0.fc.bias"), ("au_weight", "au_bias")):
         if weight in state:
             implied["n_aus"] = int(state[weight].shape[0])
@@ -225,7 +239,7 @@ def _infer_mtl(options: dict) -> dict:
     state = _pretrained_state(options)
     if state is None:
         return {}
-    implied = {}
+    implied: dict[str, Any] = {}
     if "emotion_metric_modules.0.0.0.weight" in state or "au_embeddings.0.weight" in state:
         implied["au_branch"] = "per-au"
         classifier = state.get("emotion_classifiers.0.fc.weight", state.get("au_classifier.weight"))

@@ -48,7 +48,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from affbench.encoders.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    EncoderSpec,
+    check_choice,
+    check_positive,
+    register_encoder,
 )
 from affbench.encoders.trunks import ResNet50Trunk
 from affbench.encoders.weights import apply_pretrained, is_checkpoint_path, load_au_checkpoint, read_state_dict
@@ -242,6 +248,7 @@ class MEGraphHead(nn.Module):
         super().__init__()
         self.stage = stage
         self.class_linears = nn.ModuleList(LinearBlock(dim, dim) for _ in range(n_aus))
+        self.gnn: FacialGraph | GatedGraphLayers
         if stage == 1:
             self.gnn = FacialGraph(dim, n_aus, neighbours)
         else:

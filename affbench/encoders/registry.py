@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 from torch import nn
@@ -98,7 +98,7 @@ class EncoderSpec:
     heatmap_size: int | None = None
     fresh: tuple[str, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.au_output is not None and self.au_output not in AU_OUTPUT_KINDS:
             raise ValueError(f"au_output must be one of {AU_OUTPUT_KINDS} or None, got {self.au_output!r}")
         if (self.au_output is None) != ("au" not in self.heads):
@@ -140,18 +140,38 @@ class Encoder(nn.Module):
         return (), ()
 
 
-_REGISTRY: dict[str, tuple[Callable[..., Encoder], Callable[[str, dict], EncoderSpec] | None, str]] = {}
-_INFER: dict[str, Callable[[dict], dict]] = {}
+#: ``spec(name, options) -> EncoderSpec``: a variant's metadata from its resolved options.
+SpecFunction = Callable[[str, dict[str, Any]], EncoderSpec]
+#: ``infer(options) -> dict``: the architecture options the checkpoints named in ``options`` imply.
+InferFunction = Callable[[dict[str, Any]], dict[str, Any]]
+#: A registered factory: its keyword arguments are the variant's options.
+Factory = TypeVar("Factory", bound=Callable[..., Encoder])
+
+_REGISTRY: dict[str, tuple[Callable[..., Encoder], SpecFunction | None, str]] = {}
+_INFER: dict[str, InferFunction] = {}
 
 
-def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], EncoderSpec] | None = None,
-                     name: str | None = None, infer: Callable[[dict], dict] | None = None):
+@overload
+def register_encoder(fn: Factory, *, spec: SpecFunction | None = None, name: str | None = None,
+                     infer: InferFunction | None = None) -> Factory: ...
+
+
+@overload
+def register_encoder(fn: None = None, *, spec: SpecFunction | None = None, name: str | None = None,
+                     infer: InferFunction | None = None) -> Callable[[Factory], Factory]: ...
+
+
+def register_encoder(fn: Factory | None = None, *, spec: SpecFunction | None = None,
+                     name: str | None = None, infer: InferFunction | None = None
+                     ) -> Factory | Callable[[Factory], Factory]:
     """Register an encoder factory under ``name`` (default: the function name with ``_`` -> ``-``).
 
     Usable bare (``@register_encoder``) or with arguments (``@register_encoder(spec=...)``).
 
     Parameters
     ----------
+    fn : callable, optional
+        The factory, when used bare.
     spec : callable, optional
         ``spec(name, options) -> EncoderSpec``; must not build the network. Without it,
         :func:`get_encoder_spec` builds the variant on the meta device (no memory, no weights) and
@@ -162,6 +182,11 @@ def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], 
         ``infer(options) -> dict``: architecture options implied by the checkpoints named in the
         caller's options (see the module docstring).
 
+    Returns
+    -------
+    callable
+        The factory itself (bare use), or the decorator that registers it and returns it.
+
     Examples
     --------
     >>> from affbench.encoders import list_encoders
@@ -169,7 +194,7 @@ def register_encoder(fn: Callable | None = None, *, spec: Callable[[str, dict], 
     True
     """
 
-    def decorate(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
+    def decorate(factory: Factory) -> Factory:
         key = name or factory.__name__.replace("_", "-")
         if key in _REGISTRY:
             raise ValueError(f"encoder {key!r} is registered twice")
@@ -186,7 +211,7 @@ def list_encoders() -> list[str]:
     return list(_REGISTRY)
 
 
-def _lookup(name: str):
+def _lookup(name: str) -> tuple[Callable[..., Encoder], SpecFunction | None, str]:
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -216,7 +241,7 @@ def resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def get_encoder_spec(name: str, **options) -> EncoderSpec:
+def get_encoder_spec(name: str, **options: Any) -> EncoderSpec:
     """Metadata of a variant (input size, normalisation, heads) without building the network.
 
     Parameters
@@ -243,7 +268,7 @@ def get_encoder_spec(name: str, **options) -> EncoderSpec:
     return spec_fn(name, architecture)
 
 
-def create_encoder(name: str, **options) -> Encoder:
+def create_encoder(name: str, **options: Any) -> Encoder:
     """Build a registered encoder variant.
 
     Parameters
@@ -287,7 +312,7 @@ def describe_encoder(name: str) -> str:
     return _lookup(name)[2]
 
 
-def count_parameters(name: str, **options) -> int:
+def count_parameters(name: str, **options: Any) -> int:
     """Number of parameters of a variant, counted on the meta device (no memory, no weights)."""
     options = {k: v for k, v in options.items() if k not in WEIGHT_OPTIONS}
     with torch.device("meta"):
@@ -295,14 +320,14 @@ def count_parameters(name: str, **options) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_choice(name: str, option: str, value, choices) -> None:
+def check_choice(name: str, option: str, value: object, choices: Collection[object]) -> None:
     """Raise the one-sentence error for an option value outside ``choices``."""
     if value not in choices:
         listed = ", ".join(repr(c) for c in choices)
         raise AffbenchError(f"Encoder {name!r}: option {option} must be one of {listed}, got {value!r}.")
 
 
-def check_positive(name: str, option: str, value) -> None:
+def check_positive(name: str, option: str, value: object) -> None:
     """Raise the one-sentence error for a size option that is not a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise AffbenchError(f"Encoder {name!r}: option {option} must be a positive integer, got {value!r}.")

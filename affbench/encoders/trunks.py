@@ -36,7 +36,7 @@ class ResNet50Trunk(nn.Module):
     out_channels = 2048
     stride = 32
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         full = torchvision.models.resnet50(weights=None)
         for name in _RESNET_LAYERS:

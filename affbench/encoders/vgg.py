@@ -19,10 +19,20 @@ import torchvision
 from torch import nn
 
 from affbench.encoders.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderSpec, check_choice, check_positive, register_encoder,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    EncoderSpec,
+    check_choice,
+    check_positive,
+    register_encoder,
 )
 from affbench.encoders.weights import (
-    apply_pretrained, imagenet_description, load_imagenet_state, load_trunk_weights, read_state_dict,
+    apply_pretrained,
+    imagenet_description,
+    load_imagenet_state,
+    load_trunk_weights,
+    read_state_dict,
 )
 
 VGG16_IMAGENET = torchvision.models.VGG16_Weights.IMAGENET1K_V1

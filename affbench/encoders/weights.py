@@ -22,25 +22,33 @@ import dataclasses
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from affbench.errors import AffbenchError
-from affbench.files import file_sha256
 from affbench.encoders.registry import Encoder
+from affbench.errors import AffbenchError
+from affbench.runtime.files import file_sha256
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
+#: An encoder of any family; :func:`apply_pretrained` hands back the model it was given.
+E = TypeVar("E", bound=Encoder)
 
 
-def hub_checkpoint_path(weights) -> Path:
+def hub_checkpoint_path(weights: WeightsEnum) -> Path:
     """Where torchvision keeps the file of a weights enum member, e.g. ``ResNet50_Weights.IMAGENET1K_V1``."""
     filename = os.path.basename(urlparse(weights.url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def require_imagenet_file(weights) -> Path:
+def require_imagenet_file(weights: WeightsEnum) -> Path:
     """The cached file of a torchvision weights enum member, or one clear error saying where to put it."""
     path = hub_checkpoint_path(weights)
     if not path.is_file():
@@ -51,7 +59,7 @@ def require_imagenet_file(weights) -> Path:
     return path
 
 
-def load_imagenet_state(weights) -> dict[str, torch.Tensor]:
+def load_imagenet_state(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     """The state dict of a torchvision weights enum member, from the local torch hub cache only.
 
     Raises
@@ -66,7 +74,7 @@ def load_imagenet_state(weights) -> dict[str, torch.Tensor]:
         raise AffbenchError(f"Could not read ImageNet weights file {path}: {exc}.") from None
 
 
-def imagenet_description(weights, part: str) -> str:
+def imagenet_description(weights: WeightsEnum, part: str) -> str:
     """The ``init`` text for a model whose ``part`` came from a torchvision ImageNet file."""
     return (
         f"imagenet (torchvision {type(weights).__name__}.{weights.name}, "
@@ -74,7 +82,9 @@ def imagenet_description(weights, part: str) -> str:
     )
 
 
-def load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], *, drop_prefixes=()) -> None:
+def load_trunk_weights(
+    module: nn.Module, state: dict[str, torch.Tensor], *, drop_prefixes: Iterable[str] = ()
+) -> None:
     """Load a torchvision state dict into a (possibly cut) trunk: every trunk key must be present.
 
     Keys under ``drop_prefixes`` (the layers the trunk cut away, e.g. ``fc.``) are ignored; any other
@@ -91,18 +101,20 @@ def load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], *, dro
 class ForeignObject:
     """An allow-listed object from a checkpoint, rebuilt without its class: only its attributes."""
 
-    def __setstate__(self, state):
+    attributes: dict[str, Any]
+
+    def __setstate__(self, state: object) -> None:
         self.attributes = state if isinstance(state, dict) else {"state": state}
 
 
-def _path_text(*parts) -> str:
+def _path_text(*parts: object) -> str:
     """A pickled ``pathlib`` path, kept as text (no path object, no file-system access)."""
     return "/".join(str(part) for part in parts)
 
 
 #: The only non-tensor globals a checkpoint may name: the CAER trainer's configuration object and the
 #: paths inside it. Everything else that is not a tensor or a plain container is refused by torch.
-FOREIGN_OBJECT_NAMES = {
+FOREIGN_OBJECT_NAMES: dict[str, Callable[..., Any]] = {
     "parse_config.ConfigParser": ForeignObject,
     "pathlib.PosixPath": _path_text,
     "pathlib.WindowsPath": _path_text,
@@ -116,7 +128,7 @@ class Checkpoint:
     """The tensors of a checkpoint file and, where its trainer saved one, its configuration dict."""
 
     state: dict[str, torch.Tensor]
-    config: dict | None = None
+    config: dict[str, Any] | None = None
 
 
 def _strip_common_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -125,7 +137,7 @@ def _strip_common_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[st
     return state
 
 
-def read_checkpoint(path) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint file as tensors only.
 
     Accepts a plain state dict or a dict holding one under ``"state_dict"`` (Lightning, ME-GraphAU,
@@ -137,7 +149,9 @@ def read_checkpoint(path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise AffbenchError(f"Checkpoint {path} does not exist.")
-    allowed = [(factory, name) for name, factory in FOREIGN_OBJECT_NAMES.items()]
+    allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (factory, name) for name, factory in FOREIGN_OBJECT_NAMES.items()
+    ]
     try:
         with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -168,7 +182,7 @@ def read_checkpoint(path) -> Checkpoint:
     return Checkpoint(_strip_common_prefix(state, "model."), config)
 
 
-def read_state_dict(path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file (see :func:`read_checkpoint`)."""
     return read_checkpoint(path).state
 
@@ -198,6 +212,7 @@ class LoadReport:
         return [note.split(" ")[0] for note in self.fresh_expected + self.missing + self.mismatched]
 
     def describe(self) -> str:
+        """The load in words, as ``model.spec.init`` records it."""
         text = f"checkpoint {self.path} (sha256 {self.sha256[:16]}"
         if self.layout != "affbench":
             text += f", {self.layout} layout"
@@ -215,11 +230,18 @@ def _summary(keys: list[str], limit: int = 6) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def _starts(key: str, prefixes) -> bool:
+def _starts(key: str, prefixes: Iterable[str]) -> bool:
     return any(key.startswith(p) for p in prefixes)
 
 
-def match_state(model: nn.Module, state: dict[str, torch.Tensor], *, missing_ok=(), unexpected_ok=(), mismatch_ok=()):
+def match_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    missing_ok: Iterable[str] = (),
+    unexpected_ok: Iterable[str] = (),
+    mismatch_ok: Iterable[str] = (),
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], list[str], list[str]]:
     """Split ``state`` against ``model``.
 
     Returns ``(loadable, problems, fresh_ok, dropped_ok)``: ``problems`` maps "missing",
@@ -228,8 +250,10 @@ def match_state(model: nn.Module, state: dict[str, torch.Tensor], *, missing_ok=
     ``dropped_ok`` allowed checkpoint keys that are not used.
     """
     own = model.state_dict()
-    loadable, fresh_ok, dropped_ok = {}, [], []
-    problems = {"missing": [], "unexpected": [], "mismatched": []}
+    loadable: dict[str, torch.Tensor] = {}
+    fresh_ok: list[str] = []
+    dropped_ok: list[str] = []
+    problems: dict[str, list[str]] = {"missing": [], "unexpected": [], "mismatched": []}
     for key, value in state.items():
         if key not in own:
             (dropped_ok if _starts(key, unexpected_ok) else problems["unexpected"]).append(key)
@@ -248,7 +272,7 @@ def _record(model: Encoder, report: LoadReport, prefix: str = "") -> None:
     model.spec = dataclasses.replace(model.spec, init=prefix + report.describe(), fresh=tuple(report.fresh))
 
 
-def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadReport:
+def load_checkpoint(model: Encoder, path: str | os.PathLike[str], *, partial: bool = False) -> LoadReport:
     """Load a checkpoint into a built encoder through its family's key-mapping hook.
 
     Parameters
@@ -319,8 +343,9 @@ def load_checkpoint(model: Encoder, path, *, partial: bool = False) -> LoadRepor
 
 
 def load_au_checkpoint(
-    model: Encoder, path, *, source: str, prefix: str, submodule: Encoder | None = None,
-    missing_ok=(), unexpected_ok=(), mismatch_ok=(), partial: bool = False, option: str = "au_checkpoint",
+    model: Encoder, path: str | os.PathLike[str], *, source: str, prefix: str, submodule: Encoder | None = None,
+    missing_ok: Iterable[str] = (), unexpected_ok: Iterable[str] = (), mismatch_ok: Iterable[str] = (),
+    partial: bool = False, option: str = "au_checkpoint",
     hints: dict[str, str] | None = None,
 ) -> LoadReport:
     """Start a model from the checkpoint of a model it is built on (an AU model, or stage 1).
@@ -373,12 +398,18 @@ def load_au_checkpoint(
     return report
 
 
-def is_checkpoint_path(value) -> bool:
+def is_checkpoint_path(value: object) -> bool:
     """Whether a ``pretrained`` value names a checkpoint file (not None, not ``"imagenet"``)."""
     return isinstance(value, os.PathLike) or (isinstance(value, str) and value != "imagenet")
 
 
-def apply_pretrained(model: Encoder, pretrained, load_imagenet, *, partial: bool = False) -> Encoder:
+def apply_pretrained(
+    model: E,
+    pretrained: str | os.PathLike[str] | None,
+    load_imagenet: Callable[[E], str] | None,
+    *,
+    partial: bool = False,
+) -> E:
     """Shared handling of the ``pretrained`` option: None, ``"imagenet"`` or a checkpoint path.
 
     ``load_imagenet(model) -> str`` loads the family's ImageNet trunk and returns the ``init`` text.

@@ -3,7 +3,7 @@
 Reference: the same warp made at 4x the crop's resolution (bilinear), then reduced 4x by area
 averaging. Compared with it (PSNR in dB / SSIM, higher = closer): plain bilinear sampling (affbench
 before), an INTER_AREA pre-resize of the source to about the crop's scale, and a Gaussian pre-filter
-of the source with three sigma rules, including :func:`affbench.align.warp_crop` as shipped.
+of the source with three sigma rules, including :func:`affbench.faces.alignment.warp_crop` as shipped.
 
 Images: a zone plate (every frequency up to the source's Nyquist limit) and the scikit-image
 astronaut enlarged 3x (cubic), each cut with a 17 degree rotation at shrinks of 1.7, 3 and 6
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from affbench.align import AlignmentTemplate, warp_crop
+from affbench.faces.alignment import AlignmentTemplate, warp_crop
 
 PLAIN = AlignmentTemplate(antialias=False)
 FILL = (128, 128, 128)

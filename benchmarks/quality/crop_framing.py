@@ -29,23 +29,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from affbench.align import AlignmentTemplate, alignment_matrix, transform_points, warp_crop
-from affbench.faces import shared_detector
+from affbench.faces.alignment import AlignmentTemplate, alignment_matrix, transform_points, warp_crop
+from affbench.faces.detection import shared_detector
 from affbench.pipelines import sample_data as sd
 
 SIZE = 256
 OLD = AlignmentTemplate(face_scale=0.8, shift_y=0.0, border="replicate", antialias=False)
-POSES = {
+
+
+def _roll(degrees: float) -> np.ndarray:
+    """The rotation by ``degrees`` in the image plane."""
+    a = math.radians(degrees)
+    return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+
+
+POSES: dict[str, np.ndarray] = {
     "frontal": np.eye(2),
-    "roll +30": None,  # rotations are filled in below
-    "roll -30": None,
+    "roll +30": _roll(30.0),
+    "roll -30": _roll(-30.0),
     "pitch 35": np.diag([1.0, math.cos(math.radians(35))]),
     "yaw 30": np.diag([math.cos(math.radians(30)), 1.0]),
     "yaw 45": np.diag([math.cos(math.radians(45)), 1.0]),
 }
-for name, degrees in (("roll +30", 30.0), ("roll -30", -30.0)):
-    a = math.radians(degrees)
-    POSES[name] = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
 
 
 def dlib_predictor():
@@ -123,7 +128,6 @@ def main() -> None:
     args = parser.parse_args()
     landmarks68 = dlib_predictor()
     detector = shared_detector(device="cpu")
-    methods = {"old (face_scale 0.8)": None, "default": None, "JAA-Net 200": None, "JAA-Net 176 of 200": None}
     results: dict[tuple[str, str], list[dict]] = {}
     sheet_rows = []
     for name, image in sources():

@@ -16,7 +16,7 @@ import time
 import torch
 import torchvision
 
-from affbench.encoders import count_parameters, create_encoder, list_encoders
+from affbench.encoders.registry import count_parameters, create_encoder, list_encoders
 
 
 def _time_once(model: torch.nn.Module, images: torch.Tensor) -> float:

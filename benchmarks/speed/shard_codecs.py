@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from affbench.faces import AlignmentTemplate, FaceDetector, align_face
+from affbench.faces.alignment import AlignmentTemplate, align_face
+from affbench.faces.detection import FaceDetector
 from affbench.pipelines import sample_data
-from affbench.shards import IMAGE_CODECS, ShardWriter, decode_image, encode_image, make_schema
+from affbench.shards.codec import IMAGE_CODECS, decode_image, encode_image
+from affbench.shards.schema import make_schema
+from affbench.shards.writer import ShardWriter
 
 
 def aligned_crops(count: int, size: int) -> list[np.ndarray]:

@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -48,8 +49,8 @@ def load() -> str:
 
 
 def time_step(name: str, device: torch.device, batch_size: int, steps: int, input_size: int | None) -> tuple[int, float]:
-    from affbench.data import normalise
-    from affbench.encoders import create_encoder
+    from affbench.data.loader import normalise
+    from affbench.encoders.registry import create_encoder
 
     options = {"input_size": input_size} if input_size else {}
     model = create_encoder(name, **options).to(device)
@@ -92,9 +93,12 @@ def make_crops(work: Path, rows: int, size: int) -> tuple[Path, Path]:
     import cv2
     import pyarrow as pa
 
-    from affbench.faces import AlignmentTemplate
+    from affbench.faces.alignment import AlignmentTemplate
     from affbench.pipelines.sample_data import lfw_face
-    from affbench.shards import DatasetWriter, ShardWriter, encode_image, make_schema
+    from affbench.shards.codec import encode_image
+    from affbench.shards.manifest import DatasetWriter
+    from affbench.shards.schema import make_schema
+    from affbench.shards.writer import ShardWriter
 
     shards, folder = work / "shards", work / "imagefolder"
     schema = make_schema([pa.field("expression", pa.int8())])
@@ -125,7 +129,8 @@ def make_crops(work: Path, rows: int, size: int) -> tuple[Path, Path]:
 
 
 def time_shard_loader(shards: Path, input_size: int, batch_size: int, workers: int, crop: float) -> float:
-    from affbench.data import Augmentation, RowGroupBatchSampler, ShardImages, make_loader
+    from affbench.data.augment import Augmentation
+    from affbench.data.loader import RowGroupBatchSampler, ShardImages, make_loader
 
     images = ShardImages(shards, input_size, Augmentation(hflip=0.5, crop=crop), train=True)
     sampler = RowGroupBatchSampler(np.arange(len(images)), images.row_groups, batch_size, shuffle=True, seed=0)
@@ -133,7 +138,15 @@ def time_shard_loader(shards: Path, input_size: int, batch_size: int, workers: i
     return _epoch_rate(loader, sampler)
 
 
-def imagefolder_loader(folder: Path, input_size: int, batch_size: int, workers: int, crop: float, stored: int):
+class _WorkerOptions(TypedDict, total=False):
+    """The DataLoader options that only apply with worker processes."""
+
+    persistent_workers: bool
+    prefetch_factor: int
+
+
+def imagefolder_loader(folder: Path, input_size: int, batch_size: int, workers: int, crop: float,
+                       stored: int) -> torch.utils.data.DataLoader:
     """The baseline: torchvision's ImageFolder over the same crops as PNG files, the same augmentation."""
     from torchvision import datasets, transforms
 
@@ -144,7 +157,7 @@ def imagefolder_loader(folder: Path, input_size: int, batch_size: int, workers: 
         transforms.PILToTensor(),
     ])
     dataset = datasets.ImageFolder(folder, transform=transform)
-    options = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
+    options: _WorkerOptions = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, **options)
 
 
@@ -170,8 +183,8 @@ def _epoch_rate(loader, sampler) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from affbench.encoders import list_encoders
-    from affbench.faces import resolve_device
+    from affbench.encoders.registry import list_encoders
+    from affbench.runtime.devices import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")

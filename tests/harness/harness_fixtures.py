@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from affbench.faces import AlignmentTemplate
-from affbench.shards import DatasetWriter, ShardWriter, encode_image, make_schema
+from affbench.faces.alignment import AlignmentTemplate
+from affbench.shards.codec import encode_image
+from affbench.shards.manifest import DatasetWriter
+from affbench.shards.schema import make_schema
+from affbench.shards.writer import ShardWriter
 
 CROP = 64  # stored crop side (the real datasets store 96-256)
 TEMPLATE = AlignmentTemplate()
@@ -67,7 +70,7 @@ def write_dataset(out: Path, dataset: str, label_fields, units: dict[str, list[d
 
 
 def make_caer(out: Path, *, train_per_class: int = 6, test_per_class: int = 3, drop_labels: bool = False) -> Path:
-    from affbench.pipelines.protocols import PROTOCOLS
+    from affbench.pipelines import protocols
 
     units: dict[str, list[dict]] = {}
     tints = [(1.0, 0.8, 0.7), (0.7, 1.0, 0.7), (0.7, 0.7, 1.0), (1.0, 1.0, 0.6), (0.8, 0.8, 0.8), (0.6, 0.9, 1.0), (1.0, 0.6, 1.0)]
@@ -86,7 +89,7 @@ def make_caer(out: Path, *, train_per_class: int = 6, test_per_class: int = 3, d
                 rows.append(row)
         units[split] = rows
     fields = [] if drop_labels else [pa.field("expression", pa.int8())]
-    return write_dataset(out, "caer-s", fields, units, PROTOCOLS["caer-s"].to_dict())
+    return write_dataset(out, "caer-s", fields, units, protocols()["caer-s"].to_dict())
 
 
 DISFA_SUBJECTS = ("SN001", "SN010", "SN006", "SN003", "SN002", "SN013", "SN029")
@@ -95,8 +98,7 @@ DISFA_SUBJECTS = ("SN001", "SN010", "SN006", "SN003", "SN002", "SN013", "SN029")
 def make_disfa(out: Path, frames: int = 10, *, distinct_faces: bool = False) -> Path:
     """Seven subjects; each alternates two faces unless ``distinct_faces`` (then every frame its own face,
     so that no two crops with different labels look the same)."""
-    from affbench.pipelines import disfa
-    from affbench.pipelines.protocols import PROTOCOLS
+    from affbench.pipelines import disfa, protocols
     from affbench.pipelines.sample_data import disfa_intensity
 
     units = {}
@@ -111,15 +113,14 @@ def make_disfa(out: Path, frames: int = 10, *, distinct_faces: bool = False) -> 
             rows.append(row)
         units[subject] = rows
     fields = [pa.field(f"au{au}", pa.int8()) for au in disfa.AUS]
-    return write_dataset(out, "disfa", fields, units, PROTOCOLS["disfa"].to_dict())
+    return write_dataset(out, "disfa", fields, units, protocols()["disfa"].to_dict())
 
 
 BP4D_SUBJECTS = ("F001", "M007", "M011", "F003", "F007", "F015")  # two per part
 
 
 def make_bp4d(out: Path, frames: int = 8) -> Path:
-    from affbench.pipelines import bp4d
-    from affbench.pipelines.protocols import PROTOCOLS
+    from affbench.pipelines import bp4d, protocols
 
     units = {}
     for s, subject in enumerate(BP4D_SUBJECTS):
@@ -133,13 +134,12 @@ def make_bp4d(out: Path, frames: int = 8) -> Path:
                 row[f"au{au}_intensity"] = (i + k + s) % 6
             rows.append(row)
         units[subject] = rows
-    return write_dataset(out, "bp4d", list(bp4d.LABEL_FIELDS), units, PROTOCOLS["bp4d"].to_dict())
+    return write_dataset(out, "bp4d", list(bp4d.LABEL_FIELDS), units, protocols()["bp4d"].to_dict())
 
 
 def make_affwild2(out: Path, frames: int = 12, *, distinct_faces: bool = False) -> Path:
     """Aff-Wild2 videos; each alternates two faces unless ``distinct_faces`` (see :func:`make_disfa`)."""
-    from affbench.pipelines import affwild2
-    from affbench.pipelines.protocols import PROTOCOLS
+    from affbench.pipelines import affwild2, protocols
     from affbench.pipelines.sample_data import AFFWILD2_SPLITS, AFFWILD2_VIDEOS, affwild2_labels
 
     units = {}
@@ -165,7 +165,7 @@ def make_affwild2(out: Path, frames: int = 12, *, distinct_faces: bool = False) 
     fields = [pa.field(f"au{au}", pa.int8()) for au in affwild2.AUS]
     fields += [pa.field("expression", pa.int8()), pa.field("valence", pa.float32()), pa.field("arousal", pa.float32()),
                pa.field("split_au", pa.string()), pa.field("split_expr", pa.string()), pa.field("split_va", pa.string())]
-    return write_dataset(out, "affwild2", fields, units, PROTOCOLS["affwild2"].to_dict())
+    return write_dataset(out, "affwild2", fields, units, protocols()["affwild2"].to_dict())
 
 
 # ----------------------------------------------------------------------------------------- suites

@@ -1,4 +1,4 @@
-"""affbench.cache: decoded crops equal the shard loader's, and a cache is never trusted when it should not be."""
+"""affbench.data.cache: decoded crops equal the shard loader's, and a cache is never trusted when it should not be."""
 
 from __future__ import annotations
 
@@ -16,21 +16,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from affbench.cache import (
-    CACHE_DIR,
-    DecodedImages,
-    cache_folder,
-    cache_side,
-    open_decoded_cache,
-)
-from affbench.data import Augmentation, ShardImages, crop_landmarks, dataset_fingerprint, open_prepared
-from affbench.files import file_sha256
-from affbench.integrity import ShardChangedError
-from affbench.locks import FolderLock
-from affbench.shards import MANIFEST_NAME, ShardReader, encode_image
-
 from harness_fixtures import CROP, face_crop, make_caer, make_disfa
+
+from affbench.data.augment import Augmentation
+from affbench.data.cache import CACHE_DIR, DecodedImages, cache_folder, cache_side, open_decoded_cache
+from affbench.data.loader import ShardImages, crop_landmarks
+from affbench.data.prepared import dataset_fingerprint, open_prepared
+from affbench.runtime.files import file_sha256
+from affbench.runtime.locks import FolderLock
+from affbench.shards.codec import encode_image
+from affbench.shards.integrity import ShardChangedError
+from affbench.shards.reader import ShardReader
+from affbench.shards.schema import MANIFEST_NAME
 
 AUGMENT = Augmentation(hflip=0.5, crop=0.875, scale=0.05, rotate=10, brightness=0.3, contrast=0.3, saturation=0.3,
                        hue=0.05, jitter_p=0.8)
@@ -187,7 +184,7 @@ def test_a_damaged_or_partial_cache_is_rebuilt(caer, damage):
 
 _CHILD = textwrap.dedent("""
     import os, sys
-    import affbench.cache as cache
+    import affbench.data.cache as cache
     real = cache._decode_shard
     calls = []
     def dying(*args):
@@ -275,7 +272,7 @@ folds = [1]
 
 def test_the_harness_trains_from_the_cache_by_default_and_gets_the_shard_loaders_results(data_copy, tmp_path):
     from affbench.benchmarks.harness import run_benchmark
-    from affbench.results import load_records
+    from affbench.reporting.records import load_records
 
     suite = tmp_path / "cached.toml"
     suite.write_text(CACHED_SUITE)  # fan-au: heatmap targets from landmarks, so points go through the cache too
@@ -298,8 +295,8 @@ def test_the_harness_trains_from_the_cache_by_default_and_gets_the_shard_loaders
 def test_without_room_for_the_cache_the_shards_are_read_and_nothing_is_left_behind(caer, monkeypatch, shortage):
     import errno
 
-    import affbench.cache as cache_module
-    from affbench.cache import images_with_cache
+    import affbench.data.cache as cache_module
+    from affbench.data.cache import images_with_cache
 
     if shortage == "free-space":
         monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 0))

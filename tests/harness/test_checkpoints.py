@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from affbench.checkpoints import DamagedCheckpointError, load_checkpoint, rng_state, set_rng_state
-from affbench.train import TaskData, TrainSettings, fit, load_model_state, seed_everything
+from affbench.training.checkpoints import (
+    DamagedCheckpointError,
+    load_model_state,
+    load_training_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from affbench.training.fit import fit, seed_everything
+from affbench.training.settings import TrainSettings
+from affbench.training.tasks import TaskData
 
 SETTINGS = TrainSettings(epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, schedule="cosine", seed=5,
                          num_workers=0, max_steps=3, augmentation={"hflip": 0.5})
@@ -29,9 +37,10 @@ class RunsAShellCommand:
 
 
 def _train(prepared_root, workdir: Path, on_epoch_end=None):
-    from affbench.data import ShardImages, open_prepared
-    from affbench.encoders import create_encoder
-    from affbench.protocols import Protocol
+    from affbench.data.loader import ShardImages
+    from affbench.data.prepared import open_prepared
+    from affbench.encoders.registry import create_encoder
+    from affbench.scoring.protocols import Protocol
 
     prepared = open_prepared(prepared_root, "caer-s", columns=["expression"])
     protocol = Protocol.from_dict(prepared.protocol_dict)
@@ -130,18 +139,18 @@ def test_a_damaged_best_checkpoint_trains_the_job_again_instead_of_crashing_late
     assert any(str(workdir / "best.pt") in m and "damaged" in m for m in messages)
     assert (workdir / "best.pt.damaged").is_file()
     assert result.resumed_from is None and [h["train_loss"] for h in result.history] == losses
-    load_checkpoint(workdir / "best.pt")
+    load_training_checkpoint(workdir / "best.pt")
     assert load_model_state(workdir / "best.pt")
 
 
 def test_a_kill_between_the_best_and_the_last_checkpoint_resumes_without_loss(prepared_root, tmp_path, clean,
                                                                                 monkeypatch):
     """Within an epoch best.pt is written before last.pt: a kill between them leaves a newer best.pt."""
-    from affbench import train
+    from affbench.training import fit as train
 
     losses, clean_dir = clean
     # Seed 5 selects epoch 2 (validation 0.14 then 0.29); otherwise this test would not test the window.
-    assert load_checkpoint(clean_dir / "best.pt")["epoch"] == 2
+    assert load_training_checkpoint(clean_dir / "best.pt")["epoch"] == 2
     real_save = train.save_checkpoint
 
     def killed_before_the_second_last_pt(obj, path):
@@ -154,7 +163,7 @@ def test_a_kill_between_the_best_and_the_last_checkpoint_resumes_without_loss(pr
     with pytest.raises(KeyboardInterrupt):
         _train(prepared_root, workdir)
     monkeypatch.undo()
-    assert load_checkpoint(workdir / "best.pt")["epoch"] == 2 and load_checkpoint(workdir / "last.pt")["epoch"] == 0
+    assert load_training_checkpoint(workdir / "best.pt")["epoch"] == 2 and load_training_checkpoint(workdir / "last.pt")["epoch"] == 0
 
     result, messages = _train(prepared_root, workdir)
 

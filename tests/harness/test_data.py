@@ -7,22 +7,15 @@ import math
 
 import numpy as np
 import pytest
-
-from affbench.data import (
-    alignment_from_parameters,
-    Augmentation,
-    RowGroupBatchSampler,
-    ShardImages,
-    crop_landmarks,
-    make_loader,
-    open_prepared,
-    transform_crop,
-)
-from affbench.errors import AffbenchError
-from affbench.faces import AlignmentTemplate, alignment_matrix, transform_points
-from affbench.shards import ShardReader, decode_image
-
 from harness_fixtures import CROP, DISFA_SUBJECTS, TEMPLATE, make_caer
+
+from affbench.data.augment import Augmentation, transform_crop
+from affbench.data.loader import RowGroupBatchSampler, ShardImages, crop_landmarks, make_loader
+from affbench.data.prepared import alignment_from_parameters, open_prepared
+from affbench.errors import AffbenchError
+from affbench.faces.alignment import AlignmentTemplate, alignment_matrix, transform_points
+from affbench.shards.codec import decode_image
+from affbench.shards.reader import ShardReader
 
 
 def test_open_prepared_reads_labels_without_images(prepared_root):

@@ -1,4 +1,4 @@
-"""affbench.distributed and torchrun: each rank's slice of the batches, the gather before scoring, and
+"""affbench.training.ddp and torchrun: each rank's slice of the batches, the gather before scoring, and
 ``torchrun --nproc_per_node=2 affbench run-benchmark`` on the CPU (gloo), killed and resumed."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from affbench.data import RowGroupBatchSampler
-from affbench.distributed import Distribution, RankBatches
+from affbench.data.loader import RowGroupBatchSampler
 from affbench.errors import AffbenchError
+from affbench.training.ddp import Distribution, RankBatches
 
 # ----------------------------------------------------------------------------------------- per-rank data
 
@@ -98,7 +98,7 @@ def test_torchrun_environment():
 def test_data_loader_workers_share_the_cores_among_the_ranks_of_a_machine(monkeypatch):
     import torch
 
-    from affbench.evaluation import choose_workers
+    from affbench.training.evaluation import choose_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -270,11 +270,14 @@ def _running(pid: int) -> bool:
 
 def _single_process_test_metrics(data: Path, weights: Path):
     """The test metrics of ``weights`` scored in this one process, as the harness builds the task."""
-    from affbench.cache import images_with_cache
-    from affbench.data import Augmentation, open_prepared
-    from affbench.encoders import create_encoder
-    from affbench.protocols import Protocol
-    from affbench.train import TaskData, evaluate_tasks, load_model_state
+    from affbench.data.augment import Augmentation
+    from affbench.data.cache import images_with_cache
+    from affbench.data.prepared import open_prepared
+    from affbench.encoders.registry import create_encoder
+    from affbench.scoring.protocols import Protocol
+    from affbench.training.checkpoints import load_model_state
+    from affbench.training.evaluation import evaluate_tasks
+    from affbench.training.tasks import TaskData
 
     prepared = open_prepared(data, "caer-s", columns=["expression"])
     protocol = Protocol.from_dict(prepared.protocol_dict)

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from affbench.benchmarks.harness import run_benchmark
 from affbench.cli import app
-from affbench.data import open_prepared
-from affbench.faces import AlignmentTemplate
-from affbench.predict import load_model
+from affbench.data.prepared import open_prepared
+from affbench.faces.alignment import AlignmentTemplate
+from affbench.inference.predict import load_model
 
 SUITE = """
 [suite]

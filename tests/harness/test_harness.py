@@ -14,7 +14,7 @@ from affbench.benchmarks.harness import run_benchmark
 from affbench.benchmarks.plan import make_plan
 from affbench.benchmarks.suite import list_suites, load_suite, parse_suite, validate_encoders
 from affbench.errors import AffbenchError, UnknownNameError
-from affbench.results import load_records
+from affbench.reporting.records import load_records
 
 SHIPPED = ("abaw3", "bp4d-au", "demo", "disfa-au", "thesis-au", "thesis-caer")
 
@@ -105,7 +105,7 @@ def test_shipped_suites_are_listed_and_valid():
 
 
 def test_every_variant_is_in_the_demo_suite():
-    from affbench.encoders import list_encoders
+    from affbench.encoders.registry import list_encoders
 
     demo = load_suite("demo")
     assert {e.encoder for e in demo.experiments} == set(list_encoders())

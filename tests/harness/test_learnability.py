@@ -1,7 +1,7 @@
 """Every registered variant can memorise a tiny training set through the harness's own path.
 
 The standard sanity check of a training pipeline ("overfit one batch"): a few training crops, the
-task(s) the suites train the variant on, the protocol's targets, ``affbench.train.fit`` (its losses,
+task(s) the suites train the variant on, the protocol's targets, ``affbench.training.fit.fit`` (its losses,
 AdamW optimiser and data loader; augmentation off, no schedule), then the variant's score on those
 same crops. A dead head, a loss wired to the wrong output, a frozen layer or a label read from the
 wrong column keeps the score far from perfect.
@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 import torch
 
-from affbench.encoders import create_encoder, list_encoders
+from affbench.encoders.registry import create_encoder, list_encoders
 
 CHECK_EVERY = 3
 
@@ -97,9 +97,9 @@ def test_every_registered_variant_has_a_learnability_setting():
 
 def _tiny_tasks(prepared_root, dataset, names, per_task):
     """The protocol's tasks of fold 1, their training rows cut to ``per_task`` annotated crops, no val/test."""
-    from affbench.data import open_prepared
-    from affbench.protocols import Protocol
-    from affbench.train import TaskData
+    from affbench.data.prepared import open_prepared
+    from affbench.scoring.protocols import Protocol
+    from affbench.training.tasks import TaskData
 
     protocol = Protocol.from_dict(open_prepared(prepared_root, dataset).protocol_dict)
     specs = [protocol.task(name) for name in names]
@@ -126,7 +126,8 @@ def _tiny_tasks(prepared_root, dataset, names, per_task):
 
 def train_mode_scores(model, tasks, images):
     """Scores on the training rows, all in one batch: batch norm on the batch's statistics, no dropout."""
-    from affbench.train import _forward, evaluation_loader, score_tasks
+    from affbench.training.evaluation import evaluation_loader, score_tasks
+    from affbench.training.evaluation import forward as _forward
 
     rows = np.unique(np.concatenate([t.rows["train"] for t in tasks]))
     was_training = model.training
@@ -163,8 +164,10 @@ class _Memorised(Exception):
     for name in sorted(VARIANTS)
 ])
 def test_variant_memorises_its_training_crops(name, distinct_root, tmp_path, monkeypatch):
-    from affbench.data import ShardImages
-    from affbench.train import TrainSettings, check_compatible, fit, seed_everything
+    from affbench.data.loader import ShardImages
+    from affbench.training.fit import fit, seed_everything
+    from affbench.training.settings import TrainSettings
+    from affbench.training.tasks import check_compatible
 
     dataset, task_names, options, per_task, max_steps, lr = VARIANTS[name]
     prepared, tasks = _tiny_tasks(distinct_root, dataset, task_names, per_task)
@@ -177,14 +180,14 @@ def test_variant_memorises_its_training_crops(name, distinct_root, tmp_path, mon
         check_compatible(task.spec, model.spec)
     points = None
     if "heatmaps" in model.spec.heads:
-        from affbench.data import crop_landmarks
+        from affbench.data.loader import crop_landmarks
 
         points = crop_landmarks(prepared)
     images = ShardImages(prepared.folder, model.spec.input_size, settings.augmentation, points=points)
     # One step is one epoch here, and fit writes last.pt and best.pt after every epoch: for a
     # ResNet-50 with its AdamW state about 0.5 GB, more time than the step itself on two cores.
     # Checkpointing and resuming are tested in test_train.py; here the writes are skipped.
-    monkeypatch.setattr("affbench.train.save_checkpoint", lambda *args, **kwargs: None)
+    monkeypatch.setattr("affbench.training.fit.save_checkpoint", lambda *args, **kwargs: None)
     scores = {}
 
     def check(epoch, _entry):
@@ -205,9 +208,10 @@ def test_variant_memorises_its_training_crops(name, distinct_root, tmp_path, mon
 def test_fan_au_perfect_heatmaps_read_back_as_the_training_labels(distinct_root):
     """The intensity task's loss target and its readout agree: heatmaps equal to the targets that
     the loss regresses on the DISFA crops score an ICC of 1.0 (so fan-au's stall is in learning)."""
-    from affbench.data import Augmentation, ShardImages, crop_landmarks
+    from affbench.data.augment import Augmentation
+    from affbench.data.loader import ShardImages, crop_landmarks
     from affbench.encoders import fan
-    from affbench.train import evaluation_loader, score_tasks
+    from affbench.training.evaluation import evaluation_loader, score_tasks
 
     prepared, tasks = _tiny_tasks(distinct_root, "disfa", ("au-intensity",), 8)
     spec = create_encoder("fan-au", input_size=64).spec

@@ -1,15 +1,15 @@
-"""affbench.plots: curves, per-label bars with fold spread and baselines, the paper comparison."""
+"""affbench.reporting.plots: curves, per-label bars with fold spread and baselines, the paper comparison."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
-
-from affbench import plots, results
-from affbench.errors import AffbenchError
-
 from test_results import RECORDS, record  # tests/harness is on sys.path (conftest)
+
+from affbench.errors import AffbenchError
+from affbench.reporting import plots
+from affbench.reporting.records import write_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +32,7 @@ source = "a table"
 def test_plots_are_png_files_in_the_run_folder(tmp_path):
     pytest.importorskip("matplotlib")
     for rec in RECORDS:
-        results.write_record(tmp_path, rec)
+        write_record(tmp_path, rec)
     (tmp_path / "suites").mkdir()
     (tmp_path / "suites" / "s.toml").write_text(PUBLISHED)
     written = plots.plot_run(tmp_path)
@@ -56,7 +56,7 @@ def captured(monkeypatch):
 
     monkeypatch.setattr(plots, "_save_figure", keep)
     yield figures
-    plt = plots._pyplot()
+    plt = plots.require_pyplot()
     for fig in figures:
         plt.close(fig)
 
@@ -103,7 +103,7 @@ def test_curves_say_when_validation_was_undefined_at_every_epoch(captured):
 
 def test_plots_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch):
     for rec in RECORDS:
-        results.write_record(tmp_path, rec)
+        write_record(tmp_path, rec)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(AffbenchError, match=r"pip install 'affbench\[plots\]'"):
         plots.plot_run(tmp_path)

@@ -7,10 +7,11 @@ import sys
 import pandas as pd
 import pytest
 
-from affbench import results
 from affbench.benchmarks.suite import SUITES_DIR, parse_suite
 from affbench.errors import AffbenchError
-from affbench.published import parse_published
+from affbench.reporting.export import export
+from affbench.reporting.published import parse_published
+from affbench.reporting.records import write_record
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +48,7 @@ def fake_run(tmp_path, suite: str) -> tuple[dict, list[tuple]]:
     # Two experiments of a suite may share an encoder on one dataset and task only across suites.
     for rec in records.values():
         rec["encoder"] = f"{rec['encoder']}-{rec['experiment']}"  # one record file per experiment
-        results.write_record(run, rec)
+        write_record(run, rec)
     return run, expected
 
 
@@ -55,7 +56,7 @@ def fake_run(tmp_path, suite: str) -> tuple[dict, list[tuple]]:
 def test_every_published_number_of_a_shipped_suite_appears_in_the_export(tmp_path, suite):
     run, expected = fake_run(tmp_path, suite)
     assert expected, f"{suite} declares no published numbers"
-    exported = results.export(run, tmp_path / f"{suite}.csv")
+    exported = export(run, tmp_path / f"{suite}.csv")
     back = pd.read_csv(tmp_path / f"{suite}-vs-paper.csv", dtype={"label": str})
     assert len(back) == len(expected) == len(exported.comparison)
     for experiment, task, metric, label, paper in expected:
@@ -87,14 +88,14 @@ def test_an_unrun_published_value_keeps_its_row_with_affbench_empty(tmp_path):
     run, _ = fake_run(tmp_path, "thesis-caer")
     for path in (run / "results" / "thesis-caer").glob("*emotiram-fau__*"):
         path.unlink()
-    comparison = results.export(run, tmp_path / "x.csv").comparison
+    comparison = export(run, tmp_path / "x.csv").comparison
     row = comparison[comparison.experiment == "caer-emotiram-fau"]
     assert len(row) == 1 and pd.isna(row["affbench"].item()) and row["paper"].item() == 0.77
 
 
 def test_wide_tables_carry_paper_rows(tmp_path):
     run, _ = fake_run(tmp_path, "abaw3")
-    tables = results.export(run, tmp_path / "x.csv", wide=True).tables
+    tables = export(run, tmp_path / "x.csv", wide=True).tables
     va = tables[("abaw3", "affwild2", "va")]
     paper = va[va["row"] == "paper"]
     assert sorted(paper["ccc_valence"].round(3)) == [0.23, 0.441, 0.447]

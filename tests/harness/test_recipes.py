@@ -12,9 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from affbench.losses import AUDetectionLoss, VALoss, edge_loss, occurrence_weights, weighted_asymmetric_loss
-from affbench.settings import TrainSettings, build_optimizer, build_scheduler
-from affbench.train import TaskData, score_tasks
+from affbench.training.evaluation import score_tasks
+from affbench.training.losses import (
+    AUDetectionLoss,
+    VALoss,
+    edge_loss,
+    occurrence_weights,
+    weighted_asymmetric_loss,
+)
+from affbench.training.settings import TrainSettings, build_optimizer, build_scheduler
+from affbench.training.tasks import TaskData
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +37,7 @@ class _Spec:
 
 
 def _task(kind, y, mask, train, names, output_key, metrics=("f1",)):
-    from affbench.protocols import TaskSpec
+    from affbench.scoring.protocols import TaskSpec
 
     n = len(names)
     spec = TaskSpec(name=kind, kind=kind, label_columns=tuple(names) if kind != "expression" else ("expression",),
@@ -167,8 +174,8 @@ def test_settings_added_later_keep_old_hashes_at_their_defaults():
 def test_expression_macro_f1_leaves_out_classes_absent_from_truth_and_prediction():
     from sklearn.metrics import f1_score
 
-    from affbench.scoring import evaluate
-    from affbench.protocols import TaskSpec
+    from affbench.scoring.protocols import TaskSpec
+    from affbench.scoring.scorer import score_task
 
     names = ("neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other")
     task = TaskSpec(name="expression", kind="expression", label_columns=("expression",), output_key="expression",
@@ -177,7 +184,7 @@ def test_expression_macro_f1_leaves_out_classes_absent_from_truth_and_prediction
     predicted = np.array([0, 1, 1, 1, 4, 4, 0, 7, 4, 0])  # classes 2, 3, 5, 6 in neither
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        scores = evaluate(task, truth, predicted)
+        scores = score_task(task, truth, predicted)
     assert scores["f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
     assert scores["f1"] > f1_score(truth, predicted, labels=range(8), average="macro", zero_division=0)
     assert math.isnan(scores["f1/fear"]) and scores["f1/anger"] == pytest.approx(0.8)
@@ -219,8 +226,8 @@ def test_reference_code_graph_nodes_are_blocks_of_nhwc_memory():
 
 
 def test_reference_code_input_is_bgr_minus_means_and_targets_scale_by_255():
-    from affbench.data import normalise
-    from affbench.encoders import create_encoder, get_encoder_spec
+    from affbench.data.loader import normalise
+    from affbench.encoders.registry import create_encoder, get_encoder_spec
 
     spec = get_encoder_spec("fan-au", input_size=64, input_normalisation="reference-code")
     pixel = torch.tensor([200, 100, 50], dtype=torch.uint8).view(1, 3, 1, 1)  # R, G, B
@@ -236,7 +243,7 @@ def test_fan_heatmap_output_starts_at_the_reference_scale_relative_to_its_target
     """The reference starts its output convolution at MSRA scale for targets x255: the first heatmaps
     are a few percent of the targets. With targets x1 the start is scaled down alike (an MSRA start
     there was 6x the targets, and the learnability run stalled at the mean heatmap)."""
-    from affbench.encoders import create_encoder
+    from affbench.encoders.registry import create_encoder
 
     images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     spread = {}
@@ -285,7 +292,7 @@ def _tiny_disfa_suite(selection: str):
 def test_disfa_suite_chains_megraph_stage1_into_stage2_with_the_reference_losses(tmp_path, prepared_root):
     from affbench.benchmarks.harness import run_benchmark
     from affbench.benchmarks.suite import load_suite
-    from affbench.results import load_records
+    from affbench.reporting.records import load_records
 
     shipped = {e.id: e for e in load_suite("disfa-au").experiments}
     stage1, stage2 = shipped["megraph-stage1"], shipped["megraph"]
@@ -308,8 +315,8 @@ def test_disfa_suite_chains_megraph_stage1_into_stage2_with_the_reference_losses
     assert first["selection_protocol"] == second["selection_protocol"] == "reference-last-epoch"
     assert "reference protocol" in first["selection"] and first["n"]["val"] == 0
     # Stage 2 started from stage 1's weights: the trunk it loaded is stage 1's selected trunk.
-    from affbench.encoders import create_encoder
-    from affbench.train import load_model_state
+    from affbench.encoders.registry import create_encoder
+    from affbench.training.checkpoints import load_model_state
 
     stage1_state = load_model_state(run_dir / "jobs" / first["job"] / "best.pt")
     rebuilt = create_encoder("megraph-au", stage=2, edge_head=True, input_size=64,

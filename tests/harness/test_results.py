@@ -1,4 +1,4 @@
-"""affbench.results: records, long and wide tables, Markdown, CSV export read back, plots."""
+"""affbench.reporting.records: records, long and wide tables, Markdown, CSV export read back, plots."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affbench import results
 from affbench.errors import AffbenchError
+from affbench.reporting.export import LONG_COLUMNS, SCHEMA_VERSION, export, long_table, write_csv
+from affbench.reporting.records import load_records, write_record
 
 
 def record(encoder: str, fold: int, f1: float, *, suite="s", dataset="disfa", task="au-detection", per_au=None,
@@ -48,18 +49,18 @@ RECORDS = [
 
 def test_records_round_trip_and_nan_becomes_missing(tmp_path):
     rec = record("x", 1, float("nan"))
-    path = results.write_record(tmp_path, rec)
+    path = write_record(tmp_path, rec)
     assert path == tmp_path / "results" / "s" / "disfa__au-detection__x__fold1.json"
-    loaded = results.load_records(tmp_path)
+    loaded = load_records(tmp_path)
     assert loaded[0]["metrics"]["f1"] is None
     assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind
-    long = results.long_table(loaded)
+    long = long_table(loaded)
     assert np.isnan(long.set_index("metric").loc["f1", "value"])
 
 
 def test_long_table_is_tidy_with_label_and_provenance_columns():
-    long = results.long_table(RECORDS)
-    assert list(long.columns) == list(results.LONG_COLUMNS)
+    long = long_table(RECORDS)
+    assert list(long.columns) == list(LONG_COLUMNS)
     mine = long[long["row"] == "affbench"]
     assert len(mine) == 4 + 4 + 2  # one row per metric value of each record
     row = mine[(mine.encoder == "megraph-au") & (mine.fold == 2) & (mine.metric == "f1") & (mine.label == "au12")]
@@ -68,7 +69,7 @@ def test_long_table_is_tidy_with_label_and_provenance_columns():
     assert overall["label"].item() == "" and overall["value"].item() == 0.2
     first = row.iloc[0]
     assert (first["schema"], first["seed"], first["n_test"], first["n_excluded"], first["selected_epoch"]) == (
-        results.SCHEMA_VERSION, 7, 42, 3, 2)
+        SCHEMA_VERSION, 7, 42, 3, 2)
     assert (first["job"], first["config_hash"], first["initialisation"]) == ("job-megraph-au-2", "hash2", "imagenet")
     # Baselines: once per (dataset, task, fold), not once per encoder.
     base = long[long["row"] == "baseline"]
@@ -79,11 +80,11 @@ def test_long_table_is_tidy_with_label_and_provenance_columns():
 
 def test_long_csv_reads_back_with_pandas_and_matches_the_records(tmp_path):
     for rec in RECORDS:
-        results.write_record(tmp_path / "run", rec)
-    exported = results.export(tmp_path / "run", tmp_path / "out.csv")
+        write_record(tmp_path / "run", rec)
+    exported = export(tmp_path / "run", tmp_path / "out.csv")
     back = pd.read_csv(tmp_path / "out.csv", dtype={"label": str})
-    assert list(back.columns) == list(results.LONG_COLUMNS)
-    assert set(back["schema"]) == {results.SCHEMA_VERSION}
+    assert list(back.columns) == list(LONG_COLUMNS)
+    assert set(back["schema"]) == {SCHEMA_VERSION}
     assert len(back) == len(exported.long)
     for rec in RECORDS:
         for key, value in rec["metrics"].items():
@@ -117,13 +118,13 @@ def test_wide_tables_one_per_task_with_sample_std_and_clean_column_names():
 
 
 def tables_of(records, published=None):
-    from affbench import tables
+    from affbench.reporting import tables
 
     return tables.wide_tables(records, published)
 
 
 def test_markdown_shows_headline_metrics_with_spread_and_baselines():
-    from affbench import tables
+    from affbench.reporting import tables
 
     text = tables.markdown(tables_of(RECORDS))
     assert text.startswith("### s · disfa · au-detection")
@@ -136,8 +137,8 @@ def test_markdown_shows_headline_metrics_with_spread_and_baselines():
 
 def test_wide_export_writes_one_csv_per_table_and_latex(tmp_path):
     for rec in RECORDS + [record("emotiram-f", 1, 0.3, dataset="caer-s", task="expression")]:
-        results.write_record(tmp_path / "run", rec)
-    exported = results.export(tmp_path / "run", tmp_path / "out.csv", wide=True, latex=True)
+        write_record(tmp_path / "run", rec)
+    exported = export(tmp_path / "run", tmp_path / "out.csv", wide=True, latex=True)
     folder = tmp_path / "out-tables"
     assert sorted(p.name for p in folder.iterdir()) == [
         "s__caer-s__expression.csv", "s__disfa__au-detection.csv", "tables.md", "tables.tex"]
@@ -152,10 +153,10 @@ def test_wide_export_writes_one_csv_per_table_and_latex(tmp_path):
 
 def test_export_of_an_empty_or_missing_run_is_a_clear_error(tmp_path):
     with pytest.raises(AffbenchError, match="does not exist"):
-        results.export(tmp_path / "none", tmp_path / "x.csv")
+        export(tmp_path / "none", tmp_path / "x.csv")
     (tmp_path / "empty").mkdir()
     with pytest.raises(AffbenchError, match="No finished benchmark cells in .*; run `affbench run-benchmark` first"):
-        results.export(tmp_path / "empty", tmp_path / "x.csv")
+        export(tmp_path / "empty", tmp_path / "x.csv")
 
 
 def test_records_and_csv_get_the_users_usual_permissions(tmp_path):
@@ -163,8 +164,8 @@ def test_records_and_csv_get_the_users_usual_permissions(tmp_path):
 
     old = os.umask(0o022)
     try:
-        path = results.write_record(tmp_path, RECORDS[0])
-        csv = results.write_csv(results.long_table(RECORDS), tmp_path / "out.csv")
+        path = write_record(tmp_path, RECORDS[0])
+        csv = write_csv(long_table(RECORDS), tmp_path / "out.csv")
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644 and csv.stat().st_mode & 0o777 == 0o644

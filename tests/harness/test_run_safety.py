@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from harness_fixtures import chained_suite
 
 from affbench.benchmarks.harness import run_benchmark
 from affbench.benchmarks.suite import parse_suite
 from affbench.cli import app
 from affbench.errors import AffbenchError
-from affbench.results import load_records
-from harness_fixtures import chained_suite
+from affbench.reporting.records import load_records
 
 QUICK = """
 [suite]
@@ -156,7 +156,7 @@ def test_a_shard_changed_after_prepare_stops_the_run_before_training(tmp_path, d
 
 
 def test_verified_shards_are_not_hashed_again_until_they_change(tmp_path, data_copy, monkeypatch):
-    from affbench import integrity
+    from affbench.shards import integrity
 
     hashed: list[Path] = []
     real = integrity.file_sha256
@@ -410,8 +410,8 @@ def test_export_to_a_folder_is_one_sentence(tmp_path, finished_run):
 def test_no_results_do_not_claim_that_matplotlib_is_missing(tmp_path, capsys):
     import importlib.util
 
-    from affbench.cli import _maybe_plot
+    from affbench.reporting.plots import plot_run_if_wanted
 
     assert importlib.util.find_spec("matplotlib") is not None  # the test dependencies include it
-    _maybe_plot(tmp_path, [], None)
-    assert "matplotlib" not in capsys.readouterr().out
+    lines = plot_run_if_wanted(tmp_path, [], None)
+    assert not any("matplotlib" in line for line in lines)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from harness_fixtures import chained_suite
 
 from affbench.benchmarks.claims import JobClaims, append_run
 from affbench.benchmarks.harness import run_benchmark
 from affbench.benchmarks.plan import list_jobs
 from affbench.cli import app
-from affbench.results import load_records
-from harness_fixtures import chained_suite
+from affbench.reporting.records import load_records
 
 # fan-au on DISFA (A); EmotiRAM-FAU on CAER-S starting from A's weights (B); EmotiRAM-f on CAER-S (C).
 CHAINED = chained_suite("chained", solo="last")
@@ -162,8 +162,8 @@ def test_concurrent_run_summaries_are_all_kept(tmp_path):
 def test_verified_shards_of_another_process_are_kept(tmp_path, prepared_root, monkeypatch):
     """Two processes verify different datasets into one run folder's verified-shards.json; the one
     that finishes hashing last must not drop the other's entries."""
-    from affbench import integrity
-    from affbench.shards import ShardReader
+    from affbench.shards import integrity
+    from affbench.shards.reader import ShardReader
 
     cache = tmp_path / "run" / "verified-shards.json"
     caer, disfa = ShardReader(prepared_root / "caer-s"), ShardReader(prepared_root / "disfa")

@@ -1,4 +1,4 @@
-"""affbench.train: losses against their formulas, settings, and a seeded, resumable fit."""
+"""affbench.training.fit: losses against their formulas, settings, and a seeded, resumable fit."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from affbench.errors import AffbenchError
-from affbench.losses import AUDetectionLoss, ExpressionLoss, VALoss
-from affbench.train import (
-    TaskData,
-    TrainSettings,
-    build_optimizer,
-    build_scheduler,
-    check_compatible,
-    evaluate_tasks,
-    fit,
-    seed_everything,
-    task_scores,
-)
+from affbench.training.evaluation import evaluate_tasks, task_scores
+from affbench.training.fit import fit, seed_everything
+from affbench.training.losses import AUDetectionLoss, ExpressionLoss, VALoss
+from affbench.training.settings import TrainSettings, build_optimizer, build_scheduler
+from affbench.training.tasks import TaskData, check_compatible
 
 
 class _Spec:
@@ -32,7 +25,7 @@ class _Spec:
 
 
 def _au_task(y, mask, train):
-    from affbench.protocols import TaskSpec
+    from affbench.scoring.protocols import TaskSpec
 
     spec = TaskSpec(name="au-detection", kind="au-detection", label_columns=("au1", "au2", "au4"), output_key="au",
                     n_outputs=3, label_names=("au1", "au2", "au4"), metrics=("f1",), primary_metric="f1",
@@ -77,7 +70,7 @@ def test_au_loss_on_probabilities_matches_the_logit_form():
 
 
 def test_expression_loss_balanced_weights_are_inverse_frequency():
-    from affbench.protocols import TaskSpec
+    from affbench.scoring.protocols import TaskSpec
 
     spec = TaskSpec(name="expression", kind="expression", label_columns=("expression",), output_key="expression",
                     n_outputs=3, label_names=("a", "b", "c"), metrics=("accuracy",), primary_metric="accuracy")
@@ -93,8 +86,8 @@ def test_expression_loss_balanced_weights_are_inverse_frequency():
 
 
 def test_va_loss_is_two_minus_the_two_cccs():
-    from affbench.metrics import ccc
-    from affbench.protocols import TaskSpec
+    from affbench.scoring.metrics import ccc
+    from affbench.scoring.protocols import TaskSpec
 
     spec = TaskSpec(name="va", kind="va", label_columns=("valence", "arousal"), output_key="va", n_outputs=2,
                     label_names=("valence", "arousal"), metrics=("ccc",), primary_metric="ccc", missing_values=())
@@ -112,7 +105,7 @@ def test_va_loss_is_two_minus_the_two_cccs():
 
 
 def test_task_scores_turn_outputs_into_probabilities():
-    from affbench.protocols import TaskSpec
+    from affbench.scoring.protocols import TaskSpec
 
     au = _au_task(np.zeros((1, 3)), np.ones((1, 3), bool), [0]).spec
     np.testing.assert_allclose(task_scores(au, _Spec("logits"), np.array([[0.0, 100.0, -100.0]])), [[0.5, 1.0, 0.0]], atol=1e-12)
@@ -163,8 +156,8 @@ def test_schedules(schedule):
 
 
 def _caer_tasks(prepared_root):
-    from affbench.data import open_prepared
-    from affbench.protocols import Protocol
+    from affbench.data.prepared import open_prepared
+    from affbench.scoring.protocols import Protocol
 
     prepared = open_prepared(prepared_root, "caer-s", columns=["expression"])
     protocol = Protocol.from_dict(prepared.protocol_dict)
@@ -179,8 +172,8 @@ SETTINGS = TrainSettings(epochs=3, batch_size=8, optimizer="adamw", lr=1e-3, sch
 
 
 def _train(prepared_root, workdir, on_epoch_end=None):
-    from affbench.data import ShardImages
-    from affbench.encoders import create_encoder
+    from affbench.data.loader import ShardImages
+    from affbench.encoders.registry import create_encoder
 
     prepared, tasks = _caer_tasks(prepared_root)
     seed_everything(SETTINGS.seed)
@@ -220,8 +213,8 @@ def test_fit_is_repeatable_and_resumes_exactly(prepared_root, tmp_path):
 def test_validation_warnings_are_kept_in_the_epoch_history(prepared_root, tmp_path):
     """A validation F1 averaged over classes that neither truth nor prediction has is qualified by a
     warning: fit keeps it with the epoch (the harness copies the selected epoch's into the record)."""
-    from affbench.data import ShardImages
-    from affbench.encoders import create_encoder
+    from affbench.data.loader import ShardImages
+    from affbench.encoders.registry import create_encoder
 
     prepared, (task,) = _caer_tasks(prepared_root)
     val = task.rows["val"]

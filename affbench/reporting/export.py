@@ -1,0 +1,219 @@
+"""The tidy long table made from a run's records, and ``affbench export``.
+
+:func:`long_table` is the tidy view (schema :data:`SCHEMA_VERSION`, documented in
+``docs/results.md``): one row per (suite, dataset, task, predictor, fold, metric, label) with the
+record's provenance. Paper-style tables are in :mod:`affbench.reporting.tables`, plots in
+:mod:`affbench.reporting.plots`, published numbers in :mod:`affbench.reporting.published`;
+:func:`export` writes them all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from affbench.errors import AffbenchError
+from affbench.reporting.records import _require, baseline_records, load_records
+from affbench.reporting.tables import markdown, wide_tables
+from affbench.runtime.files import atomic_write, write_text_atomic
+from affbench.runtime.run_folder import RunFolder
+
+# ----------------------------------------------------------------------------------------- long table
+
+#: Version of the long CSV's columns; bumped whenever a column changes meaning, is renamed or removed.
+SCHEMA_VERSION = 2
+#: The long CSV's columns, in order (see docs/results.md, "Result files").
+LONG_COLUMNS = (
+    "schema", "suite", "dataset", "task", "kind", "row", "encoder", "baseline", "experiment", "name", "fold",
+    "metric", "label", "value", "seed", "initialisation", "n_train", "n_test", "n_excluded",
+    "epochs", "epochs_planned", "selected_epoch", "job", "config_hash", "device", "world_size",
+    "git_commit", "affbench_version",
+)
+_INTEGER_COLUMNS = ("fold", "seed", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned",
+                    "selected_epoch", "world_size")
+
+
+def split_metric(key: str) -> tuple[str, str]:
+    """``"f1/au6"`` -> ``("f1", "au6")``; an overall value has the empty label."""
+    metric, _, label = key.partition("/")
+    return metric, label
+
+
+def _excluded_test_rows(record: Mapping[str, Any]) -> int | None:
+    """Test rows left out of the cell's scores (no face found, or no label of the task)."""
+    excluded = record.get("excluded")
+    if not isinstance(excluded, Mapping):
+        return None
+    return sum(int((excluded.get(reason) or {}).get("test", 0)) for reason in ("no_face", "unannotated"))
+
+
+def _provenance(record: Mapping[str, Any]) -> dict[str, Any]:
+    n = record.get("n") or {}
+    return {
+        "seed": record.get("seed"), "initialisation": record.get("initialisation"),
+        "n_train": n.get("train"), "n_test": n.get("test"), "n_excluded": _excluded_test_rows(record),
+        "epochs": record.get("epochs"), "epochs_planned": record.get("epochs_planned"),
+        "selected_epoch": record.get("selected_epoch"), "job": record.get("job"),
+        "config_hash": record.get("config_hash"), "device": record.get("device"),
+        "world_size": record.get("world_size"), "git_commit": record.get("git_commit"),
+        "affbench_version": record.get("affbench_version"),
+    }
+
+
+def _value(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The tidy table: one row per (suite, dataset, task, encoder or baseline, fold, metric, label).
+
+    ``row`` is ``"affbench"`` for an encoder's value and ``"baseline"`` for a trivial predictor's
+    (``baseline`` names it, ``encoder`` is empty); ``label`` is empty for the overall value.
+    Encoder-only provenance (job, configuration hash, selected epoch...) is empty on baseline rows.
+    """
+    rows = []
+    for record in records:
+        provenance = _provenance(record)
+        for key, value in record["metrics"].items():
+            metric, label = split_metric(key)
+            rows.append({
+                "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
+                "task": record["task"], "kind": record.get("kind"), "row": "affbench",
+                "encoder": record["encoder"], "baseline": "", "experiment": record.get("experiment"),
+                "name": record.get("label"), "fold": int(record["fold"]), "metric": metric, "label": label,
+                "value": _value(value), **provenance,
+            })
+    for record in baseline_records(records):
+        provenance = {k: v if k in ("seed", "n_train", "n_test", "n_excluded", "device") else None
+                      for k, v in _provenance(record).items()}
+        for key, value in record["metrics"].items():
+            metric, label = split_metric(key)
+            rows.append({
+                "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
+                "task": record["task"], "kind": record.get("kind"), "row": "baseline", "encoder": "",
+                "baseline": record["baseline"], "experiment": "", "name": "", "fold": int(record["fold"]),
+                "metric": metric, "label": label, "value": _value(value), **provenance,
+            })
+    frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
+    for column in _INTEGER_COLUMNS:
+        frame[column] = pd.array(frame[column], dtype="Int64")
+    return frame.astype({"value": "float64", "schema": "int64"})
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` as CSV atomically (a killed export never leaves half a file)."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
+#: How an earlier export is recognised: the first columns of each file export writes (the long
+#: table, schema 2 and the schema-1 long and wide tables; the comparison; a paper-style table).
+EXPORT_HEADERS = ("schema,suite,dataset,task,", "suite,dataset,task,encoder,", "suite,experiment,name,dataset,",
+                  "row,encoder,name,folds,")
+
+
+def is_earlier_export(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a plain file that :func:`export` wrote: its first line starts with
+    one of :data:`EXPORT_HEADERS`."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        first_line = handle.readline(4096)
+    return first_line.startswith(tuple(h.encode() for h in EXPORT_HEADERS))
+
+
+def check_export_target(csv_path: str | os.PathLike, *, force: bool = False) -> None:
+    """One clear sentence where writing ``csv_path`` would replace a folder or a file that is not an
+    earlier export (a manifest, a suite, someone's notes); ``force`` allows the latter."""
+    path = Path(csv_path)
+    if path.is_dir():
+        raise AffbenchError(f"--csv {path} is a folder; give the name of the CSV file to write.")
+    if path.exists() and not force and not is_earlier_export(path):
+        raise AffbenchError(
+            f"{path} exists and is not an earlier affbench export, so it is left alone; "
+            "choose another file name or add --force to replace it."
+        )
+
+
+def published_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str, list]:
+    """The published values of each suite, from the copy of its TOML that run-benchmark keeps."""
+    from affbench.reporting.published import load_published
+
+    found = {}
+    for suite in suites:
+        path = RunFolder(run_dir).suite_copy(suite)
+        if path.is_file():
+            found[suite] = load_published(path)
+    return found
+
+
+@dataclass
+class Export:
+    """What :func:`export` wrote and what the console shows."""
+
+    long: pd.DataFrame
+    tables: dict
+    comparison: pd.DataFrame
+    markdown: str
+    written: list[Path]
+
+
+def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: bool = False,
+           latex: bool = False, force: bool = False) -> Export:
+    """Write a run's results; return them with the Markdown the console shows.
+
+    Always the tidy long CSV at ``csv_path`` and, when the run's suites declare published values,
+    ``<stem>-vs-paper.csv`` beside it. With ``wide`` (or ``latex``), ``<stem>-tables/``: one CSV per
+    (suite, dataset, task) table, ``tables.md`` and, with ``latex``, ``tables.tex``.
+
+    An existing ``csv_path`` (or comparison CSV) is replaced only when it is an earlier export, or
+    with ``force``; the tables folder must be a folder where it exists.
+    """
+    from affbench.reporting import tables as paper_tables
+    from affbench.reporting.published import comparison_table
+
+    csv_path = Path(csv_path)
+    comparison_path = csv_path.with_name(f"{csv_path.stem}-vs-paper.csv")
+    folder = csv_path.with_name(f"{csv_path.stem}-tables")
+    check_export_target(csv_path, force=force)
+    check_export_target(comparison_path, force=force)
+    if (wide or latex) and folder.exists() and not folder.is_dir():
+        raise AffbenchError(f"{folder} is a file; the paper-style tables go into a folder of that name.")
+    records = load_records(run_dir)
+    _require(records, run_dir)
+    long = long_table(records)
+    written = [write_csv(long, csv_path)]
+    published = published_for(run_dir, dict.fromkeys(r["suite"] for r in records))
+    comparison = comparison_table(records, published)
+    if not comparison.empty:
+        written.append(write_csv(comparison, comparison_path))
+    tables = paper_tables.wide_tables(records, published)
+    if wide or latex:
+        for key, table in tables.items():
+            written.append(write_csv(table, folder / f"{paper_tables.table_name(key)}.csv"))
+        write_text_atomic(folder / "tables.md", paper_tables.markdown(tables, per_label=True) + "\n")
+        written.append(folder / "tables.md")
+        if latex:
+            write_text_atomic(folder / "tables.tex", paper_tables.latex(tables) + "\n")
+            written.append(folder / "tables.tex")
+    text = paper_tables.markdown(tables)
+    if not comparison.empty:
+        text += "\n\n" + paper_tables.comparison_markdown(comparison)
+    return Export(long, tables, comparison, text, written)
+
+
+def suite_markdown(run_dir: str | os.PathLike, suite: str) -> tuple[str, list[dict[str, Any]]]:
+    """The paper-style tables of one suite's records in ``run_dir`` as Markdown, and those records."""
+    records = load_records(run_dir, suite=suite)
+    return markdown(wide_tables(records, published_for(run_dir, [suite]))), records

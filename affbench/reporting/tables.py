@@ -1,0 +1,220 @@
+"""Paper-style tables: one per (suite, dataset, task), with that task's labels only.
+
+Each table has one row per encoder (``row = "affbench"``), per trivial baseline (``"baseline"``,
+see :mod:`affbench.scoring.baselines`) and per published result of the suite (``"paper"``), and for every
+metric of the task the overall value (``f1``) and one column per label (``f1_au6``), each followed
+by its spread (``f1_sd``, ``f1_au6_sd``). Values are means over the folds where the value is
+defined; the spread is the sample standard deviation over folds (``ddof=1``), empty for one fold.
+Column names hold only letters, digits and underscores.
+
+:func:`markdown` and :func:`latex` render the same tables; :func:`comparison_markdown` renders
+:func:`affbench.reporting.published.comparison_table`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+TableKey = tuple[str, str, str]  # (suite, dataset, task)
+ID_COLUMNS = ("row", "encoder", "name", "folds")
+STD_NOTE = "mean ± sample standard deviation (ddof=1) over folds; – = not available"
+LATEX_NOTE = r"mean $\pm$ sample standard deviation (ddof=1) over folds; -- = not available"
+
+
+def column_name(key: str) -> str:
+    """``"f1/au6"`` -> ``"f1_au6"``: letters, digits and underscores only."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_")
+
+
+def table_name(key: TableKey) -> str:
+    """File name (without extension) of a table: ``suite__dataset__task``."""
+    return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "-", part) for part in key)
+
+
+def _metric_order(keys: Iterable[str]) -> list[str]:
+    """Overall metrics in first-seen order, each followed by its per-label keys."""
+    seen = list(dict.fromkeys(keys))
+    ordered = []
+    for head in (k for k in seen if "/" not in k):
+        ordered.append(head)
+        ordered.extend(k for k in seen if k.startswith(f"{head}/"))
+    ordered.extend(k for k in seen if k not in ordered)
+    return ordered
+
+
+def _spread(values: Sequence[Any]) -> tuple[float, float]:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    mean = float(np.mean(finite)) if finite else float("nan")
+    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan")
+    return mean, sd
+
+
+def _summary_row(row: str, encoder: str, name: str, cells: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict:
+    out: dict[str, Any] = {"row": row, "encoder": encoder, "name": name, "folds": len(cells)}
+    for key in keys:
+        mean, sd = _spread([c["metrics"].get(key) for c in cells])
+        out[column_name(key)] = mean
+        out[f"{column_name(key)}_sd"] = sd
+    return out
+
+
+def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Any]] | None = None
+                ) -> dict[TableKey, pd.DataFrame]:
+    """The paper-style tables of ``records`` (and the suites' ``published`` values), in record order."""
+    from affbench.reporting.records import baseline_records
+    from affbench.scoring.baselines import DESCRIPTIONS
+
+    groups: dict[TableKey, list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["suite"], record["dataset"], record["task"]), []).append(record)
+    tables = {}
+    for key, group in groups.items():
+        suite, dataset, task = key
+        keys = _metric_order(k for r in group for k in r["metrics"])
+        rows = []
+        by_encoder: dict[str, list] = {}
+        for record in group:
+            by_encoder.setdefault(record["encoder"], []).append(record)
+        for encoder, cells in by_encoder.items():
+            rows.append(_summary_row("affbench", encoder, cells[0].get("label") or encoder, cells, keys))
+        by_baseline: dict[str, list] = {}
+        for record in baseline_records(group):
+            by_baseline.setdefault(record["baseline"], []).append(record)
+        for name, cells in by_baseline.items():
+            rows.append(_summary_row("baseline", name, DESCRIPTIONS.get(name, name), cells, keys))
+        for entry in (published or {}).get(suite, ()):
+            if entry.task != task:
+                continue
+            cells = [r for r in group if r.get("experiment") == entry.experiment]
+            if not cells:
+                continue
+            paper = {"row": "paper", "encoder": cells[0]["encoder"], "name": cells[0].get("label") or "",
+                     "folds": pd.NA}
+            for label, value in entry.values.items():
+                metric_key = entry.metric if not label else f"{entry.metric}/{label}"
+                if metric_key not in keys:
+                    keys.append(metric_key)
+                paper[column_name(metric_key)] = value
+            rows.append(paper)
+        columns = list(ID_COLUMNS) + [c for k in keys for c in (column_name(k), f"{column_name(k)}_sd")]
+        frame = pd.DataFrame(rows).reindex(columns=columns)
+        frame["folds"] = pd.array(frame["folds"], dtype="Int64")
+        frame.attrs["overall"] = [column_name(k) for k in keys if "/" not in k]
+        tables[key] = frame
+    return tables
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+def _cell(mean: Any, sd: Any, digits: int) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    value = float(mean)
+    text = f"{0.0 if round(value, digits) == 0 else value:.{digits}f}"  # no "-0.000"
+    if sd is not None and not pd.isna(sd):
+        text += f" ± {float(sd):.{digits}f}"
+    return text
+
+
+def _shown_columns(table: pd.DataFrame, per_label: bool) -> list[str]:
+    values = [c for c in table.columns if c not in ID_COLUMNS and not c.endswith("_sd")]
+    if not per_label:
+        overall = set(table.attrs.get("overall", values))
+        values = [c for c in values if c in overall]
+    return [c for c in values if table[c].notna().any()]
+
+
+def _row_label(row: Mapping[str, Any]) -> str:
+    if row["row"] == "baseline":
+        return f"baseline: {row['encoder']}"
+    if row["row"] == "paper":
+        return f"paper: {row['name'] or row['encoder']}"
+    return str(row["encoder"])
+
+
+def markdown(tables: Mapping[TableKey, pd.DataFrame], *, per_label: bool = False, digits: int = 3) -> str:
+    """Markdown, one table per (suite, dataset, task); overall metrics only unless ``per_label``."""
+    if not tables:
+        return "(no results)"
+    parts = []
+    for (suite, dataset, task), table in tables.items():
+        shown = _shown_columns(table, per_label)
+        header = ["predictor", "folds", *shown]
+        lines = [f"### {suite} · {dataset} · {task}", "", "| " + " | ".join(header) + " |",
+                 "|" + "|".join([" --- ", " ---: "] + [" ---: "] * len(shown)) + "|"]
+        for _, row in table.iterrows():
+            folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
+            cells = [_row_label(row), folds] + [_cell(row[c], row.get(f"{c}_sd"), digits) for c in shown]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + f"\n\n({STD_NOTE}.)"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: Any) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _metric_groups(table: pd.DataFrame, shown: Sequence[str]) -> list[list[str]]:
+    """``shown`` split into one group per metric: its overall column, then its label columns."""
+    overall = set(table.attrs.get("overall", ()))
+    groups: list[list[str]] = []
+    for column in shown:
+        if column in overall or not groups:
+            groups.append([])
+        groups[-1].append(column)
+    return groups
+
+
+def latex(tables: Mapping[TableKey, pd.DataFrame], *, per_label: bool = True, digits: int = 3) -> str:
+    """LaTeX (booktabs) renderings: one ``table`` environment per (suite, dataset, task, metric)."""
+    parts = [f"% affbench tables: {STD_NOTE}. Needs \\usepackage{{booktabs}}."]
+    for (suite, dataset, task), table in tables.items():
+        for shown in _metric_groups(table, _shown_columns(table, per_label)):
+            parts.append(_latex_table(table, shown, f"{_tex(suite)}: {_tex(dataset)} {_tex(task)}, {_tex(shown[0])}",
+                                      digits))
+    return "\n\n".join(parts)
+
+
+def _latex_table(table: pd.DataFrame, shown: Sequence[str], title: str, digits: int) -> str:
+    """One booktabs table of ``shown`` columns, every row of ``table``."""
+    header = " & ".join(["Predictor", "Folds", *(_tex(c) for c in shown)]) + r" \\"
+    body = []
+    for _, row in table.iterrows():
+        folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
+        cells = [_tex(_row_label(row)), folds]
+        cells += [_cell(row[c], row.get(f"{c}_sd"), digits).replace("±", r"$\pm$").replace("–", "--")
+                  for c in shown]
+        body.append(" & ".join(cells) + r" \\")
+    return "\n".join([
+        r"\begin{table}[ht]", r"\centering", r"\small",
+        rf"\caption{{{title}; {LATEX_NOTE}.}}",
+        rf"\begin{{tabular}}{{l{'r' * (len(shown) + 1)}}}", r"\toprule", header, r"\midrule", *body,
+        r"\bottomrule", r"\end{tabular}", r"\end{table}",
+    ])
+
+
+def comparison_markdown(comparison: pd.DataFrame, digits: int = 3) -> str:
+    """The published-versus-affbench rows as one Markdown table per suite."""
+    parts = []
+    for suite, group in comparison.groupby("suite", sort=False):
+        lines = [f"### {suite}: paper vs affbench", "",
+                 "| experiment | task | metric | paper | affbench | difference | source |",
+                 "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+        for _, row in group.iterrows():
+            metric = row["metric"] + (f"/{row['label']}" if row["label"] else "")
+            lines.append(f"| {row['experiment']} | {row['task']} | {metric} | {row['paper']:.{digits}f} | "
+                         f"{_cell(row['affbench'], row['affbench_std'], digits)} | "
+                         f"{_cell(row['difference'], None, digits)} | {row['source']} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)

@@ -1,0 +1,8 @@
+"""The installed affbench version, recorded in manifests, records and model files."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("affbench")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,60 @@
+"""Encoding and decoding of face crops (PNG, JPEG, WebP) and reading of source images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+IMAGE_CODECS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+# ----------------------------------------------------------------------------------------- images
+
+
+def encode_image(rgb: np.ndarray, codec: str = "png", *, quality: int = 95) -> bytes:
+    """Encode an RGB uint8 image (H, W, 3) as PNG, JPEG or WebP bytes."""
+    if codec not in IMAGE_CODECS:
+        raise ValueError(f"unknown image codec {codec!r}; choose one of {sorted(IMAGE_CODECS)}")
+    params: list[int] = []
+    if codec == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    elif codec == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+    ok, buf = cv2.imencode(IMAGE_CODECS[codec], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {codec}")
+    return buf.tobytes()
+
+
+def decode_image(image: Mapping[str, Any] | bytes) -> np.ndarray:
+    """Decode the ``image`` column's struct (or its bytes) to an RGB uint8 array."""
+    data = image["bytes"] if isinstance(image, Mapping) else image
+    if data is None:
+        raise ValueError("this row has no image (face_found is false)")
+    if not data:
+        raise ValueError("the file is empty")
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        bgr = None
+    if bgr is None:
+        raise ValueError("the image bytes could not be decoded")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8; ``OSError`` if it cannot be read, ``ValueError`` with a sentence
+    a user understands if it is empty or not an image OpenCV can decode."""
+    data = Path(path).read_bytes()
+    if not data:
+        raise ValueError("the file is empty")
+    try:
+        return decode_image(data)
+    except ValueError:
+        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
