@@ -60,8 +60,8 @@ def make_schema(label_fields: Sequence[pa.Field] = ()) -> pa.Schema:
     --------
     >>> import pyarrow as pa
     >>> schema = make_schema([pa.field("expression", pa.int8())])
-    >>> schema.names[-2:]
-    ['landmarks', 'expression']
+    >>> schema.names[0], schema.names[-1]
+    ('sample_id', 'expression')
     """
     names = [f.name for f in label_fields]
     clash = sorted(set(names) & set(BASE_COLUMNS))

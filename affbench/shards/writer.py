@@ -63,6 +63,7 @@ class ShardWriter:
     Examples
     --------
     >>> import tempfile, pathlib
+    >>> from affbench.shards.schema import make_schema
     >>> out = pathlib.Path(tempfile.mkdtemp())
     >>> schema = make_schema()
     >>> with ShardWriter(out, "unit", schema, rows_per_shard=2) as w:
