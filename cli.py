@@ -190,6 +190,9 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
               help="Write training curves, per-label bars and the paper comparison (default: when matplotlib is installed).")
 @click.option("--quiet", is_flag=True,
               help="Only the final tables: no progress display and no per-job or per-epoch lines.")
+@click.option("--weights", default=None, type=click.Path(path_type=Path),
+              help="Folder where the released files of [experiment.published] are read (relative paths; "
+                   "default: the current folder).")
 @click.option("--list-jobs", is_flag=True,
               help="Print the ids of the jobs, one a line, in dependency order, and train nothing.")
 @click.option("--job", "job", default=None, metavar="ID",
@@ -201,7 +204,7 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
                    "at the same paths on every worker. Needs pip install \"affbench[dask]\".")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
                   max_steps: int | None, device: str, num_workers: int | None, decoded_cache: bool, plots: bool | None,
-                  quiet: bool, list_jobs: bool, job: str | None, scheduler: str | None) -> None:
+                  quiet: bool, weights: Path | None, list_jobs: bool, job: str | None, scheduler: str | None) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
@@ -217,7 +220,7 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
     from affbench.reporting.plots import plot_run_if_wanted
 
     narrowing: dict[str, Any] = dict(encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs,
-                                     max_steps=max_steps)
+                                     max_steps=max_steps, weights=weights)
     if list_jobs:
         _echo_lines(plan_jobs(suite, data, **narrowing))
         return

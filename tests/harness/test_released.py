@@ -1,0 +1,156 @@
+"""Released weights scored per fold without training, and the fold-leakage refusal.
+
+The released files are written here in ME-GraphAU's own layout (key names and shapes transcribed
+from the reference code in tests/test_reference_checkpoints.py) and saved as its training script
+saves them; the prepared DISFA folder is the harness fixture (seven subjects, every fold tests some).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from affbench.benchmarks.harness import run_benchmark
+from affbench.benchmarks.plan import make_plan
+from affbench.benchmarks.suite import load_suite, parse_suite
+from affbench.encoders.published import get_published
+from affbench.errors import AffbenchError
+from affbench.reporting.export import export
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # the reference layouts of tests/test_reference_checkpoints.py
+from test_reference_checkpoints import _fill, megraph_shapes, save_megraph  # noqa: E402
+
+FIXTURE_TESTS = {1: ["SN003", "SN029"], 2: ["SN006", "SN013"], 3: ["SN001", "SN002", "SN010"]}
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory) -> Path:
+    """The three DISFA fold files under their published names, each with its own random weights."""
+    folder = tmp_path_factory.mktemp("ME-GraphAU_resnet50_DISFA")
+    for fold in (1, 2, 3):
+        state = _fill(megraph_shapes(8, stage=2), seed=20 + fold)
+        save_megraph(folder / get_published(f"megraph-au/resnet50-disfa-fold{fold}").file_name, state)
+    return folder
+
+
+def _suite(published: str, folds: str = "") -> dict:
+    import tomllib
+
+    return parse_suite(tomllib.loads(f"""
+[suite]
+name = "released"
+[[experiment]]
+id = "megraph-released"
+dataset = "disfa"
+tasks = ["au-detection"]
+{folds}
+[experiment.published]
+{published}
+"""))
+
+
+def test_the_shipped_suite_scores_each_fold_file_on_its_own_fold(tmp_path, prepared_root, released):
+    run = tmp_path / "run"
+    report = run_benchmark("disfa-au-released", prepared_root, run, weights=released, device="cpu",
+                           progress=False, log=lambda m: None, num_workers=0)
+    assert report.cells_written == 3 and report.jobs_trained == 0
+    for fold in (1, 2, 3):
+        record = json.loads((run / "results" / "disfa-au-released"
+                             / f"disfa__au-detection__megraph-au__fold{fold}.json").read_text())
+        name = f"MEFARG_resnet50_DISFA_fold{fold}.pth"
+        assert record["mode"] == "evaluate" and record["n"]["train"] == 0 and record["leakage"] is None
+        assert record["init_from"]["published"] == f"megraph-au/resnet50-disfa-fold{fold}"
+        assert record["init_from"]["file"].endswith(name)
+        assert record["init_from"]["sha256"] == hashlib.sha256((released / name).read_bytes()).hexdigest()
+        assert record["initialisation"].startswith(f"megraph-au/resnet50-disfa-fold{fold}: checkpoint")
+        assert sorted(record["test_groups"]) == FIXTURE_TESTS[fold]  # the fold's own test subjects, no other
+        assert 0.0 <= record["metrics"]["f1"] <= 1.0 and "f1/au26" in record["metrics"]
+    exported = export(run, tmp_path / "released.csv", wide=True)
+    overall = exported.comparison[exported.comparison.label.fillna("") == ""]
+    assert overall["paper"].item() == pytest.approx(0.631) and overall["folds"].item() == 3  # the tag's number
+    assert len(exported.comparison) == 9  # overall and 8 AUs
+    assert "paper: ME-GraphAU (ResNet-50), released weights" in exported.markdown
+
+
+def test_a_file_tested_on_its_training_subjects_is_refused_naming_them_and_the_fold(prepared_root, released):
+    fold1 = released / "MEFARG_resnet50_DISFA_fold1.pth"
+    suite = _suite(f'tag = "megraph-au/resnet50-disfa"\nfiles = {{ 1 = "{fold1}", 2 = "{fold1}", 3 = "{fold1}" }}')
+    with pytest.raises(AffbenchError) as refused:
+        make_plan(suite, prepared_root)
+    message = str(refused.value)
+    assert "fold 2, would test megraph-au/resnet50-disfa-fold1 (MEFARG_resnet50_DISFA_fold1.pth)" in message
+    assert "on 9 subjects it was trained on (SN006, SN011, SN012, SN013, SN018, SN021, SN024, SN028, SN031)" in message
+    assert "score it on fold 1" in message and "allow_leakage = true" in message
+    # One fold's tag on every fold: the same refusal; on its own fold only, it runs.
+    single = _suite(f'tag = "megraph-au/resnet50-disfa-fold1"\nfiles = {{ 1 = "{fold1}" }}', folds="folds = [1]")
+    assert [j.fold for j in make_plan(single, prepared_root).jobs] == [1]
+
+
+def test_allowing_leakage_is_recorded_and_shown(tmp_path, prepared_root, released):
+    fold1 = released / "MEFARG_resnet50_DISFA_fold1.pth"
+    suite = _suite(f'tag = "megraph-au/resnet50-disfa"\nfiles = {{ 2 = "{fold1}" }}\nallow_leakage = true',
+                   folds="folds = [2]")
+    run = tmp_path / "run"
+    run_benchmark(suite, prepared_root, run, device="cpu", progress=False, log=lambda m: None, num_workers=0)
+    record = json.loads(next((run / "results" / "released").glob("*fold2.json")).read_text())
+    assert record["leakage"]["subjects"][:2] == ["SN006", "SN011"] and record["leakage"]["use_fold"] == 1
+    assert record["init_from"]["published"] == "megraph-au/resnet50-disfa-fold1"  # named as fold 1's file
+    markdown = export(run, tmp_path / "x.csv", wide=True).markdown
+    assert "megraph-au (tested on training subjects)" in markdown
+
+
+CHAINED = """
+[suite]
+name = "chained"
+[training]
+epochs = 1
+max_steps = 1
+batch_size = 4
+num_workers = 0
+[[experiment]]
+id = "first"
+dataset = "disfa"
+tasks = ["au-detection"]
+encoder = "emotiram-fau"
+options = {{ input_size = 32 }}
+[[experiment]]
+id = "again"
+variant = "again"
+dataset = "disfa"
+tasks = ["au-detection"]
+{encoder}
+[experiment.{table}]
+experiment = "first"
+fold = 1
+{allow}
+"""
+
+
+@pytest.mark.parametrize("table", ["evaluate", "init"])
+def test_a_chained_experiment_on_another_folds_weights_is_refused(prepared_root, table):
+    import tomllib
+
+    encoder = 'encoder = "emotiram-fau"\noptions = { input_size = 32 }' if table == "init" else ""
+    option = '\noption = "pretrained"' if table == "init" else ""
+    suite = parse_suite(tomllib.loads(CHAINED.format(table=table, encoder=encoder, allow=option)))
+    with pytest.raises(AffbenchError, match=r"Experiment 'again', fold 2, would test the model of experiment "
+                                            r"'first', fold 1 on 9 subjects it was trained on \(SN006, .*start "
+                                            r"from fold 2 of that experiment instead.*allow_leakage = true in "
+                                            rf"\[experiment.{table}\]"):
+        make_plan(suite, prepared_root)
+    allowed = parse_suite(tomllib.loads(CHAINED.format(table=table, encoder=encoder,
+                                                       allow="allow_leakage = true" + option)))
+    jobs = {(j.experiment.id, j.fold): j for j in make_plan(allowed, prepared_root).jobs}
+    assert "leakage" not in jobs[("again", 1)].config  # fold 1's own weights on fold 1
+    assert jobs[("again", 3)].config["leakage"]["subjects"][:2] == ["SN001", "SN002"]
+
+
+def test_a_missing_released_file_says_where_it_is_published(tmp_path, prepared_root):
+    suite = load_suite("disfa-au-released")
+    with pytest.raises(AffbenchError, match=r"MEFARG_resnet50_DISFA_fold1.pth .*github.com/CVI-SZU/ME-GraphAU.*"
+                                            r"affbench downloads nothing"):
+        make_plan(suite, prepared_root, weights=tmp_path)
