@@ -302,8 +302,11 @@ def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool |
               help="With --encoder: side of the aligned face crop fed to the model's framing.")
 @click.option("--eval-crop", default=1.0, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="With --encoder: centre fraction of the crop kept before resizing to the input size.")
+@click.option("--format", "format_", type=click.Choice(["pt", "onnx"]), default="pt", show_default=True,
+              help="pt: a PyTorch model file; onnx: an ONNX model with the description in its metadata, for "
+                   "onnxruntime (needs pip install \"affbench[onnx]\").")
 def export_model(job_dir: Path | None, out: Path, published: str | None, encoder: str | None, pretrained: Path | None,
-                 labels: str | None, options: tuple[str, ...], crop_size: int, eval_crop: float) -> None:
+                 labels: str | None, options: tuple[str, ...], crop_size: int, eval_crop: float, format_: str) -> None:
     """Write a finished job's model as one self-describing file (RUNDIR/jobs/<job> -> model.pt).
 
     \b
@@ -321,7 +324,7 @@ def export_model(job_dir: Path | None, out: Path, published: str | None, encoder
 
     path, description = export(out, job_dir, published=published, encoder=encoder, pretrained=pretrained,
                                labels=labels.split(",") if labels else None, options=_parse_options(options),
-                               crop_size=crop_size, eval_crop=eval_crop)
+                               crop_size=crop_size, eval_crop=eval_crop, format=format_)
     _echo_lines(description.summary_lines())
     click.echo(f"model file: {path}")
 
@@ -357,7 +360,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
               help="Leave a video frame without a face unpredicted instead of cropping it from its neighbours in time.")
 def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
             batch_size: int, plot: bool, no_fill_gaps: bool) -> None:
-    """Run MODEL (from export-model) on videos, images or folders of them: one row per frame.
+    """Run MODEL (model.pt, or model.onnx with onnxruntime) on videos, images or folders: one row per frame.
 
     \b
     Every frame or image goes through the detection, tracking and alignment the model was trained

@@ -319,6 +319,12 @@ def write_job_description(job_dir: str | os.PathLike, description: ModelDescript
 
 def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, ModelDescription]:
     """Combine a finished job's ``model.json`` and ``best.pt`` into one model file at ``out``."""
+    description, state = job_model(job_dir)
+    return save_model_file(out, description, state), description
+
+
+def job_model(job_dir: str | os.PathLike) -> tuple[ModelDescription, dict[str, Any]]:
+    """A finished job's description (with its ``best.pt``'s SHA-256) and weights, checked to fit."""
     from affbench.training.checkpoints import load_model_state
 
     job_dir = Path(job_dir)
@@ -338,8 +344,7 @@ def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
     description = ModelDescription.from_dict(json.loads(described.read_text()), where=str(described))
     state = load_model_state(weights)  # tensors only (weights_only=True); damage is one sentence
     build_model(description, state)  # refuse to write a file whose weights do not fit
-    description = replace(description, trained_on={**description.trained_on, **_file_provenance(weights)})
-    return save_model_file(out, description, state), description
+    return replace(description, trained_on={**description.trained_on, **_file_provenance(weights)}), state
 
 
 # ----------------------------------------------------------------------------------------- published
@@ -466,10 +471,13 @@ def export_model(
     options: Mapping[str, Any] | None = None,
     crop_size: int = 256,
     eval_crop: float = 1.0,
+    format: str = "pt",
 ) -> tuple[Path, ModelDescription]:
     """``affbench export-model``: a finished job's model (``job_dir``), a released checkpoint by its tag
     (``published`` with ``pretrained``), or any checkpoint the encoder reads (``encoder`` with
-    ``pretrained`` and ``labels``), as one self-describing model file at ``out``.
+    ``pretrained`` and ``labels``), as one self-describing model file at ``out``: a PyTorch model
+    file (``format="pt"``) or an ONNX model with the description in its metadata (``format="onnx"``,
+    :mod:`affbench.inference.portable`).
 
     Examples
     --------
@@ -477,20 +485,26 @@ def export_model(
     >>> path, description = export_model("m.pt", published="megraph-au/resnet50-disfa-fold1",
     ...                                  pretrained="MEFARG_resnet50_DISFA_fold1.pth")  # doctest: +SKIP
     """
+    if format not in ("pt", "onnx"):
+        raise AffbenchError(f"--format must be pt or onnx, got {format!r}.")
     if published is not None:
         if job_dir is not None or encoder is not None or pretrained is None or labels or options:
             raise AffbenchError("--published TAG takes --pretrained PATH (the released file) and nothing else: "
                                 "the tag gives the encoder, its options, labels and framing.")
         description, state = wrap_published(published, pretrained)
-        return save_model_file(out, description, state), description
-    if encoder is None:
+    elif encoder is None:
         if job_dir is None or pretrained or labels or options:
             raise AffbenchError("Give a job folder (RUNDIR/jobs/<job>), --published TAG with --pretrained, or "
                                 "--encoder with --pretrained and --labels to wrap another checkpoint.")
-        return export_job(job_dir, out)
-    if job_dir is not None or pretrained is None or not labels:
-        raise AffbenchError("--encoder wraps a published checkpoint: give --pretrained PATH and --labels, "
-                            "and no job folder.")
-    description, state = wrap_checkpoint(encoder, pretrained, labels, options=options, crop_size=crop_size,
-                                         eval_crop=eval_crop)
+        description, state = job_model(job_dir)
+    else:
+        if job_dir is not None or pretrained is None or not labels:
+            raise AffbenchError("--encoder wraps a published checkpoint: give --pretrained PATH and --labels, "
+                                "and no job folder.")
+        description, state = wrap_checkpoint(encoder, pretrained, labels, options=options, crop_size=crop_size,
+                                             eval_crop=eval_crop)
+    if format == "onnx":
+        from affbench.inference.portable import export_onnx
+
+        return export_onnx(out, description, state), description
     return save_model_file(out, description, state), description
