@@ -35,7 +35,8 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
 
     ``[experiment.init]``, ``[experiment.evaluate]`` and ``[experiment.published]`` take
     ``allow_leakage = true`` to score weights on subjects they were trained on anyway; without it
-    such a cell is refused (see :mod:`affbench.benchmarks.leakage`).
+    such a cell is refused (see :mod:`affbench.benchmarks.leakage`). ``allow_leakage`` in the
+    ``[[experiment]]`` itself does the same for a released file started from through an encoder option.
 """
 
 from __future__ import annotations
@@ -202,6 +203,9 @@ class Experiment:
         Start from another experiment's selected weights, or only score that experiment's model.
     published : Released, optional
         Only score released weights, each fold's file on its own fold.
+    allow_leakage : bool, default=False
+        Test a model started from a released file (an encoder option naming it) on subjects that
+        file was trained on anyway.
     label : str, default=""
         The paper's name for it.
     metrics : tuple of str, optional
@@ -229,6 +233,7 @@ class Experiment:
     variant: str = ""
     when_prepared: bool = False
     published: Released | None = None
+    allow_leakage: bool = False
 
     @property
     def is_evaluation(self) -> bool:
@@ -495,13 +500,15 @@ def _experiment(table: Mapping[str, Any], label: str, defaults: TrainSettings) -
         label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
         notes=table.get("notes", ""), variant=str(table.get("variant", "")),
         when_prepared=bool(table.get("when_prepared", False)), published=released,
+        allow_leakage=_flag(table, "allow_leakage", label),
     )
 
 
 def _check_experiment_table(table: Mapping[str, Any], label: str) -> None:
     """An experiment's keys, required values, dataset and names (ids, tasks and encoder become file names)."""
     _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
-                        "evaluate", "published", "label", "metrics", "notes", "variant", "when_prepared"), label)
+                        "evaluate", "published", "label", "metrics", "notes", "variant", "when_prepared",
+                        "allow_leakage"), label)
     for required in ("id", "dataset", "tasks"):
         if required not in table:
             raise AffbenchError(f"{label} has no {required!r}.")

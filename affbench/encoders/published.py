@@ -193,6 +193,17 @@ def get_published(tag: str) -> PublishedModel:
         raise UnknownNameError("published model", tag, list_published()) from None
 
 
+def tag_of_file(name: str) -> str | None:
+    """The tag whose released file has this name (``MEFARG_resnet50_DISFA_fold2.pth``), or None.
+
+    Examples
+    --------
+    >>> tag_of_file("MEFARG_resnet50_DISFA_fold2.pth")
+    'megraph-au/resnet50-disfa-fold2'
+    """
+    return next((m.tag for m in _PUBLISHED.values() if m.file_name == name), None)
+
+
 def group_tags(group: str) -> dict[int, str]:
     """The fold tags of a release (``megraph-au/resnet50-disfa`` -> ``{1: ..., 2: ..., 3: ...}``).
 

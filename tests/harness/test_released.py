@@ -154,3 +154,30 @@ def test_a_missing_released_file_says_where_it_is_published(tmp_path, prepared_r
     with pytest.raises(AffbenchError, match=r"MEFARG_resnet50_DISFA_fold1.pth .*github.com/CVI-SZU/ME-GraphAU.*"
                                             r"affbench downloads nothing"):
         make_plan(suite, prepared_root, weights=tmp_path)
+
+
+def test_a_training_experiment_started_from_a_released_file_is_checked_too(prepared_root, tmp_path):
+    import tomllib
+
+    text = """
+[suite]
+name = "finetune"
+[[experiment]]
+id = "finetune"
+dataset = "disfa"
+tasks = ["au-detection"]
+encoder = "megraph-au"
+options = {{ pretrained = "{path}" }}
+{extra}
+"""
+    path = tmp_path / "MEFARG_resnet50_DISFA_fold3.pth"  # planning reads no weights
+    with pytest.raises(AffbenchError, match=r"Experiment 'finetune', fold 1, would test megraph-au/resnet50-disfa-"
+                                            r"fold3 \(MEFARG_resnet50_DISFA_fold3.pth\) on 9 subjects it was trained "
+                                            r"on \(SN003, .*run this experiment on fold 3 only \(folds = \[3\]\).*"
+                                            r"allow_leakage = true in the \[\[experiment\]\]"):
+        make_plan(parse_suite(tomllib.loads(text.format(path=path, extra=""))), prepared_root)
+    jobs = make_plan(parse_suite(tomllib.loads(text.format(path=path, extra="folds = [3]"))), prepared_root).jobs
+    assert [(j.fold, "leakage" in j.config) for j in jobs] == [(3, False)]
+    allowed = make_plan(parse_suite(tomllib.loads(text.format(path=path, extra="allow_leakage = true"))),
+                        prepared_root).jobs
+    assert [j.config.get("leakage", {}).get("use_fold") for j in allowed] == [3, 3, None]
