@@ -214,8 +214,9 @@ def group_tags(group: str) -> dict[int, str]:
     >>> sorted(group_tags("megraph-au/resnet50-bp4d"))
     [1, 2, 3]
     """
-    if group in _PUBLISHED and _PUBLISHED[group].fold is not None:
-        return {int(_PUBLISHED[group].fold): group}  # type: ignore[arg-type]
+    fold = _PUBLISHED[group].fold if group in _PUBLISHED else None
+    if fold is not None:
+        return {fold: group}
     found = {m.fold: m.tag for m in _PUBLISHED.values() if m.group == group and m.fold is not None}
     if not found:
         groups = sorted({m.group for m in _PUBLISHED.values() if m.fold is not None})
@@ -393,7 +394,7 @@ register_published(PublishedModel(
     ),
     sources={
         "layout": f"{_ABAW3_REPO} MTL/models/static_linear_model.py (Lightning state_dict)",
-        "labels": "/work/shared/FACTS.md, Aff-Wild2: the challenge's AU, EXPR and VA headers",
+        "labels": "the ABAW3 annotation files' AU, EXPR and VA headers (docs/datasets.md, Aff-Wild2)",
         "framing": "the challenge's 112x112 cropped_aligned faces, resized to the InceptionV3 input (299)",
         "numbers": f"{_ABAW3_REPO} README",
     },
@@ -430,8 +431,8 @@ register_published(PublishedModel(
                                    "its accuracy is not the face stream's"),),
     sources={
         "layout": f"{_CAER_REPO} model/model.py (face configuration) and model/orig_model.py",
-        "labels": "/work/shared/FACTS.md, CAER-S class order",
-        "framing": "/work/shared/FACTS.md: 96x96 face crops (EmotiRAM face stream)",
+        "labels": "the CAER-S class order (docs/datasets.md, CAER-S)",
+        "framing": "96x96 face crops, the EmotiRAM face stream's input (docs/datasets.md, CAER-S)",
     },
     notes=("affbench's emotiram-f is the face stream alone: a file trained with the context stream is refused",),
 ))

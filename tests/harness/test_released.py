@@ -181,3 +181,18 @@ options = {{ pretrained = "{path}" }}
     allowed = make_plan(parse_suite(tomllib.loads(text.format(path=path, extra="allow_leakage = true"))),
                         prepared_root).jobs
     assert [j.config.get("leakage", {}).get("use_fold") for j in allowed] == [3, 3, None]
+
+
+def test_run_benchmark_reads_released_files_under_weights(prepared_root, released, tmp_path):
+    from click.testing import CliRunner
+
+    from affbench.cli import app
+
+    result = CliRunner().invoke(app, ["run-benchmark", "--suite", "disfa-au-released", "--data", str(prepared_root),
+                                      "--out", str(tmp_path / "run"), "--weights", str(released), "--list-jobs"])
+    assert result.exit_code == 0, result.output
+    assert [line.split("-fold")[1][0] for line in result.output.split()] == ["1", "2", "3"]
+    assert all(line.startswith("eval-disfa-megraph-au-au-detection-fold") for line in result.output.split())
+    missing = CliRunner().invoke(app, ["run-benchmark", "--suite", "disfa-au-released", "--data", str(prepared_root),
+                                       "--out", str(tmp_path / "run"), "--weights", str(tmp_path), "--list-jobs"])
+    assert missing.exit_code != 0 and "affbench downloads nothing" in missing.output and "Traceback" not in missing.output
