@@ -555,7 +555,7 @@ def _released(table: Mapping[str, Any], label: str) -> Released | None:
     """An experiment's ``[experiment.published]`` table: a known release, a folder or per-fold files."""
     if "published" not in table:
         return None
-    from affbench.encoders.published import group_tags
+    from affbench.encoders.published import get_published, group_tags
 
     where = f"[experiment.published] of {table['id']}"
     spec = table["published"]
@@ -572,6 +572,9 @@ def _released(table: Mapping[str, Any], label: str) -> Released | None:
     if not isinstance(files, Mapping) or ("folder" in spec) == bool(files):
         raise AffbenchError(f"{where} needs either folder = \"...\" (the files under their published names) or "
                             "files = { 1 = \"...\", ... } (a file per fold), not both.")
+    if "folder" in spec and not all(get_published(tag).file_name_published for tag in folds.values()):
+        raise AffbenchError(f"{where}: {spec['tag']} has no published file name to find in a folder; "
+                            "give files = { 1 = \"...\" } instead.")
     try:
         by_fold = {int(fold): str(path) for fold, path in files.items()}
     except ValueError:

@@ -86,7 +86,8 @@ class PublishedModel:
         The checkpoint layouts a file of this tag may have, as the family's key-mapping hook names them
         (a layout name that starts with one of them matches).
     file_name : str
-        The file's name as published (or what the release leaves open, in words).
+        The file's name as published (or, where ``file_name_published`` is false, what the release
+        says of it in words).
     published_at : str
         The page that publishes it, and how (text; nothing is downloaded).
     tasks : tuple of PublishedTask
@@ -125,6 +126,7 @@ class PublishedModel:
     protocol: str
     citation: str
     fold: int | None = None
+    file_name_published: bool = True
     trained_subjects: tuple[str, ...] = ()
     test_split: str | None = None
     reported: tuple[ReportedNumber, ...] = ()
@@ -207,20 +209,20 @@ def tag_of_file(name: str) -> str | None:
 def group_tags(group: str) -> dict[int, str]:
     """The fold tags of a release (``megraph-au/resnet50-disfa`` -> ``{1: ..., 2: ..., 3: ...}``).
 
-    A tag that is itself a fold file gives its one fold. Raises UnknownNameError for an unknown group.
+    A tag gives itself, under its fold (fold 1 where it has none: given-split protocols have one
+    fold). Raises UnknownNameError for an unknown group.
 
     Examples
     --------
     >>> sorted(group_tags("megraph-au/resnet50-bp4d"))
     [1, 2, 3]
     """
-    fold = _PUBLISHED[group].fold if group in _PUBLISHED else None
-    if fold is not None:
-        return {fold: group}
+    if group in _PUBLISHED:  # one file: its fold, or fold 1 (the only fold of a given-split protocol)
+        return {_PUBLISHED[group].fold or 1: group}
     found = {m.fold: m.tag for m in _PUBLISHED.values() if m.group == group and m.fold is not None}
     if not found:
-        groups = sorted({m.group for m in _PUBLISHED.values() if m.fold is not None})
-        raise UnknownNameError("published per-fold release", group, groups)
+        names = sorted({m.group for m in _PUBLISHED.values()} | set(_PUBLISHED))
+        raise UnknownNameError("published model or release", group, names)
     return dict(sorted(found.items()))
 
 
@@ -374,6 +376,7 @@ register_published(PublishedModel(
     options={},
     layouts=("ABAW3 MultiEmotionNet",),
     file_name="a PyTorch Lightning checkpoint (.ckpt); the release page does not print its name",
+    file_name_published=False,
     published_at=f"{_ABAW3_REPO} README, 'Pretrained Model': a OneDrive (hkustconnect-my.sharepoint.com) link",
     tasks=(
         PublishedTask("au-detection", "au-detection", "au", tuple(f"au{a}" for a in _AFFWILD2_AUS)),
@@ -414,6 +417,7 @@ register_published(PublishedModel(
     options={},
     layouts=("CAER repository model.py, face configuration", "CAER repository orig_model.py"),
     file_name="the trainer's checkpoint (pytorch-template: model_best.pth); the release page does not print its name",
+    file_name_published=False,
     published_at=f"{_CAER_REPO} README, last section: a Google Drive link "
                  "(https://drive.google.com/file/d/1HxHZQmWnXbhYV0_HU2q-2fcC3twtGJZp/view)",
     tasks=(PublishedTask("expression", "expression", "expression",

@@ -7,6 +7,7 @@ saves them; the prepared DISFA folder is the harness fixture (seven subjects, ev
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import sys
@@ -22,7 +23,13 @@ from affbench.errors import AffbenchError
 from affbench.reporting.export import export
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # the reference layouts of tests/test_reference_checkpoints.py
-from test_reference_checkpoints import _fill, megraph_shapes, save_megraph  # noqa: E402
+from test_reference_checkpoints import (  # noqa: E402
+    _fill,
+    caer_face_config_shapes,
+    megraph_shapes,
+    save_caer_trainer,
+    save_megraph,
+)
 
 FIXTURE_TESTS = {1: ["SN003", "SN029"], 2: ["SN006", "SN013"], 3: ["SN001", "SN002", "SN010"]}
 
@@ -196,3 +203,32 @@ def test_run_benchmark_reads_released_files_under_weights(prepared_root, release
     missing = CliRunner().invoke(app, ["run-benchmark", "--suite", "disfa-au-released", "--data", str(prepared_root),
                                        "--out", str(tmp_path / "run"), "--weights", str(tmp_path), "--list-jobs"])
     assert missing.exit_code != 0 and "affbench downloads nothing" in missing.output and "Traceback" not in missing.output
+
+
+def test_a_given_split_release_is_scored_on_its_test_split(tmp_path, prepared_root):
+    import tomllib
+
+    path = tmp_path / "model_best.pth"
+    save_caer_trainer(path, _fill(caer_face_config_shapes(), seed=6), collections.OrderedDict(concat=True, use_context=False))
+    text = """
+[suite]
+name = "caer-released"
+[[experiment]]
+id = "caer-face"
+dataset = "caer-s"
+tasks = ["expression"]
+[experiment.published]
+tag = "caer-net-s/face"
+{where}
+"""
+    with pytest.raises(AffbenchError, match="caer-net-s/face has no published file name to find in a folder"):
+        parse_suite(tomllib.loads(text.format(where='folder = "."')))
+    toml = text.format(where=f'files = {{ 1 = "{path}" }}')
+    suite = parse_suite(tomllib.loads(toml), text=toml)  # the text is kept in the run: export reads its numbers
+    run = tmp_path / "run"
+    report = run_benchmark(suite, prepared_root, run, device="cpu", progress=False, log=lambda m: None, num_workers=0)
+    assert report.cells_written == 1
+    record = json.loads(next((run / "results" / "caer-released").glob("*.json")).read_text())
+    assert record["encoder"] == "emotiram-f" and record["n"]["test"] == 21 and record["leakage"] is None
+    comparison = export(run, tmp_path / "x.csv").comparison
+    assert comparison["paper"].item() == pytest.approx(0.7681) and comparison["metric"].item() == "accuracy"
