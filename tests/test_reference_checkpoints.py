@@ -533,20 +533,17 @@ def test_caer_tag_loads_the_face_configuration_and_refuses_the_context_model(tmp
         create_encoder("caer-net-s/face", pretrained=context)
 
 
-def test_vggface_tag_loads_the_dag_conversion_with_its_normalisation_and_refuses_an_imagenet_vgg(tmp_path):
+def test_vggface_tag_loads_the_dag_conversion_with_its_normalisation_and_refuses_another_file(tmp_path):
     path = tmp_path / "vgg_face_dag.pth"
     state = {k: torch.zeros(shape) for k, shape in vgg_face_dag_shapes().items()}  # values do not matter here
     torch.save(state, path)
     model = create_encoder("vggface/dag", pretrained=path)
     assert model.spec.published == "vggface/dag" and model.spec.options["normalization"] == "vggface"
     assert model.spec.fresh == ("classifier.6.weight", "classifier.6.bias")  # fc8 (identities) is not used
-    del state
-    torchvision_vgg = tmp_path / "vgg16.pth"
-    with torch.device("meta"):
-        shapes = _torchvision_shapes(torchvision.models.vgg16())
-    torch.save({k: torch.zeros(v) for k, v in shapes.items() if not k.startswith("classifier.6")}, torchvision_vgg)
-    with pytest.raises(AffbenchError, match=r"is not a vggface/dag checkpoint: .*affbench layout"):
-        create_encoder("vggface/dag", pretrained=torchvision_vgg)
+    other = tmp_path / "caer.pth"
+    torch.save(_fill(caer_orig_face_shapes(), seed=6), other)
+    with pytest.raises(AffbenchError, match=r"is not a vggface/dag checkpoint: .*shares no weights"):
+        create_encoder("vggface/dag", pretrained=other)
 
 
 @pytest.mark.parametrize("dataset", ["disfa", "bp4d"])
