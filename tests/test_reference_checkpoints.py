@@ -605,3 +605,29 @@ def test_list_models_shows_every_tag_with_its_file_and_fold():
     fold1 = result.output.split("megraph-au/resnet50-disfa-fold1\n")[1].split("megraph-au/resnet50-disfa-fold2")[0]
     trained_on = next(line for line in fold1.splitlines() if line.startswith("  trained on"))
     assert "SN001" in trained_on and "SN003" not in trained_on  # SN003 is fold 1's test subject
+
+
+def test_export_model_by_tag_names_every_task_of_a_multitask_release(tmp_path):
+    from affbench.inference.bundle import export_model
+
+    path = tmp_path / "men.ckpt"
+    save_lightning(path, _fill(multiemotionnet_shapes(), seed=3), "model.")
+    _, description = export_model(tmp_path / "men.pt", published="abaw3-men/smm", pretrained=path)
+    assert [(t.name, t.output_key, len(t.label_names)) for t in description.tasks] == [
+        ("au-detection", "au", 12), ("expression", "expression", 8), ("va", "va", 2)]
+    assert description.tasks[1].label_names[-1] == "other" and description.crop_size == 112
+    assert description.trained_on["dataset"] == "affwild2" and description.trained_on["fold"] is None
+    with pytest.raises(AffbenchError, match="vggface/dag has no outputs of its own"):
+        export_model(tmp_path / "vgg.pt", published="vggface/dag", pretrained=path)
+
+
+@pytest.mark.parametrize("tag, dataset", [("abaw3-men/smm", "affwild2"), ("caer-net-s/face", "caer_s")])
+def test_given_split_tags_name_their_outputs_as_the_protocol_does(tag, dataset):
+    import importlib
+
+    from affbench.encoders.published import get_published
+
+    protocol = importlib.import_module(f"affbench.pipelines.{dataset}").PROTOCOL
+    for task in get_published(tag).tasks:
+        spec = protocol.task(task.name)
+        assert (task.kind, task.output_key, task.label_names) == (spec.kind, spec.output_key, tuple(spec.label_names))
