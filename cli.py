@@ -190,6 +190,9 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
               help="Write training curves, per-label bars and the paper comparison (default: when matplotlib is installed).")
 @click.option("--quiet", is_flag=True,
               help="Only the final tables: no progress display and no per-job or per-epoch lines.")
+@click.option("--weights", default=None, type=click.Path(path_type=Path),
+              help="Folder where the released files of [experiment.published] are read (relative paths; "
+                   "default: the current folder).")
 @click.option("--list-jobs", is_flag=True,
               help="Print the ids of the jobs, one a line, in dependency order, and train nothing.")
 @click.option("--job", "job", default=None, metavar="ID",
@@ -201,7 +204,7 @@ def sample_data(directory: Path, names: str, frames: int | None) -> None:
                    "at the same paths on every worker. Needs pip install \"affbench[dask]\".")
 def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds: str | None, epochs: int | None,
                   max_steps: int | None, device: str, num_workers: int | None, decoded_cache: bool, plots: bool | None,
-                  quiet: bool, list_jobs: bool, job: str | None, scheduler: str | None) -> None:
+                  quiet: bool, weights: Path | None, list_jobs: bool, job: str | None, scheduler: str | None) -> None:
     """Train and score every encoder variant of a suite under the datasets' standard protocols.
 
     \b
@@ -217,7 +220,7 @@ def run_benchmark(suite: str, data: Path, out: Path, encoders: str | None, folds
     from affbench.reporting.plots import plot_run_if_wanted
 
     narrowing: dict[str, Any] = dict(encoders=_split_names(encoders), folds=_split_folds(folds), epochs=epochs,
-                                     max_steps=max_steps)
+                                     max_steps=max_steps, weights=weights)
     if list_jobs:
         _echo_lines(plan_jobs(suite, data, **narrowing))
         return
@@ -287,9 +290,11 @@ def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool |
 @app.command("export-model")
 @click.argument("job_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (e.g. model.pt).")
-@click.option("--encoder", default=None, help="Wrap a published checkpoint instead: the encoder it loads into.")
+@click.option("--published", default=None, metavar="TAG",
+              help="Wrap a released checkpoint by its tag (see `affbench list models`); give the file with --pretrained.")
+@click.option("--encoder", default=None, help="Wrap another checkpoint instead: the encoder it loads into.")
 @click.option("--pretrained", default=None, type=click.Path(path_type=Path),
-              help="With --encoder: the checkpoint file (what the encoder's pretrained=PATH option reads).")
+              help="With --published or --encoder: the checkpoint file (what pretrained=PATH reads).")
 @click.option("--labels", default=None,
               help="With --encoder: comma-separated names of its outputs, in order (au1,au2,... or class names).")
 @click.option("--option", "options", multiple=True, help="With --encoder: an encoder option KEY=VALUE (repeatable).")
@@ -297,24 +302,29 @@ def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool |
               help="With --encoder: side of the aligned face crop fed to the model's framing.")
 @click.option("--eval-crop", default=1.0, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="With --encoder: centre fraction of the crop kept before resizing to the input size.")
-def export_model(job_dir: Path | None, out: Path, encoder: str | None, pretrained: Path | None, labels: str | None,
-                 options: tuple[str, ...], crop_size: int, eval_crop: float) -> None:
+@click.option("--format", "format_", type=click.Choice(["pt", "onnx"]), default="pt", show_default=True,
+              help="pt: a PyTorch model file; onnx: an ONNX model with the description in its metadata, for "
+                   "onnxruntime (needs pip install \"affbench[onnx]\").")
+def export_model(job_dir: Path | None, out: Path, published: str | None, encoder: str | None, pretrained: Path | None,
+                 labels: str | None, options: tuple[str, ...], crop_size: int, eval_crop: float, format_: str) -> None:
     """Write a finished job's model as one self-describing file (RUNDIR/jobs/<job> -> model.pt).
 
     \b
     The file holds the weights and what inference needs: encoder and options, tasks with label
     names, the alignment template and crop size, normalisation, initialisation and test metrics.
     It loads with torch.load(path, weights_only=True); use it with `affbench predict` or
-    affbench.load_model(path). A published checkpoint is wrapped the same way when you name its
-    outputs, e.g.:
-      affbench export-model --encoder megraph-au --pretrained MEFARG_resnet50_DISFA_fold1.pth \\
-          --labels au1,au2,au4,au6,au9,au12,au25,au26 --eval-crop 0.875 --out megraph-disfa.pt
+    affbench.load_model(path). A released checkpoint is wrapped by its tag (affbench list models),
+    which gives its encoder, labels and framing; any other checkpoint once you name its outputs:
+      affbench export-model --published megraph-au/resnet50-disfa-fold1 \\
+          --pretrained MEFARG_resnet50_DISFA_fold1.pth --out megraph-disfa.pt
+      affbench export-model --encoder megraph-au --pretrained my_megraph.pth \\
+          --labels au1,au2,au4,au6,au9,au12,au25,au26 --eval-crop 0.875 --out mine.pt
     """
     from affbench.inference.bundle import export_model as export
 
-    path, description = export(out, job_dir, encoder=encoder, pretrained=pretrained,
+    path, description = export(out, job_dir, published=published, encoder=encoder, pretrained=pretrained,
                                labels=labels.split(",") if labels else None, options=_parse_options(options),
-                               crop_size=crop_size, eval_crop=eval_crop)
+                               crop_size=crop_size, eval_crop=eval_crop, format=format_)
     _echo_lines(description.summary_lines())
     click.echo(f"model file: {path}")
 
@@ -350,7 +360,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
               help="Leave a video frame without a face unpredicted instead of cropping it from its neighbours in time.")
 def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
             batch_size: int, plot: bool, no_fill_gaps: bool) -> None:
-    """Run MODEL (from export-model) on videos, images or folders of them: one row per frame.
+    """Run MODEL (model.pt, or model.onnx with onnxruntime) on videos, images or folders: one row per frame.
 
     \b
     Every frame or image goes through the detection, tracking and alignment the model was trained
@@ -475,9 +485,9 @@ def _demo_predict(run_dir: Path, disfa_root: Path, out: Path, device: str) -> No
 
 
 @app.command("list")
-@click.argument("what", type=click.Choice(["datasets", "encoders", "suites", "metrics"]))
+@click.argument("what", type=click.Choice(["datasets", "encoders", "models", "suites", "metrics"]))
 def list_(what: str) -> None:
-    """List what affbench knows: datasets, encoders, suites or metrics."""
+    """List what affbench knows: datasets, encoders, published models (by tag), suites or metrics."""
     if what == "datasets":
         _echo_lines(f"{spec.name:10s} {spec.description}" for spec in DATASETS.values())
     elif what == "metrics":
@@ -496,6 +506,11 @@ def list_(what: str) -> None:
             heads = " ".join(f"{key}={size}" for key, size in encoder.heads.items())
             click.echo(f"{name:22s} {encoder.family:10s} {encoder.input_size:5d}  {heads:36s} "
                        f"{count_parameters(name):12,d}")
+    elif what == "models":
+        from affbench.encoders.published import describe_published, list_published
+
+        for tag in list_published():
+            _echo_lines(describe_published(tag))
     else:
         from affbench.benchmarks.suite import list_suites
 

@@ -49,6 +49,7 @@ class JobRequest:
     device: str = "auto"
     num_workers: int | None = None
     decoded_cache: bool = True
+    weights: str | None = None
 
 
 @dataclass
@@ -82,7 +83,8 @@ def run_job(request: JobRequest, key: str, *sources: JobOutcome) -> JobOutcome:
         report = run_benchmark(request.suite, request.data_root, request.run_dir, encoders=request.encoders,
                                folds=request.folds, epochs=request.epochs, max_steps=request.max_steps,
                                device=request.device, num_workers=request.num_workers,
-                               decoded_cache=request.decoded_cache, progress=False, log=lines.append, job=key)
+                               decoded_cache=request.decoded_cache, progress=False, log=lines.append, job=key,
+                               weights=request.weights)
     except AffbenchError as exc:
         return JobOutcome(key, where, lines=lines, error=str(exc))
     except Exception:  # noqa: BLE001 - a bug: its traceback goes back to the command
@@ -118,6 +120,7 @@ def run_on_cluster(
     num_workers: int | None = None,
     decoded_cache: bool = True,
     log: Callable[[str], None] = print,
+    weights: str | os.PathLike | None = None,
 ) -> RunReport:
     """Run (or resume) a suite with every job as one task on the Dask cluster of ``scheduler`` (an
     address such as ``tcp://host:8786``, or a ``distributed.Client``); see the module's docstring.
@@ -134,11 +137,12 @@ def run_on_cluster(
     if run_dir.exists() and not run_dir.is_dir():
         raise AffbenchError(f"--out {run_dir} is a file, not a folder; give a folder for the run.")
     # Planned here too, so that wrong options are said before anything is sent.
-    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps)
+    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps,
+                     weights=weights)
     request = JobRequest(suite, str(Path(data_root).resolve()), str(run_dir.resolve()),
                          encoders=tuple(encoders) if encoders else None, folds=tuple(folds) if folds else None,
                          epochs=epochs, max_steps=max_steps, device=device, num_workers=num_workers,
-                         decoded_cache=decoded_cache)
+                         decoded_cache=decoded_cache, weights=str(Path(weights or ".").resolve()))
     after = {job.key: [job.depends.key] for job in plan.jobs if job.depends is not None}
     report = RunReport(suite.name, run_dir, notes=list(plan.skipped))
     failures: list[JobOutcome] = []
@@ -208,6 +212,7 @@ class _Narrowing(TypedDict):
     num_workers: int | None
     decoded_cache: bool
     log: Callable[[str], None]
+    weights: str | os.PathLike | None
 
 
 def run_suite(
@@ -226,11 +231,12 @@ def run_suite(
     decoded_cache: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    weights: str | os.PathLike | None = None,
 ) -> RunReport:
     """``affbench run-benchmark``: the suite's jobs in this process (all, or only ``job``), or each as
-    a task on the Dask cluster of ``scheduler``."""
+    a task on the Dask cluster of ``scheduler``. ``weights``: where released files are read."""
     narrowing = _Narrowing(encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, device=device,
-                           num_workers=num_workers, decoded_cache=decoded_cache, log=log)
+                           num_workers=num_workers, decoded_cache=decoded_cache, log=log, weights=weights)
     if scheduler is None:
         return run_benchmark(suite, data_root, run_dir, progress=progress, job=job, **narrowing)
     if job is not None:

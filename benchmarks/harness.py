@@ -26,7 +26,7 @@ from affbench.benchmarks.suite import DerivedTask, Suite, load_suite, validate_e
 from affbench.encoders.registry import WEIGHT_OPTIONS
 from affbench.errors import AffbenchError
 from affbench.reporting.records import DamagedRecordError, read_record, write_json_atomic, write_record
-from affbench.runtime.files import write_text_atomic
+from affbench.runtime.files import file_sha256, write_text_atomic
 from affbench.runtime.run_folder import JobFolder, RunFolder
 from affbench.runtime.version import __version__
 from affbench.training.ddp import SINGLE, Distribution
@@ -263,7 +263,9 @@ class _Runner:
     def run_job(self, job: Job, report: RunReport) -> None:
         if job.depends is not None:
             self.ensure_source_weights(job, report)
-        if job.experiment.is_evaluation:
+        if job.experiment.published is not None:
+            self.score_released(job, report)
+        elif job.experiment.is_evaluation:
             self.evaluate_job(job, report)
         else:
             self.train_job(job, report)
@@ -372,7 +374,7 @@ class _Runner:
             "encoder_spec": {"input_size": model.spec.input_size, "heads": dict(model.spec.heads),
                              "au_output": model.spec.au_output, "family": model.spec.family},
             "device": self.device_text, "git_commit": self.commit, "affbench_version": __version__,
-            "world_size": self.dist.world_size,
+            "world_size": self.dist.world_size, "leakage": job.config.get("leakage"),
             "data": {"folder": str(prepared.folder), "fingerprint": prepared.fingerprint},
             "data_loading": describe_loading(cache, history),
             "wall_seconds": round(seconds, 3),
@@ -439,6 +441,46 @@ class _Runner:
         write_json_atomic(self.job_folder(job).done, summary.to_dict())
         self.write_records(job, summary, report)
 
+    def score_released(self, job: Job, report: RunReport) -> None:
+        """Score the released file of ``job``'s fold on its test rows, as a trained cell is scored."""
+        from affbench.data.augment import Augmentation
+        from affbench.encoders.published import get_published
+        from affbench.encoders.registry import create_encoder
+        from affbench.training.evaluation import evaluate_tasks
+        from affbench.training.tasks import check_compatible
+
+        summary = self.dist.decide(lambda: self.read_done(job))
+        if summary is not None:
+            if self.dist.is_main:
+                self.write_records(job, summary, report)
+            return
+        started = time.perf_counter()
+        released = job.config["published"]
+        published = get_published(released["tag"])
+        prepared, tasks, splits = self.task_data(job)
+        with _warnings_to(self.log):
+            model = create_encoder(released["tag"], pretrained=released["file"])
+        for task in tasks:
+            check_compatible(task.spec, model.spec)
+        images, cache = self.images_for(prepared, model.spec, Augmentation(eval_crop=published.eval_crop))
+        self.log(f"score {released['tag']} ({released['name']}) on {job.experiment.dataset} "
+                 f"{'+'.join(job.experiment.tasks)}, fold {job.fold}")
+        notes: dict[str, list[str]] = {}
+        test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
+                              num_workers=self.num_workers, progress=self.progress, notes=notes,
+                              distribution=self.dist)
+        if not self.dist.is_main:
+            return
+        summary = JobSummary(
+            **self.common_summary(job, tasks, splits, test, model, prepared, cache, [],
+                                  time.perf_counter() - started, notes),
+            mode="evaluate", validation_split={t.name: None for t in tasks},
+            **_released_summary(tasks, model, released),
+        )
+        self.job_folder(job).path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.job_folder(job).done, summary.to_dict())
+        self.write_records(job, summary, report)
+
     def write_records(self, job: Job, summary: JobSummary, report: RunReport) -> None:
         for cell in job.cells(self.suite.name):
             write_record(self.run_dir, summary.cell_record(cell, job))
@@ -496,6 +538,22 @@ def _evaluation_summary(job: Job, tasks, source: JobSummary) -> dict[str, Any]:
     }
 
 
+def _released_summary(tasks, model, released: dict[str, Any]) -> dict[str, Any]:
+    """The summary fields of a released file scored without training: nothing was trained here."""
+    return {
+        "validation_metrics": {},
+        "n": {t.name: {"train": 0, "val": 0, "test": int(len(t.rows["test"]))} for t in tasks},
+        "epochs": None, "epochs_planned": None, "selected_epoch": None,
+        "selection": f"released weights {released['tag']}", "selection_protocol": "released",
+        "steps": None, "resumed_from": None, "train_seconds": 0.0, "loss": {},
+        "curve": {t.name: [] for t in tasks},
+        "initialisation": model.spec.init, "fresh_parameters": list(model.spec.fresh),
+        "init_from": {"published": released["tag"], "file": released["file"],
+                      "sha256": file_sha256(released["file"])},
+        "seed": None, "training": None, "global_batch_size": None,
+    }
+
+
 @contextlib.contextmanager
 def _warnings_to(log: Callable[[str], None]):
     """Show warnings raised while building a model (e.g. weights that did not fit) as log lines."""
@@ -538,6 +596,7 @@ def run_benchmark(
     decoded_cache: bool = True,
     job: str | None = None,
     claims: JobClaims | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> RunReport:
     """Run (or resume) a suite: every unfinished job in dependency order, one record per cell.
 
@@ -567,6 +626,8 @@ def run_benchmark(
         Run only the job with this id (one of :func:`list_jobs`), e.g. one task of a job array.
     claims : JobClaims, optional
         Who runs which job (default: a lock per job in ``run_dir``, taken by rank 0 under torchrun).
+    weights : path, optional
+        Where the relative paths of ``[experiment.published]`` files are read (default: the current folder).
     """
     started = time.perf_counter()
     distribution = Distribution.from_environment()
@@ -574,7 +635,7 @@ def run_benchmark(
         log, progress = (lambda message: None), False
     planned_suite, plan, data, selected, device = _plan_run(
         suite, data_root, run_dir, distribution, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps,
-        device=device, num_workers=num_workers, job=job)
+        device=device, num_workers=num_workers, job=job, weights=weights)
     run_dir = Path(run_dir)
     distribution.start(device)
     try:
@@ -605,7 +666,7 @@ def run_benchmark(
 def _plan_run(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, run_dir: str | os.PathLike,
               distribution: Distribution, *, encoders: Sequence[str] | None, folds: Sequence[int] | None,
               epochs: int | None, max_steps: int | None, device: str, num_workers: int | None,
-              job: str | None) -> tuple[Suite, Plan, DataCache, list[Job], str]:
+              job: str | None, weights: str | os.PathLike | None = None) -> tuple[Suite, Plan, DataCache, list[Job], str]:
     """Everything settled before the first job: the suite, its plan and data, the jobs this process
     may run, the device; the run folder made, with the suite's text kept in it."""
     from affbench.runtime.devices import resolve_device
@@ -619,7 +680,8 @@ def _plan_run(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, ru
     folder = RunFolder(run_dir)
     # Rank 0 checks the shards against their manifest (the others would only read them all again).
     data = DataCache(Path(data_root), suite, verify_cache=folder.verified_shards if distribution.is_main else None)
-    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps, data_cache=data)
+    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps,
+                     data_cache=data, weights=weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     folder.suites.mkdir(exist_ok=True)
     if suite.text and distribution.is_main:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from affbench.benchmarks.leakage import check_leakage
 from affbench.benchmarks.suite import Experiment, Source, Suite, load_suite, validate_encoders
 from affbench.errors import AffbenchError
 from affbench.reporting.records import CellKey
@@ -217,8 +218,10 @@ def _training_overrides(epochs: int | None, max_steps: int | None) -> dict[str, 
 class _Planner:
     """The jobs of one :func:`make_plan` call, built once each and kept in dependency order."""
 
-    def __init__(self, suite: Suite, data_root: Path, cache: DataCache, overrides: dict[str, Any]) -> None:
+    def __init__(self, suite: Suite, data_root: Path, cache: DataCache, overrides: dict[str, Any],
+                 weights_root: Path | None = None) -> None:
         self.suite, self.data_root, self.cache, self.overrides = suite, data_root, cache, overrides
+        self.weights_root = weights_root
         self.by_id = {e.id: e for e in suite.experiments}
         self.jobs: dict[tuple[str, int], Job] = {}
         self.order: list[Job] = []
@@ -263,10 +266,51 @@ class _Planner:
             depends, source_fold = self._source_job(experiment, source, fold)
             reference = {"job": depends.config_hash, "option": source.option}
         config = self._config(experiment, fold, reference)
+        if experiment.published is not None:
+            config["published"] = self._released_file(experiment, fold)
         job = Job(experiment, fold, source_fold, depends, config, _hash(config), requested)
+        leak = check_leakage(job, self.cache.protocol)  # refuses, unless the suite allows it
+        if leak is not None:
+            job.config["leakage"] = leak.to_dict()
+            job.config_hash = _hash(job.config)
         self.jobs[key] = job
         self.order.append(job)
         return job
+
+    def _released_file(self, experiment: Experiment, fold: int) -> dict[str, Any]:
+        """The released file ``experiment`` scores on ``fold``: its tag, path, name, size and modification time.
+
+        The file is the fold's entry of ``files``, or the fold's published name in ``folder``; relative
+        paths are read under ``--weights``. A file named as another fold's release is that fold's file,
+        whatever entry gives it, so that the leakage check sees which subjects it was trained on.
+        """
+        from affbench.encoders.published import get_published, group_tags
+
+        released = experiment.published
+        assert released is not None
+        folds = group_tags(released.tag)
+        tag = folds.get(fold) or next(iter(folds.values()))
+        if released.files:
+            if fold not in released.files:
+                raise AffbenchError(f"Experiment {experiment.id!r} runs fold {fold} but [experiment.published] files "
+                                    f"gives none for it; add {fold} = \"...\" or narrow its folds.")
+            path = Path(released.files[fold]).expanduser()
+        else:
+            path = Path(str(released.folder)).expanduser() / get_published(tag).file_name
+        if not path.is_absolute():
+            path = (self.weights_root or Path.cwd()) / path
+        named_as = [t for t in folds.values() if get_published(t).file_name == path.name]
+        tag = named_as[0] if named_as else tag
+        if not path.is_file():
+            published = get_published(tag)
+            raise AffbenchError(
+                f"Experiment {experiment.id!r} fold {fold} scores {tag}, whose file {path} does not exist; put "
+                f"{published.file_name} there (published at {published.published_at.split(' ')[0]}; affbench "
+                "downloads nothing) or give its folder with --weights."
+            )
+        stat = path.stat()
+        return {"tag": tag, "file": str(path.resolve()), "name": path.name, "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns}
 
     def _source_job(self, experiment: Experiment, source: Source, fold: int) -> tuple[Job, int]:
         """The job that ``source`` refers to and its fold: the one named, the only one, or ``fold``."""
@@ -327,6 +371,7 @@ def make_plan(
     epochs: int | None = None,
     max_steps: int | None = None,
     data_cache: DataCache | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> Plan:
     """Expand the suite into jobs in dependency order, narrowed by ``encoders`` and ``folds``.
 
@@ -346,6 +391,8 @@ def make_plan(
         Override every training experiment's settings (and so change job hashes).
     data_cache : DataCache, optional
         Opened datasets to reuse; default: a new cache over ``data_root``.
+    weights : path, optional
+        Where the relative paths of ``[experiment.published]`` are read (default: the current folder).
 
     Returns
     -------
@@ -354,13 +401,15 @@ def make_plan(
     Raises
     ------
     AffbenchError
-        For an unknown encoder or fold, a reference to a fold its source does not run, or a
-        narrowing that leaves nothing to run.
+        For an unknown encoder or fold, a reference to a fold its source does not run, a released
+        file that is missing, weights tested on subjects they were trained on (unless the suite
+        allows it), or a narrowing that leaves nothing to run.
     """
     data_root = Path(data_root)
     cache = data_cache or DataCache(data_root, suite)
     _check_encoders(suite, encoders)
-    planner = _Planner(suite, data_root, cache, _training_overrides(epochs, max_steps))
+    planner = _Planner(suite, data_root, cache, _training_overrides(epochs, max_steps),
+                       Path(weights) if weights is not None else None)
     for experiment in suite.experiments:
         if not encoders or experiment.encoder in encoders:
             planner.request(experiment, folds)
@@ -370,7 +419,8 @@ def make_plan(
 
 
 def list_jobs(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, *, encoders: Sequence[str] | None = None,
-              folds: Sequence[int] | None = None, epochs: int | None = None, max_steps: int | None = None) -> list[str]:
+              folds: Sequence[int] | None = None, epochs: int | None = None, max_steps: int | None = None,
+              weights: str | os.PathLike | None = None) -> list[str]:
     """The ids of the jobs :func:`~affbench.benchmarks.harness.run_benchmark` would run, in dependency order, without training anything.
 
     Parameters
@@ -379,7 +429,7 @@ def list_jobs(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, *,
         The suite (loaded with :func:`~affbench.benchmarks.suite.load_suite` unless a Suite).
     data_root : path
         The ``--data`` folder.
-    encoders, folds, epochs, max_steps : optional
+    encoders, folds, epochs, max_steps, weights : optional
         As for :func:`make_plan`.
 
     Returns
@@ -390,5 +440,6 @@ def list_jobs(suite: Suite | str | os.PathLike, data_root: str | os.PathLike, *,
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     validate_encoders(suite)
-    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps)
+    plan = make_plan(suite, data_root, encoders=encoders, folds=folds, epochs=epochs, max_steps=max_steps,
+                     weights=weights)
     return [job.key for job in plan.jobs]

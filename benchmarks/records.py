@@ -51,7 +51,8 @@ def task_baselines(tasks) -> dict[str, dict[str, dict[str, float | None]]]:
 #: done.json keys that older affbench versions did not write: read as their defaults.
 _OPTIONAL: dict[str, Callable[[], Any]] = {"fallback_crops": dict, "baselines": dict, "selection_protocol": lambda: "validation",
              "metric_warnings": dict, "validation_metric_warnings": dict, "world_size": lambda: None,
-             "global_batch_size": lambda: None, "fresh_parameters": list, "data_loading": lambda: None}
+             "global_batch_size": lambda: None, "fresh_parameters": list, "data_loading": lambda: None,
+             "leakage": lambda: None}
 
 
 @dataclass
@@ -106,6 +107,8 @@ class JobSummary:
     global_batch_size: int | None = None
     fresh_parameters: list[str] = field(default_factory=list)
     data_loading: dict[str, Any] | None = None
+    # Weights tested on subjects they were trained on, allowed by the suite (allow_leakage = true).
+    leakage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -161,5 +164,5 @@ class JobSummary:
             "encoder_options": self.encoder_options, "encoder_spec": self.encoder_spec,
             "data": self.data, "data_loading": self.data_loading,
             "curve": self.curve.get(task, []),
-            "finished_at": self.finished_at, "notes": experiment.notes,
+            "finished_at": self.finished_at, "notes": experiment.notes, "leakage": self.leakage,
         }

@@ -27,7 +27,16 @@ A suite (``benchmarks/suites/<name>.toml``, or any TOML file) declares:
       ``stage1_checkpoint`` for ME-GraphAU's stage 2 from stage 1, or ``pretrained`` to continue the
       same encoder with the same structure);
     * ``[experiment.evaluate]``: ``experiment``, ``fold``: no training; score that experiment's
-      selected model on this experiment's dataset and tasks (test rows).
+      selected model on this experiment's dataset and tasks (test rows);
+    * ``[experiment.published]``: ``tag`` (a release of ``affbench list models``, e.g.
+      ``megraph-au/resnet50-disfa``, or one fold's tag), and ``folder`` (holding the files under
+      their published names) or ``files`` (``{ 1 = "...fold1.pth", ... }``): no training; each fold
+      scores its own released file on its test rows. Relative paths are read under ``--weights``.
+
+    ``[experiment.init]``, ``[experiment.evaluate]`` and ``[experiment.published]`` take
+    ``allow_leakage = true`` to score weights on subjects they were trained on anyway; without it
+    such a cell is refused (see :mod:`affbench.benchmarks.leakage`). ``allow_leakage`` in the
+    ``[[experiment]]`` itself does the same for a released file started from through an encoder option.
 """
 
 from __future__ import annotations
@@ -74,6 +83,30 @@ class Source:
     experiment: str
     fold: int | None = None
     option: str | None = None  # for [experiment.init]: the encoder option that receives the path
+    allow_leakage: bool = False
+
+
+@dataclass(frozen=True)
+class Released:
+    """Released weights scored per fold (``[experiment.published]``).
+
+    Parameters
+    ----------
+    tag : str
+        A release (the fold files of ``affbench list models`` that share a group, e.g.
+        ``megraph-au/resnet50-disfa``) or one tag, used for every fold the experiment runs.
+    folder : str, optional
+        The folder holding the files under their published names.
+    files : mapping of int to str
+        Fold -> file, where the files are not under their published names.
+    allow_leakage : bool, default=False
+        Score a file on subjects it was trained on anyway (recorded and shown in the tables).
+    """
+
+    tag: str
+    folder: str | None = None
+    files: Mapping[int, str] = field(default_factory=dict)
+    allow_leakage: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +201,11 @@ class Experiment:
         The suite's training defaults with the experiment's overrides.
     init, evaluate : Source, optional
         Start from another experiment's selected weights, or only score that experiment's model.
+    published : Released, optional
+        Only score released weights, each fold's file on its own fold.
+    allow_leakage : bool, default=False
+        Test a model started from a released file (an encoder option naming it) on subjects that
+        file was trained on anyway.
     label : str, default=""
         The paper's name for it.
     metrics : tuple of str, optional
@@ -194,11 +232,14 @@ class Experiment:
     notes: str = ""
     variant: str = ""
     when_prepared: bool = False
+    published: Released | None = None
+    allow_leakage: bool = False
 
     @property
     def is_evaluation(self) -> bool:
-        """True when the experiment only scores another experiment's model (``[experiment.evaluate]``)."""
-        return self.evaluate is not None
+        """True when the experiment trains nothing: it scores another experiment's model
+        (``[experiment.evaluate]``) or released weights (``[experiment.published]``)."""
+        return self.evaluate is not None or self.published is not None
 
     @property
     def cell_encoder(self) -> str:
@@ -385,9 +426,11 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     experiments = [_experiment(table, f"[[experiment]] #{index + 1} of {where}", defaults)
                    for index, table in enumerate(data.get("experiment", []))]
     _check_experiment_ids(experiments, where)
-    from affbench.reporting.published import parse_published
+    from affbench.reporting.published import parse_published, released_tables
 
-    published = parse_published(data.get("published", []), {e.id: e.tasks for e in experiments}, where)
+    declared = data.get("published", [])
+    published = parse_published(declared + released_tables(data.get("experiment", []), declared),
+                                {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
                   defaults, path, text, published)
     _resolve_references(suite)
@@ -439,6 +482,7 @@ def _experiment(table: Mapping[str, Any], label: str, defaults: TrainSettings) -
     """One ``[[experiment]]`` table (``label`` names it in messages), its training over ``defaults``."""
     _check_experiment_table(table, label)
     init, evaluate = _sources(table)
+    released = _released(table, label)
     folds = table.get("folds")
     metrics = table.get("metrics")
     if metrics is not None:
@@ -446,26 +490,31 @@ def _experiment(table: Mapping[str, Any], label: str, defaults: TrainSettings) -
 
         for metric in metrics:
             get_metric(metric)  # UnknownNameError lists the registered ones
+    encoder, options = table.get("encoder", ""), dict(table.get("options", {}))
+    if released is not None:
+        encoder, options = _released_encoder(released, table, label)
     return Experiment(
-        id=table["id"], dataset=table["dataset"], tasks=tuple(table["tasks"]), encoder=table.get("encoder", ""),
-        options=dict(table.get("options", {})), folds=tuple(int(f) for f in folds) if folds is not None else None,
+        id=table["id"], dataset=table["dataset"], tasks=tuple(table["tasks"]), encoder=encoder,
+        options=options, folds=tuple(int(f) for f in folds) if folds is not None else None,
         training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
         label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
         notes=table.get("notes", ""), variant=str(table.get("variant", "")),
-        when_prepared=bool(table.get("when_prepared", False)),
+        when_prepared=bool(table.get("when_prepared", False)), published=released,
+        allow_leakage=_flag(table, "allow_leakage", label),
     )
 
 
 def _check_experiment_table(table: Mapping[str, Any], label: str) -> None:
     """An experiment's keys, required values, dataset and names (ids, tasks and encoder become file names)."""
     _check_keys(table, ("id", "dataset", "tasks", "encoder", "options", "folds", "training", "init",
-                        "evaluate", "label", "metrics", "notes", "variant", "when_prepared"), label)
+                        "evaluate", "published", "label", "metrics", "notes", "variant", "when_prepared",
+                        "allow_leakage"), label)
     for required in ("id", "dataset", "tasks"):
         if required not in table:
             raise AffbenchError(f"{label} has no {required!r}.")
     if table["dataset"] not in DATASET_NAMES:
         raise UnknownNameError("dataset", table["dataset"], DATASET_NAMES)
-    if "encoder" not in table and "evaluate" not in table:
+    if "encoder" not in table and "evaluate" not in table and "published" not in table:
         raise AffbenchError(f"{label} ({table['id']}) has no 'encoder'.")
     check_name("experiment id", table["id"])
     if not isinstance(table["tasks"], list):
@@ -480,16 +529,71 @@ def _sources(table: Mapping[str, Any]) -> tuple[Source | None, Source | None]:
     """An experiment's ``[experiment.init]`` and ``[experiment.evaluate]`` references; one at most."""
     init = evaluate = None
     if "init" in table:
-        _check_keys(table["init"], ("experiment", "fold", "option"), f"[experiment.init] of {table['id']}")
-        init = Source(table["init"]["experiment"], table["init"].get("fold"), table["init"].get("option", "au_checkpoint"))
+        _check_keys(table["init"], ("experiment", "fold", "option", "allow_leakage"), f"[experiment.init] of {table['id']}")
+        init = Source(table["init"]["experiment"], table["init"].get("fold"), table["init"].get("option", "au_checkpoint"),
+                      _flag(table["init"], "allow_leakage", f"[experiment.init] of {table['id']}"))
     if "evaluate" in table:
-        _check_keys(table["evaluate"], ("experiment", "fold"), f"[experiment.evaluate] of {table['id']}")
-        evaluate = Source(table["evaluate"]["experiment"], table["evaluate"].get("fold"))
+        _check_keys(table["evaluate"], ("experiment", "fold", "allow_leakage"), f"[experiment.evaluate] of {table['id']}")
+        evaluate = Source(table["evaluate"]["experiment"], table["evaluate"].get("fold"), None,
+                          _flag(table["evaluate"], "allow_leakage", f"[experiment.evaluate] of {table['id']}"))
     if init and evaluate:
         raise AffbenchError(f"Experiment {table['id']!r} has both [init] and [evaluate]; it trains or it evaluates.")
     if evaluate and "training" in table:
         raise AffbenchError(f"Experiment {table['id']!r} only evaluates, so it takes no [training] settings.")
     return init, evaluate
+
+
+def _flag(table: Mapping[str, Any], key: str, where: str) -> bool:
+    """A true/false value of ``table`` (default false)."""
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise AffbenchError(f"{key} in {where} must be true or false, got {value!r}.")
+    return value
+
+
+def _released(table: Mapping[str, Any], label: str) -> Released | None:
+    """An experiment's ``[experiment.published]`` table: a known release, a folder or per-fold files."""
+    if "published" not in table:
+        return None
+    from affbench.encoders.published import get_published, group_tags
+
+    where = f"[experiment.published] of {table['id']}"
+    spec = table["published"]
+    if not isinstance(spec, Mapping):
+        raise AffbenchError(f"{where} must be a table with a tag and a folder or files.")
+    _check_keys(spec, ("tag", "folder", "files", "allow_leakage"), where)
+    for other in ("init", "evaluate", "training"):
+        if other in table:
+            raise AffbenchError(f"Experiment {table['id']!r} scores released weights, so it takes no [{other}].")
+    if "tag" not in spec:
+        raise AffbenchError(f"{where} has no 'tag' (see affbench list models).")
+    folds = group_tags(str(spec["tag"]))  # UnknownNameError lists the releases
+    files = spec.get("files", {})
+    if not isinstance(files, Mapping) or ("folder" in spec) == bool(files):
+        raise AffbenchError(f"{where} needs either folder = \"...\" (the files under their published names) or "
+                            "files = { 1 = \"...\", ... } (a file per fold), not both.")
+    if "folder" in spec and not all(get_published(tag).file_name_published for tag in folds.values()):
+        raise AffbenchError(f"{where}: {spec['tag']} has no published file name to find in a folder; "
+                            "give files = { 1 = \"...\" } instead.")
+    try:
+        by_fold = {int(fold): str(path) for fold, path in files.items()}
+    except ValueError:
+        raise AffbenchError(f"{where}: the keys of files are fold numbers, e.g. files = {{ 1 = \"a.pth\" }}.") from None
+    if len(folds) > 1 and by_fold and not set(by_fold) <= set(folds):
+        raise AffbenchError(f"{where} gives files for fold(s) {sorted(set(by_fold) - set(folds))}, which "
+                            f"{spec['tag']} has no file for; its folds are {sorted(folds)}.")
+    return Released(str(spec["tag"]), spec.get("folder"), by_fold, _flag(spec, "allow_leakage", where))
+
+
+def _released_encoder(released: Released, table: Mapping[str, Any], label: str) -> tuple[str, dict[str, Any]]:
+    """The encoder and options of a release: the tag's, which the experiment may not contradict."""
+    from affbench.encoders.published import get_published, group_tags
+
+    published = get_published(next(iter(group_tags(released.tag).values())))
+    if table.get("encoder", published.encoder) != published.encoder or table.get("options"):
+        raise AffbenchError(f"{label} ({table['id']}) scores {released.tag}, a {published.encoder} model with the "
+                            "tag's options; leave encoder and options out.")
+    return published.encoder, dict(published.options)
 
 
 def _check_experiment_ids(experiments: list[Experiment], where: str) -> None:

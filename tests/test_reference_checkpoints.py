@@ -467,3 +467,167 @@ def test_a_crafted_object_in_a_checkpoint_runs_nothing(tmp_path):
     with pytest.raises(AffbenchError):
         create_encoder("emotiram-f", pretrained=disguised)
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------- published tags
+
+
+def vgg_face_dag_shapes() -> dict[str, tuple]:
+    """vgg_face_dag.py (Albanie's conversion): conv1_1 ... conv5_3, then fc6-fc8 as linear layers."""
+    widths = {1: (3, 64, 64), 2: (64, 128, 128), 3: (128, 256, 256, 256), 4: (256, 512, 512, 512),
+              5: (512, 512, 512, 512)}
+    shapes = {}
+    for block, channels in widths.items():
+        for i in range(1, len(channels)):
+            shapes.update(_conv(f"conv{block}_{i}", channels[i], channels[i - 1], 3))
+    shapes.update({**_linear("fc6", 4096, 25088), **_linear("fc7", 4096, 4096), **_linear("fc8", 2622, 4096)})
+    return shapes
+
+
+@pytest.mark.parametrize("tag, n_aus", [("megraph-au/resnet50-disfa-fold1", 8), ("megraph-au/resnet50-bp4d-fold3", 12)])
+def test_megraph_release_tags_load_their_layout_and_refuse_another_release(tag, n_aus, tmp_path):
+    released = tmp_path / "released.pth"
+    save_megraph(released, _fill(megraph_shapes(n_aus, stage=2), seed=9))
+    model = create_encoder(tag, pretrained=released)
+    assert model.spec.published == tag and model.spec.heads == {"au": n_aus} and model.spec.fresh == ()
+    assert model.spec.init.startswith(tag) and "MEFL (stage 2)" in model.spec.init
+    other = tmp_path / "other_dataset.pth"
+    save_megraph(other, _fill(megraph_shapes(20 - n_aus, stage=2), seed=9))
+    with pytest.raises(AffbenchError, match=rf"is not a {tag} checkpoint: it holds a megraph-au model with "
+                                            rf"n_aus={20 - n_aus}, where {tag} has n_aus={n_aus}"):
+        create_encoder(tag, pretrained=other)
+    stage1 = tmp_path / "stage1.pth"
+    save_megraph(stage1, _fill(megraph_shapes(n_aus, stage=1), seed=9))
+    with pytest.raises(AffbenchError, match=rf"is not a {tag} checkpoint: .*stage=1, where {tag} has stage=2"):
+        create_encoder(tag, pretrained=stage1)
+
+
+def test_a_tag_needs_the_released_file_and_names_it():
+    with pytest.raises(AffbenchError, match="pass pretrained=PATH, your copy of MEFARG_resnet50_BP4D_fold2.pth"):
+        create_encoder("megraph-au/resnet50-bp4d-fold2")
+    with pytest.raises(AffbenchError, match="Unknown published model 'megraph-au/swin-bp4d-fold3'; valid"):
+        create_encoder("megraph-au/swin-bp4d-fold3", pretrained="x.pth")
+
+
+def test_abaw3_tag_loads_the_multiemotionnet_layout_and_refuses_the_baseline(tmp_path):
+    path = tmp_path / "men.ckpt"
+    save_lightning(path, _fill(multiemotionnet_shapes(), seed=3), "model.")
+    model = create_encoder("abaw3-men/smm", pretrained=path)
+    assert model.spec.published == "abaw3-men/smm" and model.spec.heads == {"au": 12, "expression": 8, "va": 2}
+    baseline = tmp_path / "baseline.ckpt"
+    save_lightning(baseline, _fill(baseline_shapes(), seed=4))
+    with pytest.raises(AffbenchError, match=r"is not a abaw3-men/smm checkpoint: .*does not fit"):
+        create_encoder("abaw3-men/smm", pretrained=baseline)
+
+
+def test_caer_tag_loads_the_face_configuration_and_refuses_the_context_model(tmp_path):
+    path = tmp_path / "model_best.pth"
+    save_caer_trainer(path, _fill(caer_face_config_shapes(), seed=6), collections.OrderedDict(concat=True, use_context=False))
+    assert create_encoder("caer-net-s/face", pretrained=path).spec.published == "caer-net-s/face"
+    orig = tmp_path / "orig.pth"
+    torch.save(_fill(caer_orig_face_shapes(), seed=6), orig)
+    assert create_encoder("caer-net-s/face", pretrained=orig).spec.options["fusion"] == "conv"
+    context = tmp_path / "context.pth"
+    save_caer_trainer(context, _fill(caer_face_config_shapes(), seed=6), collections.OrderedDict())
+    with pytest.raises(AffbenchError, match="is not a caer-net-s/face checkpoint: .*context stream"):
+        create_encoder("caer-net-s/face", pretrained=context)
+
+
+def test_vggface_tag_loads_the_dag_conversion_with_its_normalisation_and_refuses_another_file(tmp_path):
+    path = tmp_path / "vgg_face_dag.pth"
+    state = {k: torch.zeros(shape) for k, shape in vgg_face_dag_shapes().items()}  # values do not matter here
+    torch.save(state, path)
+    model = create_encoder("vggface/dag", pretrained=path)
+    assert model.spec.published == "vggface/dag" and model.spec.options["normalization"] == "vggface"
+    assert model.spec.fresh == ("classifier.6.weight", "classifier.6.bias")  # fc8 (identities) is not used
+    other = tmp_path / "caer.pth"
+    torch.save(_fill(caer_orig_face_shapes(), seed=6), other)
+    with pytest.raises(AffbenchError, match=r"is not a vggface/dag checkpoint: .*shares no weights"):
+        create_encoder("vggface/dag", pretrained=other)
+
+
+@pytest.mark.parametrize("dataset", ["disfa", "bp4d"])
+def test_megraph_tags_say_which_subjects_they_were_trained_on_as_the_protocol_does(dataset):
+    import importlib
+
+    from affbench.encoders.published import get_published, group_tags
+
+    protocol = importlib.import_module(f"affbench.pipelines.{dataset}").PROTOCOL
+    folds = group_tags(f"megraph-au/resnet50-{dataset}")
+    assert sorted(folds) == list(protocol.split.folds)
+    every = {s for subjects in protocol.split.parts.values() for s in subjects}
+    for fold, tag in folds.items():
+        published = get_published(tag)
+        tested = {s for part in protocol.split.test_parts[fold] for s in protocol.split.parts[part]}
+        assert set(published.trained_subjects) == every - tested
+        task = protocol.task("au-detection")
+        assert published.tasks[0].label_names == tuple(task.label_names)
+
+
+def test_export_model_by_tag_fills_labels_framing_and_provenance(tmp_path):
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from affbench.cli import app
+
+    path = tmp_path / "model_best.pth"
+    save_caer_trainer(path, _fill(caer_face_config_shapes(), seed=6), collections.OrderedDict(concat=True, use_context=False))
+    out = tmp_path / "caer.pt"
+    result = CliRunner().invoke(app, ["export-model", "--published", "caer-net-s/face", "--pretrained", str(path),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    description = torch.load(out, weights_only=True)["affbench_model"]
+    assert description["tasks"][0]["label_names"] == ["anger", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    assert (description["crop_size"], description["eval_crop"], description["encoder"]) == (96, 1.0, "emotiram-f")
+    assert description["trained_on"]["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert description["trained_on"]["published"] == "caer-net-s/face"
+
+    context = tmp_path / "context.pth"
+    save_caer_trainer(context, _fill(caer_face_config_shapes(), seed=6), collections.OrderedDict())
+    refused = CliRunner().invoke(app, ["export-model", "--published", "caer-net-s/face", "--pretrained", str(context),
+                                       "--out", str(tmp_path / "no.pt")])
+    assert refused.exit_code != 0 and "is not a caer-net-s/face checkpoint" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "no.pt").exists()
+
+
+def test_list_models_shows_every_tag_with_its_file_and_fold():
+    from click.testing import CliRunner
+
+    from affbench.cli import app
+    from affbench.encoders.published import list_published
+
+    result = CliRunner().invoke(app, ["list", "models"])
+    assert result.exit_code == 0, result.output
+    for tag in list_published():
+        assert f"\n{tag}\n" in "\n" + result.output
+    assert "MEFARG_resnet50_DISFA_fold2.pth" in result.output
+    fold1 = result.output.split("megraph-au/resnet50-disfa-fold1\n")[1].split("megraph-au/resnet50-disfa-fold2")[0]
+    trained_on = next(line for line in fold1.splitlines() if line.startswith("  trained on"))
+    assert "SN001" in trained_on and "SN003" not in trained_on  # SN003 is fold 1's test subject
+
+
+def test_export_model_by_tag_names_every_task_of_a_multitask_release(tmp_path):
+    from affbench.inference.bundle import export_model
+
+    path = tmp_path / "men.ckpt"
+    save_lightning(path, _fill(multiemotionnet_shapes(), seed=3), "model.")
+    _, description = export_model(tmp_path / "men.pt", published="abaw3-men/smm", pretrained=path)
+    assert [(t.name, t.output_key, len(t.label_names)) for t in description.tasks] == [
+        ("au-detection", "au", 12), ("expression", "expression", 8), ("va", "va", 2)]
+    assert description.tasks[1].label_names[-1] == "other" and description.crop_size == 112
+    assert description.trained_on["dataset"] == "affwild2" and description.trained_on["fold"] is None
+    with pytest.raises(AffbenchError, match="vggface/dag has no outputs of its own"):
+        export_model(tmp_path / "vgg.pt", published="vggface/dag", pretrained=path)
+
+
+@pytest.mark.parametrize("tag, dataset", [("abaw3-men/smm", "affwild2"), ("caer-net-s/face", "caer_s")])
+def test_given_split_tags_name_their_outputs_as_the_protocol_does(tag, dataset):
+    import importlib
+
+    from affbench.encoders.published import get_published
+
+    protocol = importlib.import_module(f"affbench.pipelines.{dataset}").PROTOCOL
+    for task in get_published(tag).tasks:
+        spec = protocol.task(task.name)
+        assert (task.kind, task.output_key, task.label_names) == (spec.kind, spec.output_key, tuple(spec.label_names))

@@ -32,6 +32,7 @@ from typing import Any, TypeVar, overload
 import torch
 from torch import nn
 
+from affbench.encoders.published import PublishedModel, get_published, is_published_tag
 from affbench.errors import AffbenchError, UnknownNameError
 
 #: ImageNet statistics, used by every variant whose trunk comes from torchvision.
@@ -83,6 +84,9 @@ class EncoderSpec:
     fresh : tuple of str
         After a checkpoint load: the names of the model tensors that kept their fresh initialisation
         (a new head the caller asked for, or whatever ``partial_load=True`` let through).
+    published : str or None
+        The tag of the released checkpoint the weights came from (:mod:`affbench.encoders.published`),
+        for a model built as ``create_encoder(tag, pretrained=PATH)``.
     """
 
     name: str
@@ -97,6 +101,7 @@ class EncoderSpec:
     aus: tuple[int, ...] | None = None
     heatmap_size: int | None = None
     fresh: tuple[str, ...] = ()
+    published: str | None = None
 
     def __post_init__(self) -> None:
         if self.au_output is not None and self.au_output not in AU_OUTPUT_KINDS:
@@ -247,7 +252,7 @@ def get_encoder_spec(name: str, **options: Any) -> EncoderSpec:
     Parameters
     ----------
     name : str
-        A name from :func:`list_encoders`.
+        A name from :func:`list_encoders`, or a published model's tag (``affbench list models``).
     **options
         The same options :func:`create_encoder` takes; head sizes change ``heads``. A checkpoint
         path in ``pretrained`` (or ``au_checkpoint``...) is read for the structure it implies.
@@ -259,6 +264,9 @@ def get_encoder_spec(name: str, **options: Any) -> EncoderSpec:
     >>> get_encoder_spec("vggface", task="va").heads
     {'va': 2}
     """
+    if is_published_tag(name):
+        published = get_published(name)
+        return get_encoder_spec(published.encoder, **{**published.options, **options})
     factory, spec_fn, _ = _lookup(name)
     resolved = resolve_options(name, options)
     architecture = {k: v for k, v in resolved.items() if k not in WEIGHT_OPTIONS}
@@ -274,7 +282,10 @@ def create_encoder(name: str, **options: Any) -> Encoder:
     Parameters
     ----------
     name : str
-        A name from :func:`list_encoders`.
+        A name from :func:`list_encoders`, or the tag of a published model (``affbench list
+        models``, e.g. ``"megraph-au/resnet50-disfa-fold1"``): its encoder is built with the tag's
+        options and ``pretrained`` must name a copy of the released file, whose layout must be the
+        tag's (a file of another release is refused in one sentence).
     **options
         The variant's options: head sizes (``n_aus``, ``n_classes``, ...), ``pretrained`` (None,
         ``"imagenet"`` or a checkpoint path) and variant-specific ones (see the factory docstrings
@@ -299,11 +310,51 @@ def create_encoder(name: str, **options: Any) -> Encoder:
     >>> model(torch.zeros(2, 3, 96, 96))["expression"].shape
     torch.Size([2, 7])
     """
+    if is_published_tag(name):
+        return _create_published(get_published(name), options)
     factory, _, _ = _lookup(name)
     resolved = resolve_options(name, options)
     model = factory(**resolved)
     if not isinstance(getattr(model, "spec", None), EncoderSpec):
         raise TypeError(f"factory of {name!r} returned a model without an EncoderSpec")
+    return model
+
+
+def _create_published(published: PublishedModel, options: Mapping[str, Any]) -> Encoder:
+    """The encoder of a published tag with the released file ``options["pretrained"]`` loaded into it,
+    refused in one sentence when the file is not that release's layout or structure."""
+    from affbench.encoders.weights import is_checkpoint_path, load_checkpoint
+
+    options = dict(options)
+    path = options.pop("pretrained", None)
+    if not is_checkpoint_path(path):
+        raise AffbenchError(
+            f"{published.tag} is a released checkpoint: pass pretrained=PATH, your copy of {published.file_name} "
+            f"(published at {published.published_at.split(' ')[0]}); affbench downloads nothing."
+        )
+    options = {**published.options, **options}
+    implied = _INFER[published.encoder]({"pretrained": path}) if published.encoder in _INFER else {}
+    for key, value in implied.items():
+        if key in published.options and published.options[key] != value:
+            raise AffbenchError(
+                f"{path} is not a {published.tag} checkpoint: it holds a {published.encoder} model with "
+                f"{key}={value!r}, where {published.tag} has {key}={published.options[key]!r}; is it the file of "
+                "another release?"
+            )
+    factory, _, _ = _lookup(published.encoder)
+    # What the file implies fills the options neither the tag nor the caller gives; its weights are loaded below.
+    resolved = {**resolve_options(published.encoder, {**options, "pretrained": path}), "pretrained": None}
+    model = factory(**resolved)
+    try:
+        report = load_checkpoint(model, path, partial=bool(options.get("partial_load")))
+    except AffbenchError as exc:
+        raise AffbenchError(f"{path} is not a {published.tag} checkpoint: {exc}") from None
+    if not any(report.layout.startswith(layout) for layout in published.layouts):
+        raise AffbenchError(
+            f"{path} is not a {published.tag} checkpoint: its layout is {report.layout!r}, where {published.tag} "
+            f"has the layout {' or '.join(repr(layout) for layout in published.layouts)}."
+        )
+    model.spec = dataclasses.replace(model.spec, published=published.tag, init=f"{published.tag}: {model.spec.init}")
     return model
 
 

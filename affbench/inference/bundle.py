@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -319,6 +319,12 @@ def write_job_description(job_dir: str | os.PathLike, description: ModelDescript
 
 def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, ModelDescription]:
     """Combine a finished job's ``model.json`` and ``best.pt`` into one model file at ``out``."""
+    description, state = job_model(job_dir)
+    return save_model_file(out, description, state), description
+
+
+def job_model(job_dir: str | os.PathLike) -> tuple[ModelDescription, dict[str, Any]]:
+    """A finished job's description (with its ``best.pt``'s SHA-256) and weights, checked to fit."""
     from affbench.training.checkpoints import load_model_state
 
     job_dir = Path(job_dir)
@@ -338,7 +344,7 @@ def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
     description = ModelDescription.from_dict(json.loads(described.read_text()), where=str(described))
     state = load_model_state(weights)  # tensors only (weights_only=True); damage is one sentence
     build_model(description, state)  # refuse to write a file whose weights do not fit
-    return save_model_file(out, description, state), description
+    return replace(description, trained_on={**description.trained_on, **_file_provenance(weights)}), state
 
 
 # ----------------------------------------------------------------------------------------- published
@@ -361,7 +367,7 @@ def wrap_checkpoint(
     ``au1``; presence, or intensities where the encoder outputs intensities), ``expression``
     (class names) and ``va`` (``valence,arousal``). The faces are cut with affbench's alignment
     (``template``, default the prepare pipelines'); the description notes that the checkpoint's
-    own training crops may have been cut otherwise.
+    own training crops may have been cut otherwise. ``trained_on`` records the file and its SHA-256.
     """
     from affbench.encoders.registry import create_encoder
 
@@ -378,18 +384,80 @@ def wrap_checkpoint(
         kind = "au-intensity" if spec.au_output == "intensities" else "au-detection"
     else:
         kind = "expression" if key == "expression" else "va"
-    template = template or AlignmentTemplate()
     task = TaskOutput(name=kind, kind=kind, output_key=key, label_names=tuple(labels),
                       binarize_at=1.0 if kind == "au-detection" and spec.au_output == "intensities" else None)
-    description = ModelDescription(
-        name=Path(pretrained).stem, encoder=encoder, options=dict(spec.options), tasks=(task,),
-        crop_size=int(crop_size), alignment=template.describe(int(crop_size)), eval_crop=float(eval_crop),
-        detector=asdict(DetectorSettings()), tracker=asdict(TrackerSettings()), encoder_spec=spec_summary(spec),
-        initialisation=spec.init, trained_on={"checkpoint": str(pretrained)},
-        notes=("wrapped from a published checkpoint: faces are aligned with affbench's template at the crop size "
-               "given, which may differ from how the checkpoint's training faces were cut",),
+    description = _wrapped_description(
+        Path(pretrained).stem, spec, (task,), crop_size, eval_crop, template, _file_provenance(pretrained),
+        ("wrapped from a published checkpoint: faces are aligned with affbench's template at the crop size "
+         "given, which may differ from how the checkpoint's training faces were cut",),
     )
     return description, model.state_dict()
+
+
+def wrap_published(tag: str, pretrained: str | os.PathLike) -> tuple[ModelDescription, dict[str, Any]]:
+    """Describe a released checkpoint by its tag (``affbench list models``): encoder, options, labels,
+    crop and framing come from the tag, and the file must have the tag's layout.
+
+    Parameters
+    ----------
+    tag : str
+        A published model's tag, e.g. ``megraph-au/resnet50-disfa-fold1``.
+    pretrained : path
+        The user's copy of the released file.
+
+    Returns
+    -------
+    (ModelDescription, dict)
+        ``trained_on`` records the tag, the dataset, protocol, fold and training subjects, the
+        numbers the paper reports and the file's SHA-256.
+
+    Raises
+    ------
+    AffbenchError
+        For an unknown tag, a file of another layout, or a tag that has no outputs of its own.
+    """
+    from affbench.encoders.published import get_published
+    from affbench.encoders.registry import create_encoder
+
+    published = get_published(tag)
+    if not published.tasks:
+        raise AffbenchError(f"{tag} has no outputs of its own to predict with ({published.notes[0] if published.notes else ''}); "
+                            "train a model from it and export that job.")
+    model = create_encoder(tag, pretrained=str(pretrained))
+    tasks = tuple(TaskOutput(t.name, t.kind, t.output_key, t.label_names) for t in published.tasks)
+    for task in tasks:
+        if model.spec.heads.get(task.output_key) != len(task.label_names):
+            raise AffbenchError(f"{pretrained} gives {model.spec.heads.get(task.output_key)} {task.output_key} outputs, "
+                                f"where {tag} names {len(task.label_names)}; is it the file of another release?")
+    reported = [{"task": n.task, "metric": n.metric, "value": n.value, "labels": dict(n.labels), "scale": n.scale,
+                 "source": n.source} for n in published.reported]
+    trained_on = {**_file_provenance(pretrained), "published": tag, "dataset": published.dataset,
+                  "protocol": published.protocol, "fold": published.fold,
+                  "trained_subjects": list(published.trained_subjects), "citation": published.citation,
+                  "reported": reported}
+    description = _wrapped_description(tag, model.spec, tasks, published.crop_size, published.eval_crop, None,
+                                       trained_on, ("faces are aligned with affbench's template; the reference "
+                                                    "may have cut its training faces otherwise", *published.notes))
+    return description, model.state_dict()
+
+
+def _file_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint file a model file was made from: its path and SHA-256."""
+    from affbench.runtime.files import file_sha256
+
+    return {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path)}
+
+
+def _wrapped_description(name: str, spec: EncoderSpec, tasks: tuple[TaskOutput, ...], crop_size: int,
+                         eval_crop: float, template: AlignmentTemplate | None, trained_on: Mapping[str, Any],
+                         notes: Sequence[str]) -> ModelDescription:
+    template = template or AlignmentTemplate()
+    return ModelDescription(
+        name=name, encoder=spec.name, options=dict(spec.options), tasks=tasks,
+        crop_size=int(crop_size), alignment=template.describe(int(crop_size)), eval_crop=float(eval_crop),
+        detector=asdict(DetectorSettings()), tracker=asdict(TrackerSettings()), encoder_spec=spec_summary(spec),
+        initialisation=spec.init, trained_on=dict(trained_on), notes=tuple(notes),
+    )
 
 
 def export_model(
@@ -397,29 +465,46 @@ def export_model(
     job_dir: str | os.PathLike | None = None,
     *,
     encoder: str | None = None,
+    published: str | None = None,
     pretrained: str | os.PathLike | None = None,
     labels: Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
     crop_size: int = 256,
     eval_crop: float = 1.0,
+    format: str = "pt",
 ) -> tuple[Path, ModelDescription]:
-    """``affbench export-model``: a finished job's model (``job_dir``), or a published checkpoint
-    (``encoder`` with ``pretrained`` and ``labels``), as one self-describing model file at ``out``.
+    """``affbench export-model``: a finished job's model (``job_dir``), a released checkpoint by its tag
+    (``published`` with ``pretrained``), or any checkpoint the encoder reads (``encoder`` with
+    ``pretrained`` and ``labels``), as one self-describing model file at ``out``: a PyTorch model
+    file (``format="pt"``) or an ONNX model with the description in its metadata (``format="onnx"``,
+    :mod:`affbench.inference.portable`).
 
     Examples
     --------
     >>> path, description = export_model("model.pt", "runs/demo/jobs/caer-s__expression__emotiram-f__fold1")  # doctest: +SKIP
-    >>> path, description = export_model("m.pt", encoder="megraph-au", pretrained="MEFARG_resnet50_DISFA_fold1.pth",
-    ...                                  labels="au1,au2,au4,au6,au9,au12,au25,au26".split(","), eval_crop=0.875)  # doctest: +SKIP
+    >>> path, description = export_model("m.pt", published="megraph-au/resnet50-disfa-fold1",
+    ...                                  pretrained="MEFARG_resnet50_DISFA_fold1.pth")  # doctest: +SKIP
     """
-    if encoder is None:
+    if format not in ("pt", "onnx"):
+        raise AffbenchError(f"--format must be pt or onnx, got {format!r}.")
+    if published is not None:
+        if job_dir is not None or encoder is not None or pretrained is None or labels or options:
+            raise AffbenchError("--published TAG takes --pretrained PATH (the released file) and nothing else: "
+                                "the tag gives the encoder, its options, labels and framing.")
+        description, state = wrap_published(published, pretrained)
+    elif encoder is None:
         if job_dir is None or pretrained or labels or options:
-            raise AffbenchError("Give a job folder (RUNDIR/jobs/<job>), or --encoder with --pretrained and --labels "
-                                "to wrap a published checkpoint.")
-        return export_job(job_dir, out)
-    if job_dir is not None or pretrained is None or not labels:
-        raise AffbenchError("--encoder wraps a published checkpoint: give --pretrained PATH and --labels, "
-                            "and no job folder.")
-    description, state = wrap_checkpoint(encoder, pretrained, labels, options=options, crop_size=crop_size,
-                                         eval_crop=eval_crop)
+            raise AffbenchError("Give a job folder (RUNDIR/jobs/<job>), --published TAG with --pretrained, or "
+                                "--encoder with --pretrained and --labels to wrap another checkpoint.")
+        description, state = job_model(job_dir)
+    else:
+        if job_dir is not None or pretrained is None or not labels:
+            raise AffbenchError("--encoder wraps a published checkpoint: give --pretrained PATH and --labels, "
+                                "and no job folder.")
+        description, state = wrap_checkpoint(encoder, pretrained, labels, options=options, crop_size=crop_size,
+                                             eval_crop=eval_crop)
+    if format == "onnx":
+        from affbench.inference.portable import export_onnx
+
+        return export_onnx(out, description, state), description
     return save_model_file(out, description, state), description

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     import torch
     from tqdm.auto import tqdm
 
+    from affbench.encoders.registry import EncoderSpec
+
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: The columns every table starts with, before the predictions.
@@ -94,14 +96,19 @@ class LoadedModel:
                  batch_size: int = 32, name: str | None = None, origin: str | os.PathLike | None = None):
         import torch
 
+        self.device = torch.device(resolve_device(device))
+        self.network = build_model(description, state_dict).to(self.device)
+        self._describe(description, self.network.spec, batch_size=batch_size, name=name, origin=origin)
+
+    def _describe(self, description: ModelDescription, spec: EncoderSpec, *, batch_size: int, name: str | None,
+                  origin: str | os.PathLike | None) -> None:
+        """What every runner of a model file shares: its description, spec, face framing and columns."""
         from affbench.data.augment import Augmentation
 
         self.description = description
         self.name = name or description.name
         self.origin = Path(origin) if origin is not None else None  # the model file, when loaded from one
-        self.device = torch.device(resolve_device(device))
-        self.network = build_model(description, state_dict).to(self.device)
-        self.spec = self.network.spec
+        self.spec = spec
         self.template = description.template
         self.crop_size = description.crop_size
         self.batch_size = max(1, int(batch_size))
@@ -137,23 +144,27 @@ class LoadedModel:
 
     def outputs(self, crops: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The raw model outputs (float32) for aligned crops, by output key."""
+        keys = sorted({t.output_key for t in self.description.tasks})
+        collected: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for start in range(0, len(crops), self.batch_size):
+            result = self._run(self._inputs(crops[start : start + self.batch_size]), keys)
+            for key in keys:
+                collected[key].append(result[key])
+        return {k: np.concatenate(v) if v else np.zeros((0, self.spec.heads[k]), np.float32)
+                for k, v in collected.items()}
+
+    def _run(self, images: torch.Tensor, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The network's float32 outputs ``keys`` for a uint8 (B, 3, S, S) batch of framed crops."""
         import torch
 
         from affbench.data.loader import normalise
 
-        keys = {t.output_key for t in self.description.tasks}
-        collected: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         cuda = self.device.type == "cuda"
         with torch.inference_mode():
-            for start in range(0, len(crops), self.batch_size):
-                images = self._inputs(crops[start : start + self.batch_size]).to(self.device, non_blocking=True)
-                x = normalise(images, self.spec.mean, self.spec.std)
-                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
-                    result = self.network(x)
-                for key in keys:
-                    collected[key].append(result[key].float().cpu().numpy())
-        return {k: np.concatenate(v) if v else np.zeros((0, self.spec.heads[k]), np.float32)
-                for k, v in collected.items()}
+            x = normalise(images.to(self.device, non_blocking=True), self.spec.mean, self.spec.std)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
+                result = self.network(x)
+            return {key: result[key].float().cpu().numpy() for key in keys}
 
     def predict_columns(self, crops: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Prediction columns (see the module docstring) for aligned crops: ``{column: array}``."""
@@ -207,12 +218,13 @@ def _unique_task_columns(tasks: Sequence[TaskOutput]) -> list[list[str]]:
 
 
 def load_model(path: str | os.PathLike, *, device: str = "auto", batch_size: int = 32) -> LoadedModel:
-    """Load a model file written by ``affbench export-model`` (``torch.load(weights_only=True)``).
+    """Load a model file written by ``affbench export-model``: a PyTorch model file
+    (``torch.load(weights_only=True)``) or an ONNX model (``.onnx``, run with onnxruntime).
 
     Parameters
     ----------
     path : path-like
-        The model file.
+        The model file; a name ending in ``.onnx`` is read as ONNX (:mod:`affbench.inference.portable`).
     device : str
         ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
     batch_size : int
@@ -224,6 +236,10 @@ def load_model(path: str | os.PathLike, *, device: str = "auto", batch_size: int
         ``predict(crops)`` -> DataFrame for aligned crops; ``predict_video(path)`` and
         ``predict_images(paths)`` -> DataFrame with one row per frame or image.
     """
+    if Path(path).suffix.lower() == ".onnx":
+        from affbench.inference.portable import OnnxModel
+
+        return OnnxModel(path, device=device, batch_size=batch_size)
     description, state = read_model_file(path)
     return LoadedModel(description, state, device=device, batch_size=batch_size, name=Path(path).stem, origin=path)
 

@@ -14,6 +14,10 @@ A suite TOML may hold any number of ``[[published]]`` tables::
 
 :func:`comparison_table` puts each published value beside affbench's mean over folds of the same
 (suite, experiment, task, metric, label) and their difference (affbench - paper).
+
+An experiment that scores released weights (``[experiment.published] tag = ...``) and has no
+``[[published]]`` table of its own gets the numbers the tag's paper reports
+(:mod:`affbench.encoders.published`), through :func:`released_tables`.
 """
 
 from __future__ import annotations
@@ -100,6 +104,43 @@ def parse_published(tables: Sequence[Mapping[str, Any]], experiment_tasks: Mappi
     return found
 
 
+def released_tables(experiments: Sequence[Any], declared: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """``[[published]]`` tables for the experiments that score a released tag and declare none.
+
+    Parameters
+    ----------
+    experiments : sequence of mapping
+        The suite's ``[[experiment]]`` tables as parsed from TOML.
+    declared : sequence of mapping
+        The suite's own ``[[published]]`` tables: an experiment named there keeps only those.
+
+    Returns
+    -------
+    list of dict
+        One table per number the tag's paper reports, in the form :func:`parse_published` checks.
+    """
+    from affbench.encoders.published import get_published, group_tags
+
+    named = {t.get("experiment") for t in declared if isinstance(t, Mapping)}
+    tables: list[dict[str, Any]] = []
+    for experiment in experiments:
+        released = experiment.get("published") if isinstance(experiment, Mapping) else None
+        if not isinstance(released, Mapping) or experiment.get("id") in named or "tag" not in released:
+            continue
+        published = get_published(next(iter(group_tags(str(released["tag"])).values())))
+        for number in published.reported:
+            if number.task not in experiment.get("tasks", ()):
+                continue
+            table: dict[str, Any] = {"experiment": experiment["id"], "task": number.task, "metric": number.metric,
+                                     "scale": number.scale, "source": number.source, "notes": number.notes}
+            if number.value is not None:
+                table["value"] = number.value
+            if number.labels:
+                table["labels"] = dict(number.labels)
+            tables.append(table)
+    return tables
+
+
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise AffbenchError(f"{where} must be a number; got {value!r}.")
@@ -117,7 +158,8 @@ def load_published(path: str | os.PathLike) -> list[Published]:
     tasks: dict[Any, list[str]] = {
         e.get("id"): list(e.get("tasks", [])) for e in data.get("experiment", []) if isinstance(e, Mapping)
     }
-    return parse_published(data.get("published", []), tasks, path.name)
+    declared = data.get("published", [])
+    return parse_published(declared + released_tables(data.get("experiment", []), declared), tasks, path.name)
 
 
 def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Published]]

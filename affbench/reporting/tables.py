@@ -55,7 +55,13 @@ def _spread(values: Sequence[Any]) -> tuple[float, float]:
     return mean, sd
 
 
+#: Marks a row whose weights were tested on subjects they were trained on (allowed by ``allow_leakage``).
+LEAKAGE_MARK = " (tested on training subjects)"
+
+
 def _summary_row(row: str, encoder: str, name: str, cells: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict:
+    if any(c.get("leakage") for c in cells):
+        encoder += LEAKAGE_MARK
     out: dict[str, Any] = {"row": row, "encoder": encoder, "name": name, "folds": len(cells)}
     for key in keys:
         mean, sd = _spread([c["metrics"].get(key) for c in cells])

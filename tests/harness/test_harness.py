@@ -16,7 +16,7 @@ from affbench.benchmarks.suite import list_suites, load_suite, parse_suite, vali
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.reporting.records import load_records
 
-SHIPPED = ("abaw3", "bp4d-au", "demo", "disfa-au", "thesis-au", "thesis-caer")
+SHIPPED = ("abaw3", "bp4d-au", "bp4d-au-released", "demo", "disfa-au", "disfa-au-released", "thesis-au", "thesis-caer")
 
 # A tiny suite: EmotiRAM-f on CAER-S twice (two seeds = two cells), plus an evaluation-only cell on
 # the derived "happy" rows is impossible for an expression-only model, so the dependency is shown
@@ -158,7 +158,7 @@ def test_narrowing_keeps_what_a_cell_starts_from(prepared_root):
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path, prepared_root):
-    with pytest.raises(UnknownNameError, match=r"Unknown suite 'thesis'; valid suites are: abaw3, bp4d-au, demo, disfa-au, thesis-au, thesis-caer\."):
+    with pytest.raises(UnknownNameError, match=r"Unknown suite 'thesis'; valid suites are: abaw3, bp4d-au, bp4d-au-released, demo, disfa-au, disfa-au-released, thesis-au, thesis-caer\."):
         load_suite("thesis")
     bad_encoder = write_suite(tmp_path, TINY.replace('encoder = "emotiram-f"', 'encoder = "emotiram-g"'))
     with pytest.raises(UnknownNameError, match=r"Unknown encoder 'emotiram-g'; valid encoders are: .*emotiram-f.*vggface"):
