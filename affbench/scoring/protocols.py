@@ -29,6 +29,7 @@ Rules common to every protocol:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -597,6 +598,47 @@ class Protocol:
             validation=Validation.from_dict(data["validation"]),
             description=data.get("description", ""),
         )
+
+    def fingerprint(self) -> str:
+        """The protocol's version as result records state it: the first 12 hex digits of the SHA-256
+        of :meth:`to_dict` (sorted keys), so that any change to tasks, folds, metrics or validation
+        gives another version.
+
+        Returns
+        -------
+        str
+        """
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def cluster_ids(self, meta: pd.DataFrame) -> tuple[np.ndarray, str]:
+        """The independent unit of every row, which confidence intervals resample, and its name.
+
+        The protocol already says which rows belong together: a subject-exclusive split's group
+        (``subject``), else a group hold-out's group with its merge suffixes stripped (Aff-Wild2:
+        a video, its two persons together); a protocol that names no group (CAER-S, whose stills
+        do not record their clip) makes every row its own unit.
+
+        Parameters
+        ----------
+        meta : pandas.DataFrame
+            Rows with the group column, or ``sample_id`` where there is none.
+
+        Returns
+        -------
+        (ndarray of str, str)
+            One cluster name per row, and what a cluster is (``"subject"``).
+        """
+        if isinstance(self.split, CrossValidation):
+            column = self.split.group_column
+            return self._column(meta, column).astype(str), column
+        if self.validation.method == "group-holdout":
+            column = self.validation.group_column
+            names = [self.validation.group_key(str(g)) for g in self._column(meta, column)]
+            suffixes = self.validation.merge_suffixes
+            unit = f"{column} without {'/'.join(suffixes)}" if suffixes else column
+            return np.asarray(names, dtype=str), unit
+        return self._column(meta, "sample_id").astype(str), "row"
 
     # -- targets
 

@@ -1,0 +1,612 @@
+"""Cluster bootstrap intervals and paired tests of the metrics :func:`~affbench.scoring.scorer.score_task` reports.
+
+Frames of one subject are not independent samples: the unit of resampling is the *cluster* (the
+subject; for Aff-Wild2 the video; see :meth:`affbench.scoring.protocols.Protocol.cluster_ids`).
+A bootstrap draws clusters with replacement, all rows of a drawn cluster together, and recomputes
+the metric on the drawn rows.
+
+Recomputing a metric on 130,000 frames two thousand times would cost more than training a small
+model, so every supported metric is written as a function of *sums over rows* (counts of true and
+false positives for F1, first and second moments for CCC and ICC, hits for accuracy). The rows'
+contributions are summed once per cluster; a resample is then a vector of cluster counts ``w``
+and its sums are ``w @ sums``, so all resamples of a cell cost one small matrix product. The values
+follow :mod:`affbench.scoring.metrics` exactly, degenerate cases included (the tests check them
+against :func:`~affbench.scoring.scorer.score_task` on every resample); a metric or option without
+such a form (``f1`` with ``average="weighted"``, say) falls back to calling ``score_task`` on
+each resample.
+
+The interval is the bootstrap *percentile* interval (why percentile and not BCa: docs/results.md,
+"Confidence intervals"). A protocol with several folds is resampled within each fold's test
+clusters and the replicates are combined as the protocol combines folds (their mean).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import sparse
+
+from affbench.errors import AffbenchError
+from affbench.scoring.metrics import _binarize, _binary_truth
+
+if TYPE_CHECKING:
+    from affbench.scoring.protocols import TaskSpec
+
+#: How the interval is made; the long CSV's ``ci_method``.
+CI_METHOD = "cluster-bootstrap-percentile"
+#: Below this many clusters no interval is given: a percentile interval from a handful of subjects
+#: is far too narrow to be honest.
+MIN_CLUSTERS = 10
+#: The paired test :func:`paired_comparison` runs.
+TEST_NAME = "paired permutation test over clusters (each cluster's outputs swapped between the cells)"
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How intervals are drawn: ``resamples`` cluster resamples at confidence ``level``, from ``seed``.
+
+    Examples
+    --------
+    >>> BootstrapSettings().describe()
+    {'method': 'cluster-bootstrap-percentile', 'level': 0.95, 'resamples': 2000, 'seed': 0, 'min_clusters': 10}
+    """
+
+    resamples: int = 2000
+    level: float = 0.95
+    seed: int = 0
+    min_clusters: int = MIN_CLUSTERS
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.level) < 1.0:
+            raise AffbenchError(f"The confidence level must lie strictly between 0 and 1, such as 0.95; got {self.level}.")
+        if int(self.resamples) < 100:
+            raise AffbenchError(f"An interval needs at least 100 bootstrap resamples; got {self.resamples}.")
+
+    @classmethod
+    def from_options(cls, *, resamples: int | None = None, level: float | None = None, seed: int | None = None
+                     ) -> BootstrapSettings | None:
+        """Settings with the options given and the defaults for the others; None when none is given
+        (each record's own settings apply)."""
+        if resamples is None and level is None and seed is None:
+            return None
+        default = cls()
+        return cls(resamples=default.resamples if resamples is None else int(resamples),
+                   level=default.level if level is None else float(level),
+                   seed=default.seed if seed is None else int(seed))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": CI_METHOD, "level": self.level, "resamples": self.resamples, "seed": self.seed,
+                "min_clusters": self.min_clusters}
+
+
+# ----------------------------------------------------------------------------------------- row statistics
+
+
+@dataclass
+class _Statistic:
+    """One metric as sums over rows: ``rows`` is each row's (n, d) contribution, ``values`` turns
+    summed (..., d) contributions into ``{key: (...) values}`` with the keys score_task reports."""
+
+    rows: np.ndarray
+    values: Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def _label_keys(name: str, labels: Sequence[str], per_label: np.ndarray) -> dict[str, np.ndarray]:
+    """The mean over labels under ``name`` (nan-propagating, as score_task's ``np.mean``) and each label."""
+    result = {name: per_label.mean(axis=-1)}
+    result.update({f"{name}/{label}": per_label[..., j] for j, label in enumerate(labels)})
+    return result
+
+
+def _binary_counts(truth: np.ndarray, decided: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per row and label: (annotated, true positive, false positive, false negative), as (n, 4 L)."""
+    positive, predicted = truth.astype(bool), decided.astype(bool)
+    return np.concatenate([keep, keep & positive & predicted, keep & ~positive & predicted,
+                           keep & positive & ~predicted], axis=1).astype(np.float64)
+
+
+def _f1_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.ndarray, options: Mapping[str, Any]
+               ) -> _Statistic | None:
+    if options.get("average", "macro") != "macro" or options.get("labels") is not None:
+        return None
+    zero_division = float(options.get("zero_division", 0.0))
+    decided = _binarize(score, float(options.get("threshold", 0.5)))
+    n_labels = truth.shape[1]
+
+    def values(sums: np.ndarray) -> dict[str, np.ndarray]:
+        n, tp, fp, fn = (sums[..., i * n_labels:(i + 1) * n_labels] for i in range(4))
+        denominator = 2 * tp + fp + fn
+        f1 = np.where(denominator > 0, _ratio(2 * tp, denominator), zero_division)
+        return _label_keys("f1", task.label_names, np.where(n > 0, f1, np.nan))
+
+    return _Statistic(_binary_counts(truth, decided, keep), values)
+
+
+def _accuracy_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.ndarray,
+                     options: Mapping[str, Any]) -> _Statistic | None:
+    decided = _binarize(score, float(options.get("threshold", 0.5)))
+    n_labels = truth.shape[1]
+    rows = np.concatenate([keep, keep & (truth == decided)], axis=1).astype(np.float64)
+
+    def values(sums: np.ndarray) -> dict[str, np.ndarray]:
+        return _label_keys("accuracy", task.label_names, _ratio(sums[..., n_labels:], sums[..., :n_labels]))
+
+    return _Statistic(rows, values)
+
+
+def _moments(truth: np.ndarray, score: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and label: (n, x, y, x², y², xy) of the annotated entries, x and y shifted by one constant
+    per label (the mean truth) so that second moments keep their precision; and that shift."""
+    x, y = truth.astype(np.float64), score.astype(np.float64)
+    counts = keep.sum(axis=0)
+    shift = np.where(counts > 0, (np.where(keep, x, 0).sum(axis=0)) / np.maximum(counts, 1), 0.0)
+    x, y = np.where(keep, x - shift, 0.0), np.where(keep, y - shift, 0.0)
+    return np.concatenate([keep.astype(np.float64), x, y, x * x, y * y, x * y], axis=1), shift
+
+
+def _split_moments(sums: np.ndarray, n_labels: int) -> tuple[np.ndarray, ...]:
+    return tuple(sums[..., i * n_labels:(i + 1) * n_labels] for i in range(6))
+
+
+def _ccc_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.ndarray, options: Mapping[str, Any]
+                ) -> _Statistic | None:
+    rows, shift = _moments(truth, score, keep)
+    n_labels = truth.shape[1]
+
+    def values(sums: np.ndarray) -> dict[str, np.ndarray]:
+        n, sx, sy, sxx, syy, sxy = _split_moments(sums, n_labels)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mx, my = sx / n, sy / n
+            var_x, var_y = sxx / n - mx**2, syy / n - my**2
+            covariance = sxy / n - mx * my
+            denominator = var_x + var_y + (mx - my) ** 2
+            ccc = 2 * covariance / denominator
+        # The metric's 0/0 rule, on the unshifted mean of the truth.
+        degenerate = denominator <= 1e-15 * (1.0 + (mx + shift) ** 2)
+        return _label_keys("ccc", task.label_names, np.where(n > 0, np.where(degenerate, 0.0, ccc), np.nan))
+
+    return _Statistic(rows, values)
+
+
+def _icc_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.ndarray, options: Mapping[str, Any]
+                ) -> _Statistic | None:
+    from affbench.scoring.metrics import _icc_from_mean_squares
+
+    kind = str(options.get("kind", "3,1"))
+    rows, shift = _moments(truth, score, keep)
+    n_labels, k = truth.shape[1], 2
+
+    def values(sums: np.ndarray) -> dict[str, np.ndarray]:
+        n, sx, sy, sxx, syy, sxy = _split_moments(sums, n_labels)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grand = (sx + sy) / (2 * n)
+            ss_total = sxx + syy - 2 * n * grand**2
+            ss_targets = (sxx + 2 * sxy + syy) / 2 - 2 * n * grand**2
+            ss_raters = n * ((sx / n - grand) ** 2 + (sy / n - grand) ** 2)
+            ss_error = np.maximum(ss_total - ss_targets - ss_raters, 0.0)
+            bms = ss_targets / (n - 1)
+            jms = ss_raters / (k - 1)
+            wms = np.maximum(ss_total - ss_targets, 0.0) / (n * (k - 1))
+            ems = ss_error / ((n - 1) * (k - 1))
+            # The metric's own formulas, applied to arrays of resamples at once.
+            numerator, denominator = _icc_from_mean_squares(kind, cast(Any, n), k, bms, wms, jms, ems)
+            icc = numerator / denominator
+        # The metric's 0/0 rule is relative to the mean square of the unshifted ratings.
+        raw_squares = sxx + syy + 2 * shift * (sx + sy) + 2 * n * shift**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = raw_squares / (2 * n) + 1.0
+        degenerate = np.abs(denominator) <= 1e-12 * scale
+        return _label_keys("icc", task.label_names, np.where(n >= 2, np.where(degenerate, 0.0, icc), np.nan))
+
+    return _Statistic(rows, values)
+
+
+def _active_rate(name: str) -> Callable[..., _Statistic | None]:
+    def statistic(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.ndarray,
+                  options: Mapping[str, Any]) -> _Statistic | None:
+        columns = options.get("columns")
+        chosen = list(range(score.shape[1])) if columns is None else list(columns)
+        active = _binarize(score[:, chosen], float(options.get("threshold", 0.5))).astype(bool)
+        hit = active.all(axis=1) if name == "all_active_rate" else active.any(axis=1)
+        used = keep.all(axis=1)
+        rows = np.column_stack([used, used & hit]).astype(np.float64)
+        return _Statistic(rows, lambda sums: {name: _ratio(sums[..., 1], sums[..., 0])})
+
+    return statistic
+
+
+def _accuracy_classes(task: TaskSpec, truth: np.ndarray, predicted: np.ndarray, keep: np.ndarray,
+                      options: Mapping[str, Any]) -> _Statistic | None:
+    rows = np.column_stack([keep, keep & (truth == predicted)]).astype(np.float64)
+    return _Statistic(rows, lambda sums: {"accuracy": _ratio(sums[..., 1], sums[..., 0])})
+
+
+def _f1_classes(task: TaskSpec, truth: np.ndarray, predicted: np.ndarray, keep: np.ndarray,
+                options: Mapping[str, Any]) -> _Statistic | None:
+    if options:  # score_task's per-class F1 takes no options of its own
+        return None
+    classes = np.arange(task.n_outputs)
+    is_true = keep[:, None] & (truth[:, None] == classes)
+    is_predicted = keep[:, None] & (predicted[:, None] == classes)
+    rows = np.concatenate([keep[:, None], is_true & is_predicted, ~is_true & is_predicted, is_true & ~is_predicted],
+                          axis=1).astype(np.float64)
+    k = task.n_outputs
+
+    def values(sums: np.ndarray) -> dict[str, np.ndarray]:
+        n = sums[..., 0]
+        tp, fp, fn = (sums[..., 1 + i * k:1 + (i + 1) * k] for i in range(3))
+        denominator = 2 * tp + fp + fn  # > 0 exactly for the classes present in truth or prediction
+        per_class = _ratio(2 * tp, denominator)
+        present = denominator > 0
+        with np.errstate(invalid="ignore"):
+            mean = np.where(present, per_class, 0).sum(axis=-1) / present.sum(axis=-1)
+        mean = np.where(n > 0, mean, np.nan)
+        per_class = np.where((n > 0)[..., None], per_class, np.nan)
+        result = {"f1": mean}
+        result.update({f"f1/{label}": per_class[..., j] for j, label in enumerate(task.label_names)})
+        return result
+
+    return _Statistic(rows, values)
+
+
+_LABEL_STATISTICS: dict[str, Callable[..., _Statistic | None]] = {
+    "f1": _f1_labels, "accuracy": _accuracy_labels, "ccc": _ccc_labels, "icc": _icc_labels,
+    "all_active_rate": _active_rate("all_active_rate"), "any_active_rate": _active_rate("any_active_rate"),
+}
+_CLASS_STATISTICS: dict[str, Callable[..., _Statistic | None]] = {"f1": _f1_classes, "accuracy": _accuracy_classes}
+
+
+# ----------------------------------------------------------------------------------------- one fold
+
+
+@dataclass
+class ClusterSums:
+    """One fold's test rows reduced to what resampling needs: each metric's sums per cluster.
+
+    ``generic`` holds the metrics without a sums form; for them the rows themselves are kept and
+    :func:`~affbench.scoring.scorer.score_task` runs on every resample.
+    """
+
+    task: Any
+    clusters: np.ndarray  # (C,) cluster names, sorted
+    sums: dict[str, np.ndarray]  # metric -> (C, d)
+    values: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]]
+    generic: list[str] = field(default_factory=list)
+    rows_of: list[np.ndarray] = field(default_factory=list)  # per cluster, its row positions (generic only)
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (y_true, y_score, mask) for generic
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.clusters)
+
+    def evaluate(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Every key score_task reports, for each row of cluster ``weights`` (R, C): ``{key: (R,)}``."""
+        result: dict[str, np.ndarray] = {}
+        for name, sums in self.sums.items():
+            result.update(self.values[name](weights @ sums))
+        if self.generic:
+            result.update(self._evaluate_generic(weights))
+        return result
+
+    def _evaluate_generic(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        import warnings
+
+        from affbench.scoring.scorer import score_task
+
+        assert self.arrays is not None
+        y_true, y_score, mask = self.arrays
+        task = _only_metrics(self.task, self.generic)
+        found: dict[str, list[float]] = {}
+        for w in weights:
+            index = np.concatenate([np.repeat(rows, int(c)) for rows, c in zip(self.rows_of, w) if c] or
+                                   [np.zeros(0, np.int64)])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scores = score_task(task, y_true[index], y_score[index], mask=mask[index])
+            for key, value in scores.items():
+                found.setdefault(key, []).append(value)
+        return {key: np.asarray(v, dtype=np.float64) for key, v in found.items()}
+
+
+def _only_metrics(task: TaskSpec, names: Sequence[str]) -> TaskSpec:
+    from dataclasses import replace
+
+    return replace(task, metrics=tuple(names), primary_metric=names[0])
+
+
+def cluster_sums(task: TaskSpec, y_true: ArrayLike, y_score: ArrayLike, clusters: ArrayLike, *,
+                 mask: ArrayLike | None = None) -> ClusterSums:
+    """Reduce one fold's test rows to per-cluster sums of every metric of ``task``.
+
+    Parameters
+    ----------
+    task : TaskSpec
+    y_true, y_score, mask : array-like
+        As :func:`~affbench.scoring.scorer.score_task` takes them.
+    clusters : array-like of shape (n_rows,)
+        The cluster (subject, video) of every row.
+
+    Returns
+    -------
+    ClusterSums
+    """
+    from affbench.scoring.scorer import _as_mask, _class_predictions, _metric_options
+
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    names, codes = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    codes = codes.reshape(-1)
+    n = len(codes)
+    if y_true.shape[0] != n:
+        raise ValueError(f"clusters must give one cluster per row ({y_true.shape[0]}); got {n}.")
+    keep = _as_mask(mask, y_true.shape)
+    if task.kind == "expression":
+        truth, score = y_true, _class_predictions(task, y_true, y_score)
+        statistics = _CLASS_STATISTICS
+    else:
+        truth, score = y_true, y_score
+        if task.kind == "au-detection":
+            truth = np.where(keep, y_true, 0)
+            truth = _binary_truth(truth)
+        statistics = _LABEL_STATISTICS
+    per_cluster = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(len(names), n))
+    sums, values, generic = {}, {}, []
+    for name in task.metrics:
+        options = _metric_options(task, name)
+        make = statistics.get(name)
+        statistic = make(task, truth, score, keep, options) if make is not None else None
+        if statistic is None:
+            generic.append(name)
+            continue
+        sums[name] = np.asarray(per_cluster @ statistic.rows)
+        values[name] = statistic.values
+    found = ClusterSums(task, names, sums, values, generic)
+    if generic:
+        order = np.argsort(codes, kind="stable")
+        found.rows_of = np.split(order, np.cumsum(np.bincount(codes, minlength=len(names)))[:-1])
+        found.arrays = (y_true, y_score, keep)
+    return found
+
+
+# ----------------------------------------------------------------------------------------- intervals
+
+
+@dataclass
+class Intervals:
+    """The point values and bootstrap intervals of every key score_task reports.
+
+    ``low`` and ``high`` are empty (and ``note`` says why) when there are fewer than
+    ``min_clusters`` clusters; a key whose value is undefined in some resample has no interval.
+    """
+
+    values: dict[str, float]
+    low: dict[str, float]
+    high: dict[str, float]
+    n_clusters: int
+    settings: BootstrapSettings
+    note: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The record's ``ci``: how the intervals were made and ``intervals``: key -> [low, high]."""
+        return {**self.settings.describe(), "n_clusters": self.n_clusters, "note": self.note,
+                "intervals": {k: [self.low[k], self.high[k]] for k in self.low}}
+
+
+def _too_few(n_clusters: int, settings: BootstrapSettings) -> str | None:
+    if n_clusters >= settings.min_clusters:
+        return None
+    return (f"no interval: {n_clusters} independent cluster(s) in the test set, fewer than the "
+            f"{settings.min_clusters} an honest interval needs")
+
+
+def _weights(rng: np.random.Generator, n_clusters: int, resamples: int) -> np.ndarray:
+    """How often each cluster is drawn in each resample: (resamples, C) counts summing to C."""
+    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=resamples).astype(np.float64)
+
+
+def _fold_rng(settings: BootstrapSettings, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([settings.seed, index]))
+
+
+def _mean_over_folds(per_fold: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    keys = [k for k in per_fold[0] if all(k in f for f in per_fold)]
+    return {k: np.mean([f[k] for f in per_fold], axis=0) for k in keys}
+
+
+def _percentile(replicates: Mapping[str, np.ndarray], level: float) -> tuple[dict[str, float], dict[str, float]]:
+    low, high = {}, {}
+    tail = (1.0 - level) / 2 * 100
+    for key, values in replicates.items():
+        if values.size and np.isfinite(values).all():
+            low[key], high[key] = (float(v) for v in np.percentile(values, [tail, 100 - tail]))
+    return low, high
+
+
+def fold_intervals(folds: Sequence[ClusterSums], settings: BootstrapSettings | None = None) -> Intervals:
+    """Intervals of the fold mean, resampling each fold's clusters on their own.
+
+    With one fold this is the plain cluster bootstrap. Fold ``i`` draws from its own stream
+    (``SeedSequence([seed, i])``), so a fold's resamples are the same alone and combined.
+
+    Parameters
+    ----------
+    folds : sequence of ClusterSums
+        One per fold, as :func:`cluster_sums` makes them.
+    settings : BootstrapSettings, optional
+
+    Returns
+    -------
+    Intervals
+    """
+    settings = settings or BootstrapSettings()
+    n_clusters = sum(f.n_clusters for f in folds)
+    observed = _mean_over_folds([f.evaluate(np.ones((1, f.n_clusters))) for f in folds])
+    values = {k: float(v[0]) for k, v in observed.items()}
+    note = _too_few(n_clusters, settings)
+    if note is not None:
+        return Intervals(values, {}, {}, n_clusters, settings, note)
+    replicates = _mean_over_folds([f.evaluate(_weights(_fold_rng(settings, i), f.n_clusters, settings.resamples))
+                                   for i, f in enumerate(folds)])
+    low, high = _percentile(replicates, settings.level)
+    return Intervals(values, low, high, n_clusters, settings)
+
+
+def cluster_intervals(task: TaskSpec, y_true: ArrayLike, y_score: ArrayLike, clusters: ArrayLike, *,
+                      mask: ArrayLike | None = None, settings: BootstrapSettings | None = None) -> Intervals:
+    """Cluster bootstrap intervals of every metric ``score_task(task, y_true, y_score, mask=mask)`` reports.
+
+    Parameters
+    ----------
+    task : TaskSpec
+    y_true, y_score, mask : array-like
+        As :func:`~affbench.scoring.scorer.score_task` takes them.
+    clusters : array-like of shape (n_rows,)
+        The independent unit of every row (subject, video).
+    settings : BootstrapSettings, optional
+        Resamples, level and seed (2000, 0.95, 0).
+
+    Returns
+    -------
+    Intervals
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from affbench.scoring.protocols import TaskSpec
+    >>> task = TaskSpec(name="va", kind="va", label_columns=("valence",), output_key="va", n_outputs=1,
+    ...                 label_names=("valence",), metrics=("ccc",), primary_metric="ccc")
+    >>> rng = np.random.default_rng(0)
+    >>> truth = rng.normal(size=(400, 1))
+    >>> found = cluster_intervals(task, truth, truth + rng.normal(size=(400, 1)), np.arange(400) // 20)
+    >>> found.low["ccc"] < found.values["ccc"] < found.high["ccc"], found.n_clusters
+    (True, 20)
+    """
+    return fold_intervals([cluster_sums(task, y_true, y_score, clusters, mask=mask)], settings)
+
+
+# ----------------------------------------------------------------------------------------- paired comparison
+
+
+@dataclass
+class Comparison:
+    """Cell A minus cell B on one metric key: the difference, its paired interval and a p-value."""
+
+    key: str
+    value_a: float
+    value_b: float
+    difference: float
+    low: float | None
+    high: float | None
+    p_value: float
+    permutations: int
+    exact: bool
+    n_clusters: int
+    settings: BootstrapSettings
+    note: str | None = None
+    test: str = TEST_NAME
+
+
+def _swap_patterns(n_clusters: int, permutations: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Which clusters are swapped in each permutation: all 2**C patterns when that is at most
+    ``permutations`` (an exact test), else ``permutations`` random ones."""
+    if 2**n_clusters <= permutations:
+        return np.array(list(itertools.product((0.0, 1.0), repeat=n_clusters))), True
+    return rng.integers(0, 2, size=(permutations, n_clusters)).astype(np.float64), False
+
+
+def paired_comparison(folds_a: Sequence[ClusterSums], folds_b: Sequence[ClusterSums], key: str, *,
+                      settings: BootstrapSettings | None = None, permutations: int = 10000) -> Comparison:
+    """Compare two cells scored on the same test rows: A - B on ``key``, interval and p-value.
+
+    The interval is a paired cluster bootstrap (both cells resampled with the same clusters); the
+    p-value is two-sided, from a permutation test over clusters: under the hypothesis that the
+    cells are exchangeable, each cluster's outputs may be swapped between them. Every swap pattern
+    is enumerated when there are at most ``permutations`` (an exact test; 13 clusters or fewer by
+    default), otherwise ``permutations`` random patterns give ``(1 + hits) / (1 + permutations)``.
+    Folds are resampled and permuted within themselves and combined as their mean.
+
+    Parameters
+    ----------
+    folds_a, folds_b : sequence of ClusterSums
+        The two cells' folds, in the same order, with the same clusters.
+    key : str
+        A key score_task reports (``"f1"``, ``"f1/au6"``).
+    settings : BootstrapSettings, optional
+    permutations : int, default=10000
+
+    Returns
+    -------
+    Comparison
+    """
+    settings = settings or BootstrapSettings()
+    n_clusters = sum(f.n_clusters for f in folds_a)
+
+    def difference(weights_a: Sequence[np.ndarray], weights_b: Sequence[np.ndarray]) -> np.ndarray:
+        a = np.mean([f.evaluate(w)[key] for f, w in zip(folds_a, weights_a)], axis=0)
+        b = np.mean([f.evaluate(w)[key] for f, w in zip(folds_b, weights_b)], axis=0)
+        return a - b
+
+    ones = [np.ones((1, f.n_clusters)) for f in folds_a]
+    value_a = float(np.mean([f.evaluate(w)[key][0] for f, w in zip(folds_a, ones)]))
+    value_b = float(np.mean([f.evaluate(w)[key][0] for f, w in zip(folds_b, ones)]))
+    observed = value_a - value_b
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 1 << 20]))
+    swaps, exact = _swap_patterns(n_clusters, permutations, rng)
+    # Swapping cluster c moves its sums from one cell to the other: A' = A + s (B_c - A_c).
+    sizes = np.cumsum([0] + [f.n_clusters for f in folds_a])
+    permuted_a, permuted_b = [], []
+    for i, (fa, fb) in enumerate(zip(folds_a, folds_b)):
+        part = swaps[:, sizes[i]:sizes[i + 1]]
+        permuted_a.append(_swapped(fa, fb, key, part))
+        permuted_b.append(_swapped(fb, fa, key, part))
+    null = np.mean(permuted_a, axis=0) - np.mean(permuted_b, axis=0)
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    hits = int(np.sum(np.abs(null) >= abs(observed) - tolerance))
+    p_value = hits / len(null) if exact else (1 + hits) / (1 + len(null))
+    low = high = None
+    note = _too_few(n_clusters, settings)
+    if note is None:
+        weights = [_weights(_fold_rng(settings, i), f.n_clusters, settings.resamples) for i, f in enumerate(folds_a)]
+        found_low, found_high = _percentile({key: difference(weights, weights)}, settings.level)
+        low, high = found_low.get(key), found_high.get(key)
+    return Comparison(key, value_a, value_b, observed, low, high, float(p_value), len(null), exact, n_clusters,
+                      settings, note)
+
+
+def _swapped(own: ClusterSums, other: ClusterSums, key: str, swaps: np.ndarray) -> np.ndarray:
+    """``key`` of ``own`` after taking ``other``'s outputs in the clusters where ``swaps`` (R, C) is 1."""
+    metric = key.partition("/")[0]
+    if metric not in own.sums:
+        raise ValueError(f"metric {metric!r} has no per-cluster sums form under these options, so it cannot "
+                         "be permuted over clusters.")
+    totals = own.sums[metric].sum(axis=0) + swaps @ (other.sums[metric] - own.sums[metric])
+    return own.values[metric](totals)[key]
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given.
+
+    Examples
+    --------
+    >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03])]
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return [float(v) if math.isfinite(v) else float("nan") for v in adjusted]
