@@ -51,7 +51,8 @@ def task_baselines(tasks) -> dict[str, dict[str, dict[str, float | None]]]:
 #: done.json keys that older affbench versions did not write: read as their defaults.
 _OPTIONAL: dict[str, Callable[[], Any]] = {"fallback_crops": dict, "baselines": dict, "selection_protocol": lambda: "validation",
              "metric_warnings": dict, "validation_metric_warnings": dict, "world_size": lambda: None,
-             "global_batch_size": lambda: None, "fresh_parameters": list, "data_loading": lambda: None}
+             "global_batch_size": lambda: None, "fresh_parameters": list, "data_loading": lambda: None,
+             "test_outputs": dict, "ci": dict, "scoring": dict}
 
 
 @dataclass
@@ -106,6 +107,11 @@ class JobSummary:
     global_batch_size: int | None = None
     fresh_parameters: list[str] = field(default_factory=list)
     data_loading: dict[str, Any] | None = None
+    # Per task: the kept test outputs (a path relative to the run folder), the confidence intervals
+    # (affbench.reporting.outputs.interval_record) and the protocol and metric versions scored with.
+    test_outputs: dict[str, str] = field(default_factory=dict)
+    ci: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scoring: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -122,7 +128,8 @@ class JobSummary:
             else:
                 raise KeyError(f.name)
         # None where a file wrote null for a mapping it now always has
-        for name in ("baselines", "metric_warnings", "validation_metric_warnings", "fallback_crops"):
+        for name in ("baselines", "metric_warnings", "validation_metric_warnings", "fallback_crops", "test_outputs",
+                     "ci", "scoring"):
             values[name] = values[name] or {}
         return cls(**values)
 
@@ -136,6 +143,8 @@ class JobSummary:
             "variant": experiment.variant or None,
             "kind": self.kind[task], "mode": self.mode,
             "metrics": self.metrics.get(task, {}),
+            "ci": self.ci.get(task), "test_outputs": self.test_outputs.get(task),
+            "scoring": self.scoring.get(task),
             "baselines": self.baselines.get(task, {}),
             "validation_metrics": self.validation_metrics.get(task, {}),
             "primary_metric": self.primary_metric[task],
