@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import sparse
 
@@ -91,10 +92,22 @@ class BootstrapSettings:
 @dataclass
 class _Statistic:
     """One metric as sums over rows: ``rows`` is each row's (n, d) contribution, ``values`` turns
-    summed (..., d) contributions into ``{key: (...) values}`` with the keys score_task reports."""
+    summed (..., d) contributions into ``{key: (...) values}`` with the keys score_task reports.
 
-    rows: np.ndarray
+    ``summed``, where given, sums the contributions per cluster itself (from the (C, n) cluster
+    indicator), and ``shared`` names contributions another metric has too (ICC and CCC share
+    their moments), so that they are summed once.
+    """
+
+    rows: np.ndarray | None
     values: Callable[[np.ndarray], dict[str, np.ndarray]]
+    summed: Callable[[Any], np.ndarray] | None = None
+    shared: str | None = None
+
+    def cluster_sums(self, per_cluster: Any) -> np.ndarray:
+        if self.summed is not None:
+            return self.summed(per_cluster)
+        return np.asarray(per_cluster @ self.rows)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -145,14 +158,22 @@ def _accuracy_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep:
     return _Statistic(rows, values)
 
 
-def _moments(truth: np.ndarray, score: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row and label: (n, x, y, x², y², xy) of the annotated entries, x and y shifted by one constant
-    per label (the mean truth) so that second moments keep their precision; and that shift."""
-    x, y = truth.astype(np.float64), score.astype(np.float64)
+def _moments(truth: np.ndarray, score: np.ndarray, keep: np.ndarray) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
+    """Per cluster and label, the sums (n, x, y, x², y², xy) of the annotated entries, x and y
+    shifted by one constant per label (the mean truth) so that second moments keep their
+    precision; and that shift. Summed block by block: no (n, 6 L) array is ever made."""
+    truth, score = truth.astype(np.float64, copy=False), score.astype(np.float64, copy=False)
     counts = keep.sum(axis=0)
-    shift = np.where(counts > 0, (np.where(keep, x, 0).sum(axis=0)) / np.maximum(counts, 1), 0.0)
-    x, y = np.where(keep, x - shift, 0.0), np.where(keep, y - shift, 0.0)
-    return np.concatenate([keep.astype(np.float64), x, y, x * x, y * y, x * y], axis=1), shift
+    shift = np.where(counts > 0, np.where(keep, truth, 0).sum(axis=0) / np.maximum(counts, 1), 0.0)
+
+    def summed(per_cluster: Any) -> np.ndarray:
+        x = np.where(keep, truth - shift, 0.0)
+        y = np.where(keep, score - shift, 0.0)
+        blocks = [per_cluster @ keep.astype(np.float64), per_cluster @ x, per_cluster @ y]
+        blocks += [per_cluster @ (x * x), per_cluster @ (y * y), per_cluster @ (x * y)]
+        return np.hstack([np.asarray(b) for b in blocks])
+
+    return summed, shift
 
 
 def _split_moments(sums: np.ndarray, n_labels: int) -> tuple[np.ndarray, ...]:
@@ -161,7 +182,7 @@ def _split_moments(sums: np.ndarray, n_labels: int) -> tuple[np.ndarray, ...]:
 
 def _ccc_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.ndarray, options: Mapping[str, Any]
                 ) -> _Statistic | None:
-    rows, shift = _moments(truth, score, keep)
+    summed, shift = _moments(truth, score, keep)
     n_labels = truth.shape[1]
 
     def values(sums: np.ndarray) -> dict[str, np.ndarray]:
@@ -176,7 +197,7 @@ def _ccc_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.n
         degenerate = denominator <= 1e-15 * (1.0 + (mx + shift) ** 2)
         return _label_keys("ccc", task.label_names, np.where(n > 0, np.where(degenerate, 0.0, ccc), np.nan))
 
-    return _Statistic(rows, values)
+    return _Statistic(None, values, summed, "moments")
 
 
 def _icc_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.ndarray, options: Mapping[str, Any]
@@ -184,7 +205,7 @@ def _icc_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.n
     from affbench.scoring.metrics import _icc_from_mean_squares
 
     kind = str(options.get("kind", "3,1"))
-    rows, shift = _moments(truth, score, keep)
+    summed, shift = _moments(truth, score, keep)
     n_labels, k = truth.shape[1], 2
 
     def values(sums: np.ndarray) -> dict[str, np.ndarray]:
@@ -209,7 +230,7 @@ def _icc_labels(task: TaskSpec, truth: np.ndarray, score: np.ndarray, keep: np.n
         degenerate = np.abs(denominator) <= 1e-12 * scale
         return _label_keys("icc", task.label_names, np.where(n >= 2, np.where(degenerate, 0.0, icc), np.nan))
 
-    return _Statistic(rows, values)
+    return _Statistic(None, values, summed, "moments")
 
 
 def _active_rate(name: str) -> Callable[..., _Statistic | None]:
@@ -344,8 +365,8 @@ def cluster_sums(task: TaskSpec, y_true: ArrayLike, y_score: ArrayLike, clusters
     from affbench.scoring.scorer import _as_mask, _class_predictions, _metric_options
 
     y_true, y_score = np.asarray(y_true), np.asarray(y_score)
-    names, codes = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
-    codes = codes.reshape(-1)
+    codes, names = pd.factorize(np.asarray(clusters).astype(str), sort=True)
+    names = np.asarray(names, dtype=str)
     n = len(codes)
     if y_true.shape[0] != n:
         raise ValueError(f"clusters must give one cluster per row ({y_true.shape[0]}); got {n}.")
@@ -361,6 +382,7 @@ def cluster_sums(task: TaskSpec, y_true: ArrayLike, y_score: ArrayLike, clusters
         statistics = _LABEL_STATISTICS
     per_cluster = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(len(names), n))
     sums, values, generic = {}, {}, []
+    shared: dict[str, np.ndarray] = {}
     for name in task.metrics:
         options = _metric_options(task, name)
         make = statistics.get(name)
@@ -368,7 +390,12 @@ def cluster_sums(task: TaskSpec, y_true: ArrayLike, y_score: ArrayLike, clusters
         if statistic is None:
             generic.append(name)
             continue
-        sums[name] = np.asarray(per_cluster @ statistic.rows)
+        if statistic.shared is None:
+            sums[name] = statistic.cluster_sums(per_cluster)
+        else:
+            if statistic.shared not in shared:
+                shared[statistic.shared] = statistic.cluster_sums(per_cluster)
+            sums[name] = shared[statistic.shared]
         values[name] = statistic.values
     found = ClusterSums(task, names, sums, values, generic)
     if generic:
