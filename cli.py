@@ -462,6 +462,7 @@ def demo(out: Path, device: str) -> None:
     from affbench.benchmarks.harness import run_benchmark as run
     from affbench.pipelines import prepare_dataset
     from affbench.pipelines import sample_data as generator
+    from affbench.reporting.compare import compare_cells
     from affbench.reporting.export import export as export_run
     from affbench.reporting.plots import plot_run_if_wanted
     from affbench.reporting.records import load_records
@@ -491,9 +492,17 @@ def demo(out: Path, device: str) -> None:
     click.echo(f"{report.cells_total} cells ({report.cells_skipped} already finished); tidy CSV {csv_path}, "
                f"tables in {csv_path.with_name(csv_path.stem + '-tables')}; run folder {run_dir}")
     _echo_lines(plot_run_if_wanted(run_dir, load_records(run_dir), None))
+    comparison_csv = out / "demo-comparison.csv"
+    click.echo("")
+    _echo_lines(compare_cells(run_dir, *_DEMO_COMPARISON, csv_path=comparison_csv).lines())
+    click.echo(f"comparison written to {comparison_csv}")
     _demo_predict(run_dir, written["disfa"], out, device)
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
 
+
+#: The demo's paired comparison: the thesis' claim (EmotiRAM-FAU against EmotiRAM-f on CAER-S), here
+#: on the sample data with tiny models, to show the command working.
+_DEMO_COMPARISON = ("demo/caer-s/expression/emotiram-fau", "demo/caer-s/expression/emotiram-f")
 
 #: The demo's model that runs on a sample video at the end (experiment id, model file name): small
 #: enough to keep that step to seconds, and it predicts AUs, expression and valence/arousal at once.
