@@ -228,6 +228,9 @@ class Suite:
         Its text.
     published : list of affbench.reporting.published.Published
         From ``[[published]]``.
+    reference : str, optional
+        From ``[suite] reference``: the experiment id every other row of its tables is compared
+        with (paired test over clusters, Holm's correction).
     """
 
     name: str
@@ -240,6 +243,7 @@ class Suite:
     path: Path | None = None
     text: str = ""
     published: list = field(default_factory=list)
+    reference: str | None = None
 
     def experiment(self, experiment_id: str) -> Experiment:
         """The experiment with id ``experiment_id``.
@@ -389,14 +393,16 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
 
     published = parse_published(data.get("published", []), {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
-                  defaults, path, text, published)
+                  defaults, path, text, published, meta.get("reference"))
+    if suite.reference is not None:
+        suite.experiment(str(suite.reference))  # one sentence listing the experiments when it names none
     _resolve_references(suite)
     return suite
 
 
 def _suite_name(meta: Mapping[str, Any], path: Path | None, where: str) -> str:
     """The ``[suite]`` table's name (default: the file's stem), checked as a file name."""
-    _check_keys(meta, ("name", "description", "reproduces"), f"[suite] of {where}")
+    _check_keys(meta, ("name", "description", "reproduces", "reference"), f"[suite] of {where}")
     name = meta.get("name") or (path.stem if path else "")
     if not name:
         raise AffbenchError(f"{where} has no [suite] name.")

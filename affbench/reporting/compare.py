@@ -169,3 +169,51 @@ def compare_cells(run_dir: str | os.PathLike, cell_a: str, cell_b: str, *, metri
     if csv_path is not None:
         write_csv(found.table(), csv_path)
     return found
+
+
+def reference_comparisons(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]],
+                          references: Mapping[str, str]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    """Each table row's difference from its suite's reference row, with Holm-adjusted p-values.
+
+    For every (suite, dataset, task) where the suite names a reference experiment (``references``:
+    suite -> experiment id) that has cells there, every other encoder of the table is compared
+    with it on the task's primary metric over all folds (:func:`compare_cells`'s test), and the
+    p-values of one table are adjusted together with Holm's step-down method. A row scored on
+    other test rows, or without kept outputs, gets a ``note`` instead.
+
+    Returns
+    -------
+    dict
+        (suite, dataset, task, encoder) -> ``reference`` (its encoder), ``metric``,
+        ``difference``, ``ci_low``, ``ci_high``, ``p_value``, ``p_holm``, ``note``.
+    """
+    from affbench.scoring.bootstrap import holm
+
+    run_dir = Path(run_dir)
+    tables: dict[tuple[str, str, str], dict[str, list[Mapping[str, Any]]]] = {}
+    for record in records:
+        key = (record["suite"], record["dataset"], record["task"])
+        tables.setdefault(key, {}).setdefault(record["encoder"], []).append(record)
+    found: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for (suite, dataset, task), by_encoder in tables.items():
+        reference = references.get(suite)
+        base = next((e for e, cells in by_encoder.items() if cells[0].get("experiment") == reference), None)
+        if base is None:
+            continue
+        rows: dict[str, dict[str, Any]] = {}
+        for encoder in by_encoder:
+            if encoder == base:
+                continue
+            try:
+                result = compare_cells(run_dir, f"{suite}/{dataset}/{task}/{encoder}", f"{suite}/{dataset}/{task}/{base}")
+            except AffbenchError as exc:
+                rows[encoder] = {"reference": base, "note": str(exc)}
+                continue
+            r = result.result
+            rows[encoder] = {"reference": base, "metric": r.key, "difference": r.difference, "ci_low": r.low,
+                             "ci_high": r.high, "p_value": r.p_value, "note": r.note}
+        tested = [e for e, row in rows.items() if "p_value" in row]
+        for encoder, adjusted in zip(tested, holm([rows[e]["p_value"] for e in tested])):
+            rows[encoder]["p_holm"] = adjusted
+        found.update({(suite, dataset, task, encoder): row for encoder, row in rows.items()})
+    return found

@@ -176,6 +176,30 @@ def published_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str
     return found
 
 
+def references_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str, str]:
+    """The reference experiment each suite names (``[suite] reference``), from its kept copy."""
+    from affbench.reporting.published import load_reference
+
+    found = {}
+    for suite in suites:
+        path = RunFolder(run_dir).suite_copy(suite)
+        reference = load_reference(path) if path.is_file() else None
+        if reference:
+            found[suite] = reference
+    return found
+
+
+def paper_tables_of(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]],
+                    published: Mapping[str, Sequence[Any]]) -> dict:
+    """The paper-style tables of a run's records: intervals over folds from the kept test outputs,
+    and each row's difference from its suite's reference row where the suite names one."""
+    from affbench.reporting.compare import reference_comparisons
+
+    references = references_for(run_dir, dict.fromkeys(r["suite"] for r in records))
+    compared = reference_comparisons(run_dir, records, references) if references else {}
+    return wide_tables(records, published, combined_intervals(run_dir, records), compared)
+
+
 @dataclass
 class Export:
     """What :func:`export` wrote and what the console shows."""
@@ -216,7 +240,7 @@ def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: boo
     comparison = comparison_table(records, published)
     if not comparison.empty:
         written.append(write_csv(comparison, comparison_path))
-    tables = paper_tables.wide_tables(records, published, combined_intervals(run_dir, records))
+    tables = paper_tables_of(run_dir, records, published)
     if wide or latex:
         for key, table in tables.items():
             written.append(write_csv(table, folder / f"{paper_tables.table_name(key)}.csv"))
@@ -234,4 +258,4 @@ def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: boo
 def suite_markdown(run_dir: str | os.PathLike, suite: str) -> tuple[str, list[dict[str, Any]]]:
     """The paper-style tables of one suite's records in ``run_dir`` as Markdown, and those records."""
     records = load_records(run_dir, suite=suite)
-    return markdown(wide_tables(records, published_for(run_dir, [suite]), combined_intervals(run_dir, records))), records
+    return markdown(paper_tables_of(run_dir, records, published_for(run_dir, [suite]))), records

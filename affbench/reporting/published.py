@@ -120,6 +120,18 @@ def load_published(path: str | os.PathLike) -> list[Published]:
     return parse_published(data.get("published", []), tasks, path.name)
 
 
+def load_reference(path: str | os.PathLike) -> str | None:
+    """The experiment a suite TOML file names as its tables' reference row (``[suite] reference``)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise AffbenchError(f"The suite file {path} is not valid TOML: {exc}.") from None
+    meta = data.get("suite")
+    reference = meta.get("reference") if isinstance(meta, Mapping) else None
+    return str(reference) if reference else None
+
+
 def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Published]]
                      ) -> pd.DataFrame:
     """One row per published value: ``paper``, ``affbench`` (mean over folds), ``difference``.

@@ -102,8 +102,8 @@ def rescore(run_dir: str | os.PathLike, *, settings: BootstrapSettings | None = 
     RescoreReport
         Which records changed and how; the paper-style tables of the rescored records as Markdown.
     """
-    from affbench.reporting.export import published_for
-    from affbench.reporting.tables import markdown, wide_tables
+    from affbench.reporting.export import paper_tables_of, published_for
+    from affbench.reporting.tables import markdown
 
     run_dir = Path(run_dir)
     records = load_records(run_dir)
@@ -124,7 +124,8 @@ def rescore(run_dir: str | os.PathLike, *, settings: BootstrapSettings | None = 
         write_record(run_dir, {**record, **new})
         _update_done(run_dir, record, new)
     records = load_records(run_dir)
-    report.markdown = markdown(wide_tables(records, published_for(run_dir, dict.fromkeys(r["suite"] for r in records))))
+    report.markdown = markdown(paper_tables_of(run_dir, records,
+                                               published_for(run_dir, dict.fromkeys(r["suite"] for r in records))))
     return report
 
 

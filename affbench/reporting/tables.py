@@ -32,6 +32,9 @@ TableKey = tuple[str, str, str]  # (suite, dataset, task)
 ID_COLUMNS = ("row", "encoder", "name", "folds", "clusters")
 STD_NOTE = "mean ± sample standard deviation (ddof=1) over folds; – = not available"
 LATEX_NOTE = r"mean $\pm$ sample standard deviation (ddof=1) over folds; -- = not available"
+#: A row's difference from the suite's reference row (``[suite] reference``), where it names one.
+REFERENCE_COLUMNS = ("reference_diff", "reference_diff_ci_low", "reference_diff_ci_high", "reference_p",
+                     "reference_p_holm")
 #: Columns of a value that are not shown as columns of their own.
 _VALUE_SUFFIXES = ("_sd", "_ci_low", "_ci_high")
 
@@ -88,11 +91,13 @@ def _summary_row(row: str, encoder: str, name: str, cells: Sequence[Mapping[str,
 
 
 def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Any]] | None = None,
-                intervals: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None
+                intervals: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None,
+                references: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None,
                 ) -> dict[TableKey, pd.DataFrame]:
     """The paper-style tables of ``records`` (and the suites' ``published`` values), in record order;
     ``intervals`` per (suite, dataset, task, encoder), as
-    :func:`affbench.reporting.outputs.combined_intervals` makes them."""
+    :func:`affbench.reporting.outputs.combined_intervals` makes them, and each row's difference from
+    the reference row, as :func:`affbench.reporting.compare.reference_comparisons` makes them."""
     from affbench.reporting.records import baseline_records
     from affbench.scoring.baselines import DESCRIPTIONS
 
@@ -129,8 +134,19 @@ def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Se
                     keys.append(metric_key)
                 paper[column_name(metric_key)] = value
             rows.append(paper)
+        compared = {e: c for (su, d, t, e), c in (references or {}).items() if (su, d, t) == key}
+        for row in rows:
+            if row["row"] == "affbench" and row["encoder"] in compared:
+                c = compared[row["encoder"]]
+                row.update(zip(REFERENCE_COLUMNS, (c.get("difference"), c.get("ci_low"), c.get("ci_high"),
+                                                   c.get("p_value"), c.get("p_holm"))))
         columns = list(ID_COLUMNS) + [column_name(k) + suffix for k in keys for suffix in ("", *_VALUE_SUFFIXES)]
+        if compared:
+            columns += list(REFERENCE_COLUMNS)
         frame = pd.DataFrame(rows).reindex(columns=columns)
+        if compared:
+            first = next(iter(compared.values()))
+            frame.attrs["reference"] = (first["reference"], first.get("metric"))
         frame["folds"] = pd.array(frame["folds"], dtype="Int64")
         frame["clusters"] = pd.array(frame["clusters"], dtype="Int64")
         levels = [ci.get("level") for k, ci in (intervals or {}).items() if k[:3] == key]
@@ -175,7 +191,8 @@ def _clusters(row: Mapping[str, Any]) -> str:
 
 
 def _shown_columns(table: pd.DataFrame, per_label: bool) -> list[str]:
-    values = [c for c in table.columns if c not in ID_COLUMNS and not c.endswith(_VALUE_SUFFIXES)]
+    values = [c for c in table.columns
+              if c not in ID_COLUMNS and c not in REFERENCE_COLUMNS and not c.endswith(_VALUE_SUFFIXES)]
     if not per_label:
         overall = set(table.attrs.get("overall", values))
         values = [c for c in values if c in overall]
@@ -198,16 +215,39 @@ def markdown(tables: Mapping[TableKey, pd.DataFrame], *, per_label: bool = False
     for (suite, dataset, task), table in tables.items():
         shown = _shown_columns(table, per_label)
         clusters = _has_clusters(table)
-        header = ["predictor", "folds", *(["clusters"] if clusters else []), *shown]
+        reference = table.attrs.get("reference")
+        extra = [f"vs {reference[0]} ({reference[1]})"] if reference else []
+        header = ["predictor", "folds", *(["clusters"] if clusters else []), *shown, *extra]
         lines = [f"### {suite} · {dataset} · {task}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join([" --- ", " ---: "] + [" ---: "] * (len(shown) + clusters)) + "|"]
+                 "|" + "|".join([" --- ", " ---: "] + [" ---: "] * (len(shown) + clusters + len(extra))) + "|"]
         for _, row in table.iterrows():
             folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
             cells = [_row_label(row), folds, *([_clusters(row)] if clusters else [])]
             cells += [_value_cell(row, c, digits) for c in shown]
+            if reference:
+                cells.append(_reference_cell(row, reference[0], digits))
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + f"\n\n({_footnote(tables)}.)"
+
+
+def _reference_cell(row: Mapping[str, Any], reference: str, digits: int) -> str:
+    """``+0.021 [-0.004, 0.047], p 0.09 (Holm 0.18)``; ``reference`` on the reference row itself."""
+    if row["row"] == "affbench" and row["encoder"] == reference:
+        return "reference"
+    difference = row.get("reference_diff")
+    if difference is None or pd.isna(difference):
+        return ""
+    text = f"{float(difference):+.{digits}f}"
+    low, high = row.get("reference_diff_ci_low"), row.get("reference_diff_ci_high")
+    if low is not None and high is not None and not pd.isna(low) and not pd.isna(high):
+        text += f" [{float(low):+.{digits}f}, {float(high):+.{digits}f}]"
+    p, holm = row.get("reference_p"), row.get("reference_p_holm")
+    if p is not None and not pd.isna(p):
+        text += f", p {float(p):.2g}"
+        if holm is not None and not pd.isna(holm):
+            text += f" (Holm {float(holm):.2g})"
+    return text
 
 
 def _has_clusters(table: pd.DataFrame) -> bool:
@@ -223,7 +263,11 @@ def _footnote(tables: Mapping[TableKey, pd.DataFrame], latex: bool = False) -> s
     note = interval_note(level)
     if latex:
         note = _tex(note).replace("†", r"$^\dagger$")
-    return f"{note}; otherwise {spread}"
+    note = f"{note}; otherwise {spread}"
+    if any(t.attrs.get("reference") for t in tables.values()):
+        note += ("; vs = difference from the suite's reference row, its paired interval, and the p-value of a "
+                 "paired permutation test over clusters with Holm's correction over the table's rows")
+    return note
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

@@ -25,6 +25,7 @@ from affbench.scoring.scorer import score_task
 SUITE = """
 [suite]
 name = "ci"
+reference = "caer-a"
 
 [training]
 epochs = 1
@@ -187,3 +188,29 @@ def test_a_record_without_intervals_still_exports(run_dir, tmp_path):
             record.pop(key, None)
     frame = long_table(records)
     assert frame["ci_low"].isna().all() and len(frame) > 0
+
+
+def test_tables_mark_each_rows_difference_from_the_suites_reference(run_dir, tmp_path):
+    export(run_dir, tmp_path / "out.csv", wide=True)
+    tables = (tmp_path / "out-tables" / "tables.md").read_text()
+    caer = tables[tables.index("### ci · caer-s · expression"):]
+    assert "| vs emotiram-f-a (accuracy) |" in caer.splitlines()[2]
+    row_a = next(line for line in caer.splitlines() if line.startswith("| emotiram-f-a |"))
+    row_b = next(line for line in caer.splitlines() if line.startswith("| emotiram-f-b |"))
+    assert row_a.endswith("| reference |")
+    found = compare_cells(run_dir, "ci/caer-s/expression/emotiram-f-b", "ci/caer-s/expression/emotiram-f-a")
+    # One row compared: Holm leaves its p-value as it is.
+    assert f", p {found.result.p_value:.2g} (Holm {found.result.p_value:.2g})" in row_b
+    assert f"{found.result.difference:+.3f} [{found.result.low:+.3f}, {found.result.high:+.3f}]" in row_b
+    table = pd.read_csv(tmp_path / "out-tables" / "ci__caer-s__expression.csv")
+    b = table[table["encoder"] == "emotiram-f-b"].iloc[0]
+    assert b["reference_p_holm"] == pytest.approx(found.result.p_value)
+    assert "Holm's correction" in tables
+
+
+def test_a_reference_that_names_no_experiment_is_refused():
+    from affbench.benchmarks.suite import parse_suite
+
+    with pytest.raises(AffbenchError, match="nope"):
+        parse_suite({"suite": {"name": "x", "reference": "nope"}, "experiment": [
+            {"id": "a", "dataset": "caer-s", "tasks": ["expression"], "encoder": "emotiram-f"}]})
