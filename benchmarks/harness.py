@@ -107,7 +107,7 @@ class _Runner:
 
         experiment = job.experiment
         prepared = self.data.get(experiment.dataset)
-        protocol = Protocol.from_dict(prepared.protocol_dict)
+        protocol = Protocol.from_dict(prepared.protocol_dict).repartitioned(job.partition)
         specs = task_specs(experiment, self.suite, protocol)
         meta = prepared.meta
         tasks, splits = [], {}
@@ -373,7 +373,7 @@ class _Runner:
         )
         from affbench.scoring.protocols import Protocol
 
-        protocol = Protocol.from_dict(prepared.protocol_dict)
+        protocol = Protocol.from_dict(prepared.protocol_dict).repartitioned(job.partition)
         version = protocol.fingerprint()
         found: dict[str, dict[str, Any]] = {"test_outputs": {}, "ci": {}, "scoring": {}}
         for task in tasks:

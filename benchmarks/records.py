@@ -138,6 +138,9 @@ class JobSummary:
         experiment, task = job.experiment, cell.task
         return {
             "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
+            # Which run of the cell: a seed of the suite's seeds (None: none listed) and the
+            # partition of subjects into folds (0: the published one; k: random partition k).
+            "run": {"seed": cell.seed, "partition": cell.partition},
             "experiment": experiment.id, "label": experiment.label or experiment.encoder,
             "job_tasks": list(experiment.tasks),
             "variant": experiment.variant or None,

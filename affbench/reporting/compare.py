@@ -5,12 +5,15 @@ Two cells scored on the same test rows are compared on one metric from their kep
 and the p-value of a paired permutation test over clusters
 (:func:`affbench.scoring.bootstrap.paired_comparison`). A cell is named
 ``SUITE/DATASET/TASK/ENCODER`` (every fold, combined as the protocol combines them) or
-``SUITE/DATASET/TASK/ENCODER/foldK`` (one fold), as ``affbench export`` lists them.
+``SUITE/DATASET/TASK/ENCODER/foldK`` (one fold); where a suite has seeds, the seeds' runs of a
+fold are averaged (``/seedS`` picks one), and ``/refoldP`` picks a random partition of the
+subjects instead of the published one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError
-from affbench.reporting.outputs import TestOutputs, read_outputs, settings_of
+from affbench.reporting.outputs import TestOutputs, fold_runs, read_outputs, settings_of
 from affbench.reporting.records import _require, load_records
 from affbench.scoring.bootstrap import BootstrapSettings, Comparison, paired_comparison
 
@@ -36,17 +39,26 @@ def _cell_name(record: Mapping[str, Any]) -> str:
 
 
 def select_cell(records: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
-    """The records (one per fold) that ``SUITE/DATASET/TASK/ENCODER[/foldK]`` names; one sentence if none."""
-    head, _, last = name.rstrip("/").rpartition("/")
-    fold = None
-    if last.startswith("fold") and last[4:].isdigit():
-        name, fold = head, int(last[4:])
-    found = [r for r in records if _cell_name(r) == name and (fold is None or int(r["fold"]) == fold)]
+    """The records that ``SUITE/DATASET/TASK/ENCODER[/foldK][/seedS][/refoldP]`` names: every fold and
+    seed of the published partition unless narrowed; one sentence if none."""
+    from affbench.reporting.records import run_of
+
+    parts = name.rstrip("/").split("/")
+    narrowing: dict[str, int] = {}
+    while parts and re.fullmatch(r"(fold|seed|refold)\d+", parts[-1]):
+        word = re.match(r"[a-z]+", parts[-1])
+        assert word is not None
+        narrowing[word.group()] = int(parts.pop()[len(word.group()):])
+    cell = "/".join(parts)
+    partition = narrowing.get("refold", 0)
+    found = [r for r in records if _cell_name(r) == cell and run_of(r)[0] == partition
+             and ("fold" not in narrowing or int(r["fold"]) == narrowing["fold"])
+             and ("seed" not in narrowing or run_of(r)[1] == narrowing["seed"])]
     if not found:
         known = sorted(dict.fromkeys(_cell_name(r) for r in records))
-        raise AffbenchError(f"No cell {name!r}{f' fold {fold}' if fold is not None else ''} in this run; its cells "
-                            f"are: {', '.join(known)}.")
-    return sorted(found, key=lambda r: int(r["fold"]))
+        raise AffbenchError(f"No cell {name!r} in this run; its cells are: {', '.join(known)} (optionally with "
+                            "/foldK, /seedS or /refoldP).")
+    return sorted(found, key=lambda r: (int(r["fold"]), run_of(r)))
 
 
 def _outputs_of(run_dir: Path, cells: Sequence[Mapping[str, Any]], name: str) -> list[TestOutputs]:
@@ -58,10 +70,13 @@ def _outputs_of(run_dir: Path, cells: Sequence[Mapping[str, Any]], name: str) ->
 
 
 def _rows_differ(a: Sequence[TestOutputs], b: Sequence[TestOutputs]) -> str | None:
-    """Why two cells' test rows are not the same, or None when they are."""
+    """Why two cells' test rows are not the same, or None when they are (seeds' runs of one fold
+    must be as many in each cell)."""
     folds_a, folds_b = [o.fold for o in a], [o.fold for o in b]
+    if sorted(set(folds_a)) != sorted(set(folds_b)):
+        return f"folds {sorted(set(folds_a))} against {sorted(set(folds_b))}"
     if folds_a != folds_b:
-        return f"folds {folds_a} against {folds_b}"
+        return "they have different numbers of seeds' runs per fold"
     for x, y in zip(a, b):
         if len(x.rows) != len(y.rows):
             return f"fold {x.fold} has {len(x.rows)} test rows against {len(y.rows)}"
@@ -83,6 +98,7 @@ class CellComparison:
     result: Comparison
     folds: list[int]
     cluster_unit: str
+    runs_per_fold: int = 1
 
     def table(self) -> pd.DataFrame:
         r = self.result
@@ -98,6 +114,8 @@ class CellComparison:
     def lines(self) -> list[str]:
         r = self.result
         folds = f"fold {self.folds[0]}" if len(self.folds) == 1 else f"folds {', '.join(map(str, self.folds))} (mean)"
+        if self.runs_per_fold > 1:
+            folds += f", {self.runs_per_fold} seeds per fold (mean)"
         if r.low is not None and r.high is not None:
             interval = (f" [{r.low:+.3f}, {r.high:+.3f}] ({r.settings.level:.0%} paired cluster bootstrap, "
                         f"{r.settings.resamples} resamples, seed {r.settings.seed})")
@@ -121,7 +139,7 @@ def compare_cells(run_dir: str | os.PathLike, cell_a: str, cell_b: str, *, metri
     ----------
     run_dir : path
     cell_a, cell_b : str
-        ``SUITE/DATASET/TASK/ENCODER[/foldK]``.
+        ``SUITE/DATASET/TASK/ENCODER[/foldK][/seedS][/refoldP]``.
     metric : str, optional
         A key the cells report (``"f1"``, ``"f1/au6"``); default: the task's primary metric.
     csv_path : path, optional
@@ -161,11 +179,12 @@ def compare_cells(run_dir: str | os.PathLike, cell_a: str, cell_b: str, *, metri
                             "cannot be compared pair by pair.")
     settings = settings or settings_of(cells_a[0].get("ci"))
     try:
-        result = paired_comparison([o.sums() for o in outputs_a], [o.sums() for o in outputs_b], key,
+        result = paired_comparison(fold_runs(outputs_a), fold_runs(outputs_b), key,
                                    settings=settings, permutations=permutations)
     except ValueError as exc:
         raise AffbenchError(f"{key} cannot be compared: {exc}") from None
-    found = CellComparison(cell_a, cell_b, result, [o.fold for o in outputs_a], outputs_a[0].cluster_unit)
+    found = CellComparison(cell_a, cell_b, result, sorted({o.fold for o in outputs_a}), outputs_a[0].cluster_unit,
+                           len(outputs_a) // len({o.fold for o in outputs_a}))
     if csv_path is not None:
         write_csv(found.table(), csv_path)
     return found

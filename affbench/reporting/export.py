@@ -19,7 +19,7 @@ import pandas as pd
 
 from affbench.errors import AffbenchError
 from affbench.reporting.outputs import combined_intervals
-from affbench.reporting.records import _require, baseline_records, load_records
+from affbench.reporting.records import _require, baseline_records, load_records, run_of
 from affbench.reporting.tables import markdown, wide_tables
 from affbench.runtime.files import atomic_write, write_text_atomic
 from affbench.runtime.run_folder import RunFolder
@@ -29,14 +29,14 @@ from affbench.runtime.run_folder import RunFolder
 #: Version of the long CSV's columns; bumped whenever a column changes meaning, is renamed or removed.
 SCHEMA_VERSION = 3
 #: The long CSV's columns, in order (see docs/results.md, "Result files"). Schema 3 added the
-#: interval columns ``ci_low`` ... ``ci_note``.
+#: interval columns ``ci_low`` ... ``ci_note`` and ``partition`` (0: the published folds).
 LONG_COLUMNS = (
     "schema", "suite", "dataset", "task", "kind", "row", "encoder", "baseline", "experiment", "name", "fold",
-    "metric", "label", "value", "ci_low", "ci_high", "ci_level", "n_clusters", "ci_method", "ci_note", "seed", "initialisation", "n_train", "n_test", "n_excluded",
-    "epochs", "epochs_planned", "selected_epoch", "job", "config_hash", "device", "world_size",
-    "git_commit", "affbench_version",
+    "metric", "label", "value", "ci_low", "ci_high", "ci_level", "n_clusters", "ci_method", "ci_note", "partition",
+    "seed", "initialisation", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned", "selected_epoch", "job",
+    "config_hash", "device", "world_size", "git_commit", "affbench_version",
 )
-_INTEGER_COLUMNS = ("fold", "n_clusters", "seed", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned",
+_INTEGER_COLUMNS = ("fold", "partition", "n_clusters", "seed", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned",
                     "selected_epoch", "world_size")
 
 
@@ -101,7 +101,8 @@ def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
                 "task": record["task"], "kind": record.get("kind"), "row": "affbench",
                 "encoder": record["encoder"], "baseline": "", "experiment": record.get("experiment"),
-                "name": record.get("label"), "fold": int(record["fold"]), "metric": metric, "label": label,
+                "name": record.get("label"), "fold": int(record["fold"]), "partition": run_of(record)[0],
+                "metric": metric, "label": label,
                 "value": _value(value), **_interval(record, key), **provenance,
             })
     for record in baseline_records(records):
@@ -113,6 +114,7 @@ def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
                 "task": record["task"], "kind": record.get("kind"), "row": "baseline", "encoder": "",
                 "baseline": record["baseline"], "experiment": "", "name": "", "fold": int(record["fold"]),
+                "partition": run_of(record)[0],
                 "metric": metric, "label": label, "value": _value(value), **_interval({}, key), **provenance,
             })
     frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS))

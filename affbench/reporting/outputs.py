@@ -36,7 +36,15 @@ import pyarrow.parquet as pq
 
 from affbench.errors import AffbenchError
 from affbench.runtime.files import atomic_write
-from affbench.scoring.bootstrap import BootstrapSettings, ClusterSums, Intervals, cluster_sums, fold_intervals
+from affbench.scoring.bootstrap import (
+    BootstrapSettings,
+    ClusterSums,
+    Fold,
+    Intervals,
+    SeedRuns,
+    cluster_sums,
+    fold_intervals,
+)
 from affbench.scoring.protocols import TaskSpec
 from affbench.scoring.registry import get_metric
 
@@ -181,10 +189,22 @@ def score_outputs(outputs: TestOutputs) -> tuple[dict[str, float], list[str]]:
     return metrics, list(dict.fromkeys(str(w.message) for w in caught))
 
 
-def outputs_intervals(folds: Sequence[TestOutputs], settings: BootstrapSettings | None = None) -> Intervals:
-    """Cluster bootstrap intervals over one or more folds' kept outputs (combined as the fold mean)."""
-    ordered = sorted(folds, key=lambda o: o.fold)
-    return fold_intervals([o.sums() for o in ordered], settings)
+def fold_runs(runs: Sequence[TestOutputs]) -> list[Fold]:
+    """One entry per fold, in fold order: the fold's cluster sums, or its seeds' runs together."""
+    by_fold: dict[int, list[TestOutputs]] = {}
+    for outputs in runs:
+        by_fold.setdefault(outputs.fold, []).append(outputs)
+    folds: list[Fold] = []
+    for fold in sorted(by_fold):
+        sums = [o.sums() for o in by_fold[fold]]
+        folds.append(sums[0] if len(sums) == 1 else SeedRuns(sums))
+    return folds
+
+
+def outputs_intervals(runs: Sequence[TestOutputs], settings: BootstrapSettings | None = None) -> Intervals:
+    """Cluster bootstrap intervals over kept outputs: one or more folds, combined as the fold mean,
+    and within a fold one or more seeds' runs on the same rows, averaged."""
+    return fold_intervals(fold_runs(runs), settings)
 
 
 def interval_record(intervals: Intervals, cluster_unit: str) -> dict[str, Any]:
@@ -204,13 +224,18 @@ def combined_intervals(run_dir: str | os.PathLike, records: Sequence[Mapping[str
                        ) -> dict[tuple[str, str, str, str], dict[str, Any]]:
     """The interval of every (suite, dataset, task, encoder) over its folds, as the tables show them.
 
-    One fold: the record's own ``ci``. Several: each fold's clusters resampled within the fold from
-    its kept outputs, the replicates averaged as the tables average the folds. A group with a fold
-    made before outputs were kept has no entry.
+    One record: its own ``ci``. Several (folds, seeds): each fold's clusters resampled within the
+    fold from its kept outputs, a fold's seeds with the same clusters, the replicates averaged as the
+    tables average them. Only the published partition of subjects has intervals (random
+    partitions test other subjects in each fold). A group with a record made before outputs were
+    kept has no entry.
     """
+    from affbench.reporting.records import run_of
+
     groups: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
     for record in records:
-        groups.setdefault((record["suite"], record["dataset"], record["task"], record["encoder"]), []).append(record)
+        if run_of(record)[0] == 0:
+            groups.setdefault((record["suite"], record["dataset"], record["task"], record["encoder"]), []).append(record)
     found = {}
     for key, cells in groups.items():
         if not all(isinstance(c.get("ci"), Mapping) for c in cells):

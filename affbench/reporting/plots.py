@@ -23,7 +23,7 @@ import numpy as np
 from affbench.errors import AffbenchError
 from affbench.reporting.export import published_for
 from affbench.reporting.outputs import combined_intervals
-from affbench.reporting.records import _require, baseline_records, load_records
+from affbench.reporting.records import _require, baseline_records, load_records, run_of
 from affbench.runtime.files import atomic_write
 from affbench.runtime.run_folder import RunFolder
 
@@ -158,7 +158,8 @@ def _per_label_values(records: Sequence[Mapping[str, Any]], metric: str,
             sds.append(float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0)
         found = ((intervals or {}).get(encoder) or {}).get("intervals") or {}
         bounds = np.array([found.get(f"{metric}/{label}") or (np.nan, np.nan) for label in labels], dtype=float).T
-        values[encoder] = (np.array(means), np.array(sds), len(cells), bounds.reshape(2, len(labels)))
+        values[encoder] = (np.array(means), np.array(sds), len({int(c["fold"]) for c in cells}),
+                           bounds.reshape(2, len(labels)))
     return labels, values
 
 
@@ -299,8 +300,9 @@ def plot_run(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]] | 
         if path:
             written.append(path)
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for record in records:
-        groups.setdefault((record["suite"], record["dataset"], record["task"]), []).append(record)
+    for record in records:  # the bars show the published folds; random partitions are in the tables
+        if run_of(record)[0] == 0:
+            groups.setdefault((record["suite"], record["dataset"], record["task"]), []).append(record)
     intervals = combined_intervals(run_dir, records)
     for (suite, dataset, task), group in groups.items():
         metrics = list(dict.fromkeys(k.split("/", 1)[0] for r in group for k in r["metrics"] if "/" in k))

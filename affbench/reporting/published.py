@@ -143,7 +143,7 @@ def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[st
     for suite, entries in published.items():
         for entry in entries:
             cells = [r for r in records if r["suite"] == suite and r.get("experiment") == entry.experiment
-                     and r["task"] == entry.task]
+                     and r["task"] == entry.task and not (r.get("run") or {}).get("partition")]
             dataset = cells[0]["dataset"] if cells else ""
             encoder = cells[0]["encoder"] if cells else ""
             name = cells[0].get("label", "") if cells else ""

@@ -110,7 +110,7 @@ def rescore(run_dir: str | os.PathLike, *, settings: BootstrapSettings | None = 
     _require(records, run_dir)
     report = RescoreReport()
     for record in records:
-        cell = CellKey(record["suite"], record["dataset"], record["task"], record["encoder"], int(record["fold"]))
+        cell = CellKey.of(record)
         if not record.get("test_outputs"):
             report.without_outputs.append(str(cell))
             continue

@@ -29,9 +29,11 @@ import numpy as np
 import pandas as pd
 
 TableKey = tuple[str, str, str]  # (suite, dataset, task)
-ID_COLUMNS = ("row", "encoder", "name", "folds", "clusters")
+ID_COLUMNS = ("row", "encoder", "name", "folds", "runs", "clusters")
 STD_NOTE = "mean ± sample standard deviation (ddof=1) over folds; – = not available"
 LATEX_NOTE = r"mean $\pm$ sample standard deviation (ddof=1) over folds; -- = not available"
+RUNS_NOTE = ("runs = seeds x partitions behind a row, its ± then the sample standard deviation over runs; "
+             "(random partitions) = the subjects dealt into the folds anew, beside the published folds")
 #: A row's difference from the suite's reference row (``[suite] reference``), where it names one.
 REFERENCE_COLUMNS = ("reference_diff", "reference_diff_ci_low", "reference_diff_ci_high", "reference_p",
                      "reference_p_holm")
@@ -77,11 +79,21 @@ def _spread(values: Sequence[Any]) -> tuple[float, float]:
 
 def _summary_row(row: str, encoder: str, name: str, cells: Sequence[Mapping[str, Any]], keys: Sequence[str],
                  ci: Mapping[str, Any] | None = None) -> dict:
-    out: dict[str, Any] = {"row": row, "encoder": encoder, "name": name, "folds": len(cells),
+    """One table row: every value's mean over the cells; its spread over runs (the mean over folds
+    of each seed or partition) where there are several runs, else over folds; its interval."""
+    from affbench.reporting.records import run_of
+
+    runs: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
+    for cell in cells:
+        runs.setdefault(run_of(cell), []).append(cell)
+    out: dict[str, Any] = {"row": row, "encoder": encoder, "name": name,
+                           "folds": len({int(c["fold"]) for c in cells}), "runs": len(runs),
                            "clusters": ci.get("n_clusters") if ci else None}
     intervals = (ci or {}).get("intervals") or {}
     for key in keys:
         mean, sd = _spread([c["metrics"].get(key) for c in cells])
+        if len(runs) > 1:
+            sd = _spread([_spread([c["metrics"].get(key) for c in run])[0] for run in runs.values()])[1]
         out[column_name(key)] = mean
         out[f"{column_name(key)}_sd"] = sd
         low, high = intervals.get(key) or (None, None)
@@ -98,7 +110,7 @@ def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Se
     ``intervals`` per (suite, dataset, task, encoder), as
     :func:`affbench.reporting.outputs.combined_intervals` makes them, and each row's difference from
     the reference row, as :func:`affbench.reporting.compare.reference_comparisons` makes them."""
-    from affbench.reporting.records import baseline_records
+    from affbench.reporting.records import baseline_records, run_of
     from affbench.scoring.baselines import DESCRIPTIONS
 
     groups: dict[TableKey, list[Mapping[str, Any]]] = {}
@@ -113,11 +125,17 @@ def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Se
         for record in group:
             by_encoder.setdefault(record["encoder"], []).append(record)
         for encoder, cells in by_encoder.items():
-            rows.append(_summary_row("affbench", encoder, cells[0].get("label") or encoder, cells, keys,
-                                     (intervals or {}).get((suite, dataset, task, encoder))))
+            published_folds = [c for c in cells if run_of(c)[0] == 0]
+            refolds = [c for c in cells if run_of(c)[0] != 0]
+            if published_folds:
+                rows.append(_summary_row("affbench", encoder, cells[0].get("label") or encoder, published_folds, keys,
+                                         (intervals or {}).get((suite, dataset, task, encoder))))
+            if refolds:  # the random partitions of the subjects, beside (never instead of) the published one
+                rows.append(_summary_row("affbench-refolds", encoder, cells[0].get("label") or encoder, refolds, keys))
         by_baseline: dict[str, list] = {}
         for record in baseline_records(group):
-            by_baseline.setdefault(record["baseline"], []).append(record)
+            if run_of(record)[0] == 0:
+                by_baseline.setdefault(record["baseline"], []).append(record)
         for name, cells in by_baseline.items():
             rows.append(_summary_row("baseline", name, DESCRIPTIONS.get(name, name), cells, keys))
         for entry in (published or {}).get(suite, ()):
@@ -147,8 +165,8 @@ def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Se
         if compared:
             first = next(iter(compared.values()))
             frame.attrs["reference"] = (first["reference"], first.get("metric"))
-        frame["folds"] = pd.array(frame["folds"], dtype="Int64")
-        frame["clusters"] = pd.array(frame["clusters"], dtype="Int64")
+        for column in ("folds", "runs", "clusters"):
+            frame[column] = pd.array(frame[column], dtype="Int64")
         levels = [ci.get("level") for k, ci in (intervals or {}).items() if k[:3] == key]
         frame.attrs["ci_level"] = levels[0] if levels else None
         frame.attrs["overall"] = [column_name(k) for k in keys if "/" not in k]
@@ -200,6 +218,8 @@ def _shown_columns(table: pd.DataFrame, per_label: bool) -> list[str]:
 
 
 def _row_label(row: Mapping[str, Any]) -> str:
+    if row["row"] == "affbench-refolds":
+        return f"{row['encoder']} (random partitions)"
     if row["row"] == "baseline":
         return f"baseline: {row['encoder']}"
     if row["row"] == "paper":
@@ -214,15 +234,17 @@ def markdown(tables: Mapping[TableKey, pd.DataFrame], *, per_label: bool = False
     parts = []
     for (suite, dataset, task), table in tables.items():
         shown = _shown_columns(table, per_label)
-        clusters = _has_clusters(table)
+        clusters, runs = _has_clusters(table), _has_runs(table)
         reference = table.attrs.get("reference")
         extra = [f"vs {reference[0]} ({reference[1]})"] if reference else []
-        header = ["predictor", "folds", *(["clusters"] if clusters else []), *shown, *extra]
+        header = ["predictor", "folds", *(["runs"] if runs else []), *(["clusters"] if clusters else []), *shown,
+                  *extra]
         lines = [f"### {suite} · {dataset} · {task}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join([" --- ", " ---: "] + [" ---: "] * (len(shown) + clusters + len(extra))) + "|"]
+                 "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
         for _, row in table.iterrows():
             folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
-            cells = [_row_label(row), folds, *([_clusters(row)] if clusters else [])]
+            cells = [_row_label(row), folds, *([_count(row, "runs")] if runs else []),
+                     *([_clusters(row)] if clusters else [])]
             cells += [_value_cell(row, c, digits) for c in shown]
             if reference:
                 cells.append(_reference_cell(row, reference[0], digits))
@@ -250,6 +272,15 @@ def _reference_cell(row: Mapping[str, Any], reference: str, digits: int) -> str:
     return text
 
 
+def _has_runs(table: pd.DataFrame) -> bool:
+    """Whether a row stands on several runs (seeds or random partitions)."""
+    return "runs" in table.columns and bool((table["runs"].fillna(1) > 1).any())
+
+
+def _count(row: Mapping[str, Any], column: str) -> str:
+    return "" if pd.isna(row.get(column)) else str(int(row[column]))
+
+
 def _has_clusters(table: pd.DataFrame) -> bool:
     """Whether any row states its clusters (records made before intervals state none)."""
     return "clusters" in table.columns and bool(table["clusters"].notna().any())
@@ -257,6 +288,8 @@ def _has_clusters(table: pd.DataFrame) -> bool:
 
 def _footnote(tables: Mapping[TableKey, pd.DataFrame], latex: bool = False) -> str:
     spread = LATEX_NOTE if latex else STD_NOTE
+    if any(_has_runs(t) for t in tables.values()):
+        spread = f"{spread}; {_tex(RUNS_NOTE) if latex else RUNS_NOTE}"
     if not any(_has_clusters(t) for t in tables.values()):
         return spread
     level = next((t.attrs.get("ci_level") for t in tables.values() if t.attrs.get("ci_level")), None)
@@ -301,18 +334,20 @@ def latex(tables: Mapping[TableKey, pd.DataFrame], *, per_label: bool = True, di
 
 def _latex_table(table: pd.DataFrame, shown: Sequence[str], title: str, digits: int) -> str:
     """One booktabs table of ``shown`` columns, every row of ``table``."""
-    clusters = _has_clusters(table)
-    header = " & ".join(["Predictor", "Folds", *(["Clusters"] if clusters else []), *(_tex(c) for c in shown)]) + r" \\"
+    clusters, runs = _has_clusters(table), _has_runs(table)
+    header = " & ".join(["Predictor", "Folds", *(["Runs"] if runs else []), *(["Clusters"] if clusters else []),
+                         *(_tex(c) for c in shown)]) + r" \\"
     body = []
     for _, row in table.iterrows():
         folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
-        cells = [_tex(_row_label(row)), folds, *([_clusters(row).replace("†", r"$^\dagger$")] if clusters else [])]
+        cells = [_tex(_row_label(row)), folds, *([_count(row, "runs")] if runs else []),
+                 *([_clusters(row).replace("†", r"$^\dagger$")] if clusters else [])]
         cells += [_value_cell(row, c, digits).replace("±", r"$\pm$").replace("–", "--") for c in shown]
         body.append(" & ".join(cells) + r" \\")
     return "\n".join([
         r"\begin{table}[ht]", r"\centering", r"\small",
         rf"\caption{{{title}; {_footnote({('', '', ''): table}, latex=True)}.}}",
-        rf"\begin{{tabular}}{{l{'r' * (len(shown) + 1 + clusters)}}}", r"\toprule", header, r"\midrule", *body,
+        rf"\begin{{tabular}}{{l{'r' * (len(shown) + 1 + clusters + runs)}}}", r"\toprule", header, r"\midrule", *body,
         r"\bottomrule", r"\end{tabular}", r"\end{table}",
     ])
 

@@ -12,7 +12,7 @@
     RUNDIR/jobs/<job>/model.json            what inference needs to use best.pt (affbench export-model)
     RUNDIR/jobs/<job>/done.json             the finished job's summary, from which its records are made
     RUNDIR/jobs/<job>/test-outputs/<task>.parquet   every test row's labels and raw outputs (rescore, compare)
-    RUNDIR/results/<suite>/<cell>.json      one result record per cell
+    RUNDIR/results/<suite>/<cell>.json      one result record per cell (and seed or partition run)
     RUNDIR/plots/<suite>/*.png              plots
     RUNDIR/tensorboard/<job>/               TensorBoard event files
 

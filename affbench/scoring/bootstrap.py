@@ -340,6 +340,34 @@ class ClusterSums:
         return {key: np.asarray(v, dtype=np.float64) for key, v in found.items()}
 
 
+@dataclass
+class SeedRuns:
+    """Several runs of one fold (models trained with other seeds) scored on the same test rows:
+    resampled with the same clusters, their values averaged (the fold's value is their mean)."""
+
+    runs: list[ClusterSums]
+
+    def __post_init__(self) -> None:
+        if not self.runs or any(not np.array_equal(r.clusters, self.runs[0].clusters) for r in self.runs):
+            raise ValueError("the runs of one fold must share their test clusters.")
+
+    @property
+    def clusters(self) -> np.ndarray:
+        return self.runs[0].clusters
+
+    @property
+    def n_clusters(self) -> int:
+        return self.runs[0].n_clusters
+
+    def evaluate(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The runs' values for each row of ``weights``, averaged over the runs."""
+        return _mean_over_folds([run.evaluate(weights) for run in self.runs])
+
+
+#: One fold of a cell: one run, or several seeds' runs on the same rows.
+Fold = ClusterSums | SeedRuns
+
+
 def _only_metrics(task: TaskSpec, names: Sequence[str]) -> TaskSpec:
     from dataclasses import replace
 
@@ -459,15 +487,16 @@ def _percentile(replicates: Mapping[str, np.ndarray], level: float) -> tuple[dic
     return low, high
 
 
-def fold_intervals(folds: Sequence[ClusterSums], settings: BootstrapSettings | None = None) -> Intervals:
+def fold_intervals(folds: Sequence[Fold], settings: BootstrapSettings | None = None) -> Intervals:
     """Intervals of the fold mean, resampling each fold's clusters on their own.
 
-    With one fold this is the plain cluster bootstrap. Fold ``i`` draws from its own stream
-    (``SeedSequence([seed, i])``), so a fold's resamples are the same alone and combined.
+    With one fold this is the plain cluster bootstrap. The ``i``-th fold draws from its own stream
+    (``SeedSequence([seed, i])``), independent of the others' sizes. A fold of
+    several seeds' runs (:class:`SeedRuns`) resamples them with the same clusters and averages them.
 
     Parameters
     ----------
-    folds : sequence of ClusterSums
+    folds : sequence of ClusterSums or SeedRuns
         One per fold, as :func:`cluster_sums` makes them.
     settings : BootstrapSettings, optional
 
@@ -551,7 +580,7 @@ def _swap_patterns(n_clusters: int, permutations: int, rng: np.random.Generator)
     return rng.integers(0, 2, size=(permutations, n_clusters)).astype(np.float64), False
 
 
-def paired_comparison(folds_a: Sequence[ClusterSums], folds_b: Sequence[ClusterSums], key: str, *,
+def paired_comparison(folds_a: Sequence[Fold], folds_b: Sequence[Fold], key: str, *,
                       settings: BootstrapSettings | None = None, permutations: int = 10000) -> Comparison:
     """Compare two cells scored on the same test rows: A - B on ``key``, interval and p-value.
 
@@ -564,8 +593,9 @@ def paired_comparison(folds_a: Sequence[ClusterSums], folds_b: Sequence[ClusterS
 
     Parameters
     ----------
-    folds_a, folds_b : sequence of ClusterSums
-        The two cells' folds, in the same order, with the same clusters.
+    folds_a, folds_b : sequence of ClusterSums or SeedRuns
+        The two cells' folds, in the same order, with the same clusters (and, for seeds, as many
+        runs in each; run ``s`` of A is swapped with run ``s`` of B).
     key : str
         A key score_task reports (``"f1"``, ``"f1/au6"``).
     settings : BootstrapSettings, optional
@@ -610,8 +640,15 @@ def paired_comparison(folds_a: Sequence[ClusterSums], folds_b: Sequence[ClusterS
                       settings, note)
 
 
-def _swapped(own: ClusterSums, other: ClusterSums, key: str, swaps: np.ndarray) -> np.ndarray:
+def _swapped(own: Fold, other: Fold, key: str, swaps: np.ndarray) -> np.ndarray:
     """``key`` of ``own`` after taking ``other``'s outputs in the clusters where ``swaps`` (R, C) is 1."""
+    if isinstance(own, SeedRuns) or isinstance(other, SeedRuns):
+        runs_a = own.runs if isinstance(own, SeedRuns) else [own]
+        runs_b = other.runs if isinstance(other, SeedRuns) else [other]
+        if len(runs_a) != len(runs_b):
+            raise ValueError(f"the cells have {len(runs_a)} and {len(runs_b)} seeds' runs of a fold; a paired "
+                             "test over clusters needs as many in each.")
+        return np.mean([_swapped(a, b, key, swaps) for a, b in zip(runs_a, runs_b)], axis=0)
     metric = key.partition("/")[0]
     if metric not in own.sums:
         raise ValueError(f"metric {metric!r} has no per-cluster sums form under these options, so it cannot "
