@@ -239,7 +239,7 @@ def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: boo
     long = long_table(records)
     written = [write_csv(long, csv_path)]
     published = published_for(run_dir, dict.fromkeys(r["suite"] for r in records))
-    comparison = comparison_table(records, published)
+    comparison = comparison_table(records, published, combined_intervals(run_dir, records))
     if not comparison.empty:
         written.append(write_csv(comparison, comparison_path))
     tables = paper_tables_of(run_dir, records, published)

@@ -252,7 +252,8 @@ def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str 
 
 
 def plot_comparison(comparison, suite: str, path: str | os.PathLike) -> Path | None:
-    """Horizontal bars: each published value of ``suite`` beside affbench's (mean ± sample std)."""
+    """Horizontal bars: each published value of ``suite`` beside affbench's, with affbench's interval
+    as error bar where it has one (``affbench_ci_low``, ``affbench_ci_high``), else the sample std."""
     rows = comparison[comparison["suite"] == suite]
     if rows.empty:
         return None
@@ -263,10 +264,19 @@ def plot_comparison(comparison, suite: str, path: str | os.PathLike) -> Path | N
     height = 0.38
     axis.barh(y + height / 2, rows["paper"], height, color="tab:grey", label="paper (published)")
     mine = rows["affbench"].to_numpy(dtype=float)
-    spread = np.nan_to_num(rows["affbench_std"].to_numpy(dtype=float))
-    axis.barh(y - height / 2, np.nan_to_num(mine), height, xerr=spread if (spread > 0).any() else None, capsize=2,
-              color="tab:blue",
-              label="affbench (mean over folds ± sample std)")
+    std = np.nan_to_num(rows["affbench_std"].to_numpy(dtype=float))
+    ci_low = rows["affbench_ci_low"].to_numpy(dtype=float) if "affbench_ci_low" in rows else np.full(len(rows), np.nan)
+    ci_high = rows["affbench_ci_high"].to_numpy(dtype=float) if "affbench_ci_high" in rows else np.full(len(rows), np.nan)
+    has_interval = np.isfinite(ci_low) & np.isfinite(ci_high)
+    below = np.nan_to_num(np.where(has_interval, np.clip(mine - ci_low, 0, None), std))
+    above = np.nan_to_num(np.where(has_interval, np.clip(ci_high - mine, 0, None), std))
+    bars = "cluster bootstrap interval" if has_interval.all() else (
+        "interval, else sample std" if has_interval.any() else "sample std")
+    drawn = np.where(below + above > 0, 1.0, np.nan)  # no stray caps on bars without any spread
+    axis.barh(y - height / 2, np.nan_to_num(mine), height,
+              xerr=np.vstack([below, above]) * drawn if (below + above > 0).any() else None, capsize=2,
+              color="tab:blue", label=f"affbench (mean over folds; error bars: {bars})")
+    spread = np.maximum(below, above)
     for position, value in zip(y - height / 2, mine):
         if math.isnan(value):
             axis.text(0.01, position, "n/a (not run)", va="center", fontsize=7, color="grey")
@@ -313,7 +323,7 @@ def plot_run(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]] | 
             if path:
                 written.append(path)
     suites = list(dict.fromkeys(r["suite"] for r in records))
-    comparison = comparison_table(records, published_for(run_dir, suites))
+    comparison = comparison_table(records, published_for(run_dir, suites), intervals)
     for suite in suites:
         path = plot_comparison(comparison, suite, out / _safe(suite) / "paper-vs-affbench.png")
         if path:

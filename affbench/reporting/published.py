@@ -38,7 +38,8 @@ else:  # pragma: no cover - Python 3.10
 
 KEYS = ("experiment", "task", "metric", "value", "labels", "scale", "source", "notes")
 COMPARISON_COLUMNS = ("suite", "experiment", "name", "dataset", "task", "encoder", "metric", "label",
-                      "paper", "affbench", "affbench_std", "folds", "difference", "source", "notes")
+                      "paper", "affbench", "affbench_std", "folds", "difference", "source", "notes",
+                      "affbench_ci_low", "affbench_ci_high")
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,11 @@ def load_reference(path: str | os.PathLike) -> str | None:
     return str(reference) if reference else None
 
 
-def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Published]]
-                     ) -> pd.DataFrame:
-    """One row per published value: ``paper``, ``affbench`` (mean over folds), ``difference``.
+def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Published]],
+                     intervals: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per published value: ``paper``, ``affbench`` (mean over folds), ``difference``, and
+    affbench's interval (``affbench_ci_low``, ``affbench_ci_high``) from ``intervals`` (per (suite,
+    dataset, task, encoder), as :func:`affbench.reporting.outputs.combined_intervals` makes them).
 
     ``published`` maps suite names to their declarations. A published value with no finished cell
     keeps its row with ``affbench`` empty, so a reader sees what has not been run.
@@ -153,6 +156,9 @@ def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[st
                 values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
                 mean = float(np.mean(values)) if values else float("nan")
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+                ci = ((intervals or {}).get((suite, dataset, entry.task, encoder)) or {}).get("intervals") or {}
+                low, high = ci.get(key) or (float("nan"), float("nan"))
                 rows.append((suite, entry.experiment, name, dataset, entry.task, encoder, entry.metric, label,
-                             paper, mean, std, len(values), mean - paper, entry.source, entry.notes))
-    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype({"folds": "int64"})
+                             paper, mean, std, len(values), mean - paper, entry.source, entry.notes, low, high))
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype(
+        {"folds": "int64", "affbench_ci_low": "float64", "affbench_ci_high": "float64"})
