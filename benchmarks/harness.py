@@ -360,8 +360,9 @@ class _Runner:
         return result, test
 
     def keep_outputs(self, job: Job, tasks, prepared, encoder_spec, kept: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Write each task's test outputs into the job folder and make its intervals from them: the
-        summary's ``test_outputs``, ``ci`` and ``scoring`` fields."""
+        """Write each task's test outputs into the job folder and make its intervals from them, and
+        those of the trivial baselines that predict a constant: the summary's ``test_outputs``,
+        ``ci``, ``scoring`` and ``baselines_ci`` fields."""
         from affbench.reporting.outputs import (
             ROW_COLUMNS,
             interval_record,
@@ -371,11 +372,13 @@ class _Runner:
             scoring_versions,
             write_outputs,
         )
+        from affbench.scoring.baselines import constant_predictions
+        from affbench.scoring.bootstrap import cluster_intervals
         from affbench.scoring.protocols import Protocol
 
         protocol = Protocol.from_dict(prepared.protocol_dict).repartitioned(job.partition)
         version = protocol.fingerprint()
-        found: dict[str, dict[str, Any]] = {"test_outputs": {}, "ci": {}, "scoring": {}}
+        found: dict[str, dict[str, Any]] = {"test_outputs": {}, "ci": {}, "scoring": {}, "baselines_ci": {}}
         for task in tasks:
             if task.name not in kept:
                 continue
@@ -389,6 +392,10 @@ class _Runner:
             found["test_outputs"][task.name] = path.relative_to(self.run_dir).as_posix()
             found["ci"][task.name] = interval_record(outputs_intervals([read_outputs(path)]), unit)
             found["scoring"][task.name] = scoring_versions(task.spec, version)
+            found["baselines_ci"][task.name] = {
+                name: interval_record(cluster_intervals(task.spec, truth, prediction, clusters, mask=annotated), unit)
+                for name, (truth, prediction, annotated) in constant_predictions(task.spec, task.y, task.mask,
+                                                                                 task.rows).items()}
         return found
 
     def common_summary(self, job: Job, tasks, splits, test, model, prepared, cache, history, seconds: float,

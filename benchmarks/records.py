@@ -52,7 +52,7 @@ def task_baselines(tasks) -> dict[str, dict[str, dict[str, float | None]]]:
 _OPTIONAL: dict[str, Callable[[], Any]] = {"fallback_crops": dict, "baselines": dict, "selection_protocol": lambda: "validation",
              "metric_warnings": dict, "validation_metric_warnings": dict, "world_size": lambda: None,
              "global_batch_size": lambda: None, "fresh_parameters": list, "data_loading": lambda: None,
-             "test_outputs": dict, "ci": dict, "scoring": dict}
+             "test_outputs": dict, "ci": dict, "scoring": dict, "baselines_ci": dict}
 
 
 @dataclass
@@ -112,6 +112,8 @@ class JobSummary:
     test_outputs: dict[str, str] = field(default_factory=dict)
     ci: dict[str, dict[str, Any]] = field(default_factory=dict)
     scoring: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per task and trivial baseline that predicts a constant: its intervals on the same clusters.
+    baselines_ci: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -129,7 +131,7 @@ class JobSummary:
                 raise KeyError(f.name)
         # None where a file wrote null for a mapping it now always has
         for name in ("baselines", "metric_warnings", "validation_metric_warnings", "fallback_crops", "test_outputs",
-                     "ci", "scoring"):
+                     "ci", "scoring", "baselines_ci"):
             values[name] = values[name] or {}
         return cls(**values)
 
@@ -148,7 +150,7 @@ class JobSummary:
             "metrics": self.metrics.get(task, {}),
             "ci": self.ci.get(task), "test_outputs": self.test_outputs.get(task),
             "scoring": self.scoring.get(task),
-            "baselines": self.baselines.get(task, {}),
+            "baselines": self.baselines.get(task, {}), "baselines_ci": self.baselines_ci.get(task, {}),
             "validation_metrics": self.validation_metrics.get(task, {}),
             "primary_metric": self.primary_metric[task],
             "n": self.n[task], "excluded": self.excluded[task],

@@ -115,7 +115,7 @@ def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "task": record["task"], "kind": record.get("kind"), "row": "baseline", "encoder": "",
                 "baseline": record["baseline"], "experiment": "", "name": "", "fold": int(record["fold"]),
                 "partition": run_of(record)[0],
-                "metric": metric, "label": label, "value": _value(value), **_interval({}, key), **provenance,
+                "metric": metric, "label": label, "value": _value(value), **_interval(record, key), **provenance,
             })
     frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
     for column in _INTEGER_COLUMNS:

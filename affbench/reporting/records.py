@@ -147,5 +147,6 @@ def baseline_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
             if key in seen:
                 continue
             seen.add(key)
-            found.append({**record, "encoder": "", "baseline": name, "metrics": metrics})
+            found.append({**record, "encoder": "", "baseline": name, "metrics": metrics,
+                          "ci": (record.get("baselines_ci") or {}).get(name)})
     return found

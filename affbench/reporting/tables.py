@@ -137,7 +137,9 @@ def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Se
             if run_of(record)[0] == 0:
                 by_baseline.setdefault(record["baseline"], []).append(record)
         for name, cells in by_baseline.items():
-            rows.append(_summary_row("baseline", name, DESCRIPTIONS.get(name, name), cells, keys))
+            # One record's own interval; over several folds a baseline shows its spread only.
+            rows.append(_summary_row("baseline", name, DESCRIPTIONS.get(name, name), cells, keys,
+                                     cells[0].get("ci") if len(cells) == 1 else None))
         for entry in (published or {}).get(suite, ()):
             if entry.task != task:
                 continue

@@ -174,6 +174,12 @@ def test_long_csv_and_tables_carry_the_intervals(run_dir, tmp_path):
     assert (frame["schema"] == 3).all()
     row = frame[(frame["encoder"] == "emotiram-f-a") & (frame["metric"] == "accuracy") & frame["label"].isna()].iloc[0]
     assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["n_clusters"] == 21 and row["ci_level"] == 0.95
+    # The baselines that predict a constant get intervals on the same clusters; the expectation does not.
+    base = frame[(frame["baseline"] == "majority-class") & (frame["metric"] == "accuracy") & frame["label"].isna()]
+    assert base["ci_low"].item() <= base["value"].item() <= base["ci_high"].item()
+    assert base["n_clusters"].item() == 21 and base["ci_low"].item() < base["ci_high"].item()
+    frequency = frame[(frame["baseline"] == "label-frequency") & (frame["metric"] == "f1")]
+    assert len(frequency) and frequency["ci_low"].isna().all()
     disfa = frame[(frame["encoder"] == "megraph-au") & (frame["metric"] == "f1") & frame["label"].isna()].iloc[0]
     assert np.isnan(disfa["ci_low"]) and "fewer than the 10" in disfa["ci_note"]
     assert "0." in exported.markdown and " [" in exported.markdown
@@ -184,7 +190,7 @@ def test_long_csv_and_tables_carry_the_intervals(run_dir, tmp_path):
 def test_a_record_without_intervals_still_exports(run_dir, tmp_path):
     records = [dict(r) for r in load_records(run_dir)]
     for record in records:
-        for key in ("ci", "test_outputs", "scoring"):
+        for key in ("ci", "test_outputs", "scoring", "baselines_ci", "run"):
             record.pop(key, None)
     frame = long_table(records)
     assert frame["ci_low"].isna().all() and len(frame) > 0
