@@ -223,3 +223,25 @@ def test_holm_against_hand_computation():
     # sorted 0.01, 0.02, 0.04, 0.30 -> 4*0.01, 3*0.02, max(2*0.04, .06), max(1*0.30, .08)
     assert holm([0.30, 0.01, 0.04, 0.02]) == pytest.approx([0.30, 0.04, 0.08, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_a_metric_without_a_sums_form_is_resampled_through_score_task(monkeypatch):
+    """A metric with no sums form (here CCC, its form removed) falls back to score_task on every
+    resample, and its values still follow score_task on the drawn rows; a permutation test refuses it."""
+    from affbench.scoring import bootstrap
+
+    monkeypatch.delitem(bootstrap._LABEL_STATISTICS, "ccc")
+    y, scores, mask, clusters = synthetic(INTENSITY, 6, 10)
+    sums = cluster_sums(INTENSITY, y, scores, clusters, mask=mask)
+    assert sums.generic == ["ccc"] and list(sums.sums) == ["icc"]
+    weights = np.random.default_rng(2).multinomial(6, np.full(6, 1 / 6), size=4).astype(float)
+    found = sums.evaluate(weights)
+    for b, w in enumerate(weights):
+        index = resampled_rows(clusters, w)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = score_task(INTENSITY, y[index], scores[index], mask=mask[index])
+        for key in ("ccc", "ccc/au1", "icc"):
+            assert found[key][b] == pytest.approx(expected[key])
+    with pytest.raises(ValueError, match="no per-cluster sums form"):
+        paired_comparison([sums], [sums], "ccc")
