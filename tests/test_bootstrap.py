@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from affbench.scoring.bootstrap import (
-    BootstrapSettings,
-    cluster_intervals,
-    cluster_sums,
-    fold_intervals,
-    holm,
-    paired_comparison,
-)
+from affbench.scoring.bootstrap import BootstrapSettings, cluster_intervals, fold_intervals, holm, paired_comparison
+from affbench.scoring.cluster_statistics import cluster_sums
 from affbench.scoring.protocols import TaskSpec
 from affbench.scoring.scorer import score_task
 
@@ -228,9 +222,9 @@ def test_holm_against_hand_computation():
 def test_a_metric_without_a_sums_form_is_resampled_through_score_task(monkeypatch):
     """A metric with no sums form (here CCC, its form removed) falls back to score_task on every
     resample, and its values still follow score_task on the drawn rows; a permutation test refuses it."""
-    from affbench.scoring import bootstrap
+    from affbench.scoring import cluster_statistics
 
-    monkeypatch.delitem(bootstrap._LABEL_STATISTICS, "ccc")
+    monkeypatch.delitem(cluster_statistics._LABEL_STATISTICS, "ccc")
     y, scores, mask, clusters = synthetic(INTENSITY, 6, 10)
     sums = cluster_sums(INTENSITY, y, scores, clusters, mask=mask)
     assert sums.generic == ["ccc"] and list(sums.sums) == ["icc"]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from affbench.errors import AffbenchError
-from affbench.reporting.outputs import TestOutputs, fold_runs, read_outputs, settings_of
+from affbench.reporting.outputs import KeptOutputs, fold_runs, read_outputs, settings_of
 from affbench.reporting.records import _require, load_records
 from affbench.scoring.bootstrap import BootstrapSettings, Comparison, paired_comparison
 
@@ -61,7 +61,7 @@ def select_cell(records: Sequence[Mapping[str, Any]], name: str) -> list[Mapping
     return sorted(found, key=lambda r: (int(r["fold"]), run_of(r)))
 
 
-def _outputs_of(run_dir: Path, cells: Sequence[Mapping[str, Any]], name: str) -> list[TestOutputs]:
+def _outputs_of(run_dir: Path, cells: Sequence[Mapping[str, Any]], name: str) -> list[KeptOutputs]:
     missing = [f"fold {r['fold']}" for r in cells if not r.get("test_outputs")]
     if missing:
         raise AffbenchError(f"{name} kept no test outputs ({', '.join(missing)}: made by an affbench before they "
@@ -69,7 +69,7 @@ def _outputs_of(run_dir: Path, cells: Sequence[Mapping[str, Any]], name: str) ->
     return [read_outputs(run_dir / r["test_outputs"]) for r in cells]
 
 
-def _rows_differ(a: Sequence[TestOutputs], b: Sequence[TestOutputs]) -> str | None:
+def _rows_differ(a: Sequence[KeptOutputs], b: Sequence[KeptOutputs]) -> str | None:
     """Why two cells' test rows are not the same, or None when they are (seeds' runs of one fold
     must be as many in each cell)."""
     folds_a, folds_b = [o.fold for o in a], [o.fold for o in b]

@@ -36,15 +36,8 @@ import pyarrow.parquet as pq
 
 from affbench.errors import AffbenchError
 from affbench.runtime.files import atomic_write
-from affbench.scoring.bootstrap import (
-    BootstrapSettings,
-    ClusterSums,
-    Fold,
-    Intervals,
-    SeedRuns,
-    cluster_sums,
-    fold_intervals,
-)
+from affbench.scoring.bootstrap import BootstrapSettings, Intervals, fold_intervals
+from affbench.scoring.cluster_statistics import ClusterSums, Fold, SeedRuns, cluster_sums
 from affbench.scoring.protocols import TaskSpec
 from affbench.scoring.registry import get_metric
 
@@ -60,7 +53,7 @@ def scoring_versions(task: TaskSpec, protocol_version: str | None) -> dict[str, 
 
 
 @dataclass
-class TestOutputs:
+class KeptOutputs:
     """One (job, task)'s kept test outputs, as :func:`read_outputs` returns them."""
 
     task: TaskSpec
@@ -154,7 +147,7 @@ def write_outputs(path: str | os.PathLike, table: pa.Table) -> Path:
     return path
 
 
-def read_outputs(path: str | os.PathLike) -> TestOutputs:
+def read_outputs(path: str | os.PathLike) -> KeptOutputs:
     """Read an outputs file back; one sentence when it is missing or not one."""
     path = Path(path)
     try:
@@ -173,11 +166,11 @@ def read_outputs(path: str | os.PathLike) -> TestOutputs:
         y = np.column_stack([frame[f"label/{label}"].to_numpy() for label in labels])
         mask = np.column_stack([frame[f"annotated/{label}"].to_numpy(dtype=bool) for label in labels])
     raw = np.column_stack([frame[f"output/{name}"].to_numpy() for name in outputs])
-    return TestOutputs(task, described.get("au_output"), int(described["fold"]), described["cluster_unit"],
+    return KeptOutputs(task, described.get("au_output"), int(described["fold"]), described["cluster_unit"],
                        described.get("protocol_version"), frame[[*ROW_COLUMNS, "cluster"]], y, mask, raw)
 
 
-def score_outputs(outputs: TestOutputs) -> tuple[dict[str, float], list[str]]:
+def score_outputs(outputs: KeptOutputs) -> tuple[dict[str, float], list[str]]:
     """The metrics score_task gives on kept outputs, and its warnings (as the record's notes)."""
     import warnings
 
@@ -189,9 +182,9 @@ def score_outputs(outputs: TestOutputs) -> tuple[dict[str, float], list[str]]:
     return metrics, list(dict.fromkeys(str(w.message) for w in caught))
 
 
-def fold_runs(runs: Sequence[TestOutputs]) -> list[Fold]:
+def fold_runs(runs: Sequence[KeptOutputs]) -> list[Fold]:
     """One entry per fold, in fold order: the fold's cluster sums, or its seeds' runs together."""
-    by_fold: dict[int, list[TestOutputs]] = {}
+    by_fold: dict[int, list[KeptOutputs]] = {}
     for outputs in runs:
         by_fold.setdefault(outputs.fold, []).append(outputs)
     folds: list[Fold] = []
@@ -201,7 +194,7 @@ def fold_runs(runs: Sequence[TestOutputs]) -> list[Fold]:
     return folds
 
 
-def outputs_intervals(runs: Sequence[TestOutputs], settings: BootstrapSettings | None = None) -> Intervals:
+def outputs_intervals(runs: Sequence[KeptOutputs], settings: BootstrapSettings | None = None) -> Intervals:
     """Cluster bootstrap intervals over kept outputs: one or more folds, combined as the fold mean,
     and within a fold one or more seeds' runs on the same rows, averaged."""
     return fold_intervals(fold_runs(runs), settings)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from affbench.reporting.outputs import (
-    TestOutputs,
+    KeptOutputs,
     interval_record,
     outputs_intervals,
     read_outputs,
@@ -76,7 +76,7 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def rescored_fields(outputs: TestOutputs, settings: BootstrapSettings) -> dict[str, Any]:
+def rescored_fields(outputs: KeptOutputs, settings: BootstrapSettings) -> dict[str, Any]:
     """The :data:`RESCORED` fields of a record, recomputed from one cell's kept outputs."""
     metrics, warnings = score_outputs(outputs)
     return _normal({

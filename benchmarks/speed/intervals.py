@@ -7,7 +7,7 @@ their values. Measured, each the best of ``--repeats`` runs:
 
 * **scoring** (the baseline): :func:`~affbench.scoring.scorer.score_task` on each fold, as the
   harness scores a cell;
-* **intervals**: :func:`~affbench.scoring.bootstrap.cluster_sums` on each fold and
+* **intervals**: :func:`~affbench.scoring.cluster_statistics.cluster_sums` on each fold and
   :func:`~affbench.scoring.bootstrap.fold_intervals` over the three (2000 resamples by default),
   as ``export`` makes the tables' intervals;
 * **row-loop reference**: what the intervals would cost calling score_task on every resample,
@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from affbench.scoring.bootstrap import BootstrapSettings, cluster_sums, fold_intervals
+from affbench.scoring.bootstrap import BootstrapSettings, fold_intervals
+from affbench.scoring.cluster_statistics import cluster_sums
 from affbench.scoring.protocols import TaskSpec
 from affbench.scoring.scorer import score_task
 
