@@ -284,6 +284,67 @@ def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool |
     _echo_lines(plot_run_if_wanted(run_dir, load_records(run_dir), plots))
 
 
+def _bootstrap_settings(resamples: int | None, level: float | None, seed: int | None):
+    from affbench.scoring.bootstrap import BootstrapSettings
+
+    return BootstrapSettings.from_options(resamples=resamples, level=level, seed=seed)
+
+
+_INTERVAL_OPTIONS = [
+    click.option("--resamples", type=int, default=None, help="Bootstrap resamples (default: the records' own, 2000)."),
+    click.option("--level", type=float, default=None, help="Confidence level (default: the records' own, 0.95)."),
+    click.option("--seed", type=int, default=None, help="Bootstrap seed (default: the records' own, 0)."),
+]
+
+
+def _interval_options(command):
+    for option in reversed(_INTERVAL_OPTIONS):
+        command = option(command)
+    return command
+
+
+@app.command("rescore")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_interval_options
+def rescore(run_dir: Path, resamples: int | None, level: float | None, seed: int | None) -> None:
+    """Recompute every result record of RUN_DIR (metrics, confidence intervals, the protocol and metric
+    versions) from the test outputs each cell kept, without running a model; say which records
+    changed and print the tables. Run export again to rewrite the CSV files.
+    """
+    from affbench.reporting.rescore import rescore as rescore_run
+
+    report = rescore_run(run_dir, settings=_bootstrap_settings(resamples, level, seed))
+    click.echo(report.markdown)
+    click.echo("")
+    _echo_lines(report.lines())
+
+
+@app.command("compare")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("cell_a")
+@click.argument("cell_b")
+@click.option("--metric", default=None, help="Metric to compare, e.g. f1 or f1/au6 (default: the task's primary).")
+@click.option("--csv", "csv_path", default=None, type=click.Path(path_type=Path),
+              help="Also write the comparison as a one-row CSV file.")
+@click.option("--force", is_flag=True, default=False,
+              help="Replace --csv even when it is not an earlier affbench export.")
+@_interval_options
+def compare(run_dir: Path, cell_a: str, cell_b: str, metric: str | None, csv_path: Path | None, force: bool,
+            resamples: int | None, level: float | None, seed: int | None) -> None:
+    """Compare two cells of RUN_DIR scored on the same test rows: the difference A - B, its paired
+    cluster-bootstrap interval and a p-value from a paired permutation test over clusters (subjects,
+    videos). A cell is SUITE/DATASET/TASK/ENCODER (all its folds, averaged as the protocol does) or
+    SUITE/DATASET/TASK/ENCODER/foldK.
+    """
+    from affbench.reporting.compare import compare_cells
+
+    found = compare_cells(run_dir, cell_a, cell_b, metric=metric, csv_path=csv_path, force=force,
+                          settings=_bootstrap_settings(resamples, level, seed))
+    _echo_lines(found.lines())
+    if csv_path is not None:
+        click.echo(f"written: {csv_path}")
+
+
 # ----------------------------------------------------------------------------------------- models
 
 
@@ -411,6 +472,7 @@ def demo(out: Path, device: str) -> None:
     from affbench.benchmarks.harness import run_benchmark as run
     from affbench.pipelines import prepare_dataset
     from affbench.pipelines import sample_data as generator
+    from affbench.reporting.compare import compare_cells
     from affbench.reporting.export import export as export_run
     from affbench.reporting.plots import plot_run_if_wanted
     from affbench.reporting.records import load_records
@@ -440,9 +502,17 @@ def demo(out: Path, device: str) -> None:
     click.echo(f"{report.cells_total} cells ({report.cells_skipped} already finished); tidy CSV {csv_path}, "
                f"tables in {csv_path.with_name(csv_path.stem + '-tables')}; run folder {run_dir}")
     _echo_lines(plot_run_if_wanted(run_dir, load_records(run_dir), None))
+    comparison_csv = out / "demo-comparison.csv"
+    click.echo("")
+    _echo_lines(compare_cells(run_dir, *_DEMO_COMPARISON, csv_path=comparison_csv).lines())
+    click.echo(f"comparison written to {comparison_csv}")
     _demo_predict(run_dir, written["disfa"], out, device)
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
 
+
+#: The demo's paired comparison: the thesis' claim (EmotiRAM-FAU against EmotiRAM-f on CAER-S), here
+#: on the sample data with tiny models, to show the command working.
+_DEMO_COMPARISON = ("demo/caer-s/expression/emotiram-fau", "demo/caer-s/expression/emotiram-f")
 
 #: The demo's model that runs on a sample video at the end (experiment id, model file name): small
 #: enough to keep that step to seconds, and it predicts AUs, expression and valence/arousal at once.

@@ -107,7 +107,7 @@ class _Runner:
 
         experiment = job.experiment
         prepared = self.data.get(experiment.dataset)
-        protocol = Protocol.from_dict(prepared.protocol_dict)
+        protocol = Protocol.from_dict(prepared.protocol_dict).repartitioned(job.partition)
         specs = task_specs(experiment, self.suite, protocol)
         meta = prepared.meta
         tasks, splits = [], {}
@@ -292,13 +292,15 @@ class _Runner:
                  f"{len(tasks[0].rows['train'])} training rows"
                  + (f", {self.dist.world_size} processes" if self.dist.active else ""))
         notes: dict[str, list[str]] = {}
-        result, test = self.fit_and_test(job, model, tasks, images, notes)
+        kept: dict[str, np.ndarray] = {}
+        result, test = self.fit_and_test(job, model, tasks, images, notes, kept)
         # This process's time plus that of the epochs an earlier, interrupted run finished.
         seconds = time.perf_counter() - started + sum(h.get("seconds", 0.0)
                                                       for h in result.history[: result.resumed_from or 0])
+        uncertainty = self.keep_outputs(job, tasks, prepared, model.spec, kept) if self.dist.is_main else {}
         summary = JobSummary(
             **self.common_summary(job, tasks, splits, test, model, prepared, cache, result.history, seconds, notes),
-            mode="train", validation_split={t.name: splits[t.name].get("validation") for t in tasks},
+            **uncertainty, mode="train", validation_split={t.name: splits[t.name].get("validation") for t in tasks},
             **_training_summary(job, tasks, model, result),
         )
         report.jobs_trained += 1
@@ -326,7 +328,8 @@ class _Runner:
         with _warnings_to(self.log):
             return create_encoder(job.experiment.encoder, **options)
 
-    def fit_and_test(self, job: Job, model, tasks, images, notes: dict[str, list[str]]):
+    def fit_and_test(self, job: Job, model, tasks, images, notes: dict[str, list[str]],
+                     kept: dict[str, np.ndarray]):
         """Fit the model in the job's folder, load the selected weights and score them on the test rows."""
         from affbench.training.checkpoints import load_model_state
         from affbench.training.evaluation import evaluate_tasks
@@ -350,13 +353,52 @@ class _Runner:
             test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                                   batch_size=max(1, eval_batch // self.dist.world_size),
                                   num_workers=settings.num_workers if self.num_workers is None else self.num_workers,
-                                  progress=self.progress, notes=notes, distribution=self.dist)
+                                  progress=self.progress, notes=notes, distribution=self.dist, kept=kept)
             if tracker is not None:
                 tracker.log_test(test, result.best_epoch or 0)
         finally:
             if tracker is not None:
                 tracker.close()
         return result, test
+
+    def keep_outputs(self, job: Job, tasks, prepared, encoder_spec, kept: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Write each task's test outputs into the job folder and make its intervals from them, and
+        those of the trivial baselines that predict a constant: the summary's ``test_outputs``,
+        ``ci``, ``scoring`` and ``baselines_ci`` fields."""
+        from affbench.reporting.outputs import (
+            ROW_COLUMNS,
+            interval_record,
+            outputs_intervals,
+            outputs_table,
+            read_outputs,
+            scoring_versions,
+            write_outputs,
+        )
+        from affbench.scoring.baselines import constant_predictions
+        from affbench.scoring.bootstrap import cluster_intervals
+        from affbench.scoring.protocols import Protocol
+
+        protocol = Protocol.from_dict(prepared.protocol_dict).repartitioned(job.partition)
+        version = protocol.fingerprint()
+        found: dict[str, dict[str, Any]] = {"test_outputs": {}, "ci": {}, "scoring": {}, "baselines_ci": {}}
+        for task in tasks:
+            if task.name not in kept:
+                continue
+            rows = task.rows["test"]
+            meta = prepared.meta.iloc[rows]
+            clusters, unit = protocol.cluster_ids(meta)
+            table = outputs_table(task.spec, meta[[c for c in ROW_COLUMNS if c in meta.columns]], clusters,
+                                  task.y[rows], task.mask[rows], kept[task.name], fold=job.fold, cluster_unit=unit,
+                                  au_output=encoder_spec.au_output, protocol_version=version)
+            path = write_outputs(self.job_folder(job).test_outputs(task.name), table)
+            found["test_outputs"][task.name] = path.relative_to(self.run_dir).as_posix()
+            found["ci"][task.name] = interval_record(outputs_intervals([read_outputs(path)]), unit)
+            found["scoring"][task.name] = scoring_versions(task.spec, version)
+            found["baselines_ci"][task.name] = {
+                name: interval_record(cluster_intervals(task.spec, truth, prediction, clusters, mask=annotated), unit)
+                for name, (truth, prediction, annotated) in constant_predictions(task.spec, task.y, task.mask,
+                                                                                 task.rows).items()}
+        return found
 
     def common_summary(self, job: Job, tasks, splits, test, model, prepared, cache, history, seconds: float,
                        notes: dict[str, list[str]]) -> dict[str, Any]:
@@ -422,9 +464,10 @@ class _Runner:
         images, cache = self.images_for(prepared, model.spec, source_job.experiment.training.augmentation)
         self.log(f"evaluate {source_job.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
         notes: dict[str, list[str]] = {}
+        kept: dict[str, np.ndarray] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                               num_workers=self.num_workers, progress=self.progress, notes=notes,
-                              distribution=self.dist)
+                              distribution=self.dist, kept=kept)
         if not self.dist.is_main:
             return
         tracker = open_tracker(self.run_dir, job.key)
@@ -434,6 +477,7 @@ class _Runner:
         summary = JobSummary(
             **self.common_summary(job, tasks, splits, test, model, prepared, cache, [],
                                   time.perf_counter() - started, notes),
+            **self.keep_outputs(job, tasks, prepared, model.spec, kept),
             mode="evaluate", validation_split={t.name: splits[t.name].get("derived") for t in tasks},
             **_evaluation_summary(job, tasks, source),
         )
@@ -466,14 +510,16 @@ class _Runner:
         self.log(f"score {released['tag']} ({released['name']}) on {job.experiment.dataset} "
                  f"{'+'.join(job.experiment.tasks)}, fold {job.fold}")
         notes: dict[str, list[str]] = {}
+        kept: dict[str, np.ndarray] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
                               num_workers=self.num_workers, progress=self.progress, notes=notes,
-                              distribution=self.dist)
+                              distribution=self.dist, kept=kept)
         if not self.dist.is_main:
             return
         summary = JobSummary(
             **self.common_summary(job, tasks, splits, test, model, prepared, cache, [],
                                   time.perf_counter() - started, notes),
+            **self.keep_outputs(job, tasks, prepared, model.spec, kept),
             mode="evaluate", validation_split={t.name: None for t in tasks},
             **_released_summary(tasks, model, released),
         )

@@ -1,6 +1,7 @@
 """Planning: a suite becomes content-addressed jobs in dependency order.
 
-Each (experiment, fold) is a *job*; it trains one model (multi-task when it lists several tasks) or
+Each (experiment, fold) is a *job* (each (experiment, fold, seed, partition) where the suite lists
+``seeds`` or asks for ``refolds``); it trains one model (multi-task when it lists several tasks) or
 evaluates one, and writes one record per *cell* (suite, dataset, task, encoder, fold) through
 :mod:`affbench.reporting.records`. Jobs are content-addressed: ``RUNDIR/jobs/<dataset>-<encoder>-...-<hash>``
 where the hash covers the data, protocol, encoder options, training settings and the hash of the
@@ -68,13 +69,18 @@ class Job:
     config: dict[str, Any] = field(default_factory=dict)
     config_hash: str = ""
     requested: bool = True
+    seed: int | None = None
+    partition: int = 0
 
     @property
     def key(self) -> str:
-        """The job's folder name: ``[eval-]<dataset>-<encoder>-<tasks>-fold<n>-<hash prefix>``."""
+        """The job's folder name: ``[eval-]<dataset>-<encoder>-<tasks>-fold<n>[-seed<s>][-refold<p>]-<hash
+        prefix>`` (a seed where the suite lists ``seeds``, a partition for its random ``refolds``)."""
         tasks = "+".join(self.experiment.tasks)
         kind = "eval-" if self.experiment.is_evaluation else ""
-        return f"{kind}{self.experiment.dataset}-{self.experiment.encoder}-{tasks}-fold{self.fold}-{self.config_hash[:10]}"
+        run = (f"-seed{self.seed}" if self.seed is not None else "") + (f"-refold{self.partition}" if self.partition else "")
+        return (f"{kind}{self.experiment.dataset}-{self.experiment.encoder}-{tasks}-fold{self.fold}{run}-"
+                f"{self.config_hash[:10]}")
 
     def cells(self, suite: str) -> list[CellKey]:
         """The cells the job writes a record for, one per task.
@@ -88,8 +94,8 @@ class Job:
         -------
         list of CellKey
         """
-        return [CellKey(suite, self.experiment.dataset, task, self.experiment.cell_encoder, self.fold)
-                for task in self.experiment.tasks]
+        return [CellKey(suite, self.experiment.dataset, task, self.experiment.cell_encoder, self.fold, self.seed,
+                        self.partition) for task in self.experiment.tasks]
 
 
 @dataclass
@@ -223,7 +229,7 @@ class _Planner:
         self.suite, self.data_root, self.cache, self.overrides = suite, data_root, cache, overrides
         self.weights_root = weights_root
         self.by_id = {e.id: e for e in suite.experiments}
-        self.jobs: dict[tuple[str, int], Job] = {}
+        self.jobs: dict[tuple[str, int, int | None, int], Job] = {}
         self.order: list[Job] = []
         self.skipped: list[str] = []
 
@@ -235,8 +241,19 @@ class _Planner:
         chosen = [f for f in self.protocol_folds(experiment) if folds is None or f in folds]
         if not chosen:
             self.skipped.append(f"{experiment.id}: no fold of {experiment.dataset} among --folds {list(folds or [])}")
-        for fold in chosen:
-            self.build(experiment, fold, requested=True)
+        partitions = range(1 + self.suite.refolds) if self.has_subject_folds(experiment) else range(1)
+        if self.suite.refolds and len(partitions) == 1:
+            self.skipped.append(f"{experiment.id}: no refolds, {experiment.dataset} has a given train/test split")
+        for partition in partitions:
+            for seed in self.suite.seeds or (None,):
+                for fold in chosen:
+                    self.build(experiment, fold, requested=True, seed=seed, partition=partition)
+
+    def has_subject_folds(self, experiment: Experiment) -> bool:
+        """Whether the experiment's dataset has subject folds that refolds can deal anew."""
+        from affbench.scoring.protocols import CrossValidation
+
+        return isinstance(self.cache.protocol(experiment.dataset).split, CrossValidation)
 
     def protocol_folds(self, experiment: Experiment) -> tuple[int, ...]:
         """The folds ``experiment`` runs: its own ``folds`` (checked) or all of its dataset's protocol."""
@@ -250,26 +267,32 @@ class _Planner:
             )
         return experiment.folds
 
-    def build(self, experiment: Experiment, fold: int, requested: bool) -> Job:
-        """The job of (experiment, fold), after the job it starts from or evaluates; built once."""
-        key = (experiment.id, fold)
+    def build(self, experiment: Experiment, fold: int, requested: bool, *, seed: int | None = None,
+              partition: int = 0) -> Job:
+        """The job of (experiment, fold, seed, partition), after the job it starts from or evaluates;
+        built once. A seed replaces the experiment's training seed; a partition > 0 deals the
+        subjects into the folds anew (:meth:`affbench.scoring.protocols.Protocol.repartitioned`)."""
+        key = (experiment.id, fold, seed, partition)
         if key in self.jobs:
             self.jobs[key].requested = self.jobs[key].requested or requested
             return self.jobs[key]
         if experiment.is_evaluation:
             experiment = replace(experiment, training=TrainSettings())
-        elif self.overrides:
-            experiment = replace(experiment, training=experiment.training.merged(self.overrides))
+        else:
+            changes = {**self.overrides, **({"seed": seed} if seed is not None else {})}
+            if changes:
+                experiment = replace(experiment, training=experiment.training.merged(changes))
         source = experiment.init or experiment.evaluate
         depends, source_fold, reference = None, None, None
         if source is not None:
-            depends, source_fold = self._source_job(experiment, source, fold)
+            depends, source_fold = self._source_job(experiment, source, fold, seed, partition)
             reference = {"job": depends.config_hash, "option": source.option}
-        config = self._config(experiment, fold, reference)
+        config = self._config(experiment, fold, reference, partition)
         if experiment.published is not None:
             config["published"] = self._released_file(experiment, fold)
-        job = Job(experiment, fold, source_fold, depends, config, _hash(config), requested)
-        leak = check_leakage(job, self.cache.protocol)  # refuses, unless the suite allows it
+        job = Job(experiment, fold, source_fold, depends, config, _hash(config), requested, seed, partition)
+        # Refuses, unless the suite allows it; the subjects are dealt as in the job's partition.
+        leak = check_leakage(job, lambda dataset: self.cache.protocol(dataset).repartitioned(partition))
         if leak is not None:
             job.config["leakage"] = leak.to_dict()
             job.config_hash = _hash(job.config)
@@ -312,8 +335,10 @@ class _Planner:
         return {"tag": tag, "file": str(path.resolve()), "name": path.name, "size": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns}
 
-    def _source_job(self, experiment: Experiment, source: Source, fold: int) -> tuple[Job, int]:
-        """The job that ``source`` refers to and its fold: the one named, the only one, or ``fold``."""
+    def _source_job(self, experiment: Experiment, source: Source, fold: int, seed: int | None, partition: int
+                    ) -> tuple[Job, int]:
+        """The job that ``source`` refers to and its fold: the one named, the only one, or ``fold``;
+        of the same seed, and of the same partition where its dataset has subject folds."""
         origin = self.by_id[source.experiment]
         origin_folds = self.protocol_folds(origin)
         source_fold = source.fold if source.fold is not None else (
@@ -322,13 +347,15 @@ class _Planner:
             raise AffbenchError(
                 f"Experiment {experiment.id!r} refers to fold {source_fold} of {origin.id!r}, which runs folds {list(origin_folds)}."
             )
-        return self.build(origin, source_fold, requested=False), source_fold
+        origin_partition = partition if self.has_subject_folds(origin) else 0
+        return self.build(origin, source_fold, requested=False, seed=seed, partition=origin_partition), source_fold
 
-    def _config(self, experiment: Experiment, fold: int, reference: dict[str, Any] | None) -> dict[str, Any]:
+    def _config(self, experiment: Experiment, fold: int, reference: dict[str, Any] | None, partition: int = 0
+                ) -> dict[str, Any]:
         """Everything that decides the job's results, ``reference`` the job it starts from or evaluates
         (its hash and the encoder option that receives its weights); the hash is the job's address."""
         prepared = self.cache.get(experiment.dataset)
-        protocol = self.cache.protocol(experiment.dataset)
+        protocol = self.cache.protocol(experiment.dataset).repartitioned(partition)
         specs = task_specs(experiment, self.suite, protocol)
         derived = self.suite.derived_tasks
         return {
@@ -346,6 +373,7 @@ class _Planner:
             **({"variant": experiment.variant} if experiment.variant else {}),
             "training": None if experiment.is_evaluation else experiment.training.result_dict(),
             "source": reference,
+            **({"partition": partition} if partition else {}),
         }
 
     def missing_data(self, experiment: Experiment | None) -> str | None:

@@ -52,7 +52,7 @@ def task_baselines(tasks) -> dict[str, dict[str, dict[str, float | None]]]:
 _OPTIONAL: dict[str, Callable[[], Any]] = {"fallback_crops": dict, "baselines": dict, "selection_protocol": lambda: "validation",
              "metric_warnings": dict, "validation_metric_warnings": dict, "world_size": lambda: None,
              "global_batch_size": lambda: None, "fresh_parameters": list, "data_loading": lambda: None,
-             "leakage": lambda: None}
+             "test_outputs": dict, "ci": dict, "scoring": dict, "baselines_ci": dict, "leakage": lambda: None}
 
 
 @dataclass
@@ -109,6 +109,13 @@ class JobSummary:
     data_loading: dict[str, Any] | None = None
     # Weights tested on subjects they were trained on, allowed by the suite (allow_leakage = true).
     leakage: dict[str, Any] | None = None
+    # Per task: the kept test outputs (a path relative to the run folder), the confidence intervals
+    # (affbench.reporting.outputs.interval_record) and the protocol and metric versions scored with.
+    test_outputs: dict[str, str] = field(default_factory=dict)
+    ci: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scoring: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per task and trivial baseline that predicts a constant: its intervals on the same clusters.
+    baselines_ci: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -125,7 +132,8 @@ class JobSummary:
             else:
                 raise KeyError(f.name)
         # None where a file wrote null for a mapping it now always has
-        for name in ("baselines", "metric_warnings", "validation_metric_warnings", "fallback_crops"):
+        for name in ("baselines", "metric_warnings", "validation_metric_warnings", "fallback_crops", "test_outputs",
+                     "ci", "scoring", "baselines_ci"):
             values[name] = values[name] or {}
         return cls(**values)
 
@@ -134,12 +142,17 @@ class JobSummary:
         experiment, task = job.experiment, cell.task
         return {
             "suite": cell.suite, "dataset": cell.dataset, "task": task, "encoder": cell.encoder, "fold": cell.fold,
+            # Which run of the cell: a seed of the suite's seeds (None: none listed) and the
+            # partition of subjects into folds (0: the published one; k: random partition k).
+            "run": {"seed": cell.seed, "partition": cell.partition},
             "experiment": experiment.id, "label": experiment.label or experiment.encoder,
             "job_tasks": list(experiment.tasks),
             "variant": experiment.variant or None,
             "kind": self.kind[task], "mode": self.mode,
             "metrics": self.metrics.get(task, {}),
-            "baselines": self.baselines.get(task, {}),
+            "ci": self.ci.get(task), "test_outputs": self.test_outputs.get(task),
+            "scoring": self.scoring.get(task),
+            "baselines": self.baselines.get(task, {}), "baselines_ci": self.baselines_ci.get(task, {}),
             "validation_metrics": self.validation_metrics.get(task, {}),
             "primary_metric": self.primary_metric[task],
             "n": self.n[task], "excluded": self.excluded[task],

@@ -269,6 +269,15 @@ class Suite:
         Its text.
     published : list of affbench.reporting.published.Published
         From ``[[published]]``.
+    reference : str, optional
+        From ``[suite] reference``: the experiment id every other row of its tables is compared
+        with (paired test over clusters, Holm's correction).
+    seeds : tuple of int, optional
+        From ``[suite] seeds``: every training experiment is trained once per seed (its
+        ``training.seed`` replaced), each its own job; None trains once with ``training.seed``.
+    refolds : int, default=0
+        From ``[suite] refolds``: the number of reproducible random subject-exclusive partitions run
+        beside the published one (partition 0), on datasets whose protocol has subject folds.
     """
 
     name: str
@@ -281,6 +290,9 @@ class Suite:
     path: Path | None = None
     text: str = ""
     published: list = field(default_factory=list)
+    reference: str | None = None
+    seeds: tuple[int, ...] | None = None
+    refolds: int = 0
 
     def experiment(self, experiment_id: str) -> Experiment:
         """The experiment with id ``experiment_id``.
@@ -432,19 +444,37 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     published = parse_published(declared + released_tables(data.get("experiment", []), declared),
                                 {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
-                  defaults, path, text, published)
+                  defaults, path, text, published, meta.get("reference"), *_replicates(meta, where))
+    if suite.reference is not None:
+        suite.experiment(str(suite.reference))  # one sentence listing the experiments when it names none
     _resolve_references(suite)
     return suite
 
 
 def _suite_name(meta: Mapping[str, Any], path: Path | None, where: str) -> str:
     """The ``[suite]`` table's name (default: the file's stem), checked as a file name."""
-    _check_keys(meta, ("name", "description", "reproduces"), f"[suite] of {where}")
+    _check_keys(meta, ("name", "description", "reproduces", "reference", "seeds", "refolds"), f"[suite] of {where}")
     name = meta.get("name") or (path.stem if path else "")
     if not name:
         raise AffbenchError(f"{where} has no [suite] name.")
     check_name("suite name", name)
     return name
+
+
+def _replicates(meta: Mapping[str, Any], where: str) -> tuple[tuple[int, ...] | None, int]:
+    """``[suite] seeds`` (distinct integers) and ``refolds`` (a count, 0 or more), checked."""
+    seeds = meta.get("seeds")
+    if seeds is not None:
+        if (not isinstance(seeds, list) or not seeds or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in seeds) or len(set(seeds)) != len(seeds)):
+            raise AffbenchError(f"[suite] seeds of {where} must be a list of distinct integers such as [0, 1, 2]; "
+                                f"got {seeds!r}.")
+        seeds = tuple(seeds)
+    refolds = meta.get("refolds", 0)
+    if not isinstance(refolds, int) or isinstance(refolds, bool) or refolds < 0:
+        raise AffbenchError(f"[suite] refolds of {where} must be a whole number of random partitions (0 or more); "
+                            f"got {refolds!r}.")
+    return seeds, refolds
 
 
 def _dataset_folders(table: Mapping[str, Any]) -> dict[str, str]:

@@ -45,7 +45,7 @@ DEFAULT_FACE_SELECTION = "largest"
 @dataclass(frozen=True)
 class TaskOutput:
     """What one task's slice of the model output means (the fields of a protocol's TaskSpec that
-    inference needs; :func:`affbench.training.fit.task_scores` reads exactly these)."""
+    inference needs; :func:`affbench.scoring.scorer.task_scores` reads exactly these)."""
 
     name: str
     kind: str  # au-detection | au-intensity | expression | va

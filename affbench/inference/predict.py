@@ -168,7 +168,7 @@ class LoadedModel:
 
     def predict_columns(self, crops: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Prediction columns (see the module docstring) for aligned crops: ``{column: array}``."""
-        from affbench.training.evaluation import task_scores
+        from affbench.scoring.scorer import task_scores
 
         outputs = self.outputs(list(crops))
         columns: dict[str, np.ndarray] = {}

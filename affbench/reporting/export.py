@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from affbench.errors import AffbenchError
-from affbench.reporting.records import _require, baseline_records, load_records
+from affbench.reporting.outputs import combined_intervals
+from affbench.reporting.records import _require, baseline_records, load_records, run_of
 from affbench.reporting.tables import markdown, wide_tables
 from affbench.runtime.files import atomic_write, write_text_atomic
 from affbench.runtime.run_folder import RunFolder
@@ -26,15 +27,16 @@ from affbench.runtime.run_folder import RunFolder
 # ----------------------------------------------------------------------------------------- long table
 
 #: Version of the long CSV's columns; bumped whenever a column changes meaning, is renamed or removed.
-SCHEMA_VERSION = 2
-#: The long CSV's columns, in order (see docs/results.md, "Result files").
+SCHEMA_VERSION = 3
+#: The long CSV's columns, in order (see docs/results.md, "Result files"). Schema 3 added the
+#: interval columns ``ci_low`` ... ``ci_note`` and ``partition`` (0: the published folds).
 LONG_COLUMNS = (
     "schema", "suite", "dataset", "task", "kind", "row", "encoder", "baseline", "experiment", "name", "fold",
-    "metric", "label", "value", "seed", "initialisation", "n_train", "n_test", "n_excluded",
-    "epochs", "epochs_planned", "selected_epoch", "job", "config_hash", "device", "world_size",
-    "git_commit", "affbench_version",
+    "metric", "label", "value", "ci_low", "ci_high", "ci_level", "n_clusters", "ci_method", "ci_note", "partition",
+    "seed", "initialisation", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned", "selected_epoch", "job",
+    "config_hash", "device", "world_size", "git_commit", "affbench_version",
 )
-_INTEGER_COLUMNS = ("fold", "seed", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned",
+_INTEGER_COLUMNS = ("fold", "partition", "n_clusters", "seed", "n_train", "n_test", "n_excluded", "epochs", "epochs_planned",
                     "selected_epoch", "world_size")
 
 
@@ -69,6 +71,20 @@ def _value(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _interval(record: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The interval columns of one value: empty for a record made before intervals (or a baseline)."""
+    ci = record.get("ci")
+    if not isinstance(ci, Mapping):
+        return {"ci_low": None, "ci_high": None, "ci_level": None, "n_clusters": None, "ci_method": None,
+                "ci_note": None}
+    low, high = (ci.get("intervals") or {}).get(key) or (None, None)
+    note = ci.get("note")
+    if note is None and low is None:
+        note = "no interval: the value is undefined in some resamples"
+    return {"ci_low": _value(low), "ci_high": _value(high), "ci_level": ci.get("level"),
+            "n_clusters": ci.get("n_clusters"), "ci_method": ci.get("method"), "ci_note": note}
+
+
 def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The tidy table: one row per (suite, dataset, task, encoder or baseline, fold, metric, label).
 
@@ -85,8 +101,9 @@ def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
                 "task": record["task"], "kind": record.get("kind"), "row": "affbench",
                 "encoder": record["encoder"], "baseline": "", "experiment": record.get("experiment"),
-                "name": record.get("label"), "fold": int(record["fold"]), "metric": metric, "label": label,
-                "value": _value(value), **provenance,
+                "name": record.get("label"), "fold": int(record["fold"]), "partition": run_of(record)[0],
+                "metric": metric, "label": label,
+                "value": _value(value), **_interval(record, key), **provenance,
             })
     for record in baseline_records(records):
         provenance = {k: v if k in ("seed", "n_train", "n_test", "n_excluded", "device") else None
@@ -97,12 +114,14 @@ def long_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "schema": SCHEMA_VERSION, "suite": record["suite"], "dataset": record["dataset"],
                 "task": record["task"], "kind": record.get("kind"), "row": "baseline", "encoder": "",
                 "baseline": record["baseline"], "experiment": "", "name": "", "fold": int(record["fold"]),
-                "metric": metric, "label": label, "value": _value(value), **provenance,
+                "partition": run_of(record)[0],
+                "metric": metric, "label": label, "value": _value(value), **_interval(record, key), **provenance,
             })
     frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
     for column in _INTEGER_COLUMNS:
         frame[column] = pd.array(frame[column], dtype="Int64")
-    return frame.astype({"value": "float64", "schema": "int64"})
+    return frame.astype({"value": "float64", "ci_low": "float64", "ci_high": "float64", "ci_level": "float64",
+                         "schema": "int64"})
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -117,9 +136,10 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 #: How an earlier export is recognised: the first columns of each file export writes (the long
-#: table, schema 2 and the schema-1 long and wide tables; the comparison; a paper-style table).
+#: table, schema 2 and the schema-1 long and wide tables; the comparison; a paper-style table; a
+#: compare CSV).
 EXPORT_HEADERS = ("schema,suite,dataset,task,", "suite,dataset,task,encoder,", "suite,experiment,name,dataset,",
-                  "row,encoder,name,folds,")
+                  "row,encoder,name,folds,", "cell_a,cell_b,metric,")
 
 
 def is_earlier_export(path: str | os.PathLike) -> bool:
@@ -156,6 +176,30 @@ def published_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str
         if path.is_file():
             found[suite] = load_published(path)
     return found
+
+
+def references_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str, str]:
+    """The reference experiment each suite names (``[suite] reference``), from its kept copy."""
+    from affbench.reporting.published import load_reference
+
+    found = {}
+    for suite in suites:
+        path = RunFolder(run_dir).suite_copy(suite)
+        reference = load_reference(path) if path.is_file() else None
+        if reference:
+            found[suite] = reference
+    return found
+
+
+def paper_tables_of(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]],
+                    published: Mapping[str, Sequence[Any]]) -> dict:
+    """The paper-style tables of a run's records: intervals over folds from the kept test outputs,
+    and each row's difference from its suite's reference row where the suite names one."""
+    from affbench.reporting.compare import reference_comparisons
+
+    references = references_for(run_dir, dict.fromkeys(r["suite"] for r in records))
+    compared = reference_comparisons(run_dir, records, references) if references else {}
+    return wide_tables(records, published, combined_intervals(run_dir, records), compared)
 
 
 @dataclass
@@ -195,10 +239,10 @@ def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: boo
     long = long_table(records)
     written = [write_csv(long, csv_path)]
     published = published_for(run_dir, dict.fromkeys(r["suite"] for r in records))
-    comparison = comparison_table(records, published)
+    comparison = comparison_table(records, published, combined_intervals(run_dir, records))
     if not comparison.empty:
         written.append(write_csv(comparison, comparison_path))
-    tables = paper_tables.wide_tables(records, published)
+    tables = paper_tables_of(run_dir, records, published)
     if wide or latex:
         for key, table in tables.items():
             written.append(write_csv(table, folder / f"{paper_tables.table_name(key)}.csv"))
@@ -216,4 +260,4 @@ def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: boo
 def suite_markdown(run_dir: str | os.PathLike, suite: str) -> tuple[str, list[dict[str, Any]]]:
     """The paper-style tables of one suite's records in ``run_dir`` as Markdown, and those records."""
     records = load_records(run_dir, suite=suite)
-    return markdown(wide_tables(records, published_for(run_dir, [suite]))), records
+    return markdown(paper_tables_of(run_dir, records, published_for(run_dir, [suite]))), records

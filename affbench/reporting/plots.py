@@ -3,7 +3,8 @@
 * ``curve-<dataset>-<task>-<encoder>-fold<k>.png``: training loss and validation metric per epoch,
   the selected epoch marked and named in the legend;
 * ``per-label-<metric>-<dataset>-<task>.png``: one bar per encoder and label, the mean over folds
-  with the sample standard deviation as error bar, the best trivial baseline as a black mark;
+  with its cluster bootstrap interval as error bar (the sample standard deviation over folds where
+  there is no interval), the best trivial baseline as a black mark;
   a value of 0 is written "0" over its (invisible) bar, a missing one "n/a";
 * ``paper-vs-affbench.png``: every published value of the suite beside affbench's.
 """
@@ -21,7 +22,8 @@ import numpy as np
 
 from affbench.errors import AffbenchError
 from affbench.reporting.export import published_for
-from affbench.reporting.records import _require, baseline_records, load_records
+from affbench.reporting.outputs import combined_intervals
+from affbench.reporting.records import _require, baseline_records, load_records, run_of
 from affbench.runtime.files import atomic_write
 from affbench.runtime.run_folder import RunFolder
 
@@ -134,8 +136,10 @@ def _selection_text(record: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- per label
 
 
-def _per_label_values(records: Sequence[Mapping[str, Any]], metric: str) -> tuple[list[str], dict[str, tuple]]:
-    """Labels of ``metric`` and, per encoder, (means, sample stds) over folds."""
+def _per_label_values(records: Sequence[Mapping[str, Any]], metric: str,
+                      intervals: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[list[str], dict[str, tuple]]:
+    """Labels of ``metric`` and, per encoder, (means, sample stds over folds, folds, intervals): the
+    intervals a (2, n_labels) array of lower and upper bounds, nan where a label has none."""
     labels: list[str] = []
     for record in records:
         for key in record["metrics"]:
@@ -152,7 +156,10 @@ def _per_label_values(records: Sequence[Mapping[str, Any]], metric: str) -> tupl
             finite = [v for v in folds if math.isfinite(v)]
             means.append(float(np.mean(finite)) if finite else float("nan"))
             sds.append(float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0)
-        values[encoder] = (np.array(means), np.array(sds), len(cells))
+        found = ((intervals or {}).get(encoder) or {}).get("intervals") or {}
+        bounds = np.array([found.get(f"{metric}/{label}") or (np.nan, np.nan) for label in labels], dtype=float).T
+        values[encoder] = (np.array(means), np.array(sds), len({int(c["fold"]) for c in cells}),
+                           bounds.reshape(2, len(labels)))
     return labels, values
 
 
@@ -171,9 +178,24 @@ def _best_baseline(records: Sequence[Mapping[str, Any]], metric: str, labels: Se
     return best, names
 
 
-def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike) -> Path | None:
-    """Grouped bars: one group per label, one bar per encoder (mean over folds, sample-std error bars)."""
-    labels, values = _per_label_values(records, metric)
+def _error_bars(means: np.ndarray, sds: np.ndarray, folds: int, bounds: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """(2, n) distances below and above each bar and what they are: the interval where the encoder
+    has one, else the sample std over folds (several folds), else none."""
+    if np.isfinite(bounds).any():
+        below, above = np.clip(means - bounds[0], 0, None), np.clip(bounds[1] - means, 0, None)
+        return np.where(np.isfinite(bounds), np.vstack([below, above]), np.nan), "interval"
+    if folds > 1:
+        spread = np.where(np.isfinite(means) & (sds > 0), sds, np.nan)  # no stray caps on missing or exact bars
+        return np.vstack([spread, spread]), "std"
+    return None
+
+
+def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike,
+                   intervals: Mapping[str, Mapping[str, Any]] | None = None) -> Path | None:
+    """Grouped bars: one group per label, one bar per encoder (mean over folds); error bars are each
+    encoder's cluster bootstrap interval from ``intervals`` (encoder -> a record's ``ci``) where it
+    has one, else the sample std over folds."""
+    labels, values = _per_label_values(records, metric, intervals)
     if not labels:
         return None
     plt = require_pyplot()
@@ -182,13 +204,19 @@ def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str 
     width = 0.8 / max(len(encoders), 1)
     fig, axis = plt.subplots(figsize=(min(14.0, max(6.4, 0.3 * len(labels) * max(len(encoders), 1) + 3)), 4.4))
     all_values = []
+    error_bars = {encoder: _error_bars(*values[encoder]) for encoder in encoders}
+    kinds = {found[1] for found in error_bars.values() if found is not None}
     for i, encoder in enumerate(encoders):
-        means, sds, folds = values[encoder]
+        means, sds, folds, bounds = values[encoder]
         positions = x + (i - (len(encoders) - 1) / 2) * width
         shown = np.nan_to_num(means)
-        spread = np.where(np.isfinite(means) & (sds > 0), sds, np.nan)  # no stray caps on missing or exact bars
-        bars = axis.bar(positions, shown, width, yerr=spread if folds > 1 else None, capsize=3,
-                        label=f"{encoder} ({folds} fold{'s' if folds != 1 else ''})")
+        bars_of = error_bars[encoder]
+        which = f"; {bars_of[1]} bars" if bars_of is not None and len(kinds) > 1 else ""  # say which, when mixed
+        if bars_of is not None:
+            all_values.extend((means - np.nan_to_num(bars_of[0][0])).tolist())
+            all_values.extend((means + np.nan_to_num(bars_of[0][1])).tolist())
+        bars = axis.bar(positions, shown, width, yerr=None if bars_of is None else bars_of[0], capsize=3,
+                        label=f"{encoder} ({folds} fold{'s' if folds != 1 else ''}{which})")
         color = bars.patches[0].get_facecolor() if bars.patches else None
         for position, mean in zip(positions, means):
             if math.isnan(mean):
@@ -197,8 +225,7 @@ def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str 
             elif abs(mean) < TOO_SMALL_TO_SEE:
                 axis.text(position, 0.01, _near_zero(mean), ha="center", va="bottom", fontsize=8, color=color,
                           fontweight="bold", rotation=90 if mean != 0 else 0)
-        all_values.extend((means + sds).tolist())
-        all_values.extend((means - sds).tolist())
+        all_values.extend(means.tolist())
     best, names = _best_baseline(records, metric, labels)
     if np.isfinite(best).any():
         span = 0.8
@@ -210,7 +237,11 @@ def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str 
     axis.set_ylim(*_y_limits(all_values))
     axis.axhline(0, color="grey", linewidth=0.6)
     first = records[0]
-    bars_note = "error bars: sample std over folds" if any(v[2] > 1 for v in values.values()) else "one fold: no error bars"
+    level = next((f"{c['level']:.0%}" for c in (intervals or {}).values() if c.get("level")), "95%")
+    bars_note = {frozenset(): "no error bars: one fold, too few clusters",
+                 frozenset({"interval"}): f"error bars: {level} cluster bootstrap interval",
+                 frozenset({"std"}): "error bars: sample std over folds"}.get(
+        frozenset(kinds), f"error bars: {level} cluster bootstrap interval, else sample std over folds")
     axis.set_title(f"per-label {metric} · {first['suite']} · {first['dataset']} {first['task']} ({bars_note})", fontsize=10)
     axis.legend(fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.14 if len(labels) <= 8 else -0.2),
                 ncol=min(3, len(encoders) + 1), frameon=False)
@@ -221,7 +252,8 @@ def plot_per_label(records: Sequence[Mapping[str, Any]], metric: str, path: str 
 
 
 def plot_comparison(comparison, suite: str, path: str | os.PathLike) -> Path | None:
-    """Horizontal bars: each published value of ``suite`` beside affbench's (mean ± sample std)."""
+    """Horizontal bars: each published value of ``suite`` beside affbench's, with affbench's interval
+    as error bar where it has one (``affbench_ci_low``, ``affbench_ci_high``), else the sample std."""
     rows = comparison[comparison["suite"] == suite]
     if rows.empty:
         return None
@@ -232,10 +264,19 @@ def plot_comparison(comparison, suite: str, path: str | os.PathLike) -> Path | N
     height = 0.38
     axis.barh(y + height / 2, rows["paper"], height, color="tab:grey", label="paper (published)")
     mine = rows["affbench"].to_numpy(dtype=float)
-    spread = np.nan_to_num(rows["affbench_std"].to_numpy(dtype=float))
-    axis.barh(y - height / 2, np.nan_to_num(mine), height, xerr=spread if (spread > 0).any() else None, capsize=2,
-              color="tab:blue",
-              label="affbench (mean over folds ± sample std)")
+    std = np.nan_to_num(rows["affbench_std"].to_numpy(dtype=float))
+    ci_low = rows["affbench_ci_low"].to_numpy(dtype=float) if "affbench_ci_low" in rows else np.full(len(rows), np.nan)
+    ci_high = rows["affbench_ci_high"].to_numpy(dtype=float) if "affbench_ci_high" in rows else np.full(len(rows), np.nan)
+    has_interval = np.isfinite(ci_low) & np.isfinite(ci_high)
+    below = np.nan_to_num(np.where(has_interval, np.clip(mine - ci_low, 0, None), std))
+    above = np.nan_to_num(np.where(has_interval, np.clip(ci_high - mine, 0, None), std))
+    bars = "cluster bootstrap interval" if has_interval.all() else (
+        "interval, else sample std" if has_interval.any() else "sample std")
+    drawn = np.where(below + above > 0, 1.0, np.nan)  # no stray caps on bars without any spread
+    axis.barh(y - height / 2, np.nan_to_num(mine), height,
+              xerr=np.vstack([below, above]) * drawn if (below + above > 0).any() else None, capsize=2,
+              color="tab:blue", label=f"affbench (mean over folds; error bars: {bars})")
+    spread = np.maximum(below, above)
     for position, value in zip(y - height / 2, mine):
         if math.isnan(value):
             axis.text(0.01, position, "n/a (not run)", va="center", fontsize=7, color="grey")
@@ -269,17 +310,20 @@ def plot_run(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]] | 
         if path:
             written.append(path)
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for record in records:
-        groups.setdefault((record["suite"], record["dataset"], record["task"]), []).append(record)
+    for record in records:  # the bars show the published folds; random partitions are in the tables
+        if run_of(record)[0] == 0:
+            groups.setdefault((record["suite"], record["dataset"], record["task"]), []).append(record)
+    intervals = combined_intervals(run_dir, records)
     for (suite, dataset, task), group in groups.items():
         metrics = list(dict.fromkeys(k.split("/", 1)[0] for r in group for k in r["metrics"] if "/" in k))
+        of_group = {k[3]: v for k, v in intervals.items() if k[:3] == (suite, dataset, task)}
         for metric in metrics:
             name = f"per-label-{_safe(metric)}-{_safe(dataset)}-{_safe(task)}.png"
-            path = plot_per_label(group, metric, out / _safe(suite) / name)
+            path = plot_per_label(group, metric, out / _safe(suite) / name, of_group)
             if path:
                 written.append(path)
     suites = list(dict.fromkeys(r["suite"] for r in records))
-    comparison = comparison_table(records, published_for(run_dir, suites))
+    comparison = comparison_table(records, published_for(run_dir, suites), intervals)
     for suite in suites:
         path = plot_comparison(comparison, suite, out / _safe(suite) / "paper-vs-affbench.png")
         if path:

@@ -42,7 +42,8 @@ else:  # pragma: no cover - Python 3.10
 
 KEYS = ("experiment", "task", "metric", "value", "labels", "scale", "source", "notes")
 COMPARISON_COLUMNS = ("suite", "experiment", "name", "dataset", "task", "encoder", "metric", "label",
-                      "paper", "affbench", "affbench_std", "folds", "difference", "source", "notes")
+                      "paper", "affbench", "affbench_std", "folds", "difference", "source", "notes",
+                      "affbench_ci_low", "affbench_ci_high")
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,23 @@ def load_published(path: str | os.PathLike) -> list[Published]:
     return parse_published(declared + released_tables(data.get("experiment", []), declared), tasks, path.name)
 
 
-def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Published]]
-                     ) -> pd.DataFrame:
-    """One row per published value: ``paper``, ``affbench`` (mean over folds), ``difference``.
+def load_reference(path: str | os.PathLike) -> str | None:
+    """The experiment a suite TOML file names as its tables' reference row (``[suite] reference``)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise AffbenchError(f"The suite file {path} is not valid TOML: {exc}.") from None
+    meta = data.get("suite")
+    reference = meta.get("reference") if isinstance(meta, Mapping) else None
+    return str(reference) if reference else None
+
+
+def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Published]],
+                     intervals: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per published value: ``paper``, ``affbench`` (mean over folds), ``difference``, and
+    affbench's interval (``affbench_ci_low``, ``affbench_ci_high``) from ``intervals`` (per (suite,
+    dataset, task, encoder), as :func:`affbench.reporting.outputs.combined_intervals` makes them).
 
     ``published`` maps suite names to their declarations. A published value with no finished cell
     keeps its row with ``affbench`` empty, so a reader sees what has not been run.
@@ -173,7 +188,7 @@ def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[st
     for suite, entries in published.items():
         for entry in entries:
             cells = [r for r in records if r["suite"] == suite and r.get("experiment") == entry.experiment
-                     and r["task"] == entry.task]
+                     and r["task"] == entry.task and not (r.get("run") or {}).get("partition")]
             dataset = cells[0]["dataset"] if cells else ""
             encoder = cells[0]["encoder"] if cells else ""
             name = cells[0].get("label", "") if cells else ""
@@ -183,6 +198,9 @@ def comparison_table(records: Sequence[Mapping[str, Any]], published: Mapping[st
                 values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
                 mean = float(np.mean(values)) if values else float("nan")
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+                ci = ((intervals or {}).get((suite, dataset, entry.task, encoder)) or {}).get("intervals") or {}
+                low, high = ci.get(key) or (float("nan"), float("nan"))
                 rows.append((suite, entry.experiment, name, dataset, entry.task, encoder, entry.metric, label,
-                             paper, mean, std, len(values), mean - paper, entry.source, entry.notes))
-    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype({"folds": "int64"})
+                             paper, mean, std, len(values), mean - paper, entry.source, entry.notes, low, high))
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype(
+        {"folds": "int64", "affbench_ci_low": "float64", "affbench_ci_high": "float64"})

@@ -28,17 +28,29 @@ from affbench.runtime.run_folder import RunFolder
 
 @dataclass(frozen=True)
 class CellKey:
-    """The identity of one benchmark cell."""
+    """The identity of one benchmark cell: one (seed, partition) run of it where a suite asks for
+    several (``seed`` None: the suite has no ``seeds`` list; ``partition`` 0: the published folds)."""
 
     suite: str
     dataset: str
     task: str
     encoder: str
     fold: int
+    seed: int | None = None
+    partition: int = 0
 
     @property
     def filename(self) -> str:
-        return f"{self.dataset}__{self.task}__{self.encoder}__fold{self.fold}.json"
+        run = (f"__seed{self.seed}" if self.seed is not None else "") + (
+            f"__refold{self.partition}" if self.partition else "")
+        return f"{self.dataset}__{self.task}__{self.encoder}__fold{self.fold}{run}.json"
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> CellKey:
+        """The cell a record belongs to."""
+        run = record.get("run") or {}
+        return cls(record["suite"], record["dataset"], record["task"], record["encoder"], int(record["fold"]),
+                   run.get("seed"), int(run.get("partition") or 0))
 
     def path(self, run_dir: str | os.PathLike) -> Path:
         for kind, name in (("suite", self.suite), ("dataset", self.dataset), ("task", self.task),
@@ -47,7 +59,9 @@ class CellKey:
         return RunFolder(run_dir).results / self.suite / self.filename
 
     def __str__(self) -> str:
-        return f"{self.suite}/{self.dataset}/{self.task}/{self.encoder}/fold{self.fold}"
+        run = (f"/seed{self.seed}" if self.seed is not None else "") + (
+            f"/refold{self.partition}" if self.partition else "")
+        return f"{self.suite}/{self.dataset}/{self.task}/{self.encoder}/fold{self.fold}{run}"
 
 
 def _clean(value: Any) -> Any:
@@ -69,8 +83,7 @@ def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
 
 def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     """Write one cell's record (atomically) and return its path."""
-    key = CellKey(record["suite"], record["dataset"], record["task"], record["encoder"], int(record["fold"]))
-    path = key.path(run_dir)
+    path = CellKey.of(record).path(run_dir)
     write_json_atomic(path, record)
     return path
 
@@ -103,8 +116,15 @@ def load_records(run_dir: str | os.PathLike, *, suite: str | None = None) -> lis
     pattern = f"{suite}/*.json" if suite else "*/*.json"
     paths = sorted(results.glob(pattern)) if results.is_dir() else []
     records = [read_record(p) for p in paths]
-    records.sort(key=lambda r: (r["suite"], r["dataset"], r["task"], r["encoder"], int(r["fold"])))
+    records.sort(key=lambda r: (r["suite"], r["dataset"], r["task"], r["encoder"], run_of(r), int(r["fold"])))
     return records
+
+
+def run_of(record: Mapping[str, Any]) -> tuple[int, int]:
+    """A record's run as (partition, seed): (0, -1) for the published folds of a suite without seeds."""
+    run = record.get("run") or {}
+    seed = run.get("seed")
+    return int(run.get("partition") or 0), -1 if seed is None else int(seed)
 
 
 def _require(records: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike | None = None) -> None:
@@ -116,16 +136,17 @@ def _require(records: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike | 
 def baseline_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One pseudo-record per (suite, dataset, task, fold, baseline): the trivial predictors' scores.
 
-    Every encoder of a (dataset, task, fold) is scored on the same test rows, so their records
-    carry the same baselines; the first record's are used.
+    Every encoder of a (dataset, task, fold, partition) is scored on the same test rows, so their
+    records carry the same baselines; the first record's are used.
     """
     seen: set[tuple] = set()
     found = []
     for record in records:
         for name, metrics in (record.get("baselines") or {}).items():
-            key = (record["suite"], record["dataset"], record["task"], int(record["fold"]), name)
+            key = (record["suite"], record["dataset"], record["task"], int(record["fold"]), run_of(record)[0], name)
             if key in seen:
                 continue
             seen.add(key)
-            found.append({**record, "encoder": "", "baseline": name, "metrics": metrics})
+            found.append({**record, "encoder": "", "baseline": name, "metrics": metrics,
+                          "ci": (record.get("baselines_ci") or {}).get(name)})
     return found

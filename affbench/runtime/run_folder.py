@@ -11,7 +11,8 @@
     RUNDIR/jobs/<job>/best.pt               the selected weights
     RUNDIR/jobs/<job>/model.json            what inference needs to use best.pt (affbench export-model)
     RUNDIR/jobs/<job>/done.json             the finished job's summary, from which its records are made
-    RUNDIR/results/<suite>/<cell>.json      one result record per cell
+    RUNDIR/jobs/<job>/test-outputs/<task>.parquet   every test row's labels and raw outputs (rescore, compare)
+    RUNDIR/results/<suite>/<cell>.json      one result record per cell (and seed or partition run)
     RUNDIR/plots/<suite>/*.png              plots
     RUNDIR/tensorboard/<job>/               TensorBoard event files
 
@@ -40,6 +41,7 @@ LAST_FILE = "last.pt"
 WEIGHTS_FILE = "best.pt"
 DESCRIPTION_FILE = "model.json"
 DONE_FILE = "done.json"
+TEST_OUTPUTS_DIR = "test-outputs"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class JobFolder:
     @property
     def done(self) -> Path:
         return self.path / DONE_FILE
+
+    def test_outputs(self, task: str) -> Path:
+        """The kept test outputs of one of the job's tasks (affbench.reporting.outputs)."""
+        return self.path / TEST_OUTPUTS_DIR / f"{task}.parquet"
 
     def experiment(self) -> str | None:
         """The suite experiment this job belongs to, from its ``job.json``; None without a readable one."""

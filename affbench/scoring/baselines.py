@@ -87,30 +87,44 @@ def trivial_baselines(task_spec: TaskSpec, y: np.ndarray, mask: np.ndarray, rows
     train = np.asarray(rows.get("train", []), dtype=np.int64)
     if len(test) == 0:
         return {}
-    y_test, mask_test = y[test], mask[test]
-    kind = task_spec.kind
     found: dict[str, dict[str, float]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate constant predictions: the values are the point
-        if kind == "au-detection":
-            clean = np.where(mask_test, y_test, 0)
-            for name, value in (("all-present", 1.0), ("all-absent", 0.0)):
-                found[name] = score_task(task_spec, clean, np.full(clean.shape, value), mask=mask_test)
-            if len(train):
-                found["label-frequency"] = _label_frequency(task_spec, y[train], mask[train], y_test, mask_test)
-        elif kind == "expression" and len(train):
-            classes = y[train][mask[train]].astype(np.int64)
-            if classes.size:
-                majority = int(np.bincount(classes, minlength=task_spec.n_outputs).argmax())
-                clean = np.where(mask_test, y_test, 0).astype(np.int64)
-                found["majority-class"] = score_task(task_spec, clean, np.full(clean.shape, majority), mask=mask_test)
-        elif kind in ("au-intensity", "va") and len(train):
-            means = _masked_means(y[train], mask[train])
-            if not np.isnan(means).any():
-                clean = np.where(mask_test, y_test, 0.0)
-                found["training-mean"] = score_task(task_spec, clean, np.broadcast_to(means, clean.shape).copy(),
-                                                  mask=mask_test)
+        for name, (truth, prediction, annotated) in constant_predictions(task_spec, y, mask, rows).items():
+            found[name] = score_task(task_spec, truth, prediction, mask=annotated)
+        if task_spec.kind == "au-detection" and len(train):
+            found["label-frequency"] = _label_frequency(task_spec, y[train], mask[train], y[test], mask[test])
     return {name: {k: _finite_or_none(v) for k, v in values.items()} for name, values in found.items()}
+
+
+def constant_predictions(task_spec: TaskSpec, y: np.ndarray, mask: np.ndarray, rows: Mapping[str, ArrayLike]
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The baselines that predict one constant, as ``{name: (test targets, prediction, test mask)}``
+    (unannotated targets zeroed), ready for score_task or a bootstrap; ``label-frequency`` is no
+    prediction but an expectation, so it is not among them."""
+    test = np.asarray(rows.get("test", []), dtype=np.int64)
+    train = np.asarray(rows.get("train", []), dtype=np.int64)
+    if len(test) == 0:
+        return {}
+    y_test, mask_test = y[test], mask[test]
+    kind = task_spec.kind
+    found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    if kind == "au-detection":
+        clean = np.where(mask_test, y_test, 0)
+        for name, value in (("all-present", 1.0), ("all-absent", 0.0)):
+            found[name] = (clean, np.full(clean.shape, value), mask_test)
+    elif kind == "expression" and len(train):
+        classes = y[train][mask[train]].astype(np.int64)
+        if classes.size:
+            majority = int(np.bincount(classes, minlength=task_spec.n_outputs).argmax())
+            clean = np.where(mask_test, y_test, 0).astype(np.int64)
+            found["majority-class"] = (clean, np.full(clean.shape, majority), mask_test)
+    elif kind in ("au-intensity", "va") and len(train):
+        means = _masked_means(y[train], mask[train])
+        if not np.isnan(means).any():
+            clean = np.where(mask_test, y_test, 0.0)
+            found["training-mean"] = (clean, np.broadcast_to(means, clean.shape).copy(), mask_test)
+    return found
 
 
 def _label_frequency(task_spec: TaskSpec, y_train: np.ndarray, mask_train: np.ndarray, y_test: np.ndarray,

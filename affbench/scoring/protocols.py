@@ -29,6 +29,7 @@ Rules common to every protocol:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -251,6 +252,40 @@ class CrossValidation:
             Subject -> part name.
         """
         return {subject: part for part, subjects in self.parts.items() for subject in subjects}
+
+    def repartitioned(self, partition: int) -> CrossValidation:
+        """The same parts and folds with the subjects dealt into the parts at random, reproducibly.
+
+        Partition 0 is this (the published) one; partition ``k`` shuffles every subject with
+        ``numpy.random.default_rng(k)`` (after sorting them by name) and deals them into parts of the
+        published sizes, so each part keeps its number of subjects and every subject stays in
+        exactly one part.
+
+        Parameters
+        ----------
+        partition : int
+            0, or the number of a random partition (1, 2, ...).
+
+        Returns
+        -------
+        CrossValidation
+
+        Examples
+        --------
+        >>> cv = CrossValidation(parts={"a": ("s1", "s2"), "b": ("s3", "s4")}, test_parts={1: "a", 2: "b"})
+        >>> cv.repartitioned(0) == cv, sorted(len(p) for p in cv.repartitioned(1).parts.values())
+        (True, [2, 2])
+        """
+        if partition == 0:
+            return self
+        subjects = sorted(s for part in self.parts.values() for s in part)
+        order = np.random.default_rng(int(partition)).permutation(len(subjects))
+        shuffled = [subjects[i] for i in order]
+        parts, start = {}, 0
+        for name, members in self.parts.items():
+            parts[name] = tuple(sorted(shuffled[start:start + len(members)]))
+            start += len(members)
+        return CrossValidation(parts=parts, test_parts=self.test_parts, group_column=self.group_column)
 
     def to_dict(self) -> dict[str, Any]:
         """The split as JSON-native values (the inverse of :meth:`from_dict`).
@@ -597,6 +632,63 @@ class Protocol:
             validation=Validation.from_dict(data["validation"]),
             description=data.get("description", ""),
         )
+
+    def repartitioned(self, partition: int) -> Protocol:
+        """The protocol with its subjects dealt into the folds' parts at random (see
+        :meth:`CrossValidation.repartitioned`); partition 0 is the published protocol itself.
+
+        Raises
+        ------
+        AffbenchError
+            For a protocol with a given split (CAER-S, Aff-Wild2), which has no subject folds to redraw.
+        """
+        if partition == 0:
+            return self
+        if not isinstance(self.split, CrossValidation):
+            raise AffbenchError(f"{self.dataset} has a given train/test split, not subject folds, so it has no "
+                                "random partitions; refolds apply to cross-validation protocols only.")
+        return replace(self, split=self.split.repartitioned(partition))
+
+    def fingerprint(self) -> str:
+        """The protocol's version as result records state it: the first 12 hex digits of the SHA-256
+        of :meth:`to_dict` (sorted keys), so that any change to tasks, folds, metrics or validation
+        gives another version.
+
+        Returns
+        -------
+        str
+        """
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def cluster_ids(self, meta: pd.DataFrame) -> tuple[np.ndarray, str]:
+        """The independent unit of every row, which confidence intervals resample, and its name.
+
+        The protocol already says which rows belong together: a subject-exclusive split's group
+        (``subject``), else a group hold-out's group with its merge suffixes stripped (Aff-Wild2:
+        a video, its two persons together); a protocol that names no group (CAER-S, whose stills
+        do not record their clip) makes every row its own unit.
+
+        Parameters
+        ----------
+        meta : pandas.DataFrame
+            Rows with the group column, or ``sample_id`` where there is none.
+
+        Returns
+        -------
+        (ndarray of str, str)
+            One cluster name per row, and what a cluster is (``"subject"``).
+        """
+        if isinstance(self.split, CrossValidation):
+            column = self.split.group_column
+            return self._column(meta, column).astype(str), column
+        if self.validation.method == "group-holdout":
+            column = self.validation.group_column
+            names = [self.validation.group_key(str(g)) for g in self._column(meta, column)]
+            suffixes = self.validation.merge_suffixes
+            unit = f"{column} without {'/'.join(suffixes)}" if suffixes else column
+            return np.asarray(names, dtype=str), unit
+        return self._column(meta, "sample_id").astype(str), "row"
 
     # -- targets
 

@@ -48,6 +48,10 @@ class MetricSpec:
     per_class : bool, default=False
         On class labels the function takes ``labels=`` and ``per_label=True`` (the per-class values,
         ``average=None`` for :func:`~affbench.scoring.metrics.f1`) and is reported per class too.
+    version : int, default=1
+        The version of the metric's definition (its conventions: thresholds, averaging, degenerate
+        cases). Bumped whenever a change could move a score; every result record states the
+        versions it was scored with, and ``affbench rescore`` recomputes records made with others.
     """
 
     name: str
@@ -57,6 +61,7 @@ class MetricSpec:
     description: str
     per_label: bool = True
     per_class: bool = False
+    version: int = 1
 
 
 _REGISTRY: dict[str, MetricSpec] = {}

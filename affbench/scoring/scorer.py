@@ -21,6 +21,35 @@ if TYPE_CHECKING:
     from affbench.scoring.protocols import TaskSpec
 
 
+# ----------------------------------------------------------------------------------------- model outputs
+
+
+def task_scores(task_spec: Any, encoder_spec: Any, output: ArrayLike) -> np.ndarray:
+    """Turn a model output into what :func:`score_task` scores for a task.
+
+    ``task_spec`` is a :class:`~affbench.scoring.protocols.TaskSpec` or anything with its ``kind``,
+    ``output_key`` and ``binarize_at``; ``encoder_spec`` is read for its ``au_output`` only.
+
+    AU detection gets probabilities (a sigmoid of logits; intensities map to ``I / (2 t)`` clipped
+    to [0, 1], so that 0.5 falls at the occurrence threshold ``t``); expression gets softmax
+    probabilities; intensities and VA stay as they are.
+    """
+    output = np.asarray(output, dtype=np.float64)
+    if task_spec.kind == "au-detection":
+        kind = encoder_spec.au_output if task_spec.output_key == "au" else "logits"
+        if kind == "logits":
+            return 1.0 / (1.0 + np.exp(-np.clip(output, -60, 60)))
+        if kind == "intensities":
+            threshold = task_spec.binarize_at or 1.0
+            return np.clip(output / (2.0 * threshold), 0.0, 1.0)
+        return np.clip(output, 0.0, 1.0)
+    if task_spec.kind == "expression":
+        shifted = output - output.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+    return output
+
+
 # ----------------------------------------------------------------------------------------- score_task
 
 

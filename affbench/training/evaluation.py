@@ -18,6 +18,7 @@ import torch
 
 from affbench.data.loader import RowGroupBatchSampler, ShardImages, make_loader, normalise
 from affbench.runtime.progress import progress_bar
+from affbench.scoring.scorer import task_scores
 from affbench.training.ddp import SINGLE, Distribution
 
 if TYPE_CHECKING:
@@ -49,29 +50,6 @@ def forward(model, images: torch.Tensor, encoder_spec, device: torch.device, cha
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         return model(x)
-
-
-def task_scores(task_spec, encoder_spec, output: np.ndarray) -> np.ndarray:
-    """Turn a model output into what :func:`affbench.scoring.scorer.score_task` scores for a task.
-
-    AU detection gets probabilities (a sigmoid of logits; intensities map to ``I / (2 t)`` clipped
-    to [0, 1], so that 0.5 falls at the occurrence threshold ``t``); expression gets softmax
-    probabilities; intensities and VA stay as they are.
-    """
-    output = np.asarray(output, dtype=np.float64)
-    if task_spec.kind == "au-detection":
-        kind = encoder_spec.au_output if task_spec.output_key == "au" else "logits"
-        if kind == "logits":
-            return 1.0 / (1.0 + np.exp(-np.clip(output, -60, 60)))
-        if kind == "intensities":
-            threshold = task_spec.binarize_at or 1.0
-            return np.clip(output / (2.0 * threshold), 0.0, 1.0)
-        return np.clip(output, 0.0, 1.0)
-    if task_spec.kind == "expression":
-        shifted = output - output.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        return exp / exp.sum(axis=1, keepdims=True)
-    return output
 
 
 def evaluation_loader(
@@ -142,9 +120,13 @@ def predict(
 
 def score_tasks(
     tasks: Sequence[TaskData], role: str, outputs_by_row: Mapping[str, np.ndarray], rows: np.ndarray, encoder_spec,
-    *, notes: dict[str, list[str]] | None = None,
+    *, notes: dict[str, list[str]] | None = None, kept: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of every task on its ``role`` rows, from outputs predicted for ``rows``.
+
+    With ``kept``, each task's raw model outputs on its ``role`` rows (in the order of
+    ``task.rows[role]``, before :func:`task_scores`) are stored under its name, so that the caller
+    can keep them and any metric can be recomputed later.
 
     Warnings raised while scoring (a label without positives, a constant prediction: the value is
     then 0 or undefined by convention) are not shown; with ``notes`` they are collected per task
@@ -161,7 +143,10 @@ def score_tasks(
         if len(task_rows) == 0:
             continue
         index = np.array([position[int(r)] for r in task_rows], dtype=np.int64)
-        scores = task_scores(task.spec, encoder_spec, outputs_by_row[task.spec.output_key][index])
+        raw = outputs_by_row[task.spec.output_key][index]
+        if kept is not None:
+            kept[task.name] = raw
+        scores = task_scores(task.spec, encoder_spec, raw)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results[task.name] = score_task(task.spec, task.y[task_rows], scores, mask=task.mask[task_rows])
@@ -238,8 +223,10 @@ def evaluate_tasks(
     progress: bool = False,
     notes: dict[str, list[str]] | None = None,
     distribution: Distribution = SINGLE,
+    kept: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on its ``role`` rows (test by default); ``notes`` as :func:`score_tasks`.
+    """Metrics of every task on its ``role`` rows (test by default); ``notes`` and ``kept`` as
+    :func:`score_tasks`.
 
     Under torchrun every process predicts its share and all of them score the gathered outputs.
     """
@@ -252,4 +239,4 @@ def evaluate_tasks(
     outputs = predict(model, images, all_rows, encoder_spec=model.spec, device=device, batch_size=batch_size,
                       num_workers=choose_workers(device, num_workers), keys={t.spec.output_key for t in tasks},
                       progress=progress, description=role, distribution=distribution)
-    return score_tasks(tasks, role, outputs, all_rows, model.spec, notes=notes)
+    return score_tasks(tasks, role, outputs, all_rows, model.spec, notes=notes, kept=kept)

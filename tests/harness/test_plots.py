@@ -117,3 +117,43 @@ def test_a_multi_task_curve_says_its_epoch_was_chosen_over_all_tasks_and_why_val
     legend = [t.get_text() for t in captured[0].axes[0].get_legend().get_texts()]
     assert legend == ["training loss (va)", "validation ccc: n/a (this task has no validation rows)",
                       "selected epoch 2: best mean validation score of the model's 3 tasks (au-detection, expression, va)"]
+
+
+def test_per_label_error_bars_are_the_intervals_where_there_are_some(captured):
+    """An encoder with intervals gets them as asymmetric error bars; one without keeps its fold std."""
+    records = [record("a", 1, 0.1, per_au={"au6": 0.4, "au12": 0.5}), record("a", 2, 0.1, per_au={"au6": 0.6, "au12": 0.7}),
+               record("b", 1, 0.1, per_au={"au6": 0.2, "au12": 0.3}), record("b", 2, 0.1, per_au={"au6": 0.4, "au12": 0.3})]
+    intervals = {"a": {"level": 0.9, "intervals": {"f1/au6": [0.3, 0.8], "f1/au12": [0.55, 0.65]}}}
+    plots.plot_per_label(records, "f1", "x.png", intervals)
+    axis = captured[0].axes[0]
+    bars = [c for c in axis.containers if getattr(c, "has_yerr", False)]
+    assert len(bars) == 2
+    segments = bars[0].lines[2][0].get_segments()  # encoder a: from the interval's bounds
+    assert [(round(s[0][1], 6), round(s[1][1], 6)) for s in segments] == [(0.3, 0.8), (0.55, 0.65)]
+    spread = bars[1].lines[2][0].get_segments()  # encoder b: mean ± sample std over its two folds
+    assert round(spread[0][1][1] - spread[0][0][1], 6) == round(2 * 0.1414213562, 6)
+    assert "90% cluster bootstrap interval, else sample std over folds" in axis.get_title()
+
+
+def test_paper_comparison_bars_carry_affbench_intervals(captured, tmp_path):
+    """Per-encoder bars beside the papers: the interval where affbench has one, else the fold std."""
+    from affbench.reporting.published import comparison_table, load_published
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(PUBLISHED)
+    records = [record("megraph-au", 1, 0.6, per_au={"au6": 0.5, "au12": 0.5}),
+               record("megraph-au", 2, 0.4, per_au={"au6": 0.7, "au12": 0.5})]
+    for r in records:
+        r["experiment"] = "megraph-au"
+    intervals = {("s", "disfa", "au-detection", "megraph-au"): {"intervals": {"f1": [0.45, 0.58]}}}
+    table = comparison_table(records, {"s": load_published(suite)}, intervals)
+    overall = table[table["label"] == ""].iloc[0]
+    assert (overall["affbench_ci_low"], overall["affbench_ci_high"]) == (0.45, 0.58)
+    assert table[table["label"] == "au6"]["affbench_ci_low"].isna().all()
+    plots.plot_comparison(table, "s", "x.png")
+    axis = captured[0].axes[0]
+    errors = [c for c in axis.containers if getattr(c, "has_xerr", False)][0]
+    spans = sorted((round(a[0], 6), round(b[0], 6)) for (a, b) in errors.lines[2][0].get_segments())
+    # au6: mean 0.6 ± std 0.1414 over its two folds; f1: 0.5 with its interval [0.45, 0.58]
+    assert spans == [(0.45, 0.58), (round(0.6 - 0.141421, 6), round(0.6 + 0.141421, 6))]
+    assert "interval, else sample std" in [t.get_text() for t in axis.get_legend().get_texts()][1]

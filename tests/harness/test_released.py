@@ -78,6 +78,8 @@ def test_the_shipped_suite_scores_each_fold_file_on_its_own_fold(tmp_path, prepa
     assert record["initialisation"].startswith("megraph-au/resnet50-disfa-fold2: checkpoint")
     assert sorted(record["test_groups"]) == FIXTURE_TESTS[2]  # the fold's own test subjects, no other
     assert 0.0 <= record["metrics"]["f1"] <= 1.0 and "f1/au26" in record["metrics"]
+    # a released cell keeps its test outputs and gets its interval (or the too-few-clusters note) like any cell
+    assert record["test_outputs"] and record["ci"]
     exported = export(run, tmp_path / "released.csv", wide=True)
     overall = exported.comparison[exported.comparison.label.fillna("") == ""]
     assert overall["paper"].item() == pytest.approx(0.631) and overall["folds"].item() == 1  # the tag's number

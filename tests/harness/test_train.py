@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from affbench.errors import AffbenchError
-from affbench.training.evaluation import evaluate_tasks, task_scores
+from affbench.scoring.scorer import task_scores
+from affbench.training.evaluation import evaluate_tasks
 from affbench.training.fit import fit, seed_everything
 from affbench.training.losses import AUDetectionLoss, ExpressionLoss, VALoss
 from affbench.training.settings import TrainSettings, build_optimizer, build_scheduler
