@@ -297,8 +297,10 @@ def export(run_dir: Path, csv_path: Path, wide: bool, latex: bool, plots: bool |
               help="With --encoder: side of the aligned face crop fed to the model's framing.")
 @click.option("--eval-crop", default=1.0, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="With --encoder: centre fraction of the crop kept before resizing to the input size.")
+@click.option("--force", is_flag=True, default=False,
+              help="Replace --out even when it is not an earlier affbench model file.")
 def export_model(job_dir: Path | None, out: Path, encoder: str | None, pretrained: Path | None, labels: str | None,
-                 options: tuple[str, ...], crop_size: int, eval_crop: float) -> None:
+                 options: tuple[str, ...], crop_size: int, eval_crop: float, force: bool) -> None:
     """Write a finished job's model as one self-describing file (RUNDIR/jobs/<job> -> model.pt).
 
     \b
@@ -314,7 +316,7 @@ def export_model(job_dir: Path | None, out: Path, encoder: str | None, pretraine
 
     path, description = export(out, job_dir, encoder=encoder, pretrained=pretrained,
                                labels=labels.split(",") if labels else None, options=_parse_options(options),
-                               crop_size=crop_size, eval_crop=eval_crop)
+                               crop_size=crop_size, eval_crop=eval_crop, force=force)
     _echo_lines(description.summary_lines())
     click.echo(f"model file: {path}")
 
@@ -348,9 +350,15 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--plot", is_flag=True, help="Also write a timeline PNG per video beside --out (needs matplotlib).")
 @click.option("--no-fill-gaps", "no_fill_gaps", is_flag=True,
               help="Leave a video frame without a face unpredicted instead of cropping it from its neighbours in time.")
+@click.option("--force", is_flag=True, default=False,
+              help="Replace --out even when it is not an earlier affbench predictions table.")
 def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
-            batch_size: int, plot: bool, no_fill_gaps: bool) -> None:
-    """Run MODEL (from export-model) on videos, images or folders of them: one row per frame.
+            batch_size: int, plot: bool, no_fill_gaps: bool, force: bool) -> None:
+    """Run MODEL on videos, images or folders of them: one row per frame.
+
+    MODEL is a model file from export-model, or a finished job folder RUNDIR/jobs/<job> (or its
+    best.pt) as run-benchmark leaves it. An existing --out is replaced only when it is an earlier
+    predictions table, unless --force is given.
 
     \b
     Every frame or image goes through the detection, tracking and alignment the model was trained
@@ -367,7 +375,7 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     from affbench.inference.predict import predict_to_file
 
     run = predict_to_file([model, *more_models], inputs, out, device=device, batch_size=batch_size, plot=plot,
-                          fill_gaps=not no_fill_gaps, progress=sys.stderr.isatty(),
+                          fill_gaps=not no_fill_gaps, progress=sys.stderr.isatty(), force=force,
                           on_model=lambda loaded: click.echo(f"model      {loaded!r}"))
     _echo_lines(f"note       {note}" for note in run.result.notes)
     click.echo(run.summary)

@@ -280,3 +280,131 @@ def test_a_published_checkpoint_is_wrapped_when_its_labels_are_named(tmp_path):
     wrong = runner.invoke(app, ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint),
                                 "--option", "input_size=64", "--labels", "a,b", "--out", str(tmp_path / "w.pt")])
     assert wrong.exit_code != 0 and "outputs 7 expression values" in wrong.output
+
+
+# ----------------------------------------------------------------------------------------- careless use (issue 23)
+
+
+def test_a_model_trained_on_caer_s_predicts_still_images(sample_data, tmp_path):
+    from affbench.pipelines.caer_s import PrepareSettings
+
+    torch.manual_seed(0)
+    model = create_encoder("emotiram-f", input_size=48).eval()
+    caer = PrepareSettings.from_options(size=64, select="prob").parameters()  # the manifest's parameters
+    description = describe_trained_model("caer", model.spec, [protocols()["caer-s"].task("expression")], caer)
+    assert description.face_selection == "prob"
+    path = save_model_file(tmp_path / "caer.pt", description, model.state_dict())
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    assert load_model(path, device="cpu").predict_images([image])["face_found"].all()
+    # a model file written before the fix holds the rule as the text of the manifest's dict
+    from dataclasses import replace
+
+    old = save_model_file(tmp_path / "old.pt", replace(description, face_selection=str(caer["select"])),
+                          model.state_dict())
+    assert load_model(old, device="cpu").description.face_selection == "prob"
+
+
+def test_a_finished_job_folder_or_its_best_pt_is_a_model(model_file, tmp_path, sample_data):
+    from affbench.inference.bundle import write_job_description
+
+    description, state = read_model_file(model_file)
+    job = tmp_path / "run" / "jobs" / "affwild2-inceptionv3-mtl-fold1-abc"
+    job.mkdir(parents=True)
+    write_job_description(job, description)
+    torch.save({"model": state}, job / "best.pt")
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    expected = load_model(model_file, device="cpu").predict_images([image])
+    for given in (job, job / "best.pt"):
+        loaded = load_model(given, device="cpu")
+        assert loaded.name == job.name
+        pd.testing.assert_frame_equal(loaded.predict_images([image]), expected)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(image), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "is not a finished job folder" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"hello, this is a text file\n", "not a file written by torch.save"),
+    (b"", "the file is empty"),
+])
+def test_a_file_that_is_no_model_is_one_sentence(tmp_path, content, reason):
+    (tmp_path / "model.txt").write_bytes(content)
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros((32, 32, 3), np.uint8))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "model.txt"), str(tmp_path / "blank.png"),
+                                      "--out", str(tmp_path / "x.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is not an affbench model file" in result.output and reason in result.output
+
+
+def test_a_pickled_object_is_refused_without_advising_weights_only_false(tmp_path):
+    import collections
+    import pickle
+
+    with open(tmp_path / "pickle.pt", "wb") as handle:  # a plain pickle, not a torch.save archive
+        pickle.dump(collections.OrderedDict(a=[1, 2]), handle, protocol=4)
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros((32, 32, 3), np.uint8))
+    for args in (["predict", str(tmp_path / "pickle.pt"), str(tmp_path / "blank.png"), "--out", str(tmp_path / "x.csv")],
+                 ["export-model", "--encoder", "emotiram-f", "--pretrained", str(tmp_path / "pickle.pt"),
+                  "--labels", "a,b,c,d,e,f,g", "--out", str(tmp_path / "m.pt")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "False" not in result.output and "never unpickles" in result.output  # no advice to set weights_only=False
+
+
+def test_predict_never_replaces_a_file_it_did_not_write(model_file, sample_data, tmp_path):
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    keep = tmp_path / "keep.csv"
+    keep.write_text("name,score\nalice,3\n")
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "--out", str(keep)])
+    assert result.exit_code == 1 and "is not an earlier affbench predictions table" in result.output
+    assert keep.read_text() == "name,score\nalice,3\n"
+    for out in (tmp_path / "table.csv", tmp_path / "table.parquet"):
+        for _ in range(2):  # its own earlier table is replaced
+            result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "--out", str(out)])
+            assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "--out", str(keep), "--force"])
+    assert result.exit_code == 0 and pd.read_csv(keep).columns[0] == "source"
+
+
+def test_two_predicts_into_one_file_at_once_are_refused(model_file, sample_data, tmp_path):
+    from affbench.runtime.locks import shared_lock_path, try_lock, unlock
+
+    out = tmp_path / "p.csv"
+    lock = shared_lock_path(out)
+    fd = try_lock(lock)  # another predict writing p.csv
+    try:
+        result = CliRunner().invoke(app, ["predict", str(model_file), str(sample_data["caer-s"] / "test" / "Happy"
+                                                                          / "0001.png"), "--out", str(out)])
+    finally:
+        unlock(fd, lock)
+    assert result.exit_code == 1 and "p.csv is being written by process" in result.output
+    assert not out.exists()
+
+
+def test_export_model_never_replaces_a_file_it_did_not_write(tmp_path):
+    torch.manual_seed(5)
+    checkpoint = tmp_path / "published.pth"
+    torch.save(create_encoder("emotiram-f", input_size=64).state_dict(), checkpoint)
+    precious = tmp_path / "precious.pt"
+    torch.save({"my": torch.ones(3)}, precious)
+    before = precious.read_bytes()
+    args = ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint), "--option", "input_size=64",
+            "--labels", "a,b,c,d,e,f,g"]
+    result = CliRunner().invoke(app, [*args, "--out", str(precious)])
+    assert result.exit_code == 1 and "is not an earlier affbench model file" in result.output
+    assert precious.read_bytes() == before
+    for _ in range(2):  # an earlier model file is replaced
+        assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt")]).exit_code == 0
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_two_model_files_of_one_name_get_distinct_columns(sample_data, model_file, tmp_path, suffix):
+    (tmp_path / "b").mkdir()
+    other = make_model_file(tmp_path / "b" / model_file.name, seed=1)
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    out = tmp_path / f"two{suffix}"
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "-m", str(other), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+    assert table.columns.is_unique
+    assert "mtl_valence" in table.columns and "mtl-2_valence" in table.columns
+    assert not np.allclose(table["mtl_valence"], table["mtl-2_valence"])

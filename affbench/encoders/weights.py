@@ -153,12 +153,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         (factory, name) for name, factory in FOREIGN_OBJECT_NAMES.items()
     ]
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols say nothing a user can act on
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(exc)):
             reason = f"it names {found[1]}, which is neither a tensor nor a plain container and is never run"
+        elif "weights_only" in str(exc):  # torch's advice to load it with weights_only=False, which affbench never does
+            reason = "it holds objects other than tensors and plain containers, which affbench never unpickles"
         raise AffbenchError(
             f"Could not read checkpoint {path} as tensors only (torch.load weights_only=True): {reason}; "
             "re-save it with torch.save(model.state_dict(), path)."

@@ -47,6 +47,7 @@ from affbench.faces.tracking import FaceTracker, TrackerSettings
 from affbench.faces.tracking import fill_gaps as fill_tracking_gaps
 from affbench.inference.bundle import ModelDescription, TaskOutput, build_model, read_model_file
 from affbench.runtime.devices import resolve_device
+from affbench.runtime.run_folder import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -225,7 +226,11 @@ def load_model(path: str | os.PathLike, *, device: str = "auto", batch_size: int
         ``predict_images(paths)`` -> DataFrame with one row per frame or image.
     """
     description, state = read_model_file(path)
-    return LoadedModel(description, state, device=device, batch_size=batch_size, name=Path(path).stem, origin=path)
+    path = Path(path)
+    # A job folder or its best.pt is named after the job, which is what tells two of them apart.
+    name = path.name if path.is_dir() else path.parent.name if path.name == WEIGHTS_FILE else path.stem
+    origin = path / WEIGHTS_FILE if path.is_dir() else path  # the file whose change makes finished rows stale
+    return LoadedModel(description, state, device=device, batch_size=batch_size, name=name, origin=origin)
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -341,10 +346,28 @@ def output_columns(models: Sequence[LoadedModel]) -> list[dict[str, str]]:
         for column in model.columns:
             counts[column] = counts.get(column, 0) + 1
     mappings = []
-    for model in models:
+    for model, prefix in zip(models, _distinct_names([m.name for m in models])):
         clash = any(counts[c] > 1 for c in model.columns)
-        mappings.append({c: f"{model.name}_{c}" if clash else c for c in model.columns})
+        mappings.append({c: f"{prefix}_{c}" if clash else c for c in model.columns})
     return mappings
+
+
+def _distinct_names(names: Sequence[str]) -> list[str]:
+    """Model names made distinct in the order given (``model``, ``model-2``...), so that two model
+    files of one name (``a/model.pt``, ``b/model.pt``) never write the same column."""
+    taken = set(names)
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            number = seen[name]
+            while f"{name}-{number}" in taken:
+                number += 1
+            name = f"{name}-{number}"
+            taken.add(name)
+        result.append(name)
+    return result
 
 
 def _located(item: FrameFace) -> tuple[np.ndarray, Face]:
@@ -579,8 +602,10 @@ def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write a predictions table as CSV or Parquet (by suffix), atomically."""
     from affbench.runtime.files import atomic_write
 
-    out = check_output_path(out)
+    out = Path(out)
     suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise AffbenchError(f"{out} must end in .csv or .parquet (the format follows the suffix).")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp:
         if suffix == ".csv":
@@ -590,12 +615,31 @@ def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:
     return out
 
 
-def check_output_path(out: str | os.PathLike) -> Path:
-    """The output path, when its suffix names a format (checked before any work starts)."""
+def check_output_path(out: str | os.PathLike, *, force: bool = False) -> Path:
+    """The output path, when its suffix names a format and writing it replaces nothing but an
+    earlier predictions table (or anything, with ``force``); checked before any work starts."""
+    from affbench.runtime.outputs import check_output
+
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise AffbenchError(f"--out {out} must end in .csv or .parquet (the format follows the suffix).")
-    return out
+    return check_output(out, is_predictions_table, what="affbench predictions table", force=force)
+
+
+def is_predictions_table(path: Path) -> bool:
+    """Whether ``path`` is a table that ``affbench predict`` wrote: its first columns are :data:`FACE_COLUMNS`."""
+    from affbench.runtime.outputs import first_line_starts
+
+    if path.suffix.lower() == ".csv":
+        return first_line_starts(path, (",".join(FACE_COLUMNS) + ",",))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except pa.ArrowException:
+        return False
+    return tuple(names[: len(FACE_COLUMNS)]) == FACE_COLUMNS
 
 
 @dataclass
@@ -633,6 +677,7 @@ def predict_to_file(
     fill_gaps: bool = True,
     progress: bool = False,
     on_model: Callable[[LoadedModel], None] | None = None,
+    force: bool = False,
 ) -> PredictRun:
     """``affbench predict``: run every model on every input and write one table to ``out``.
 
@@ -645,14 +690,25 @@ def predict_to_file(
     >>> run = predict_to_file(["model.pt"], ["interview.mp4"], "predictions.csv")  # doctest: +SKIP
     >>> print(run.summary)                                                        # doctest: +SKIP
     """
-    import shutil
+    from affbench.runtime.outputs import writing
 
-    check_output_path(out)
+    check_output_path(out, force=force)
     collect_inputs(inputs)
     if plot:
         from affbench.reporting.plots import require_pyplot
 
         require_pyplot()
+    with writing(out):
+        return _predict_to_file(model_paths, inputs, Path(out), device=device, batch_size=batch_size, plot=plot,
+                                fill_gaps=fill_gaps, progress=progress, on_model=on_model)
+
+
+def _predict_to_file(model_paths: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike], out: Path, *,
+                     device: str, batch_size: int, plot: bool, fill_gaps: bool, progress: bool,
+                     on_model: Callable[[LoadedModel], None] | None) -> PredictRun:
+    """:func:`predict_to_file` once the output is checked and locked."""
+    import shutil
+
     models = []
     for path in model_paths:
         models.append(load_model(path, device=device, batch_size=batch_size))
