@@ -169,8 +169,21 @@ class DatasetWriter:
                 f"{self.out_dir} was prepared with different parameters ({', '.join(diffs)}); "
                 "re-run with the same options or choose another --out folder."
             )
+        self._check_same_root(manifest.get("info"))
         self.units = {k: UnitRecord.from_json(v) for k, v in manifest.get("units", {}).items()}
         self.created_with = manifest.get("affbench_version", __version__)
+
+    def _check_same_root(self, recorded: Any) -> None:
+        """Refuse another dataset root: its units would replace or sit beside the first root's, under
+        a manifest that names only the new one."""
+        old = recorded.get("root") if isinstance(recorded, Mapping) else None
+        new = self.info.get("root")
+        if old is None or new is None or _same_path(old, new):
+            return
+        raise ParameterMismatchError(
+            f"{self.out_dir} was prepared from ROOT {old}, not {new}; give that ROOT to resume it, or choose "
+            "another --out folder for this one."
+        )
 
     # -- resume
 
@@ -253,6 +266,14 @@ class DatasetWriter:
     @property
     def failures(self) -> list[dict[str, str]]:
         return self.manifest()["failures"]
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two recorded paths name one folder (either may be missing or reached through a link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _output_error(path: Path, exc: OSError) -> AffbenchError:
