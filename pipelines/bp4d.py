@@ -38,7 +38,7 @@ from affbench.faces.detection import shared_detector
 from affbench.faces.tracking import FaceTracker
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
 from affbench.pipelines.disfa import SequenceSettings
-from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
+from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, search_folders
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -266,11 +266,12 @@ class TaskSequence:
     inputs: str | None = None  # fingerprint of its images (size, time) and code files (content)
 
 
-def _numbered_jpegs(folder: Path) -> tuple[tuple[int, str], ...]:
+def _numbered_jpegs(folder: Path, root: Path) -> tuple[tuple[int, str], ...]:
     by_number: dict[int, str] = {}
     for entry in os.scandir(folder):
         stem, ext = os.path.splitext(entry.name)
-        if ext.lower() not in (".jpg", ".jpeg") or not stem.isdigit() or not entry.is_file():
+        if ext.lower() not in (".jpg", ".jpeg") or not stem.isdigit() or broken_link(entry, root) \
+                or not entry.is_file():
             continue
         if int(stem) in by_number:
             raise DataLayoutError(
@@ -311,7 +312,7 @@ def find_units(layout: Layout) -> list[TaskSequence]:
              else None)
             for au in INTENSITY_AUS
         )
-        frames = _numbered_jpegs(folder)
+        frames = _numbered_jpegs(folder, root)
         folder_rel = str(folder.relative_to(root))
         code_files = [str(codes.relative_to(root)), *(p for p in intensity if p)]
         units.append(TaskSequence(

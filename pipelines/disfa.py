@@ -57,6 +57,7 @@ from affbench.faces.detection import DetectorSettings, shared_detector
 from affbench.faces.tracking import FaceTracker, TrackerSettings
 from affbench.faces.video import VideoError, VideoReader, probe_video
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
+from affbench.pipelines.layout import broken_link
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -213,7 +214,8 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
         folder = root / CAMERA_DIRS[cam]
         by_subject: dict[str, list[str]] = {}
         for p in sorted(folder.iterdir()):
-            if (m := _VIDEO_NAME.match(p.name)) and m.group(1).lower() == cam and p.is_file():
+            if (m := _VIDEO_NAME.match(p.name)) and m.group(1).lower() == cam and not broken_link(p, root) \
+                    and p.is_file():
                 by_subject.setdefault(m.group(2).upper(), []).append(p.name)
         twice = next((names for names in by_subject.values() if len(names) > 1), None)
         if twice:

@@ -6,6 +6,7 @@ the crops are the tracker's and the template's, and that the numbers are the net
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -408,3 +409,31 @@ def test_two_model_files_of_one_name_get_distinct_columns(sample_data, model_fil
     assert table.columns.is_unique
     assert "mtl_valence" in table.columns and "mtl-2_valence" in table.columns
     assert not np.allclose(table["mtl_valence"], table["mtl-2_valence"])
+
+
+def test_links_out_of_an_input_folder_or_looping_are_not_read(sample_data, tmp_path):
+    from affbench.inference.predict import collect_inputs
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_data["caer-s"] / "test" / "Happy" / "0001.png", folder / "mine.png")
+    private = tmp_path / "private"
+    private.mkdir()
+    shutil.copy(sample_data["caer-s"] / "test" / "Happy" / "0002.png", private / "secret.png")
+    os.symlink(private / "secret.png", folder / "secret.png")
+    os.symlink(private, folder / "elsewhere")
+    os.symlink("loop.png", folder / "loop.png")
+    skipped: list[str] = []
+    sources = collect_inputs([folder], skipped)
+    assert [s.images for s in sources] == [(folder / "mine.png",)]
+    assert sorted(skipped) == [f"{folder / 'elsewhere'} is not read: it is a symbolic link out of {folder}",
+                               f"{folder / 'loop.png'} is not read: it is a symbolic link loop",
+                               f"{folder / 'secret.png'} is not read: it is a symbolic link out of {folder}"]
+
+
+def test_a_video_without_frames_is_a_failure(model_file, tmp_path):
+    video = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64)).release()
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(video), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"failed     {video}:" in result.output

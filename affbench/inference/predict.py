@@ -245,15 +245,19 @@ class Source:
     images: tuple[Path, ...] = ()
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Source]:
-    """Expand the user's inputs (video files, image files, folders of them, searched recursively)."""
+def collect_inputs(inputs: Sequence[str | os.PathLike], skipped: list[str] | None = None) -> list[Source]:
+    """Expand the user's inputs (video files, image files, folders of them, searched recursively).
+
+    Inside a folder, a symbolic link that leads out of it or loops is not followed; each is
+    described in ``skipped`` when a list is given.
+    """
     if not inputs:
         raise AffbenchError("Give at least one input: a video file, an image file or a folder of them.")
     sources: list[Source] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = _folder_files(path, skipped if skipped is not None else [])
             videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
             images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             if not videos and not images:
@@ -274,6 +278,27 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Source]:
         else:
             raise AffbenchError(f"Input {path} does not exist.")
     return sources
+
+
+def _folder_files(folder: Path, skipped: list[str]) -> list[Path]:
+    """The visible regular files under ``folder``, sorted, without following links out of it."""
+    from affbench.runtime.files import link_problem
+
+    files = []
+    for top, folders, names in os.walk(folder):  # links to folders are listed, never entered
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in names:
+            path = Path(top) / name
+            if name.startswith("."):
+                continue
+            if problem := link_problem(path, folder):
+                skipped.append(f"{path} is not read: it is {problem}")
+            elif path.is_file():
+                files.append(path)
+        for name in folders:
+            if problem := link_problem(Path(top) / name, folder):
+                skipped.append(f"{Path(top) / name} is not read: it is {problem}")
+    return sorted(files)
 
 
 @dataclass
@@ -485,9 +510,10 @@ def predict_table(
     if not models:
         raise AffbenchError("Give at least one model file.")
     resume = Path(resume) if resume is not None else None
-    sources = collect_inputs(inputs)
+    skipped: list[str] = []
+    sources = collect_inputs(inputs, skipped)
     first = models[0].description
-    notes = [f"{m.name} was trained on faces found with other detector, tracker or face-choice settings than "
+    notes = skipped + [f"{m.name} was trained on faces found with other detector, tracker or face-choice settings than "
              f"{models[0].name}'s, which this run uses for all models"
              for m in models[1:] if _face_settings(m.description) != _face_settings(first)]
     detector = shared_detector(first.detector_settings, str(models[0].device))
@@ -521,6 +547,8 @@ def predict_table(
                           else image_faces(list(source.images), detector, first.face_selection, failures))
                 before = len(failures)
                 table = _source_table(stream, models, mappings, batch_size, bar, failures, str(source.path))
+                if source.kind == "video" and table is None and len(failures) == before:
+                    failures.append({"source": str(source.path), "reason": "the video has no frame that can be read"})
                 if part is not None and table is not None and len(failures) == before:
                     _write_part(table, part)
             if table is not None:

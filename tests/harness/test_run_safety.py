@@ -415,3 +415,10 @@ def test_no_results_do_not_claim_that_matplotlib_is_missing(tmp_path, capsys):
     assert importlib.util.find_spec("matplotlib") is not None  # the test dependencies include it
     lines = plot_run_if_wanted(tmp_path, [], None)
     assert not any("matplotlib" in line for line in lines)
+
+
+@pytest.mark.parametrize("folds", [["a"], [1.5], [0], "1"])
+def test_folds_that_are_not_fold_numbers_are_one_sentence(folds):
+    data = {**SUITE_DATA, "experiment": [{**SUITE_DATA["experiment"][0], "folds": folds}]}
+    with pytest.raises(AffbenchError, match="folds of .* must be"):
+        parse_suite(data)
