@@ -26,6 +26,8 @@ from affbench.shards.schema import (
     MANIFEST_NAME,
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
+    SHARD_DIR,
+    SHARD_SUFFIX,
 )
 from affbench.shards.writer import ShardInfo, remove_unit_shards
 
@@ -310,4 +312,37 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
                 f"{path} has no valid {key!r} entry, so it is damaged or was not written by `affbench prepare`; "
                 "prepare the dataset again into a new folder."
             )
+    for unit, record in manifest["units"].items():
+        problem = _unit_problem(record)
+        if problem:
+            raise AffbenchError(
+                f"{path} is not an affbench manifest: unit {unit!r} {problem}; nothing it names is read or "
+                "deleted, so prepare the dataset again into a new folder."
+            )
     return manifest
+
+
+def _unit_problem(record: Any) -> str | None:
+    """What is wrong with a unit entry of a manifest read from disk, or None.
+
+    A shard's ``file`` is joined to the dataset folder by every reader and by the integrity check
+    (which hashes it and may advise deleting it), so it must name a shard inside ``shards/``: never
+    ``..``, an absolute path, or a file elsewhere.
+    """
+    if not isinstance(record, Mapping) or record.get("status") not in ("done", "failed"):
+        return "has no valid status"
+    shards = record.get("shards", [])
+    if not isinstance(shards, list):
+        return "has no valid list of shards"
+    for shard in shards:
+        if not isinstance(shard, Mapping) or set(shard) != {"file", "rows", "sha256"}:
+            return "lists a shard that is not {file, rows, sha256}"
+        name = shard["file"]
+        folder, _, base = name.partition("/") if isinstance(name, str) else ("", "", "")
+        if folder != SHARD_DIR or not base or "/" in base or "\\" in base or base.startswith(".") \
+                or not base.endswith(SHARD_SUFFIX):
+            return f"names the shard file {name!r}, which is not a file in {SHARD_DIR}/"
+        if isinstance(shard["rows"], bool) or not isinstance(shard["rows"], int) or shard["rows"] < 0 \
+                or not isinstance(shard["sha256"], str):
+            return f"records no valid row count and hash for {name!r}"
+    return None
