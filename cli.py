@@ -54,7 +54,10 @@ def _echo_lines(lines, *, err: bool = False) -> None:
 
 @click.group(cls=_AffbenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="affbench")
-def app() -> None:
+@click.option("--max-pixels", default=None, type=click.IntRange(1), metavar="N",
+              help="Largest image or video frame read, in pixels (width x height); default 64000000. Larger "
+                   "inputs are refused (each with one sentence) before they are decoded.")
+def app(max_pixels: int | None) -> None:
     """affbench: prepare facial-affect datasets, train and score encoders, export result tables.
 
     \b
@@ -64,6 +67,10 @@ def app() -> None:
       affbench export runs/disfa-au --csv disfa-au.csv --wide
     Try it end to end on generated sample data with `affbench demo`.
     """
+    if max_pixels is not None:
+        from affbench.runtime.pixels import set_max_pixels
+
+        set_max_pixels(max_pixels)
 
 
 # ----------------------------------------------------------------------------------------- prepare

@@ -437,3 +437,50 @@ def test_a_video_without_frames_is_a_failure(model_file, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(model_file), str(video), "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"failed     {video}:" in result.output
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header declares ``width`` x ``height`` pixels (as a decompression bomb does)."""
+    import struct
+    import zlib
+
+    ok, data = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))
+    data = bytearray(data.tobytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_it_is_decoded(model_file, tmp_path, monkeypatch):
+    import affbench.shards.codec as codec
+    from affbench.runtime.pixels import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, "")  # the default; restored after the --max-pixels calls below
+    (tmp_path / "bomb.png").write_bytes(png_claiming(16000, 16000))
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((40, 40, 3), 90, np.uint8))
+    decoded = []
+    monkeypatch.setattr(codec, "decode_image", lambda data: decoded.append(len(data)) or np.zeros((40, 40, 3), np.uint8))
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(tmp_path / "bomb.png"), str(tmp_path / "small.png"),
+                                      "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "bomb.png: unreadable image (the image is 16000 x 16000 pixels, more than the limit of 64,000,000" in result.output
+    assert len(decoded) == 1  # only the small image was decoded
+    # the limit is the user's to set, and it applies to videos too
+    result = CliRunner().invoke(app, ["--max-pixels", "1000", "predict", str(model_file), str(tmp_path / "small.png"),
+                                      "--out", str(tmp_path / "q.csv")])
+    assert "the image is 40 x 40 pixels, more than the limit of 1,000 pixels per image" in result.output
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    result = CliRunner().invoke(app, ["--max-pixels", "1000", "predict", str(model_file), str(video),
+                                      "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 1 and f"Each frame of the video {video} is 64 x 64 pixels" in result.output
+
+
+def test_an_image_too_small_for_the_detector_says_so(model_file, tmp_path):
+    cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(tmp_path / "dot.png"), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "the image is 1 x 1 pixels, smaller than the smallest face" in result.output
+    assert "torch.cat" not in result.output

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from affbench.errors import AffbenchError
+from affbench.runtime.pixels import TooManyPixelsError, check_pixels
 
 
 class VideoError(AffbenchError):
@@ -70,11 +71,21 @@ def _info(path: str | os.PathLike, capture: cv2.VideoCapture) -> VideoInfo:
     )
 
 
+def _checked_info(path: str | os.PathLike, capture: cv2.VideoCapture) -> VideoInfo:
+    """The container's description, refused when its frames are above the pixel limit."""
+    info = _info(path, capture)
+    try:
+        check_pixels(info.width, info.height, f"Each frame of the video {path}")
+    except TooManyPixelsError as exc:
+        raise VideoError(str(exc)) from None
+    return info
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Open a video just long enough to read what its container declares."""
     capture = _open(path)
     try:
-        return _info(path, capture)
+        return _checked_info(path, capture)
     finally:
         capture.release()
 
@@ -106,7 +117,11 @@ class VideoReader:
             raise ValueError("start and prefetch must be >= 0")
         self.path = Path(path)
         self._capture = _open(self.path)
-        self.info = _info(self.path, self._capture)
+        try:
+            self.info = _checked_info(self.path, self._capture)
+        except VideoError:
+            self._capture.release()
+            raise
         self.start = start
         self.prefetch = prefetch
         self.rgb = rgb

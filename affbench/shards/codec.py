@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from affbench.runtime.pixels import check_pixels
 
 IMAGE_CODECS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
@@ -50,11 +53,31 @@ def decode_image(image: Mapping[str, Any] | bytes) -> np.ndarray:
 
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """An image file as RGB uint8; ``OSError`` if it cannot be read, ``ValueError`` with a sentence
-    a user understands if it is empty or not an image OpenCV can decode."""
+    a user understands if it is empty, larger than the pixel limit
+    (:class:`~affbench.runtime.pixels.TooManyPixelsError`) or not an image OpenCV can decode."""
     data = Path(path).read_bytes()
     if not data:
         raise ValueError("the file is empty")
+    size = header_size(data)
+    if size is not None:
+        check_pixels(*size, "the image")
     try:
         return decode_image(data)
     except ValueError:
         raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header, without decoding its pixels; None where
+    Pillow does not know the format (OpenCV then decides)."""
+    from PIL import Image, UnidentifiedImageError
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would hide the size; the pixel limit decides
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
