@@ -97,7 +97,28 @@ class _Runner:
                     f"(configuration {str(record.get('config_hash'))[:10]}, now {job.config_hash[:10]}); "
                     "use another --out folder, or delete that file to redo the cell."
                 )
-        return finished
+        return finished and not self.weights_damaged(job)
+
+    def weights_damaged(self, job: Job) -> bool:
+        """Whether a finished job's kept ``best.pt`` cannot be read; if so it is moved aside and the
+        job's summary and records removed (training makes them again), so that the job trains again
+        (as the README promises) instead of leaving weights that export-model and predict refuse."""
+        from affbench.training.checkpoints import DamagedCheckpointError, load_model_state, set_aside
+
+        folder = self.job_folder(job)
+        if job.experiment.is_evaluation or not folder.weights.is_file():
+            return False
+        try:
+            load_model_state(folder.weights)
+        except DamagedCheckpointError as exc:
+            moved = set_aside(folder.weights)
+            folder.done.unlink(missing_ok=True)  # made again, with the weights, by the training below
+            for cell in job.cells(self.suite.name):
+                cell.path(self.run_dir).unlink(missing_ok=True)
+            self.log(f"warning: {folder.weights} is damaged ({exc.reason}); moved it to {moved.name} and training "
+                     f"job {job.key} again.")
+            return True
+        return False
 
     # -- tasks
 

@@ -70,11 +70,14 @@ def _damage(path: Path, exc: Exception) -> str:
     if "weights_only" in str(exc) or "Unsupported global" in str(exc):
         return "it holds objects other than tensors and plain values, which affbench never unpickles"
     if not zipfile.is_zipfile(path):
-        return "it is not a file written by torch.save"
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    if not first_line or len(first_line) > 160:
+        with open(path, "rb") as handle:
+            zip_start = handle.read(4) == b"PK\x03\x04"
+        return "it is cut short: a torch.save archive without its end" if zip_start else \
+            "it is not a file written by torch.save"
+    first_sentence = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    if not first_sentence or len(first_sentence) > 160:
         return f"PyTorch cannot read it: {type(exc).__name__}, a truncated or altered file"
-    return first_line.rstrip(".")
+    return first_sentence
 
 
 def set_aside(path: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -422,3 +423,29 @@ def test_folds_that_are_not_fold_numbers_are_one_sentence(folds):
     data = {**SUITE_DATA, "experiment": [{**SUITE_DATA["experiment"][0], "folds": folds}]}
     with pytest.raises(AffbenchError, match="folds of .* must be"):
         parse_suite(data)
+
+
+def test_damaged_weights_of_a_finished_job_are_set_aside_and_trained_again(tmp_path, prepared_root):
+    suite, out = suite_file(tmp_path), tmp_path / "run"
+    run(suite, prepared_root, out)
+    (job,) = (out / "jobs").iterdir()
+    damaged = (job / "best.pt").read_bytes()[:1000]
+    (job / "best.pt").write_bytes(damaged)
+
+    messages: list[str] = []
+    report = run(suite, prepared_root, out, messages)
+
+    assert report.jobs_trained == 1 and report.cells_written == 1
+    assert any(m.startswith("warning:") and str(job / "best.pt") in m and "training job" in m for m in messages)
+    assert (job / "best.pt.damaged").read_bytes() == damaged
+    result = cli("export-model", job, "--out", tmp_path / "model.pt")
+    assert result.exit_code == 0, result.output
+
+
+def test_export_model_of_damaged_weights_is_one_whole_sentence(tmp_path, finished_run):
+    job = tmp_path / "job"
+    shutil.copytree(next((finished_run / "jobs").iterdir()), job)
+    (job / "best.pt").write_bytes((job / "best.pt").read_bytes()[:1000])
+    result = cli("export-model", job, "--out", tmp_path / "model.pt")
+    assert_one_sentence(result, f"The checkpoint {job / 'best.pt'} is damaged or not an affbench checkpoint "
+                                "(it is cut short: a torch.save archive without its end).")
