@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -420,6 +421,8 @@ def demo(out: Path, device: str) -> None:
     from affbench.reporting.plots import plot_run_if_wanted
     from affbench.reporting.records import load_records
 
+    if out.exists() and not out.is_dir():
+        raise AffbenchError(f"--out {out} is a file; give a folder for the demo's data and results.")
     started = time.perf_counter()
     raw, prepared, run_dir = out / "raw", out / "prepared", out / "run"
     written = generator.write_sample_data(raw)
@@ -503,7 +506,7 @@ def list_(what: str) -> None:
             better = "higher" if metric.higher_is_better else "lower"
             click.echo(f"{metric.name:16s} {better:7s} {', '.join(metric.task_kinds):28s} {metric.description}")
     elif what == "encoders":
-        from affbench.encoders.registry import count_parameters, get_encoder_spec, list_encoders
+        from affbench.encoders.registry import count_parameters, encoder_options, get_encoder_spec, list_encoders
 
         click.echo(f"{'name':22s} {'family':10s} {'input':>5s}  {'heads':36s} {'params':>12s}")
         for name in list_encoders():
@@ -511,6 +514,8 @@ def list_(what: str) -> None:
             heads = " ".join(f"{key}={size}" for key, size in encoder.heads.items())
             click.echo(f"{name:22s} {encoder.family:10s} {encoder.input_size:5d}  {heads:36s} "
                        f"{count_parameters(name):12,d}")
+            options = ", ".join(f"{key}={value!r}" for key, value in encoder_options(name).items())
+            click.echo(textwrap.fill(options, width=100, initial_indent="    options: ", subsequent_indent=" " * 13))
     else:
         from affbench.benchmarks.suite import list_suites
 

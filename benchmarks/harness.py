@@ -531,15 +531,29 @@ def _check_weights(plan: Plan, runner: _Runner) -> None:
     """Every pretrained file the unfinished jobs need is there: a missing ImageNet file stops the run
     before the first job trains, not hours later when its job comes."""
     from affbench.encoders import check_weights_available
+    from affbench.encoders.weights import MissingWeightsError
 
+    missing: dict[str, None] = {}
     for job in plan.jobs:
         if not job.experiment.is_evaluation and not runner.cells_finished(job):
-            check_weights_available(job.experiment.encoder, **job.experiment.options)
+            try:
+                check_weights_available(job.experiment.encoder, **job.experiment.options)
+            except MissingWeightsError as exc:
+                missing[exc.instruction] = None
+    if missing:
+        raise AffbenchError(
+            f"This run needs {len(missing)} ImageNet weights file(s) that are not in the torch cache, and affbench "
+            f"never downloads: {'; '.join(missing)} (a file's SHA-256, from sha256sum, starts with the hex digits "
+            "in its name; docs/benchmarks.md, Pretrained weights)."
+        )
 
 
 def _check_output_folder(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise AffbenchError(f"--out {run_dir} is a file, not a folder; give a folder for the run.")
+    if RunFolder(run_dir).holds_other_files():
+        raise AffbenchError(f"--out {run_dir} is not empty and holds no affbench run; choose an empty or new folder "
+                            "(or the folder of an earlier run to resume it).")
 
 
 def run_benchmark(

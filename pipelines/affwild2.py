@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from affbench.errors import DataLayoutError
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
-from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, search_folders
+from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, require_root, search_folders
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.scoring.protocols import GivenSplit, Protocol, TaskSpec, Validation
 from affbench.shards.codec import IMAGE_CODECS, decode_image, encode_image
@@ -136,8 +136,7 @@ def find_layout(root: str | os.PathLike, annotations: str | os.PathLike | None =
     """Locate ``cropped_aligned`` under ``root`` and the challenge folders under ``annotations``
     (default: ``root``); raises :class:`~affbench.errors.DataLayoutError` with what is missing."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataLayoutError(f"The Aff-Wild2 root {root} is not a folder.")
+    require_root(root, "Aff-Wild2")
     where = Path(annotations) if annotations is not None else root
     if not where.is_dir():
         raise DataLayoutError(f"The annotations folder {where} is not a folder.")

@@ -38,7 +38,7 @@ from affbench.faces.detection import shared_detector
 from affbench.faces.tracking import FaceTracker
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
 from affbench.pipelines.disfa import SequenceSettings
-from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, search_folders
+from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, require_root, search_folders
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -121,8 +121,7 @@ def find_layout(root: str | os.PathLike) -> Layout:
     """Locate the frame folders and the codes under ``root``; one :class:`DataLayoutError`
     sentence says what is missing where the layout does not fit."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataLayoutError(f"The BP4D root {root} is not a folder.")
+    require_root(root, "BP4D")
     hits = search_folders(root, [OCCURRENCE_DIR], skip=SUBJECTS)
     if OCCURRENCE_DIR not in hits:
         raise DataLayoutError(

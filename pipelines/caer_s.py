@@ -31,7 +31,7 @@ import pyarrow as pa
 from affbench.errors import DataLayoutError
 from affbench.faces.alignment import AlignmentTemplate
 from affbench.faces.detection import SCORE_MARGIN, SIZE_MARGIN, DetectorSettings, select_face, shared_detector
-from affbench.pipelines.layout import broken_link
+from affbench.pipelines.layout import broken_link, require_root
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
 from affbench.scoring.protocols import GivenSplit, Protocol, TaskSpec, Validation
@@ -118,8 +118,7 @@ def find_image_folders(
     """
     root = Path(root)
     excluded = Path(exclude).resolve() if exclude is not None else None
-    if not root.is_dir():
-        raise DataLayoutError(f"The CAER-S root {root} is not a folder.")
+    require_root(root, "CAER-S")
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         raise DataLayoutError(

@@ -57,7 +57,7 @@ from affbench.faces.detection import DetectorSettings, shared_detector
 from affbench.faces.tracking import FaceTracker, TrackerSettings
 from affbench.faces.video import VideoError, VideoReader, probe_video
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
-from affbench.pipelines.layout import broken_link
+from affbench.pipelines.layout import broken_link, require_root
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -202,8 +202,7 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
     cameras = CAMERAS if camera == "both" else (camera,)
     if any(c not in CAMERAS for c in cameras):
         raise DataLayoutError(f"Unknown camera {camera!r}; use left, right or both.")
-    if not root.is_dir():
-        raise DataLayoutError(f"{root} is not a DISFA root: the folder does not exist.")
+    require_root(root, "DISFA")
     needed = [CAMERA_DIRS[c] for c in cameras] + [LABEL_DIR]
     missing = [f"{d}/" for d in needed if not (root / d).is_dir()]
     if missing:

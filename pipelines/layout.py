@@ -58,3 +58,13 @@ def broken_link(entry: str | os.PathLike | os.DirEntry, root: Path) -> str | Non
         f"{path} is {problem}, which affbench does not read; copy or hard-link the file into {root}, or give "
         "the folder it points into as ROOT."
     )
+
+
+def require_root(root: Path, dataset: str) -> None:
+    """One :class:`DataLayoutError` sentence where the ROOT a user gives is missing or not a folder."""
+    if root.is_dir():
+        return
+    if root.exists():
+        raise DataLayoutError(f"The {dataset} root {root} is a file, not a folder; give the folder that holds the "
+                              "dataset.")
+    raise DataLayoutError(f"The {dataset} root {root} does not exist.")

@@ -248,7 +248,7 @@ def test_layout_errors_are_one_clear_sentence(tmp_path):
     with pytest.raises(DataLayoutError, match=r"Contempt is not a CAER-S class folder"):
         caer_s.find_image_folders(tmp_path)
     result = CliRunner().invoke(app, ["prepare", "caer-s", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "is not a folder" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
 
 
 def test_images_mtcnn_cannot_take_fail_alone_and_changes_are_picked_up(sample_data, detector, tmp_path):

@@ -313,7 +313,7 @@ def test_a_root_that_is_not_disfa_says_what_is_missing(sample_data, tmp_path):
         disfa.find_videos(tmp_path)
     result = CliRunner().invoke(app, ["prepare", "disfa", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'nowhere'} is not a DISFA root: the folder does not exist."]
+    assert result.output.strip().splitlines() == [f"Error: The DISFA root {tmp_path / 'nowhere'} does not exist."]
 
 
 def test_label_files_are_read_by_line_order_and_checked(tmp_path):

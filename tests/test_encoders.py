@@ -150,7 +150,7 @@ def test_list_encoders_cli_prints_every_variant_with_its_parameter_count():
 
     result = CliRunner().invoke(app, ["list", "encoders"])
     assert result.exit_code == 0, result.output
-    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:] if not line.startswith(" ")}
     assert set(lines) == EXPECTED_VARIANTS
     assert "heatmaps=24" in lines["fan-au"] and " 256 " in lines["fan-au"]
     assert lines["megraph-au"].split()[1] == "megraph"

@@ -484,3 +484,38 @@ def test_an_image_too_small_for_the_detector_says_so(model_file, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(model_file), str(tmp_path / "dot.png"), "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 1 and "the image is 1 x 1 pixels, smaller than the smallest face" in result.output
     assert "torch.cat" not in result.output
+
+
+def test_find_face_then_align_gives_what_predict_images_gives(model_file, sample_data):
+    model = load_model(model_file, device="cpu")
+    path = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    face = model.find_face(image)
+    assert face is not None
+    by_hand = model.predict(model.align(image, face))
+    whole = model.predict_images([path])
+    np.testing.assert_allclose(by_hand["valence"], whole["valence"], rtol=1e-5)
+
+
+def test_decoder_messages_go_into_the_failures_not_onto_the_terminal(model_file, tmp_path):
+    import subprocess
+    import sys
+
+    ok, png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    damaged = bytearray(png.tobytes())
+    damaged[200:210] = b"x" * 10  # a CRC error libpng reports on standard error
+    (tmp_path / "crc.png").write_bytes(bytes(damaged))
+    writer = cv2.VideoWriter(str(tmp_path / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 64))
+    for i in range(20):
+        writer.write(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    writer.release()
+    video = bytearray((tmp_path / "v.mp4").read_bytes())
+    video[3000:3400] = bytes(400)  # FFmpeg complains about every damaged frame
+    (tmp_path / "v.mp4").write_bytes(bytes(video))
+    result = subprocess.run([sys.executable, "-P", "-m", "affbench.cli", "predict", str(model_file),
+                             str(tmp_path / "crc.png"), str(tmp_path / "v.mp4"), "--out", str(tmp_path / "p.csv"),
+                             "--device", "cpu"], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert f"failed     {tmp_path / 'crc.png'}: unreadable image (OpenCV cannot decode it (libpng error: IDAT: CRC error))" in lines
+    assert not any(line.startswith(("libpng", "[mpeg4", "[mov")) for line in lines), result.stderr

@@ -48,14 +48,42 @@ def hub_checkpoint_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def require_imagenet_file(weights: WeightsEnum) -> Path:
-    """The cached file of a torchvision weights enum member, or one clear error saying where to put it."""
+class MissingWeightsError(AffbenchError):
+    """A torchvision ImageNet file that is not in the torch cache, or not the published file;
+    ``instruction`` says what to do about it, for a list of several."""
+
+    def __init__(self, message: str, instruction: str):
+        super().__init__(message)
+        self.instruction = instruction
+
+
+#: Files whose SHA-256 prefix was checked, by (path, size, modification time): hashed once per change.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def require_imagenet_file(weights: WeightsEnum, *, verify: bool = False) -> Path:
+    """The cached file of a torchvision weights enum member, or one clear error saying where to put it.
+
+    With ``verify``, the file's SHA-256 must start with the hex digits in its name (torchvision's
+    naming, e.g. ``resnet50-0676ba61.pth``), which is how a user checks a download by hand too:
+    ``sha256sum FILE``.
+    """
     path = hub_checkpoint_path(weights)
+    name = f"{type(weights).__name__}.{weights.name}"
     if not path.is_file():
-        raise AffbenchError(
-            f"ImageNet weights {type(weights).__name__}.{weights.name} are not in the torch cache: "
-            f"download {weights.url} and save it as {path} (affbench never downloads weights)."
-        )
+        instruction = f"download {weights.url} and save it as {path}"
+        raise MissingWeightsError(f"ImageNet weights {name} are not in the torch cache: {instruction} "
+                                  "(affbench never downloads weights).", instruction)
+    expected = re.search(r"-([0-9a-f]{8,})\.[^.]+$", path.name)
+    stat = path.stat()
+    stamp = (str(path), stat.st_size, stat.st_mtime_ns)
+    if verify and expected and stamp not in _VERIFIED:
+        if not file_sha256(path).startswith(expected[1]):
+            instruction = f"download {weights.url} again and save it as {path}"
+            raise MissingWeightsError(
+                f"The ImageNet weights file {path} is not the one torchvision published (its SHA-256 does not "
+                f"start with {expected[1]}, as its name says; an interrupted download?): {instruction}.", instruction)
+        _VERIFIED.add(stamp)
     return path
 
 

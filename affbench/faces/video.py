@@ -31,6 +31,11 @@ import cv2
 import numpy as np
 
 from affbench.errors import AffbenchError
+
+# FFmpeg's own lines about a damaged stream ("[mpeg4 @ 0x...] marker does not match") would fill the
+# terminal; a damaged video is reported once, by VideoReader.check_complete. Read by OpenCV when it
+# first opens a video; the user's own setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 from affbench.runtime.pixels import TooManyPixelsError, check_pixels
 
 

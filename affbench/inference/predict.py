@@ -117,8 +117,33 @@ class LoadedModel:
     # -- crops
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
-        """The aligned crop of ``face`` in ``image`` exactly as the training data was cut."""
+        """The aligned crop of ``face`` in ``image`` exactly as the training data was cut.
+
+        Parameters
+        ----------
+        image : ndarray
+            RGB uint8, (height, width, 3).
+        face : Face
+            A face of ``image`` as the model's detector finds it: :meth:`find_face` gives the one
+            the model's face-choice rule picks (what ``predict_images`` uses), and
+            ``model.detector.detect([image])[0]`` lists them all.
+
+        Examples
+        --------
+        >>> face = model.find_face(image)                        # doctest: +SKIP
+        >>> table = model.predict(model.align(image, face))      # doctest: +SKIP
+        """
         return align_face(image, face.landmarks, self.crop_size, self.template)[0]
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The MTCNN detector with the settings the training faces were found with."""
+        return shared_detector(self.description.detector_settings, str(self.device))
+
+    def find_face(self, image: np.ndarray) -> Face | None:
+        """The face of an RGB uint8 image that the model's face-choice rule picks; None without one."""
+        faces = self.detector.detect([image])[0]
+        return select_face(faces, self.description.face_selection, image_shape=image.shape)
 
     def _inputs(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         import torch

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,37 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     size = header_size(data)
     if size is not None:
         check_pixels(*size, "the image")
+    with _native_stderr() as said:
+        try:
+            return decode_image(data)
+        except ValueError:
+            pass
+    detail = "; ".join(line.strip() for line in said() if line.strip())
+    raise ValueError(f"OpenCV cannot decode it ({detail or 'corrupt, truncated or not an image'})")
+
+
+@contextmanager
+def _native_stderr() -> Iterator[Callable[[], list[str]]]:
+    """Capture what native code (libpng) writes to file descriptor 2 meanwhile: a damaged image's
+    reason then goes into its failure, not onto the terminal between progress lines. Yields a
+    function that returns the captured lines once the block has ended."""
+    import tempfile
+
+    captured: list[str] = []
     try:
-        return decode_image(data)
-    except ValueError:
-        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
+        saved = os.dup(2)
+    except OSError:  # no standard error to redirect
+        yield lambda: captured
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured += sink.read(4096).decode("utf-8", "replace").splitlines()
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

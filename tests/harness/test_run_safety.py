@@ -449,3 +449,11 @@ def test_export_model_of_damaged_weights_is_one_whole_sentence(tmp_path, finishe
     result = cli("export-model", job, "--out", tmp_path / "model.pt")
     assert_one_sentence(result, f"The checkpoint {job / 'best.pt'} is damaged or not an affbench checkpoint "
                                 "(it is cut short: a torch.save archive without its end).")
+
+
+def test_run_benchmark_into_a_folder_of_other_files_is_refused(tmp_path, prepared_root):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("chapter 1")
+    result = cli("run-benchmark", "--suite", suite_file(tmp_path), "--data", prepared_root, "--out", tmp_path / "mine")
+    assert_one_sentence(result, f"--out {tmp_path / 'mine'} is not empty and holds no affbench run")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]
