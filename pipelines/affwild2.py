@@ -38,7 +38,7 @@ from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
 from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, require_root, search_folders
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.scoring.protocols import GivenSplit, Protocol, TaskSpec, Validation
-from affbench.shards.codec import IMAGE_CODECS, decode_image, encode_image
+from affbench.shards.codec import IMAGE_CODECS, decode_source, encode_image
 from affbench.shards.manifest import DatasetWriter
 from affbench.shards.schema import make_schema
 from affbench.shards.writer import ShardWriter
@@ -369,7 +369,7 @@ def _image_files(video: Video) -> list[str]:
 
 def _stored_image(data: bytes, settings: Settings) -> tuple[bytes, bool]:
     """The bytes to store for one source image and whether they were re-encoded."""
-    rgb = decode_image(data)  # ValueError where it cannot be decoded
+    rgb = decode_source(data)  # ValueError where it cannot be decoded or is above the pixel limit
     same_size = rgb.shape[:2] == (settings.size, settings.size)
     if settings.codec == "jpeg" and same_size and data[:3] == b"\xff\xd8\xff":
         return data, False

@@ -519,3 +519,18 @@ def test_decoder_messages_go_into_the_failures_not_onto_the_terminal(model_file,
     lines = result.stderr.splitlines()
     assert f"failed     {tmp_path / 'crc.png'}: unreadable image (OpenCV cannot decode it (libpng error: IDAT: CRC error))" in lines
     assert not any(line.startswith(("libpng", "[mpeg4", "[mov")) for line in lines), result.stderr
+
+
+def test_timeline_plots_never_replace_a_file_predict_did_not_write(tmp_path):
+    from affbench.inference.predict import PredictResult, write_plots
+
+    table = pd.DataFrame({"frame": [0, 1, 2], "time": [0.0, 0.04, 0.08], "face_found": [True, False, True],
+                          "valence": [0.1, 0.2, 0.3], "arousal": [0.0, -0.1, 0.2]})
+    result = PredictResult(table, [], {"clips/talk.mp4": table}, {"va": [["valence", "arousal"]]})
+    mine = tmp_path / "frames-talk.png"
+    mine.write_bytes(b"my own picture")
+    first = write_plots(result, tmp_path / "frames.csv")
+    assert first == [tmp_path / "frames-talk-2.png"] and mine.read_bytes() == b"my own picture"
+    mine.unlink()
+    assert write_plots(result, tmp_path / "frames.csv") == [mine]
+    assert write_plots(result, tmp_path / "frames.csv") == [mine]  # its own plot is replaced

@@ -493,15 +493,17 @@ def column_groups(models: Sequence[LoadedModel], mappings: Sequence[Mapping[str,
 
 
 def write_plots(result: PredictResult, out: str | os.PathLike) -> list[Path]:
-    """One timeline PNG per video, beside ``out``: ``<out stem>-<video stem>.png``."""
-    from affbench.inference.timeline import plot_timeline
+    """One timeline PNG per video, beside ``out``: ``<out stem>-<video stem>.png`` (``-2``,
+    ``-3``... where that name is taken by another video's plot or by a file predict did not write,
+    which is never replaced)."""
+    from affbench.inference.timeline import is_timeline_plot, plot_timeline
 
     out = Path(out)
     written: list[Path] = []
     for source, table in result.tables_by_video.items():
         path = out.with_name(f"{out.stem}-{Path(source).stem}.png")
         k = 1
-        while path in written:
+        while path in written or (path.exists() and not is_timeline_plot(path)):
             k += 1
             path = out.with_name(f"{out.stem}-{Path(source).stem}-{k}.png")
         written.append(plot_timeline(table, result.groups, path, title=source))

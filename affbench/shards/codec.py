@@ -56,7 +56,13 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """An image file as RGB uint8; ``OSError`` if it cannot be read, ``ValueError`` with a sentence
     a user understands if it is empty, larger than the pixel limit
     (:class:`~affbench.runtime.pixels.TooManyPixelsError`) or not an image OpenCV can decode."""
-    data = Path(path).read_bytes()
+    return decode_source(Path(path).read_bytes())
+
+
+def decode_source(data: bytes) -> np.ndarray:
+    """A source image's encoded bytes (a dataset's or a user's image, not a shard's crop) as RGB
+    uint8: checked against the pixel limit from its header first, and ``ValueError`` with a sentence
+    a user understands (the decoder's own message included) where it cannot be decoded."""
     if not data:
         raise ValueError("the file is empty")
     size = header_size(data)
