@@ -97,3 +97,16 @@ def test_list_encoders_shows_each_encoders_options():
     assert result.exit_code == 0
     assert "options: n_classes=7, input_size=96, dropout=0.5" in result.output
     assert result.output.count("options: ") == len([n for n in result.output.splitlines() if n and n[0] != " "]) - 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run-benchmark", "--suite", "demo", "--data", "{tmp}/notes.txt", "--out", "{tmp}/run"],
+     "The data folder {tmp}/notes.txt is a file"),
+    (["export-model", "--encoder", "fan-au", "--pretrained", "{tmp}/notes.txt", "--labels", "a", "--option",
+      'aus=[1, "x"]', "--out", "{tmp}/m.pt"], "Encoder 'fan-au': option aus must be an integer of at least 1; got 'x'."),
+])
+def test_more_user_mistakes_are_one_sentence(tmp_path, args, message):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert message.format(tmp=tmp_path) in result.output

@@ -373,7 +373,7 @@ def _check_fan_options(name: str, options: dict) -> tuple[int, ...]:
     aus = options["aus"]
     if isinstance(aus, (str, bytes)) or not hasattr(aus, "__iter__"):
         raise AffbenchError(f"Encoder {name!r}: option aus must be a sequence of AU numbers, got {aus!r}.")
-    aus = tuple(int(a) for a in aus)
+    aus = tuple(int(check_number(f"Encoder {name!r}: option aus", a, Range(1, integer=True))) for a in aus)
     if not aus or len(set(aus)) != len(aus):
         raise AffbenchError(f"Encoder {name!r}: option aus must list distinct AU numbers, got {aus!r}.")
     unknown = [a for a in aus if a not in AU_POINT_RULES]

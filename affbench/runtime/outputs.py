@@ -88,6 +88,9 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
     except LocksUnsupportedError:
         yield  # a file system without locks: work as before locks existed
         return
+    except OSError as exc:
+        exc.filename = os.fspath(path)  # the file the user named, not our hidden lock beside it
+        raise
     if fd is None:
         holder = lock_holder(lock_path)
         who = f"process {holder}" if holder else "another process"
