@@ -10,6 +10,7 @@ record's provenance. Paper-style tables are in :mod:`affbench.reporting.tables`,
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,12 @@ LATEX_MARK = "% affbench tables:"
 
 
 def _is_earlier_table_file(path: Path) -> bool:
-    return first_line_starts(path, (*EXPORT_HEADERS, MARKDOWN_MARK, LATEX_MARK))
+    if first_line_starts(path, (*EXPORT_HEADERS, MARKDOWN_MARK, LATEX_MARK)):
+        return True
+    # A tables.md written before it carried MARKDOWN_MARK starts with its first table's heading.
+    with open(path, "rb") as handle:
+        first = handle.readline(4096).decode("utf-8", "replace").rstrip("\n")
+    return path.name == "tables.md" and re.fullmatch(r"### [^·]+ · [^·]+ · [^·]+", first) is not None
 
 
 def check_export_target(csv_path: str | os.PathLike, *, force: bool = False) -> None:

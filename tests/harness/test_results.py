@@ -210,3 +210,13 @@ def test_two_exports_into_one_file_at_once_are_refused(tmp_path):
     finally:
         unlock(fd, lock)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_tables_file_of_an_export_before_the_mark_is_recognised(tmp_path):
+    for rec in RECORDS:
+        write_record(tmp_path / "run", rec)
+    folder = tmp_path / "out-tables"
+    folder.mkdir()
+    (folder / "tables.md").write_text("### s · disfa · au-detection\n\n| predictor | folds |\n")
+    export(tmp_path / "run", tmp_path / "out.csv", wide=True)
+    assert (folder / "tables.md").read_text().startswith("<!-- affbench export")
