@@ -38,7 +38,7 @@ from affbench.faces.detection import shared_detector
 from affbench.faces.tracking import FaceTracker
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
 from affbench.pipelines.disfa import SequenceSettings
-from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, require_root, search_folders
+from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, require_inside, require_root, search_folders
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -286,7 +286,8 @@ def find_units(layout: Layout) -> list[TaskSequence]:
     root = layout.root
     coded: dict[tuple[str, str], Path] = {}
     for entry in sorted(os.scandir(layout.occurrence), key=lambda e: e.name):
-        if (m := _LABEL_NAME.match(entry.name)) and entry.is_file():
+        if (m := _LABEL_NAME.match(entry.name)) and not broken_link(entry, root) and entry.is_file():
+            require_inside(Path(entry.path), root)  # the occurrence folder itself may be a link out
             if m.group(1) not in SUBJECTS:
                 raise DataLayoutError(f"{entry.path} names {m.group(1)}, which is not one of BP4D's 41 subjects.")
             coded[(m.group(1), m.group(2))] = Path(entry.path)

@@ -57,7 +57,7 @@ from affbench.faces.detection import DetectorSettings, shared_detector
 from affbench.faces.tracking import FaceTracker, TrackerSettings
 from affbench.faces.video import VideoError, VideoReader, probe_video
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
-from affbench.pipelines.layout import broken_link, require_root
+from affbench.pipelines.layout import broken_link, require_inside, require_root
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -234,6 +234,8 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
             if absent:
                 more = f" (and {len(absent) - 1} more of its label files)" if len(absent) > 1 else ""
                 raise DataLayoutError(f"AU label file {root / absent[0]} is missing or not a regular file{more}.")
+            for label in labels:
+                require_inside(root / label, root)
             try:
                 size = probe_video(folder / video).frames or 0
             except VideoError:

@@ -68,3 +68,14 @@ def require_root(root: Path, dataset: str) -> None:
         raise DataLayoutError(f"The {dataset} root {root} is a file, not a folder; give the folder that holds the "
                               "dataset.")
     raise DataLayoutError(f"The {dataset} root {root} does not exist.")
+
+
+def require_inside(path: Path, root: Path) -> None:
+    """One :class:`DataLayoutError` sentence where ``path``, with every link on its way followed,
+    lies outside ``root`` (a label file reached through a linked folder, for instance)."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        raise DataLayoutError(
+            f"{path} leads out of {root} through a symbolic link, and affbench reads nothing outside the folder you "
+            f"name; copy or hard-link it into {root}, or give the folder it points into as ROOT."
+        )

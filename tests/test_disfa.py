@@ -417,3 +417,12 @@ def test_a_video_linked_from_outside_the_root_is_one_sentence_and_a_loop_is_skip
     assert f"LeftVideoSN003_comp.avi is a symbolic link out of {root}, which affbench does not read" in result.output
     (root / disfa.video_path("left", "SN003")).unlink()
     assert [v.subject for v in disfa.find_videos(root)] == ["SN001"]
+
+
+def test_labels_reached_through_a_link_out_of_the_root_are_one_sentence(sample_data, tmp_path):
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001"])
+    shutil.rmtree(root / disfa.LABEL_DIR / "SN001")
+    os.symlink(sample_data["disfa"] / disfa.LABEL_DIR / "SN001", root / disfa.LABEL_DIR / "SN001")
+    result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"leads out of {root} through a symbolic link" in result.output
