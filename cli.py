@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,10 @@ def _echo_lines(lines, *, err: bool = False) -> None:
 
 @click.group(cls=_AffbenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="affbench")
-def app() -> None:
+@click.option("--max-pixels", default=None, type=click.IntRange(1), metavar="N",
+              help="Largest image or video frame read, in pixels (width x height); default 64000000. Larger "
+                   "inputs are refused (each with one sentence) before they are decoded.")
+def app(max_pixels: int | None) -> None:
     """affbench: prepare facial-affect datasets, train and score encoders, export result tables.
 
     \b
@@ -64,6 +68,10 @@ def app() -> None:
       affbench export runs/disfa-au --csv disfa-au.csv --wide
     Try it end to end on generated sample data with `affbench demo`.
     """
+    if max_pixels is not None:
+        from affbench.runtime.pixels import set_max_pixels
+
+        set_max_pixels(max_pixels)
 
 
 # ----------------------------------------------------------------------------------------- prepare
@@ -366,8 +374,11 @@ def compare(run_dir: Path, cell_a: str, cell_b: str, metric: str | None, csv_pat
 @click.option("--format", "format_", type=click.Choice(["pt", "onnx"]), default="pt", show_default=True,
               help="pt: a PyTorch model file; onnx: an ONNX model with the description in its metadata, for "
                    "onnxruntime (needs pip install \"affbench[onnx]\").")
+@click.option("--force", is_flag=True, default=False,
+              help="Replace --out even when it is not an earlier affbench model file.")
 def export_model(job_dir: Path | None, out: Path, published: str | None, encoder: str | None, pretrained: Path | None,
-                 labels: str | None, options: tuple[str, ...], crop_size: int, eval_crop: float, format_: str) -> None:
+                 labels: str | None, options: tuple[str, ...], crop_size: int, eval_crop: float, format_: str,
+                 force: bool) -> None:
     """Write a finished job's model as one self-describing file (RUNDIR/jobs/<job> -> model.pt).
 
     \b
@@ -385,7 +396,7 @@ def export_model(job_dir: Path | None, out: Path, published: str | None, encoder
 
     path, description = export(out, job_dir, published=published, encoder=encoder, pretrained=pretrained,
                                labels=labels.split(",") if labels else None, options=_parse_options(options),
-                               crop_size=crop_size, eval_crop=eval_crop, format=format_)
+                               crop_size=crop_size, eval_crop=eval_crop, format=format_, force=force)
     _echo_lines(description.summary_lines())
     click.echo(f"model file: {path}")
 
@@ -419,9 +430,15 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--plot", is_flag=True, help="Also write a timeline PNG per video beside --out (needs matplotlib).")
 @click.option("--no-fill-gaps", "no_fill_gaps", is_flag=True,
               help="Leave a video frame without a face unpredicted instead of cropping it from its neighbours in time.")
+@click.option("--force", is_flag=True, default=False,
+              help="Replace --out even when it is not an earlier affbench predictions table.")
 def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple[Path, ...], device: str,
-            batch_size: int, plot: bool, no_fill_gaps: bool) -> None:
-    """Run MODEL (model.pt, or model.onnx with onnxruntime) on videos, images or folders: one row per frame.
+            batch_size: int, plot: bool, no_fill_gaps: bool, force: bool) -> None:
+    """Run MODEL on videos, images or folders of them: one row per frame.
+
+    MODEL is a model file from export-model (model.pt, or model.onnx run with onnxruntime), or a
+    finished job folder RUNDIR/jobs/<job> (or its best.pt) as run-benchmark leaves it. An existing
+    --out is replaced only when it is an earlier predictions table, unless --force is given.
 
     \b
     Every frame or image goes through the detection, tracking and alignment the model was trained
@@ -438,7 +455,7 @@ def predict(model: Path, inputs: tuple[Path, ...], out: Path, more_models: tuple
     from affbench.inference.predict import predict_to_file
 
     run = predict_to_file([model, *more_models], inputs, out, device=device, batch_size=batch_size, plot=plot,
-                          fill_gaps=not no_fill_gaps, progress=sys.stderr.isatty(),
+                          fill_gaps=not no_fill_gaps, progress=sys.stderr.isatty(), force=force,
                           on_model=lambda loaded: click.echo(f"model      {loaded!r}"))
     _echo_lines(f"note       {note}" for note in run.result.notes)
     click.echo(run.summary)
@@ -477,6 +494,8 @@ def demo(out: Path, device: str) -> None:
     from affbench.reporting.plots import plot_run_if_wanted
     from affbench.reporting.records import load_records
 
+    if out.exists() and not out.is_dir():
+        raise AffbenchError(f"--out {out} is a file; give a folder for the demo's data and results.")
     started = time.perf_counter()
     raw, prepared, run_dir = out / "raw", out / "prepared", out / "run"
     written = generator.write_sample_data(raw)
@@ -568,7 +587,7 @@ def list_(what: str) -> None:
             better = "higher" if metric.higher_is_better else "lower"
             click.echo(f"{metric.name:16s} {better:7s} {', '.join(metric.task_kinds):28s} {metric.description}")
     elif what == "encoders":
-        from affbench.encoders.registry import count_parameters, get_encoder_spec, list_encoders
+        from affbench.encoders.registry import count_parameters, encoder_options, get_encoder_spec, list_encoders
 
         click.echo(f"{'name':22s} {'family':10s} {'input':>5s}  {'heads':36s} {'params':>12s}")
         for name in list_encoders():
@@ -576,6 +595,8 @@ def list_(what: str) -> None:
             heads = " ".join(f"{key}={size}" for key, size in encoder.heads.items())
             click.echo(f"{name:22s} {encoder.family:10s} {encoder.input_size:5d}  {heads:36s} "
                        f"{count_parameters(name):12,d}")
+            options = ", ".join(f"{key}={value!r}" for key, value in encoder_options(name).items())
+            click.echo(textwrap.fill(options, width=100, initial_indent="    options: ", subsequent_indent=" " * 13))
     elif what == "models":
         from affbench.encoders.published import describe_published, list_published
 

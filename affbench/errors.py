@@ -47,6 +47,7 @@ _OS_ERRORS = {
     errno.EISDIR: "{path} is a folder where a file was expected; give a file name.",
     errno.EEXIST: "{path} already exists and is not a folder; give another path.",
     errno.ENAMETOOLONG: "The file name {path} is too long for the file system.",
+    errno.ENOENT: "{path} does not exist, or no file can be made there; check the path.",
 }
 
 

@@ -97,7 +97,28 @@ class _Runner:
                     f"(configuration {str(record.get('config_hash'))[:10]}, now {job.config_hash[:10]}); "
                     "use another --out folder, or delete that file to redo the cell."
                 )
-        return finished
+        return finished and not self.weights_damaged(job)
+
+    def weights_damaged(self, job: Job) -> bool:
+        """Whether a finished job's kept ``best.pt`` cannot be read; if so it is moved aside and the
+        job's summary and records removed (training makes them again), so that the job trains again
+        (as the README promises) instead of leaving weights that export-model and predict refuse."""
+        from affbench.training.checkpoints import DamagedCheckpointError, load_model_state, set_aside
+
+        folder = self.job_folder(job)
+        if job.experiment.is_evaluation or not folder.weights.is_file():
+            return False
+        try:
+            load_model_state(folder.weights)
+        except DamagedCheckpointError as exc:
+            moved = set_aside(folder.weights)
+            folder.done.unlink(missing_ok=True)  # made again, with the weights, by the training below
+            for cell in job.cells(self.suite.name):
+                cell.path(self.run_dir).unlink(missing_ok=True)
+            self.log(f"warning: {folder.weights} is damaged ({exc.reason}); moved it to {moved.name} and training "
+                     f"job {job.key} again.")
+            return True
+        return False
 
     # -- tasks
 
@@ -614,15 +635,29 @@ def _check_weights(plan: Plan, runner: _Runner) -> None:
     """Every pretrained file the unfinished jobs need is there: a missing ImageNet file stops the run
     before the first job trains, not hours later when its job comes."""
     from affbench.encoders import check_weights_available
+    from affbench.encoders.weights import MissingWeightsError
 
+    missing: dict[str, None] = {}
     for job in plan.jobs:
         if not job.experiment.is_evaluation and not runner.cells_finished(job):
-            check_weights_available(job.experiment.encoder, **job.experiment.options)
+            try:
+                check_weights_available(job.experiment.encoder, **job.experiment.options)
+            except MissingWeightsError as exc:
+                missing[exc.instruction] = None
+    if missing:
+        raise AffbenchError(
+            f"This run needs {len(missing)} ImageNet weights file(s) that are not in the torch cache, and affbench "
+            f"never downloads: {'; '.join(missing)} (a file's SHA-256, from sha256sum, starts with the hex digits "
+            "in its name; docs/benchmarks.md, Pretrained weights)."
+        )
 
 
 def _check_output_folder(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise AffbenchError(f"--out {run_dir} is a file, not a folder; give a folder for the run.")
+    if RunFolder(run_dir).holds_other_files():
+        raise AffbenchError(f"--out {run_dir} is not empty and holds no affbench run; choose an empty or new folder "
+                            "(or the folder of an earlier run to resume it).")
 
 
 def run_benchmark(

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.runtime.files import check_name
+from affbench.runtime.numbers import Range, check_number
 from affbench.training.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -525,13 +526,22 @@ def _experiment(table: Mapping[str, Any], label: str, defaults: TrainSettings) -
         encoder, options = _released_encoder(released, table, label)
     return Experiment(
         id=table["id"], dataset=table["dataset"], tasks=tuple(table["tasks"]), encoder=encoder,
-        options=options, folds=tuple(int(f) for f in folds) if folds is not None else None,
+        options=options, folds=_folds(folds, label),
         training=defaults.merged(table.get("training", {})), init=init, evaluate=evaluate,
         label=table.get("label", ""), metrics=tuple(metrics) if metrics is not None else None,
         notes=table.get("notes", ""), variant=str(table.get("variant", "")),
         when_prepared=bool(table.get("when_prepared", False)), published=released,
         allow_leakage=_flag(table, "allow_leakage", label),
     )
+
+
+def _folds(folds: Any, label: str) -> tuple[int, ...] | None:
+    """An experiment's ``folds``: a list of fold numbers, or None for every fold."""
+    if folds is None:
+        return None
+    if not isinstance(folds, list):
+        raise AffbenchError(f"folds of {label} must be a list of fold numbers such as [1, 2]; got {folds!r}.")
+    return tuple(int(check_number(f"folds of {label}", f, Range(1, integer=True))) for f in folds)
 
 
 def _check_experiment_table(table: Mapping[str, Any], label: str) -> None:

@@ -35,10 +35,10 @@ import pyarrow as pa
 
 from affbench.errors import DataLayoutError
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
-from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
+from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, require_root, search_folders
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units
 from affbench.scoring.protocols import GivenSplit, Protocol, TaskSpec, Validation
-from affbench.shards.codec import IMAGE_CODECS, decode_image, encode_image
+from affbench.shards.codec import IMAGE_CODECS, decode_source, encode_image
 from affbench.shards.manifest import DatasetWriter
 from affbench.shards.schema import make_schema
 from affbench.shards.writer import ShardWriter
@@ -136,8 +136,7 @@ def find_layout(root: str | os.PathLike, annotations: str | os.PathLike | None =
     """Locate ``cropped_aligned`` under ``root`` and the challenge folders under ``annotations``
     (default: ``root``); raises :class:`~affbench.errors.DataLayoutError` with what is missing."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataLayoutError(f"The Aff-Wild2 root {root} is not a folder.")
+    require_root(root, "Aff-Wild2")
     where = Path(annotations) if annotations is not None else root
     if not where.is_dir():
         raise DataLayoutError(f"The annotations folder {where} is not a folder.")
@@ -247,10 +246,11 @@ class Video:
         return max((len(t.values) for t in self.tasks.values()), default=0)
 
 
-def _annotation_files(folder: Path) -> list[Path]:
+def _annotation_files(folder: Path, root: Path) -> list[Path]:
     """The ``*.txt`` regular files of ``folder``: a FIFO or device of that name would block or
-    never end when read, and a folder is not an annotation."""
-    return sorted(Path(e.path) for e in os.scandir(folder) if e.name.endswith(".txt") and e.is_file())
+    never end when read, a folder is not an annotation, and a link out of ``root`` is not read."""
+    return sorted(Path(e.path) for e in os.scandir(folder)
+                  if e.name.endswith(".txt") and not broken_link(e, root) and e.is_file())
 
 
 def read_annotations(layout: Layout) -> tuple[list[Video], str]:
@@ -262,7 +262,7 @@ def read_annotations(layout: Layout) -> tuple[list[Video], str]:
         if not split_dirs:
             raise DataLayoutError(f"{folder} has neither {SPLITS[0]}/ nor {SPLITS[1]}/.")
         for split in split_dirs:
-            for path in _annotation_files(folder / split):
+            for path in _annotation_files(folder / split, layout.root):
                 data = path.read_bytes()
                 relative = f"{folder.name}/{split}/{path.name}"
                 digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -369,7 +369,7 @@ def _image_files(video: Video) -> list[str]:
 
 def _stored_image(data: bytes, settings: Settings) -> tuple[bytes, bool]:
     """The bytes to store for one source image and whether they were re-encoded."""
-    rgb = decode_image(data)  # ValueError where it cannot be decoded
+    rgb = decode_source(data)  # ValueError where it cannot be decoded or is above the pixel limit
     same_size = rgb.shape[:2] == (settings.size, settings.size)
     if settings.codec == "jpeg" and same_size and data[:3] == b"\xff\xd8\xff":
         return data, False
@@ -389,7 +389,8 @@ def process_video(settings: Settings, unit: Video, tick: Tick) -> UnitOutcome:
     if unit.name in (".", "..") or not folder.is_dir():
         reason = f"no image folder {folder_rel} for the annotated video {unit.name}"
         return UnitOutcome(unit.key, failures=[{"unit": unit.key, "item": folder_rel, "reason": reason}], failed=True)
-    present = {e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")}
+    present = {e.name for e in os.scandir(folder)
+               if not e.name.startswith(".") and not broken_link(e, images) and e.is_file()}
     names = [image_name(frame) for frame in range(unit.size)]
     if present and names and not present & set(names):
         reason = f"none of the {len(present)} files in {folder_rel} is named like {image_name(0)}"

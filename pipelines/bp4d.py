@@ -38,7 +38,7 @@ from affbench.faces.detection import shared_detector
 from affbench.faces.tracking import FaceTracker
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
 from affbench.pipelines.disfa import SequenceSettings
-from affbench.pipelines.layout import SEARCH_DEPTH, search_folders
+from affbench.pipelines.layout import SEARCH_DEPTH, broken_link, require_inside, require_root, search_folders
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -121,8 +121,7 @@ def find_layout(root: str | os.PathLike) -> Layout:
     """Locate the frame folders and the codes under ``root``; one :class:`DataLayoutError`
     sentence says what is missing where the layout does not fit."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataLayoutError(f"The BP4D root {root} is not a folder.")
+    require_root(root, "BP4D")
     hits = search_folders(root, [OCCURRENCE_DIR], skip=SUBJECTS)
     if OCCURRENCE_DIR not in hits:
         raise DataLayoutError(
@@ -266,11 +265,12 @@ class TaskSequence:
     inputs: str | None = None  # fingerprint of its images (size, time) and code files (content)
 
 
-def _numbered_jpegs(folder: Path) -> tuple[tuple[int, str], ...]:
+def _numbered_jpegs(folder: Path, root: Path) -> tuple[tuple[int, str], ...]:
     by_number: dict[int, str] = {}
     for entry in os.scandir(folder):
         stem, ext = os.path.splitext(entry.name)
-        if ext.lower() not in (".jpg", ".jpeg") or not stem.isdigit() or not entry.is_file():
+        if ext.lower() not in (".jpg", ".jpeg") or not stem.isdigit() or broken_link(entry, root) \
+                or not entry.is_file():
             continue
         if int(stem) in by_number:
             raise DataLayoutError(
@@ -286,7 +286,8 @@ def find_units(layout: Layout) -> list[TaskSequence]:
     root = layout.root
     coded: dict[tuple[str, str], Path] = {}
     for entry in sorted(os.scandir(layout.occurrence), key=lambda e: e.name):
-        if (m := _LABEL_NAME.match(entry.name)) and entry.is_file():
+        if (m := _LABEL_NAME.match(entry.name)) and not broken_link(entry, root) and entry.is_file():
+            require_inside(Path(entry.path), root)  # the occurrence folder itself may be a link out
             if m.group(1) not in SUBJECTS:
                 raise DataLayoutError(f"{entry.path} names {m.group(1)}, which is not one of BP4D's 41 subjects.")
             coded[(m.group(1), m.group(2))] = Path(entry.path)
@@ -311,7 +312,7 @@ def find_units(layout: Layout) -> list[TaskSequence]:
              else None)
             for au in INTENSITY_AUS
         )
-        frames = _numbered_jpegs(folder)
+        frames = _numbered_jpegs(folder, root)
         folder_rel = str(folder.relative_to(root))
         code_files = [str(codes.relative_to(root)), *(p for p in intensity if p)]
         units.append(TaskSequence(

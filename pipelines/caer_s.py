@@ -31,6 +31,7 @@ import pyarrow as pa
 from affbench.errors import DataLayoutError
 from affbench.faces.alignment import AlignmentTemplate
 from affbench.faces.detection import SCORE_MARGIN, SIZE_MARGIN, DetectorSettings, select_face, shared_detector
+from affbench.pipelines.layout import broken_link, require_root
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
 from affbench.scoring.protocols import GivenSplit, Protocol, TaskSpec, Validation
@@ -117,8 +118,7 @@ def find_image_folders(
     """
     root = Path(root)
     excluded = Path(exclude).resolve() if exclude is not None else None
-    if not root.is_dir():
-        raise DataLayoutError(f"The CAER-S root {root} is not a folder.")
+    require_root(root, "CAER-S")
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         raise DataLayoutError(
@@ -132,6 +132,9 @@ def find_image_folders(
         for entry in sorted(os.scandir(root / split), key=lambda e: e.name):
             if entry.name.startswith("."):
                 continue
+            if problem := broken_link(entry, root):
+                ignored.append(f"{split}/{entry.name} ({problem})")
+                continue
             if not entry.is_dir():
                 ignored.append(f"{split}/{entry.name}")
                 continue
@@ -143,7 +146,12 @@ def find_image_folders(
                     f"{root / split / entry.name} is not a CAER-S class folder; expected one of "
                     f"{', '.join(sorted(FOLDER_TO_CLASS))}."
                 )
-            names = sorted(e.name for e in os.scandir(entry.path) if e.is_file())
+            names = []
+            for item in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                if problem := broken_link(item, root):
+                    ignored.append(f"{split}/{entry.name}/{item.name} ({problem})")
+                elif item.is_file():
+                    names.append(item.name)
             files = tuple(n for n in names if _is_image(n))
             ignored += [f"{split}/{entry.name}/{n}" for n in names if not _is_image(n) and not n.startswith(".")]
             inputs = fingerprint(root, [f"{split}/{entry.name}/{n}" for n in files])

@@ -57,6 +57,7 @@ from affbench.faces.detection import DetectorSettings, shared_detector
 from affbench.faces.tracking import FaceTracker, TrackerSettings
 from affbench.faces.video import VideoError, VideoReader, probe_video
 from affbench.pipelines import SUBJECT_VALIDATION_FRACTION, VALIDATION_SEED
+from affbench.pipelines.layout import broken_link, require_inside, require_root
 from affbench.preparation.sequences import write_tracked_sequence
 from affbench.preparation.units import RunSummary, Tick, UnitOutcome, fingerprint, run_units, runs_here
 from affbench.runtime.devices import resolve_device
@@ -201,8 +202,7 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
     cameras = CAMERAS if camera == "both" else (camera,)
     if any(c not in CAMERAS for c in cameras):
         raise DataLayoutError(f"Unknown camera {camera!r}; use left, right or both.")
-    if not root.is_dir():
-        raise DataLayoutError(f"{root} is not a DISFA root: the folder does not exist.")
+    require_root(root, "DISFA")
     needed = [CAMERA_DIRS[c] for c in cameras] + [LABEL_DIR]
     missing = [f"{d}/" for d in needed if not (root / d).is_dir()]
     if missing:
@@ -213,7 +213,8 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
         folder = root / CAMERA_DIRS[cam]
         by_subject: dict[str, list[str]] = {}
         for p in sorted(folder.iterdir()):
-            if (m := _VIDEO_NAME.match(p.name)) and m.group(1).lower() == cam and p.is_file():
+            if (m := _VIDEO_NAME.match(p.name)) and m.group(1).lower() == cam and not broken_link(p, root) \
+                    and p.is_file():
                 by_subject.setdefault(m.group(2).upper(), []).append(p.name)
         twice = next((names for names in by_subject.values() if len(names) > 1), None)
         if twice:
@@ -233,6 +234,8 @@ def find_videos(root: str | Path, camera: str = "left") -> list[DisfaVideo]:
             if absent:
                 more = f" (and {len(absent) - 1} more of its label files)" if len(absent) > 1 else ""
                 raise DataLayoutError(f"AU label file {root / absent[0]} is missing or not a regular file{more}.")
+            for label in labels:
+                require_inside(root / label, root)
             try:
                 size = probe_video(folder / video).frames or 0
             except VideoError:

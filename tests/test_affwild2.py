@@ -365,3 +365,33 @@ def test_an_unwritable_or_busy_or_file_out_is_one_sentence(root, tmp_path, monke
     monkeypatch.setattr(affbench.shards.manifest, "write_text_atomic", read_only)
     assert prepare(tmp_path / "ro") == (f"Error: Cannot write {tmp_path / 'ro' / 'manifest.json'}: Read-only file system; "
                                         "make it writable or choose another --out, then run the same command again to resume.")
+
+
+def test_another_root_into_a_prepared_folder_is_refused_and_changes_nothing(root, sample_data, tmp_path):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {"manifest": (out / "manifest.json").read_bytes()}
+    other = shutil.copytree(sample_data["affwild2"], tmp_path / "other")
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(other), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"was prepared from ROOT {root.resolve()}, not {other.resolve()}" in result.output
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {"manifest": (out / "manifest.json").read_bytes()} == before
+    os.symlink(root, tmp_path / "link")  # the same root by another path resumes
+    assert CliRunner().invoke(app, ["prepare", "affwild2", str(tmp_path / "link"), "--out", str(out)]).exit_code == 0
+
+
+def test_an_image_above_the_pixel_limit_is_a_failure_before_it_is_decoded(root, tmp_path, monkeypatch):
+    from affbench.runtime.pixels import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, "")  # restored after --max-pixels below
+    image = root / "cropped_aligned" / "video7" / "00004.jpg"
+    height, width = cv2.imread(str(image)).shape[:2]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["--max-pixels", str(height * width - 1), "prepare", "affwild2", str(root),
+                                      "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    reasons = {f["item"]: f["reason"] for f in json.loads((out / "manifest.json").read_text())["failures"]}
+    assert reasons["cropped_aligned/video7/00004.jpg"] == (
+        f"unreadable image: the image is {width} x {height} pixels, more than the limit of {height * width - 1:,} "
+        "pixels per image; to read it, give affbench --max-pixels a larger number (and expect it to need many GB "
+        "of memory).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pickle
 import shutil
 
@@ -247,7 +248,7 @@ def test_layout_errors_are_one_clear_sentence(tmp_path):
     with pytest.raises(DataLayoutError, match=r"Contempt is not a CAER-S class folder"):
         caer_s.find_image_folders(tmp_path)
     result = CliRunner().invoke(app, ["prepare", "caer-s", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "is not a folder" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
 
 
 def test_images_mtcnn_cannot_take_fail_alone_and_changes_are_picked_up(sample_data, detector, tmp_path):
@@ -291,3 +292,25 @@ def test_class_folders_whose_names_differ_only_in_case_do_not_share_shards(tmp_p
     units, _ = caer_s.find_image_folders(tmp_path)
     assert [u.key for u in units] == ["train/Happy", "train/happy", "test/Happy"]
     assert len({unit_prefix(u.key).lower() for u in units}) == 3
+
+
+def test_a_link_out_of_the_root_is_one_sentence_and_a_loop_is_listed(sample_data, tmp_path):
+    root = shutil.copytree(sample_data["caer-s"], tmp_path / "CAER-S")
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes((root / "train" / "Happy" / "0001.png").read_bytes())
+    happy = root / "train" / "Happy"
+    os.symlink("loop.png", happy / "loop.png")  # points at itself
+    os.symlink(outside / "secret.png", happy / "secret.png")
+    os.symlink(outside, root / "train" / "Sad2")
+    os.symlink(happy / "0001.png", happy / "inside.png")  # a link within the root is an ordinary image
+    with pytest.raises(DataLayoutError, match=f"secret.png is a symbolic link out of {root}, which affbench does not read"):
+        caer_s.find_image_folders(root)
+    (happy / "secret.png").unlink()
+    with pytest.raises(DataLayoutError, match=f"Sad2 is a symbolic link out of {root}"):
+        caer_s.find_image_folders(root)
+    (root / "train" / "Sad2").unlink()
+    units, ignored = caer_s.find_image_folders(root)
+    files = {f"{u.key}/{name}" for u in units for name in u.files}
+    assert "train/Happy/inside.png" in files and "train/Happy/loop.png" not in files
+    assert "train/Happy/loop.png (a symbolic link loop)" in ignored

@@ -72,3 +72,41 @@ def test_sample_data_command_writes_the_layouts(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "affwild2" / "cropped_aligned").is_dir()
     assert not (tmp_path / "disfa").exists()
+
+
+@pytest.mark.parametrize("dataset, label", [("disfa", "DISFA"), ("bp4d", "BP4D"), ("caer-s", "CAER-S"),
+                                            ("affwild2", "Aff-Wild2")])
+def test_a_file_given_as_root_is_named_a_file(tmp_path, dataset, label):
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    result = CliRunner().invoke(app, ["prepare", dataset, str(tmp_path / "passwd"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == (f"Error: The {label} root {tmp_path / 'passwd'} is a file, not a folder; give the "
+                                     "folder that holds the dataset.")
+
+
+def test_demo_into_a_file_names_the_option(tmp_path):
+    (tmp_path / "notes").write_text("mine")
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "notes")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"--out {tmp_path / 'notes'} is a file" in result.output and "raw" not in result.output
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
+def test_list_encoders_shows_each_encoders_options():
+    result = CliRunner().invoke(app, ["list", "encoders"])
+    assert result.exit_code == 0
+    assert "options: n_classes=7, input_size=96, dropout=0.5" in result.output
+    assert result.output.count("options: ") == len([n for n in result.output.splitlines() if n and n[0] != " "]) - 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run-benchmark", "--suite", "demo", "--data", "{tmp}/notes.txt", "--out", "{tmp}/run"],
+     "The data folder {tmp}/notes.txt is a file"),
+    (["export-model", "--encoder", "fan-au", "--pretrained", "{tmp}/notes.txt", "--labels", "a", "--option",
+      'aus=[1, "x"]', "--out", "{tmp}/m.pt"], "Encoder 'fan-au': option aus must be an integer of at least 1; got 'x'."),
+])
+def test_more_user_mistakes_are_one_sentence(tmp_path, args, message):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert message.format(tmp=tmp_path) in result.output

@@ -46,19 +46,16 @@ def shard_hashes(out) -> dict[str, list[str]]:
 
 
 def layout_copy(source, target, subjects, *, copy_labels=()):
-    """A DISFA root holding only ``subjects``, linked to the sample files (labels of the subjects
-    in ``copy_labels`` copied, so that a test may damage them)."""
+    """A DISFA root holding only ``subjects``: hard links to the sample files (prepare reads no
+    symbolic link out of its ROOT); the labels of the subjects in ``copy_labels`` copied, so that a
+    test may damage them."""
     for subject in subjects:
         for camera in disfa.CAMERAS:
             video = target / disfa.video_path(camera, subject)
             video.parent.mkdir(parents=True, exist_ok=True)
-            video.symlink_to(source / disfa.video_path(camera, subject))
-        labels = target / disfa.LABEL_DIR / subject
-        labels.parent.mkdir(parents=True, exist_ok=True)
-        if subject in copy_labels:
-            shutil.copytree(source / disfa.LABEL_DIR / subject, labels)
-        else:
-            labels.symlink_to(source / disfa.LABEL_DIR / subject)
+            os.link(source / disfa.video_path(camera, subject), video)
+        shutil.copytree(source / disfa.LABEL_DIR / subject, target / disfa.LABEL_DIR / subject,
+                        copy_function=shutil.copy2 if subject in copy_labels else os.link)
     return target
 
 
@@ -316,7 +313,7 @@ def test_a_root_that_is_not_disfa_says_what_is_missing(sample_data, tmp_path):
         disfa.find_videos(tmp_path)
     result = CliRunner().invoke(app, ["prepare", "disfa", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'nowhere'} is not a DISFA root: the folder does not exist."]
+    assert result.output.strip().splitlines() == [f"Error: The DISFA root {tmp_path / 'nowhere'} does not exist."]
 
 
 def test_label_files_are_read_by_line_order_and_checked(tmp_path):
@@ -373,7 +370,7 @@ def test_a_label_line_that_is_not_an_intensity_is_one_sentence(sample_data, tmp_
 
 def test_two_videos_whose_names_differ_only_in_case_are_one_sentence(sample_data, tmp_path):
     root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001"])
-    (root / disfa.LEFT_DIR / "leftvideosn001_comp.avi").symlink_to(sample_data["disfa"] / disfa.video_path("left", "SN001"))
+    os.link(sample_data["disfa"] / disfa.video_path("left", "SN001"), root / disfa.LEFT_DIR / "leftvideosn001_comp.avi")
     result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "LeftVideoSN001_comp.avi and leftvideosn001_comp.avi" in result.output and "differ only in case" in result.output
@@ -409,3 +406,23 @@ def test_a_changed_label_file_redoes_its_video(sample_data, tmp_path):
     assert summary.units_changed == ["SN003/left"] and summary.units_done == 1
     row = next(r for r in ShardReader(out).iter_rows(columns=["frame", "au12"]) if r["frame"] == 0)
     assert row["au12"] == (int(value) + 1) % 6
+
+
+def test_a_video_linked_from_outside_the_root_is_one_sentence_and_a_loop_is_skipped(sample_data, tmp_path):
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001"])
+    os.symlink("LeftVideoSN002_comp.avi", root / disfa.LEFT_DIR / "LeftVideoSN002_comp.avi")  # a loop
+    os.symlink(sample_data["disfa"] / disfa.video_path("left", "SN003"), root / disfa.video_path("left", "SN003"))
+    result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"LeftVideoSN003_comp.avi is a symbolic link out of {root}, which affbench does not read" in result.output
+    (root / disfa.video_path("left", "SN003")).unlink()
+    assert [v.subject for v in disfa.find_videos(root)] == ["SN001"]
+
+
+def test_labels_reached_through_a_link_out_of_the_root_are_one_sentence(sample_data, tmp_path):
+    root = layout_copy(sample_data["disfa"], tmp_path / "root", ["SN001"])
+    shutil.rmtree(root / disfa.LABEL_DIR / "SN001")
+    os.symlink(sample_data["disfa"] / disfa.LABEL_DIR / "SN001", root / disfa.LABEL_DIR / "SN001")
+    result = CliRunner().invoke(app, ["prepare", "disfa", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"leads out of {root} through a symbolic link" in result.output

@@ -150,7 +150,7 @@ def test_list_encoders_cli_prints_every_variant_with_its_parameter_count():
 
     result = CliRunner().invoke(app, ["list", "encoders"])
     assert result.exit_code == 0, result.output
-    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:] if not line.startswith(" ")}
     assert set(lines) == EXPECTED_VARIANTS
     assert "heatmaps=24" in lines["fan-au"] and " 256 " in lines["fan-au"]
     assert lines["megraph-au"].split()[1] == "megraph"
@@ -618,3 +618,14 @@ def test_smm_loads_an_abaw3_checkpoint(tmp_path):
     assert create_encoder("smm-emotionnet", pretrained=path).spec.options["head_bias"] is True
     with pytest.raises(AffbenchError, match="head_bias=True model, but head_bias=False was asked"):
         create_encoder("smm-emotionnet", head_bias=False, pretrained=path)
+
+
+@pytest.mark.parametrize("name, option, value, message", [
+    ("fan-au", "heatmap_scale", float("inf"), "Encoder 'fan-au': option heatmap_scale must be a finite number above 0; got inf."),
+    ("fan-au", "heatmap_scale", float("nan"), "Encoder 'fan-au': option heatmap_scale must be a finite number above 0; got nan."),
+    ("emotiram-f", "dropout", "half", "Encoder 'emotiram-f': option dropout must be a finite number in [0, 1); got 'half'."),
+])
+def test_numeric_encoder_options_must_be_finite_and_in_range(name, option, value, message):
+    with pytest.raises(AffbenchError) as caught:
+        get_encoder_spec(name, **{option: value})
+    assert str(caught.value) == message

@@ -6,6 +6,7 @@ the crops are the tracker's and the template's, and that the numbers are the net
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -280,3 +281,256 @@ def test_a_published_checkpoint_is_wrapped_when_its_labels_are_named(tmp_path):
     wrong = runner.invoke(app, ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint),
                                 "--option", "input_size=64", "--labels", "a,b", "--out", str(tmp_path / "w.pt")])
     assert wrong.exit_code != 0 and "outputs 7 expression values" in wrong.output
+
+
+# ----------------------------------------------------------------------------------------- careless use (issue 23)
+
+
+def test_a_model_trained_on_caer_s_predicts_still_images(sample_data, tmp_path):
+    from affbench.pipelines.caer_s import PrepareSettings
+
+    torch.manual_seed(0)
+    model = create_encoder("emotiram-f", input_size=48).eval()
+    caer = PrepareSettings.from_options(size=64, select="prob").parameters()  # the manifest's parameters
+    description = describe_trained_model("caer", model.spec, [protocols()["caer-s"].task("expression")], caer)
+    assert description.face_selection == "prob"
+    path = save_model_file(tmp_path / "caer.pt", description, model.state_dict())
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    assert load_model(path, device="cpu").predict_images([image])["face_found"].all()
+    # a model file written before the fix holds the rule as the text of the manifest's dict
+    from dataclasses import replace
+
+    old = save_model_file(tmp_path / "old.pt", replace(description, face_selection=str(caer["select"])),
+                          model.state_dict())
+    assert load_model(old, device="cpu").description.face_selection == "prob"
+
+
+def test_a_finished_job_folder_or_its_best_pt_is_a_model(model_file, tmp_path, sample_data):
+    from affbench.inference.bundle import write_job_description
+
+    description, state = read_model_file(model_file)
+    job = tmp_path / "run" / "jobs" / "affwild2-inceptionv3-mtl-fold1-abc"
+    job.mkdir(parents=True)
+    write_job_description(job, description)
+    torch.save({"model": state}, job / "best.pt")
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    expected = load_model(model_file, device="cpu").predict_images([image])
+    for given in (job, job / "best.pt"):
+        loaded = load_model(given, device="cpu")
+        assert loaded.name == job.name
+        pd.testing.assert_frame_equal(loaded.predict_images([image]), expected)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(image), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "is not a finished job folder" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"hello, this is a text file\n", "not a file written by torch.save"),
+    (b"", "the file is empty"),
+])
+def test_a_file_that_is_no_model_is_one_sentence(tmp_path, content, reason):
+    (tmp_path / "model.txt").write_bytes(content)
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros((32, 32, 3), np.uint8))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "model.txt"), str(tmp_path / "blank.png"),
+                                      "--out", str(tmp_path / "x.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is not an affbench model file" in result.output and reason in result.output
+
+
+def test_a_pickled_object_is_refused_without_advising_weights_only_false(tmp_path):
+    import collections
+    import pickle
+
+    with open(tmp_path / "pickle.pt", "wb") as handle:  # a plain pickle, not a torch.save archive
+        pickle.dump(collections.OrderedDict(a=[1, 2]), handle, protocol=4)
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros((32, 32, 3), np.uint8))
+    for args in (["predict", str(tmp_path / "pickle.pt"), str(tmp_path / "blank.png"), "--out", str(tmp_path / "x.csv")],
+                 ["export-model", "--encoder", "emotiram-f", "--pretrained", str(tmp_path / "pickle.pt"),
+                  "--labels", "a,b,c,d,e,f,g", "--out", str(tmp_path / "m.pt")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "False" not in result.output and "never unpickles" in result.output  # no advice to set weights_only=False
+
+
+def test_predict_never_replaces_a_file_it_did_not_write(model_file, sample_data, tmp_path):
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    keep = tmp_path / "keep.csv"
+    keep.write_text("name,score\nalice,3\n")
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "--out", str(keep)])
+    assert result.exit_code == 1 and "is not an earlier affbench predictions table" in result.output
+    assert keep.read_text() == "name,score\nalice,3\n"
+    for out in (tmp_path / "table.csv", tmp_path / "table.parquet"):
+        for _ in range(2):  # its own earlier table is replaced
+            result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "--out", str(out)])
+            assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "--out", str(keep), "--force"])
+    assert result.exit_code == 0 and pd.read_csv(keep).columns[0] == "source"
+
+
+def test_two_predicts_into_one_file_at_once_are_refused(model_file, sample_data, tmp_path):
+    from affbench.runtime.locks import shared_lock_path, try_lock, unlock
+
+    out = tmp_path / "p.csv"
+    lock = shared_lock_path(out)
+    fd = try_lock(lock)  # another predict writing p.csv
+    try:
+        result = CliRunner().invoke(app, ["predict", str(model_file), str(sample_data["caer-s"] / "test" / "Happy"
+                                                                          / "0001.png"), "--out", str(out)])
+    finally:
+        unlock(fd, lock)
+    assert result.exit_code == 1 and "p.csv is being written by process" in result.output
+    assert not out.exists()
+
+
+def test_export_model_never_replaces_a_file_it_did_not_write(tmp_path):
+    torch.manual_seed(5)
+    checkpoint = tmp_path / "published.pth"
+    torch.save(create_encoder("emotiram-f", input_size=64).state_dict(), checkpoint)
+    precious = tmp_path / "precious.pt"
+    torch.save({"my": torch.ones(3)}, precious)
+    before = precious.read_bytes()
+    args = ["export-model", "--encoder", "emotiram-f", "--pretrained", str(checkpoint), "--option", "input_size=64",
+            "--labels", "a,b,c,d,e,f,g"]
+    result = CliRunner().invoke(app, [*args, "--out", str(precious)])
+    assert result.exit_code == 1 and "is not an earlier affbench model file" in result.output
+    assert precious.read_bytes() == before
+    for _ in range(2):  # an earlier model file is replaced
+        assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt")]).exit_code == 0
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_two_model_files_of_one_name_get_distinct_columns(sample_data, model_file, tmp_path, suffix):
+    (tmp_path / "b").mkdir()
+    other = make_model_file(tmp_path / "b" / model_file.name, seed=1)
+    image = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    out = tmp_path / f"two{suffix}"
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(image), "-m", str(other), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+    assert table.columns.is_unique
+    assert "mtl_valence" in table.columns and "mtl-2_valence" in table.columns
+    assert not np.allclose(table["mtl_valence"], table["mtl-2_valence"])
+
+
+def test_links_out_of_an_input_folder_or_looping_are_not_read(sample_data, tmp_path):
+    from affbench.inference.predict import collect_inputs
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_data["caer-s"] / "test" / "Happy" / "0001.png", folder / "mine.png")
+    private = tmp_path / "private"
+    private.mkdir()
+    shutil.copy(sample_data["caer-s"] / "test" / "Happy" / "0002.png", private / "secret.png")
+    os.symlink(private / "secret.png", folder / "secret.png")
+    os.symlink(private, folder / "elsewhere")
+    os.symlink("loop.png", folder / "loop.png")
+    skipped: list[str] = []
+    sources = collect_inputs([folder], skipped)
+    assert [s.images for s in sources] == [(folder / "mine.png",)]
+    assert sorted(skipped) == [f"{folder / 'elsewhere'} is not read: it is a symbolic link out of {folder}",
+                               f"{folder / 'loop.png'} is not read: it is a symbolic link loop",
+                               f"{folder / 'secret.png'} is not read: it is a symbolic link out of {folder}"]
+
+
+def test_a_video_without_frames_is_a_failure(model_file, tmp_path):
+    video = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64)).release()
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(video), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"failed     {video}:" in result.output
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header declares ``width`` x ``height`` pixels (as a decompression bomb does)."""
+    import struct
+    import zlib
+
+    ok, data = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))
+    data = bytearray(data.tobytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_it_is_decoded(model_file, tmp_path, monkeypatch):
+    import affbench.shards.codec as codec
+    from affbench.runtime.pixels import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, "")  # the default; restored after the --max-pixels calls below
+    (tmp_path / "bomb.png").write_bytes(png_claiming(16000, 16000))
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((40, 40, 3), 90, np.uint8))
+    decoded = []
+    monkeypatch.setattr(codec, "decode_image", lambda data: decoded.append(len(data)) or np.zeros((40, 40, 3), np.uint8))
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(tmp_path / "bomb.png"), str(tmp_path / "small.png"),
+                                      "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "bomb.png: unreadable image (the image is 16000 x 16000 pixels, more than the limit of 64,000,000" in result.output
+    assert len(decoded) == 1  # only the small image was decoded
+    # the limit is the user's to set, and it applies to videos too
+    result = CliRunner().invoke(app, ["--max-pixels", "1000", "predict", str(model_file), str(tmp_path / "small.png"),
+                                      "--out", str(tmp_path / "q.csv")])
+    assert "the image is 40 x 40 pixels, more than the limit of 1,000 pixels per image" in result.output
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    result = CliRunner().invoke(app, ["--max-pixels", "1000", "predict", str(model_file), str(video),
+                                      "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 1 and f"Each frame of the video {video} is 64 x 64 pixels" in result.output
+
+
+def test_an_image_too_small_for_the_detector_says_so(model_file, tmp_path):
+    cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(tmp_path / "dot.png"), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "the image is 1 x 1 pixels, smaller than the smallest face" in result.output
+    assert "torch.cat" not in result.output
+
+
+def test_find_face_then_align_gives_what_predict_images_gives(model_file, sample_data):
+    model = load_model(model_file, device="cpu")
+    path = sample_data["caer-s"] / "test" / "Happy" / "0001.png"
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    face = model.find_face(image)
+    assert face is not None
+    by_hand = model.predict(model.align(image, face))
+    whole = model.predict_images([path])
+    np.testing.assert_allclose(by_hand["valence"], whole["valence"], rtol=1e-5)
+
+
+def test_decoder_messages_go_into_the_failures_not_onto_the_terminal(model_file, tmp_path):
+    import subprocess
+    import sys
+
+    ok, png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    damaged = bytearray(png.tobytes())
+    damaged[200:210] = b"x" * 10  # a CRC error libpng reports on standard error
+    (tmp_path / "crc.png").write_bytes(bytes(damaged))
+    writer = cv2.VideoWriter(str(tmp_path / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 64))
+    for i in range(20):
+        writer.write(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    writer.release()
+    video = bytearray((tmp_path / "v.mp4").read_bytes())
+    video[3000:3400] = bytes(400)  # FFmpeg complains about every damaged frame
+    (tmp_path / "v.mp4").write_bytes(bytes(video))
+    result = subprocess.run([sys.executable, "-P", "-m", "affbench.cli", "predict", str(model_file),
+                             str(tmp_path / "crc.png"), str(tmp_path / "v.mp4"), "--out", str(tmp_path / "p.csv"),
+                             "--device", "cpu"], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert f"failed     {tmp_path / 'crc.png'}: unreadable image (OpenCV cannot decode it (libpng error: IDAT: CRC error))" in lines
+    assert not any(line.startswith(("libpng", "[mpeg4", "[mov")) for line in lines), result.stderr
+
+
+def test_timeline_plots_never_replace_a_file_predict_did_not_write(tmp_path):
+    from affbench.inference.predict import PredictResult, write_plots
+
+    table = pd.DataFrame({"frame": [0, 1, 2], "time": [0.0, 0.04, 0.08], "face_found": [True, False, True],
+                          "valence": [0.1, 0.2, 0.3], "arousal": [0.0, -0.1, 0.2]})
+    result = PredictResult(table, [], {"clips/talk.mp4": table}, {"va": [["valence", "arousal"]]})
+    mine = tmp_path / "frames-talk.png"
+    mine.write_bytes(b"my own picture")
+    first = write_plots(result, tmp_path / "frames.csv")
+    assert first == [tmp_path / "frames-talk-2.png"] and mine.read_bytes() == b"my own picture"
+    mine.unlink()
+    assert write_plots(result, tmp_path / "frames.csv") == [mine]
+    assert write_plots(result, tmp_path / "frames.csv") == [mine]  # its own plot is replaced

@@ -321,3 +321,27 @@ def test_folders_of_schema_1_still_read_and_newer_ones_are_refused_in_one_senten
         else:
             with pytest.raises(AffbenchError, match="schema version 3.*upgrade affbench"):
                 ShardReader(out)
+
+
+@pytest.mark.parametrize("file", ["../../../../../etc/passwd", "/etc/passwd", "shards/../manifest.json",
+                                  "shards/sub/x.parquet", "other/x.parquet", "shards/.hidden.parquet", 7])
+def test_a_manifest_naming_files_outside_its_shards_folder_is_refused(tmp_path, file):
+    out = tmp_path / "prepared"
+    run_units(open_writer(out), [ToyUnit("SN001")], toy_process(out, []), progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["units"]["SN001"]["shards"][0]["file"] = file
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AffbenchError, match=r"is not an affbench manifest: unit 'SN001' names the shard file"):
+        ShardReader(out)
+    with pytest.raises(AffbenchError, match="is not an affbench manifest"):
+        open_writer(out)  # a prepare into the folder deletes nothing it names
+
+
+def test_a_manifest_with_malformed_units_is_one_sentence(tmp_path):
+    out = tmp_path / "prepared"
+    run_units(open_writer(out), [ToyUnit("SN001")], toy_process(out, []), progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["units"]["SN001"]["shards"][0]["extra"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AffbenchError, match="lists a shard that is not"):
+        ShardReader(out)

@@ -25,8 +25,9 @@ resampling and differ from the shard loader's by rounding; :attr:`DecodedCache.e
 
 **Trust.** A cache is used only if its ``cache.json`` names the same dataset, fingerprint, side and
 shard list (names, row counts, SHA-256) as the manifest now, its arrays have the recorded shapes,
-and every shard file still has the size and modification time it had when the cache was built (a
-shard whose stat changed is hashed again: same bytes, still valid; other bytes, rebuilt). The build
+and every shard file and both arrays still have the size and modification time they had when the
+cache was built (a file whose stat changed is hashed again: same bytes, still valid; other bytes,
+rebuilt, so that pixels written over in place never reach training). The build
 hashes every shard against its manifest before decoding it, so a cache is never made from bytes the
 manifest does not vouch for.
 
@@ -182,6 +183,20 @@ def _check(folder: Path, reader: ShardReader, fingerprint: str, side: int) -> tu
         sizes = np.load(folder / SIZES_NAME, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         return None, "its arrays are damaged or incomplete"
+    arrays = meta.get("arrays")
+    if not isinstance(arrays, dict):
+        arrays = meta["arrays"] = {}  # a cache built before arrays were hashed: hashed now, once
+    for name in (PIXELS_NAME, SIZES_NAME):
+        recorded = arrays.get(name)
+        stat = (folder / name).stat()
+        if isinstance(recorded, dict) and (stat.st_size, stat.st_mtime_ns) == (recorded.get("size"),
+                                                                               recorded.get("mtime_ns")):
+            continue
+        # Touched, copied or written to: still valid only if its bytes are the ones the build wrote.
+        now = _array_stamp(folder / name)
+        if isinstance(recorded, dict) and now["sha256"] != recorded.get("sha256"):
+            return None, f"its {name} changed after it was built"
+        arrays[name], restat = now, True
     if (pixels.dtype != np.uint8 or pixels.shape != (reader.num_rows, side, side, 3)
             or sizes.dtype != np.int32 or sizes.shape != (reader.num_rows, 2)):
         return None, "its arrays have the wrong shape"
@@ -191,6 +206,13 @@ def _check(folder: Path, reader: ShardReader, fingerprint: str, side: int) -> tu
         except OSError:
             pass  # only saves hashing again next time
     return meta, ""
+
+
+def _array_stamp(path: Path) -> dict[str, Any]:
+    """Size, modification time and SHA-256 of a cache array: the stat says when to hash again, the
+    hash whether the pixels are still the ones decoded from the shards."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
 
 
 def _frame(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -298,12 +320,14 @@ def _build(folder: Path, reader: ShardReader, fingerprint: str, side: int, store
         for name in (PIXELS_NAME, SIZES_NAME):  # on disk before cache.json says the folder is whole
             with open(tmp / name, "rb+") as handle:
                 os.fsync(handle.fileno())
+        arrays = {name: _array_stamp(tmp / name) for name in (PIXELS_NAME, SIZES_NAME)}
         seconds = time.perf_counter() - started
         meta = {
             "format": FORMAT, "dataset": reader.dataset, "fingerprint": fingerprint, "side": side,
             "stored_side": stored, "rows": rows,
             "shards": [{"file": s.file, "rows": int(s.rows), "sha256": s.sha256, "size": r["size"],
                         "mtime_ns": r["mtime_ns"]} for s, r in zip(reader.shards, results)],
+            "arrays": arrays,
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(seconds, 3),
         }

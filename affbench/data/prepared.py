@@ -104,6 +104,8 @@ def find_dataset_folder(data_root: str | os.PathLike, dataset: str, folder: str 
                 f"{candidate} holds a prepared {found!r} dataset, not {dataset!r}; "
                 f"put the {dataset} shards in {root / (folder or dataset)}."
             )
+    if root.exists() and not root.is_dir():
+        raise AffbenchError(f"The data folder {root} is a file; give the folder that holds the prepared datasets.")
     if not root.is_dir():
         raise AffbenchError(f"The data folder {root} does not exist.")
     raise AffbenchError(

@@ -75,7 +75,7 @@ def check_weights_available(name: str, **options: Any) -> None:
             raise AffbenchError(
                 f"Encoder {name!r} has no ImageNet-pretrained part; use pretrained=None or a checkpoint path."
             )
-        require_imagenet_file(IMAGENET_WEIGHTS[spec.family])
+        require_imagenet_file(IMAGENET_WEIGHTS[spec.family], verify=True)
     elif not Path(pretrained).is_file():
         raise AffbenchError(f"Encoder {name!r}: the pretrained checkpoint {pretrained} does not exist.")
 

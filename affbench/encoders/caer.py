@@ -41,6 +41,7 @@ from affbench.encoders.registry import (
 )
 from affbench.encoders.weights import apply_pretrained, is_checkpoint_path, read_state_dict
 from affbench.errors import AffbenchError
+from affbench.runtime.numbers import Range, check_number
 
 #: Channels of the five convolution blocks of the CAER-Net-S face stream.
 FACE_STREAM_CHANNELS = (32, 64, 128, 256, 256)
@@ -57,8 +58,7 @@ def _spec(name: str, options: dict) -> EncoderSpec:
     check_positive(name, "n_classes", options["n_classes"])
     check_positive(name, "input_size", options["input_size"])
     check_choice(name, "fusion", options["fusion"], FUSION_HEADS)
-    if not 0.0 <= options["dropout"] < 1.0:
-        raise AffbenchError(f"Encoder {name!r}: option dropout must be in [0, 1), got {options['dropout']!r}.")
+    check_number(f"Encoder {name!r}: option dropout", options["dropout"], Range(0, 1, open_high=True))
     return EncoderSpec(
         name=name, family="caer", input_size=options["input_size"], mean=IMAGENET_MEAN, std=IMAGENET_STD,
         heads={"expression": options["n_classes"]}, au_output=None, options=dict(options),

@@ -69,6 +69,7 @@ from affbench.encoders.registry import (
 from affbench.encoders.trunks import ResNet50Trunk
 from affbench.encoders.weights import apply_pretrained, load_au_checkpoint
 from affbench.errors import AffbenchError
+from affbench.runtime.numbers import Range, check_number
 
 #: DISFA's 12 AUs: the default of fan-au (24 heatmap points).
 DISFA_AUS = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
@@ -372,7 +373,7 @@ def _check_fan_options(name: str, options: dict) -> tuple[int, ...]:
     aus = options["aus"]
     if isinstance(aus, (str, bytes)) or not hasattr(aus, "__iter__"):
         raise AffbenchError(f"Encoder {name!r}: option aus must be a sequence of AU numbers, got {aus!r}.")
-    aus = tuple(int(a) for a in aus)
+    aus = tuple(int(check_number(f"Encoder {name!r}: option aus", a, Range(1, integer=True))) for a in aus)
     if not aus or len(set(aus)) != len(aus):
         raise AffbenchError(f"Encoder {name!r}: option aus must list distinct AU numbers, got {aus!r}.")
     unknown = [a for a in aus if a not in AU_POINT_RULES]
@@ -385,9 +386,7 @@ def _check_fan_options(name: str, options: dict) -> tuple[int, ...]:
         raise AffbenchError(f"Encoder {name!r}: option input_size must be a multiple of 32, at least 64, got {size!r}.")
     check_choice(name, "graph_nodes", options["graph_nodes"], GRAPH_NODES)
     check_choice(name, "input_normalisation", options["input_normalisation"], INPUT_NORMALISATIONS)
-    scale = options["heatmap_scale"]
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-        raise AffbenchError(f"Encoder {name!r}: option heatmap_scale must be a positive number, got {scale!r}.")
+    check_number(f"Encoder {name!r}: option heatmap_scale", options["heatmap_scale"], Range(0, open_low=True))
     return aus
 
 

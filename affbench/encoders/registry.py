@@ -223,6 +223,19 @@ def _lookup(name: str) -> tuple[Callable[..., Encoder], SpecFunction | None, str
         raise UnknownNameError("encoder", name, list_encoders()) from None
 
 
+def encoder_options(name: str) -> dict[str, Any]:
+    """The options of a variant (its factory's keyword arguments) with their defaults, in order.
+
+    Examples
+    --------
+    >>> "pretrained" in encoder_options("fan-au")
+    True
+    """
+    factory, _, _ = _lookup(name)
+    return {key: p.default for key, p in inspect.signature(factory).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The factory's keyword arguments: defaults, then what the named checkpoints imply, then the
     caller's options. Unknown options, and given options that contradict a checkpoint, are user errors."""

@@ -48,14 +48,42 @@ def hub_checkpoint_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def require_imagenet_file(weights: WeightsEnum) -> Path:
-    """The cached file of a torchvision weights enum member, or one clear error saying where to put it."""
+class MissingWeightsError(AffbenchError):
+    """A torchvision ImageNet file that is not in the torch cache, or not the published file;
+    ``instruction`` says what to do about it, for a list of several."""
+
+    def __init__(self, message: str, instruction: str):
+        super().__init__(message)
+        self.instruction = instruction
+
+
+#: Files whose SHA-256 prefix was checked, by (path, size, modification time): hashed once per change.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def require_imagenet_file(weights: WeightsEnum, *, verify: bool = False) -> Path:
+    """The cached file of a torchvision weights enum member, or one clear error saying where to put it.
+
+    With ``verify``, the file's SHA-256 must start with the hex digits in its name (torchvision's
+    naming, e.g. ``resnet50-0676ba61.pth``), which is how a user checks a download by hand too:
+    ``sha256sum FILE``.
+    """
     path = hub_checkpoint_path(weights)
+    name = f"{type(weights).__name__}.{weights.name}"
     if not path.is_file():
-        raise AffbenchError(
-            f"ImageNet weights {type(weights).__name__}.{weights.name} are not in the torch cache: "
-            f"download {weights.url} and save it as {path} (affbench never downloads weights)."
-        )
+        instruction = f"download {weights.url} and save it as {path}"
+        raise MissingWeightsError(f"ImageNet weights {name} are not in the torch cache: {instruction} "
+                                  "(affbench never downloads weights).", instruction)
+    expected = re.search(r"-([0-9a-f]{8,})\.[^.]+$", path.name)
+    stat = path.stat()
+    stamp = (str(path), stat.st_size, stat.st_mtime_ns)
+    if verify and expected and stamp not in _VERIFIED:
+        if not file_sha256(path).startswith(expected[1]):
+            instruction = f"download {weights.url} again and save it as {path}"
+            raise MissingWeightsError(
+                f"The ImageNet weights file {path} is not the one torchvision published (its SHA-256 does not "
+                f"start with {expected[1]}, as its name says; an interrupted download?): {instruction}.", instruction)
+        _VERIFIED.add(stamp)
     return path
 
 
@@ -153,12 +181,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         (factory, name) for name, factory in FOREIGN_OBJECT_NAMES.items()
     ]
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols say nothing a user can act on
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(exc)):
             reason = f"it names {found[1]}, which is neither a tensor nor a plain container and is never run"
+        elif "weights_only" in str(exc):  # torch's advice to load it with weights_only=False, which affbench never does
+            reason = "it holds objects other than tensors and plain containers, which affbench never unpickles"
         raise AffbenchError(
             f"Could not read checkpoint {path} as tensors only (torch.load weights_only=True): {reason}; "
             "re-save it with torch.save(model.state_dict(), path)."

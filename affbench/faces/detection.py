@@ -143,8 +143,16 @@ class FaceDetector:
             try:
                 found[i] = self.detect([rgb])[0]
             except Exception as exc:  # noqa: BLE001 - the image keeps its row, without a face
-                errors[i] = f"{type(exc).__name__}: {exc}"
+                errors[i] = self._why_not(rgb, exc)
         return found, errors
+
+    def _why_not(self, rgb: np.ndarray, exc: Exception) -> str:
+        """Why MTCNN could not take an image, in words where the reason is known."""
+        height, width = rgb.shape[:2]
+        if min(height, width) < self.settings.min_face_size:
+            return (f"the image is {width} x {height} pixels, smaller than the smallest face MTCNN looks for "
+                    f"({self.settings.min_face_size} pixels)")
+        return f"{type(exc).__name__}: {exc}"
 
     def _detect_batch(self, batch: np.ndarray) -> list[list[Face]]:
         import torch

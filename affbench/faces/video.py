@@ -32,6 +32,12 @@ import numpy as np
 
 from affbench.errors import AffbenchError
 
+# FFmpeg's own lines about a damaged stream ("[mpeg4 @ 0x...] marker does not match") would fill the
+# terminal; a damaged video is reported once, by VideoReader.check_complete. Read by OpenCV when it
+# first opens a video; the user's own setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+from affbench.runtime.pixels import TooManyPixelsError, check_pixels
+
 
 class VideoError(AffbenchError):
     """A video cannot be opened, or decodes fewer frames than it declares."""
@@ -70,11 +76,21 @@ def _info(path: str | os.PathLike, capture: cv2.VideoCapture) -> VideoInfo:
     )
 
 
+def _checked_info(path: str | os.PathLike, capture: cv2.VideoCapture) -> VideoInfo:
+    """The container's description, refused when its frames are above the pixel limit."""
+    info = _info(path, capture)
+    try:
+        check_pixels(info.width, info.height, f"Each frame of the video {path}")
+    except TooManyPixelsError as exc:
+        raise VideoError(str(exc)) from None
+    return info
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Open a video just long enough to read what its container declares."""
     capture = _open(path)
     try:
-        return _info(path, capture)
+        return _checked_info(path, capture)
     finally:
         capture.release()
 
@@ -106,7 +122,11 @@ class VideoReader:
             raise ValueError("start and prefetch must be >= 0")
         self.path = Path(path)
         self._capture = _open(self.path)
-        self.info = _info(self.path, self._capture)
+        try:
+            self.info = _checked_info(self.path, self._capture)
+        except VideoError:
+            self._capture.release()
+            raise
         self.start = start
         self.prefetch = prefetch
         self.rgb = rgb

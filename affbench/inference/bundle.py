@@ -40,6 +40,31 @@ FORMAT = "affbench-model"
 FORMAT_VERSION = 1
 #: The still-image face choice of the image pipelines (CAER-S), used where a model records none.
 DEFAULT_FACE_SELECTION = "largest"
+#: The face choices :func:`affbench.faces.detection.select_face` knows.
+FACE_SELECTIONS = ("largest", "prob")
+
+
+def face_selection_of(recorded: Any) -> str:
+    """The face-choice rule of a manifest's ``select`` parameter or a description's
+    ``face_selection``: a rule name, or the manifest's ``{"strategy": name, ...}``.
+
+    Model files written before this was read correctly hold that dictionary as its Python text;
+    :func:`ast.literal_eval` reads it back (it evaluates literals only, never code).
+    """
+    import ast
+
+    if isinstance(recorded, str) and recorded.startswith("{"):
+        try:
+            recorded = ast.literal_eval(recorded)
+        except (ValueError, SyntaxError):
+            pass
+    if isinstance(recorded, Mapping):
+        recorded = recorded.get("strategy")
+    if recorded is None or recorded == "":
+        return DEFAULT_FACE_SELECTION
+    if recorded not in FACE_SELECTIONS:
+        raise AffbenchError(f"The face selection {recorded!r} is not one affbench knows ({', '.join(FACE_SELECTIONS)}).")
+    return str(recorded)
 
 
 @dataclass(frozen=True)
@@ -177,6 +202,7 @@ class ModelDescription:
         except TypeError as exc:
             raise AffbenchError(f"{where} has a malformed task description ({exc}).") from None
         values["notes"] = tuple(values.get("notes", ()))
+        values["face_selection"] = face_selection_of(values.get("face_selection"))
         return cls(**values)
 
 
@@ -230,7 +256,7 @@ def describe_trained_model(
         eval_crop=float(eval_crop),
         detector={k: v for k, v in detector.items() if k in {f.name for f in fields(DetectorSettings)}},
         tracker={k: v for k, v in tracker.items() if k in {f.name for f in fields(TrackerSettings)}},
-        face_selection=str(preprocessing.get("select") or DEFAULT_FACE_SELECTION),
+        face_selection=face_selection_of(preprocessing.get("select")),
         encoder_spec=spec_summary(encoder_spec),
         initialisation=encoder_spec.init,
         metrics=dict(metrics or {}),
@@ -272,23 +298,59 @@ def save_model_file(path: str | os.PathLike, description: ModelDescription, stat
 
 
 def read_model_file(path: str | os.PathLike) -> tuple[ModelDescription, dict[str, Any]]:
-    """The description and weights of a model file, read with ``weights_only=True`` (no code runs)."""
-    import pickle
+    """The description and weights of a model, read with ``weights_only=True`` (no code runs).
 
-    import torch
+    ``path`` is a model file from ``export-model``, a finished job folder (``RUNDIR/jobs/<job>``,
+    as run-benchmark leaves it) or that folder's ``best.pt``: the last two are read through the
+    job's ``model.json``.
+    """
+    from affbench.training.checkpoints import DamagedCheckpointError, load_training_checkpoint
 
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        return read_job(path)
+    if not path.exists():
         raise AffbenchError(f"Model file {path} does not exist.")
+    if not path.is_file():
+        raise AffbenchError(f"Model {path} is neither a model file nor a job folder.")
+    if path.name == WEIGHTS_FILE and (path.parent / DESCRIPTION_FILE).is_file():
+        return read_job(path.parent)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        blob = load_training_checkpoint(path)
+    except DamagedCheckpointError as exc:
         raise AffbenchError(f"{path} is not an affbench model file: PyTorch cannot read it as plain types and "
-                            "tensors (weights_only=True), so it is another kind of file or holds code.") from None
+                            f"tensors ({exc.reason}).") from None
     if not isinstance(blob, Mapping) or "affbench_model" not in blob or "state_dict" not in blob:
         hint = " (it looks like a bare checkpoint: wrap it with affbench export-model)" if isinstance(blob, Mapping) else ""
         raise AffbenchError(f"{path} is not an affbench model file{hint}.")
     return ModelDescription.from_dict(blob["affbench_model"], where=str(path)), dict(blob["state_dict"])
+
+
+def read_job(job_dir: str | os.PathLike) -> tuple[ModelDescription, dict[str, Any]]:
+    """A finished job folder's ``model.json`` and ``best.pt``, read as plain types and tensors."""
+    from affbench.training.checkpoints import load_model_state
+
+    job_dir = Path(job_dir)
+    if not job_dir.is_dir():
+        raise AffbenchError(f"Job folder {job_dir} does not exist (expected RUNDIR/jobs/<job>).")
+    described, weights = job_dir / DESCRIPTION_FILE, job_dir / WEIGHTS_FILE
+    if not described.is_file():
+        done = JobFolder(job_dir).done
+        why = ("it has not finished training" if not done.is_file()
+               else "it was trained by an affbench that did not record model descriptions; re-run it")
+        if job_dir.name.startswith("eval-"):
+            why = "it is an evaluation-only job; use the job whose model it evaluates"
+        raise AffbenchError(f"{job_dir} is not a finished job folder with a model: it holds no "
+                            f"{DESCRIPTION_FILE} ({why}).")
+    if not weights.is_file():
+        raise AffbenchError(f"{job_dir} holds no {WEIGHTS_FILE}: its weights were not kept "
+                            "(set keep_weights = true in the suite's [training] and re-run that job).")
+    try:
+        data = json.loads(described.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AffbenchError(f"{described} is damaged (not JSON); run the job's run-benchmark command again.") from None
+    description = ModelDescription.from_dict(data, where=str(described))
+    return description, load_model_state(weights)  # tensors only; damage is one sentence
 
 
 def build_model(description: ModelDescription, state_dict: Mapping[str, Any]) -> Encoder:
@@ -325,24 +387,8 @@ def export_job(job_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
 
 def job_model(job_dir: str | os.PathLike) -> tuple[ModelDescription, dict[str, Any]]:
     """A finished job's description (with its ``best.pt``'s SHA-256) and weights, checked to fit."""
-    from affbench.training.checkpoints import load_model_state
-
-    job_dir = Path(job_dir)
-    if not job_dir.is_dir():
-        raise AffbenchError(f"Job folder {job_dir} does not exist (expected RUNDIR/jobs/<job>).")
-    described, weights = job_dir / DESCRIPTION_FILE, job_dir / WEIGHTS_FILE
-    if not described.is_file():
-        done = JobFolder(job_dir).done
-        why = ("it has not finished training" if not done.is_file()
-               else "it was trained by an affbench that did not record model descriptions; re-run it")
-        if job_dir.name.startswith("eval-"):
-            why = "it is an evaluation-only job; export the job whose model it evaluates"
-        raise AffbenchError(f"{job_dir} holds no {DESCRIPTION_FILE}: {why}.")
-    if not weights.is_file():
-        raise AffbenchError(f"{job_dir} holds no {WEIGHTS_FILE}: its weights were not kept "
-                            "(set keep_weights = true in the suite's [training] and re-run that job).")
-    description = ModelDescription.from_dict(json.loads(described.read_text()), where=str(described))
-    state = load_model_state(weights)  # tensors only (weights_only=True); damage is one sentence
+    description, state = read_job(job_dir)
+    weights = Path(job_dir) / WEIGHTS_FILE
     build_model(description, state)  # refuse to write a file whose weights do not fit
     return replace(description, trained_on={**description.trained_on, **_file_provenance(weights)}), state
 
@@ -472,12 +518,14 @@ def export_model(
     crop_size: int = 256,
     eval_crop: float = 1.0,
     format: str = "pt",
+    force: bool = False,
 ) -> tuple[Path, ModelDescription]:
     """``affbench export-model``: a finished job's model (``job_dir``), a released checkpoint by its tag
     (``published`` with ``pretrained``), or any checkpoint the encoder reads (``encoder`` with
     ``pretrained`` and ``labels``), as one self-describing model file at ``out``: a PyTorch model
     file (``format="pt"``) or an ONNX model with the description in its metadata (``format="onnx"``,
-    :mod:`affbench.inference.portable`).
+    :mod:`affbench.inference.portable`). An existing ``out`` is replaced only when it is an earlier
+    model file of that format, or with ``force``.
 
     Examples
     --------
@@ -485,8 +533,44 @@ def export_model(
     >>> path, description = export_model("m.pt", published="megraph-au/resnet50-disfa-fold1",
     ...                                  pretrained="MEFARG_resnet50_DISFA_fold1.pth")  # doctest: +SKIP
     """
+    from affbench.inference.portable import is_onnx_model_file
+    from affbench.runtime.outputs import check_output, writing
+
     if format not in ("pt", "onnx"):
         raise AffbenchError(f"--format must be pt or onnx, got {format!r}.")
+    check_output(out, is_model_file if format == "pt" else is_onnx_model_file,
+                 what="affbench model file" if format == "pt" else "affbench ONNX model", force=force)
+    with writing(out):
+        return _export_model(out, job_dir, published=published, encoder=encoder, pretrained=pretrained,
+                             labels=labels, options=options, crop_size=crop_size, eval_crop=eval_crop, format=format)
+
+
+def is_model_file(path: Path) -> bool:
+    """Whether ``path`` is a model file ``export-model`` wrote: a torch.save archive whose pickle
+    names ``affbench_model`` (looked up in the archive's bytes; nothing is unpickled)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        return len(pickles) == 1 and b"affbench_model" in archive.read(pickles[0])
+
+
+def _export_model(
+    out: str | os.PathLike,
+    job_dir: str | os.PathLike | None,
+    *,
+    published: str | None,
+    encoder: str | None,
+    pretrained: str | os.PathLike | None,
+    labels: Sequence[str] | None,
+    options: Mapping[str, Any] | None,
+    crop_size: int,
+    eval_crop: float,
+    format: str,
+) -> tuple[Path, ModelDescription]:
+    """:func:`export_model` once the output is checked and locked."""
     if published is not None:
         if job_dir is not None or encoder is not None or pretrained is None or labels or options:
             raise AffbenchError("--published TAG takes --pretrained PATH (the released file) and nothing else: "

@@ -138,6 +138,19 @@ def read_onnx_description(session: Any, where: str) -> tuple[ModelDescription, l
     return description, [str(k) for k in keys] or output_keys(description)
 
 
+def is_onnx_model_file(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model ``export-model`` wrote: its bytes name the
+    ``affbench_model`` metadata key (scanned in blocks; nothing is parsed or run)."""
+    key = DESCRIPTION_KEY.encode()
+    tail = b""
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            if key in tail + block:
+                return True
+            tail = block[-len(key):]
+    return False
+
+
 def providers_for(device: str) -> list[str]:
     """onnxruntime execution providers for ``device``: CUDA first where onnxruntime has it and the device
     is ``auto`` or ``cuda``, then the CPU."""

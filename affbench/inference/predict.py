@@ -47,6 +47,7 @@ from affbench.faces.tracking import FaceTracker, TrackerSettings
 from affbench.faces.tracking import fill_gaps as fill_tracking_gaps
 from affbench.inference.bundle import ModelDescription, TaskOutput, build_model, read_model_file
 from affbench.runtime.devices import resolve_device
+from affbench.runtime.run_folder import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -123,8 +124,33 @@ class LoadedModel:
     # -- crops
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
-        """The aligned crop of ``face`` in ``image`` exactly as the training data was cut."""
+        """The aligned crop of ``face`` in ``image`` exactly as the training data was cut.
+
+        Parameters
+        ----------
+        image : ndarray
+            RGB uint8, (height, width, 3).
+        face : Face
+            A face of ``image`` as the model's detector finds it: :meth:`find_face` gives the one
+            the model's face-choice rule picks (what ``predict_images`` uses), and
+            ``model.detector.detect([image])[0]`` lists them all.
+
+        Examples
+        --------
+        >>> face = model.find_face(image)                        # doctest: +SKIP
+        >>> table = model.predict(model.align(image, face))      # doctest: +SKIP
+        """
         return align_face(image, face.landmarks, self.crop_size, self.template)[0]
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The MTCNN detector with the settings the training faces were found with."""
+        return shared_detector(self.description.detector_settings, str(self.device))
+
+    def find_face(self, image: np.ndarray) -> Face | None:
+        """The face of an RGB uint8 image that the model's face-choice rule picks; None without one."""
+        faces = self.detector.detect([image])[0]
+        return select_face(faces, self.description.face_selection, image_shape=image.shape)
 
     def _inputs(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         import torch
@@ -241,7 +267,11 @@ def load_model(path: str | os.PathLike, *, device: str = "auto", batch_size: int
 
         return OnnxModel(path, device=device, batch_size=batch_size)
     description, state = read_model_file(path)
-    return LoadedModel(description, state, device=device, batch_size=batch_size, name=Path(path).stem, origin=path)
+    path = Path(path)
+    # A job folder or its best.pt is named after the job, which is what tells two of them apart.
+    name = path.name if path.is_dir() else path.parent.name if path.name == WEIGHTS_FILE else path.stem
+    origin = path / WEIGHTS_FILE if path.is_dir() else path  # the file whose change makes finished rows stale
+    return LoadedModel(description, state, device=device, batch_size=batch_size, name=name, origin=origin)
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -256,15 +286,19 @@ class Source:
     images: tuple[Path, ...] = ()
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Source]:
-    """Expand the user's inputs (video files, image files, folders of them, searched recursively)."""
+def collect_inputs(inputs: Sequence[str | os.PathLike], skipped: list[str] | None = None) -> list[Source]:
+    """Expand the user's inputs (video files, image files, folders of them, searched recursively).
+
+    Inside a folder, a symbolic link that leads out of it or loops is not followed; each is
+    described in ``skipped`` when a list is given.
+    """
     if not inputs:
         raise AffbenchError("Give at least one input: a video file, an image file or a folder of them.")
     sources: list[Source] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = _folder_files(path, skipped if skipped is not None else [])
             videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
             images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             if not videos and not images:
@@ -285,6 +319,27 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Source]:
         else:
             raise AffbenchError(f"Input {path} does not exist.")
     return sources
+
+
+def _folder_files(folder: Path, skipped: list[str]) -> list[Path]:
+    """The visible regular files under ``folder``, sorted, without following links out of it."""
+    from affbench.runtime.files import link_problem
+
+    files = []
+    for top, folders, names in os.walk(folder):  # links to folders are listed, never entered
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in names:
+            path = Path(top) / name
+            if name.startswith("."):
+                continue
+            if problem := link_problem(path, folder):
+                skipped.append(f"{path} is not read: it is {problem}")
+            elif path.is_file():
+                files.append(path)
+        for name in folders:
+            if problem := link_problem(Path(top) / name, folder):
+                skipped.append(f"{Path(top) / name} is not read: it is {problem}")
+    return sorted(files)
 
 
 @dataclass
@@ -357,10 +412,28 @@ def output_columns(models: Sequence[LoadedModel]) -> list[dict[str, str]]:
         for column in model.columns:
             counts[column] = counts.get(column, 0) + 1
     mappings = []
-    for model in models:
+    for model, prefix in zip(models, _distinct_names([m.name for m in models])):
         clash = any(counts[c] > 1 for c in model.columns)
-        mappings.append({c: f"{model.name}_{c}" if clash else c for c in model.columns})
+        mappings.append({c: f"{prefix}_{c}" if clash else c for c in model.columns})
     return mappings
+
+
+def _distinct_names(names: Sequence[str]) -> list[str]:
+    """Model names made distinct in the order given (``model``, ``model-2``...), so that two model
+    files of one name (``a/model.pt``, ``b/model.pt``) never write the same column."""
+    taken = set(names)
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            number = seen[name]
+            while f"{name}-{number}" in taken:
+                number += 1
+            name = f"{name}-{number}"
+            taken.add(name)
+        result.append(name)
+    return result
 
 
 def _located(item: FrameFace) -> tuple[np.ndarray, Face]:
@@ -436,15 +509,17 @@ def column_groups(models: Sequence[LoadedModel], mappings: Sequence[Mapping[str,
 
 
 def write_plots(result: PredictResult, out: str | os.PathLike) -> list[Path]:
-    """One timeline PNG per video, beside ``out``: ``<out stem>-<video stem>.png``."""
-    from affbench.inference.timeline import plot_timeline
+    """One timeline PNG per video, beside ``out``: ``<out stem>-<video stem>.png`` (``-2``,
+    ``-3``... where that name is taken by another video's plot or by a file predict did not write,
+    which is never replaced)."""
+    from affbench.inference.timeline import is_timeline_plot, plot_timeline
 
     out = Path(out)
     written: list[Path] = []
     for source, table in result.tables_by_video.items():
         path = out.with_name(f"{out.stem}-{Path(source).stem}.png")
         k = 1
-        while path in written:
+        while path in written or (path.exists() and not is_timeline_plot(path)):
             k += 1
             path = out.with_name(f"{out.stem}-{Path(source).stem}-{k}.png")
         written.append(plot_timeline(table, result.groups, path, title=source))
@@ -478,9 +553,10 @@ def predict_table(
     if not models:
         raise AffbenchError("Give at least one model file.")
     resume = Path(resume) if resume is not None else None
-    sources = collect_inputs(inputs)
+    skipped: list[str] = []
+    sources = collect_inputs(inputs, skipped)
     first = models[0].description
-    notes = [f"{m.name} was trained on faces found with other detector, tracker or face-choice settings than "
+    notes = skipped + [f"{m.name} was trained on faces found with other detector, tracker or face-choice settings than "
              f"{models[0].name}'s, which this run uses for all models"
              for m in models[1:] if _face_settings(m.description) != _face_settings(first)]
     detector = shared_detector(first.detector_settings, str(models[0].device))
@@ -514,6 +590,8 @@ def predict_table(
                           else image_faces(list(source.images), detector, first.face_selection, failures))
                 before = len(failures)
                 table = _source_table(stream, models, mappings, batch_size, bar, failures, str(source.path))
+                if source.kind == "video" and table is None and len(failures) == before:
+                    failures.append({"source": str(source.path), "reason": "the video has no frame that can be read"})
                 if part is not None and table is not None and len(failures) == before:
                     _write_part(table, part)
             if table is not None:
@@ -595,8 +673,10 @@ def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write a predictions table as CSV or Parquet (by suffix), atomically."""
     from affbench.runtime.files import atomic_write
 
-    out = check_output_path(out)
+    out = Path(out)
     suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise AffbenchError(f"{out} must end in .csv or .parquet (the format follows the suffix).")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp:
         if suffix == ".csv":
@@ -606,12 +686,31 @@ def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:
     return out
 
 
-def check_output_path(out: str | os.PathLike) -> Path:
-    """The output path, when its suffix names a format (checked before any work starts)."""
+def check_output_path(out: str | os.PathLike, *, force: bool = False) -> Path:
+    """The output path, when its suffix names a format and writing it replaces nothing but an
+    earlier predictions table (or anything, with ``force``); checked before any work starts."""
+    from affbench.runtime.outputs import check_output
+
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise AffbenchError(f"--out {out} must end in .csv or .parquet (the format follows the suffix).")
-    return out
+    return check_output(out, is_predictions_table, what="affbench predictions table", force=force)
+
+
+def is_predictions_table(path: Path) -> bool:
+    """Whether ``path`` is a table that ``affbench predict`` wrote: its first columns are :data:`FACE_COLUMNS`."""
+    from affbench.runtime.outputs import first_line_starts
+
+    if path.suffix.lower() == ".csv":
+        return first_line_starts(path, (",".join(FACE_COLUMNS) + ",",))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except pa.ArrowException:
+        return False
+    return tuple(names[: len(FACE_COLUMNS)]) == FACE_COLUMNS
 
 
 @dataclass
@@ -649,6 +748,7 @@ def predict_to_file(
     fill_gaps: bool = True,
     progress: bool = False,
     on_model: Callable[[LoadedModel], None] | None = None,
+    force: bool = False,
 ) -> PredictRun:
     """``affbench predict``: run every model on every input and write one table to ``out``.
 
@@ -661,14 +761,25 @@ def predict_to_file(
     >>> run = predict_to_file(["model.pt"], ["interview.mp4"], "predictions.csv")  # doctest: +SKIP
     >>> print(run.summary)                                                        # doctest: +SKIP
     """
-    import shutil
+    from affbench.runtime.outputs import writing
 
-    check_output_path(out)
+    check_output_path(out, force=force)
     collect_inputs(inputs)
     if plot:
         from affbench.reporting.plots import require_pyplot
 
         require_pyplot()
+    with writing(out):
+        return _predict_to_file(model_paths, inputs, Path(out), device=device, batch_size=batch_size, plot=plot,
+                                fill_gaps=fill_gaps, progress=progress, on_model=on_model)
+
+
+def _predict_to_file(model_paths: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike], out: Path, *,
+                     device: str, batch_size: int, plot: bool, fill_gaps: bool, progress: bool,
+                     on_model: Callable[[LoadedModel], None] | None) -> PredictRun:
+    """:func:`predict_to_file` once the output is checked and locked."""
+    import shutil
+
     models = []
     for path in model_paths:
         models.append(load_model(path, device=device, batch_size=batch_size))

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from affbench.runtime.files import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -87,10 +89,25 @@ def plot_timeline(table: pd.DataFrame, groups: Mapping[str, Sequence[Sequence[st
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png", metadata={"Software": PLOT_SOFTWARE})
     plt.close(fig)
     return path
+
+
+#: The PNG ``Software`` text of a timeline plot: how predict tells its own plots from other files.
+PLOT_SOFTWARE = "affbench predict --plot"
+
+
+def is_timeline_plot(path: Path) -> bool:
+    """Whether ``path`` is a timeline PNG that :func:`plot_timeline` wrote (it may be replaced)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PLOT_SOFTWARE
+    except (UnidentifiedImageError, OSError):
+        return False
 
 
 def _legend(ax: Axes, side: Axes) -> None:

@@ -10,6 +10,7 @@ record's provenance. Paper-style tables are in :mod:`affbench.reporting.tables`,
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from affbench.reporting.outputs import combined_intervals
 from affbench.reporting.records import _require, baseline_records, load_records, run_of
 from affbench.reporting.tables import markdown, wide_tables
 from affbench.runtime.files import atomic_write, write_text_atomic
+from affbench.runtime.outputs import check_output, first_line_starts, writing
 from affbench.runtime.run_folder import RunFolder
 
 # ----------------------------------------------------------------------------------------- long table
@@ -146,24 +148,27 @@ def is_earlier_export(path: str | os.PathLike) -> bool:
     """True when ``path`` is a plain file that :func:`export` wrote: its first line starts with
     one of :data:`EXPORT_HEADERS`."""
     path = Path(path)
-    if not path.is_file():
-        return False
+    return path.is_file() and first_line_starts(path, EXPORT_HEADERS)
+
+
+#: The first line of the ``tables.md`` and ``tables.tex`` that :func:`export` writes.
+MARKDOWN_MARK = "<!-- affbench export: paper-style tables -->"
+LATEX_MARK = "% affbench tables:"
+
+
+def _is_earlier_table_file(path: Path) -> bool:
+    if first_line_starts(path, (*EXPORT_HEADERS, MARKDOWN_MARK, LATEX_MARK)):
+        return True
+    # A tables.md written before it carried MARKDOWN_MARK starts with its first table's heading.
     with open(path, "rb") as handle:
-        first_line = handle.readline(4096)
-    return first_line.startswith(tuple(h.encode() for h in EXPORT_HEADERS))
+        first = handle.readline(4096).decode("utf-8", "replace").rstrip("\n")
+    return path.name == "tables.md" and re.fullmatch(r"### [^·]+ · [^·]+ · [^·]+", first) is not None
 
 
 def check_export_target(csv_path: str | os.PathLike, *, force: bool = False) -> None:
     """One clear sentence where writing ``csv_path`` would replace a folder or a file that is not an
     earlier export (a manifest, a suite, someone's notes); ``force`` allows the latter."""
-    path = Path(csv_path)
-    if path.is_dir():
-        raise AffbenchError(f"--csv {path} is a folder; give the name of the CSV file to write.")
-    if path.exists() and not force and not is_earlier_export(path):
-        raise AffbenchError(
-            f"{path} exists and is not an earlier affbench export, so it is left alone; "
-            "choose another file name or add --force to replace it."
-        )
+    check_output(csv_path, _is_earlier_table_file, what="affbench export", option="--csv", force=force)
 
 
 def published_for(run_dir: str | os.PathLike, suites: Iterable[str]) -> dict[str, list]:
@@ -230,27 +235,35 @@ def export(run_dir: str | os.PathLike, csv_path: str | os.PathLike, *, wide: boo
     csv_path = Path(csv_path)
     comparison_path = csv_path.with_name(f"{csv_path.stem}-vs-paper.csv")
     folder = csv_path.with_name(f"{csv_path.stem}-tables")
-    check_export_target(csv_path, force=force)
-    check_export_target(comparison_path, force=force)
     if (wide or latex) and folder.exists() and not folder.is_dir():
         raise AffbenchError(f"{folder} is a file; the paper-style tables go into a folder of that name.")
-    records = load_records(run_dir)
-    _require(records, run_dir)
-    long = long_table(records)
-    written = [write_csv(long, csv_path)]
-    published = published_for(run_dir, dict.fromkeys(r["suite"] for r in records))
-    comparison = comparison_table(records, published, combined_intervals(run_dir, records))
-    if not comparison.empty:
-        written.append(write_csv(comparison, comparison_path))
-    tables = paper_tables_of(run_dir, records, published)
-    if wide or latex:
-        for key, table in tables.items():
-            written.append(write_csv(table, folder / f"{paper_tables.table_name(key)}.csv"))
-        write_text_atomic(folder / "tables.md", paper_tables.markdown(tables, per_label=True) + "\n")
-        written.append(folder / "tables.md")
-        if latex:
-            write_text_atomic(folder / "tables.tex", paper_tables.latex(tables) + "\n")
-            written.append(folder / "tables.tex")
+    with writing(csv_path):
+        # Everything is read and made before the first file is written, so that a damaged input
+        # (a record, a suite copy) leaves no partial export behind.
+        records = load_records(run_dir)
+        _require(records, run_dir)
+        long = long_table(records)
+        published = published_for(run_dir, dict.fromkeys(r["suite"] for r in records))
+        comparison = comparison_table(records, published, combined_intervals(run_dir, records))
+        tables = paper_tables_of(run_dir, records, published)
+        files: dict[Path, pd.DataFrame | str] = {csv_path: long}
+        if not comparison.empty:
+            files[comparison_path] = comparison
+        if wide or latex:
+            for key, table in tables.items():
+                files[folder / f"{paper_tables.table_name(key)}.csv"] = table
+            files[folder / "tables.md"] = f"{MARKDOWN_MARK}\n\n{paper_tables.markdown(tables, per_label=True)}\n"
+            if latex:
+                files[folder / "tables.tex"] = paper_tables.latex(tables) + "\n"
+        for path in files:
+            check_output(path, _is_earlier_table_file, what="affbench export", option="--csv", force=force)
+        written = []
+        for path, content in files.items():
+            if isinstance(content, str):
+                write_text_atomic(path, content)
+                written.append(path)
+            else:
+                written.append(write_csv(content, path))
     text = paper_tables.markdown(tables)
     if not comparison.empty:
         text += "\n\n" + paper_tables.comparison_markdown(comparison)

@@ -8,6 +8,7 @@ within one folder is atomic on POSIX file systems.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -92,6 +93,28 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return value.as_posix()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def link_problem(entry: str | os.PathLike | os.DirEntry, root: str | os.PathLike) -> str | None:
+    """Why a symbolic link found inside ``root`` must not be followed, or None (not a link, or a
+    link that stays inside ``root``).
+
+    A dataset or input folder is what the user named: a link out of it (to ``/etc``, another
+    user's files) is not read, and a link loop is skipped instead of ending the run. Checking a
+    :class:`os.DirEntry` costs nothing for the usual entry that is no link.
+    """
+    is_link = entry.is_symlink() if isinstance(entry, os.DirEntry) else os.path.islink(entry)
+    if not is_link:
+        return None
+    path = os.fspath(entry.path if isinstance(entry, os.DirEntry) else entry)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "a symbolic link loop" if exc.errno == errno.ELOOP else "a symbolic link to nothing"
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        return f"a symbolic link out of {os.fspath(root)}"
+    return None
 
 
 #: A name that may become part of a file or folder name: no separators, no leading dot (so never

@@ -35,6 +35,9 @@ JOBS_DIR = "jobs"
 RESULTS_DIR = "results"
 PLOTS_DIR = "plots"
 TENSORBOARD_DIR = "tensorboard"
+#: Everything a run writes at the top of its folder (hidden lock files aside).
+RUN_FOLDER_NAMES = frozenset({RUNS_FILE, SUITES_DIR, VERIFIED_SHARDS_FILE, LOCKS_DIR, JOBS_DIR, RESULTS_DIR, PLOTS_DIR,
+                              TENSORBOARD_DIR})
 
 JOB_FILE = "job.json"
 LAST_FILE = "last.pt"
@@ -104,6 +107,15 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike) -> None:
         object.__setattr__(self, "path", Path(path))
+
+    def holds_other_files(self) -> bool:
+        """Whether the folder exists, is not empty and holds nothing a run writes: someone else's
+        folder, which a run must not fill."""
+        if not self.path.is_dir():
+            return False
+        names = {entry.name for entry in os.scandir(self.path)
+                 if not (entry.name.startswith(".") and entry.name.endswith((".lock", ".tmp")))}
+        return bool(names) and not names & RUN_FOLDER_NAMES
 
     @property
     def runs_file(self) -> Path:

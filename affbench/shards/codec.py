@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from affbench.runtime.pixels import check_pixels
 
 IMAGE_CODECS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
@@ -50,11 +54,64 @@ def decode_image(image: Mapping[str, Any] | bytes) -> np.ndarray:
 
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """An image file as RGB uint8; ``OSError`` if it cannot be read, ``ValueError`` with a sentence
-    a user understands if it is empty or not an image OpenCV can decode."""
-    data = Path(path).read_bytes()
+    a user understands if it is empty, larger than the pixel limit
+    (:class:`~affbench.runtime.pixels.TooManyPixelsError`) or not an image OpenCV can decode."""
+    return decode_source(Path(path).read_bytes())
+
+
+def decode_source(data: bytes) -> np.ndarray:
+    """A source image's encoded bytes (a dataset's or a user's image, not a shard's crop) as RGB
+    uint8: checked against the pixel limit from its header first, and ``ValueError`` with a sentence
+    a user understands (the decoder's own message included) where it cannot be decoded."""
     if not data:
         raise ValueError("the file is empty")
+    size = header_size(data)
+    if size is not None:
+        check_pixels(*size, "the image")
+    with _native_stderr() as said:
+        try:
+            return decode_image(data)
+        except ValueError:
+            pass
+    detail = "; ".join(line.strip() for line in said() if line.strip())
+    raise ValueError(f"OpenCV cannot decode it ({detail or 'corrupt, truncated or not an image'})")
+
+
+@contextmanager
+def _native_stderr() -> Iterator[Callable[[], list[str]]]:
+    """Capture what native code (libpng) writes to file descriptor 2 meanwhile: a damaged image's
+    reason then goes into its failure, not onto the terminal between progress lines. Yields a
+    function that returns the captured lines once the block has ended."""
+    import tempfile
+
+    captured: list[str] = []
     try:
-        return decode_image(data)
-    except ValueError:
-        raise ValueError("OpenCV cannot decode it (corrupt, truncated or not an image)") from None
+        saved = os.dup(2)
+    except OSError:  # no standard error to redirect
+        yield lambda: captured
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured += sink.read(4096).decode("utf-8", "replace").splitlines()
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header, without decoding its pixels; None where
+    Pillow does not know the format (OpenCV then decides)."""
+    from PIL import Image, UnidentifiedImageError
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would hide the size; the pixel limit decides
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved

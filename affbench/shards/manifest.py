@@ -26,6 +26,8 @@ from affbench.shards.schema import (
     MANIFEST_NAME,
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
+    SHARD_DIR,
+    SHARD_SUFFIX,
 )
 from affbench.shards.writer import ShardInfo, remove_unit_shards
 
@@ -169,8 +171,21 @@ class DatasetWriter:
                 f"{self.out_dir} was prepared with different parameters ({', '.join(diffs)}); "
                 "re-run with the same options or choose another --out folder."
             )
+        self._check_same_root(manifest.get("info"))
         self.units = {k: UnitRecord.from_json(v) for k, v in manifest.get("units", {}).items()}
         self.created_with = manifest.get("affbench_version", __version__)
+
+    def _check_same_root(self, recorded: Any) -> None:
+        """Refuse another dataset root: its units would replace or sit beside the first root's, under
+        a manifest that names only the new one."""
+        old = recorded.get("root") if isinstance(recorded, Mapping) else None
+        new = self.info.get("root")
+        if old is None or new is None or _same_path(old, new):
+            return
+        raise ParameterMismatchError(
+            f"{self.out_dir} was prepared from ROOT {old}, not {new}; give that ROOT to resume it, or choose "
+            "another --out folder for this one."
+        )
 
     # -- resume
 
@@ -255,6 +270,14 @@ class DatasetWriter:
         return self.manifest()["failures"]
 
 
+def _same_path(a: str, b: str) -> bool:
+    """Whether two recorded paths name one folder (either may be missing or reached through a link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _output_error(path: Path, exc: OSError) -> AffbenchError:
     """One sentence for a failed write into the output folder (full disk, read-only folder...)."""
     reason = exc.strerror or str(exc)
@@ -289,4 +312,37 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
                 f"{path} has no valid {key!r} entry, so it is damaged or was not written by `affbench prepare`; "
                 "prepare the dataset again into a new folder."
             )
+    for unit, record in manifest["units"].items():
+        problem = _unit_problem(record)
+        if problem:
+            raise AffbenchError(
+                f"{path} is not an affbench manifest: unit {unit!r} {problem}; nothing it names is read or "
+                "deleted, so prepare the dataset again into a new folder."
+            )
     return manifest
+
+
+def _unit_problem(record: Any) -> str | None:
+    """What is wrong with a unit entry of a manifest read from disk, or None.
+
+    A shard's ``file`` is joined to the dataset folder by every reader and by the integrity check
+    (which hashes it and may advise deleting it), so it must name a shard inside ``shards/``: never
+    ``..``, an absolute path, or a file elsewhere.
+    """
+    if not isinstance(record, Mapping) or record.get("status") not in ("done", "failed"):
+        return "has no valid status"
+    shards = record.get("shards", [])
+    if not isinstance(shards, list):
+        return "has no valid list of shards"
+    for shard in shards:
+        if not isinstance(shard, Mapping) or set(shard) != {"file", "rows", "sha256"}:
+            return "lists a shard that is not {file, rows, sha256}"
+        name = shard["file"]
+        folder, _, base = name.partition("/") if isinstance(name, str) else ("", "", "")
+        if folder != SHARD_DIR or not base or "/" in base or "\\" in base or base.startswith(".") \
+                or not base.endswith(SHARD_SUFFIX):
+            return f"names the shard file {name!r}, which is not a file in {SHARD_DIR}/"
+        if isinstance(shard["rows"], bool) or not isinstance(shard["rows"], int) or shard["rows"] < 0 \
+                or not isinstance(shard["sha256"], str):
+            return f"records no valid row count and hash for {name!r}"
+    return None

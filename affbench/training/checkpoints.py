@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,16 +51,33 @@ def load_training_checkpoint(path: str | os.PathLike) -> Any:
     """Read a checkpoint as tensors and plain values; anything else is a :class:`DamagedCheckpointError`."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols say nothing a user can act on
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # torch reports damage as many types (UnpicklingError, RuntimeError, EOFError…)
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            first_line = "it holds objects other than tensors and plain values, which affbench never unpickles"
-        elif path.stat().st_size == 0:
-            first_line = "the file is empty"
-        raise DamagedCheckpointError(path, first_line[:200]) from None
+        raise DamagedCheckpointError(path, _damage(path, exc)) from None
+
+
+def _damage(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch cannot read, as a clause (torch's own messages run to pages,
+    advise ``weights_only=False``, which affbench never does, or are a bare ``KeyError: 101``)."""
+    import zipfile
+
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        return "it holds objects other than tensors and plain values, which affbench never unpickles"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            zip_start = handle.read(4) == b"PK\x03\x04"
+        return "it is cut short: a torch.save archive without its end" if zip_start else \
+            "it is not a file written by torch.save"
+    first_sentence = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    if not first_sentence or len(first_sentence) > 160:
+        return f"PyTorch cannot read it: {type(exc).__name__}, a truncated or altered file"
+    return first_sentence
 
 
 def set_aside(path: str | os.PathLike) -> Path:

@@ -18,6 +18,7 @@ import torch
 
 from affbench.data.augment import Augmentation
 from affbench.errors import AffbenchError
+from affbench.runtime.numbers import Range, check_number
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "cosine-steps", "step")
@@ -28,6 +29,29 @@ WEIGHT_DECAY_ON = ("all", "weights")
 #: Model selection: the best validation epoch (held-out training subjects), or the reference
 #: protocol of ME-GraphAU (train on every training subject, keep the last epoch).
 SELECTIONS = ("validation", "reference-last-epoch")
+
+
+#: Every numeric training setting and the values it may take (checked by :class:`TrainSettings`):
+#: finite, in range, and an integer where a count is meant.
+NUMERIC_SETTINGS = {
+    "epochs": Range(1, integer=True),
+    "batch_size": Range(1, integer=True),
+    "lr": Range(0, open_low=True),
+    "weight_decay": Range(0),
+    "momentum": Range(0, 1, open_high=True),
+    "cosine_steps": Range(1, integer=True),
+    "step_factor": Range(0, open_low=True),
+    "seed": Range(0, integer=True),
+    "edge_loss_weight": Range(0),
+    "ccc_ddof": Range(0, 1, integer=True),
+    "max_steps": Range(1, integer=True),
+    "num_workers": Range(0, integer=True),
+    "eval_batch_size": Range(1, integer=True),
+    "grad_clip": Range(0, open_low=True),
+    "heatmap_sigma": Range(0, open_low=True),
+}
+#: The numeric settings that may be left unset (None).
+OPTIONAL_NUMBERS = ("max_steps", "num_workers", "eval_batch_size", "grad_clip")
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -133,9 +157,14 @@ class TrainSettings:
             if not condition:
                 raise AffbenchError(message)
 
-        check(isinstance(self.epochs, int) and self.epochs >= 1, f"training.epochs must be a positive integer; got {self.epochs!r}.")
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1,
-              f"training.batch_size must be a positive integer; got {self.batch_size!r}.")
+        for name, allowed in NUMERIC_SETTINGS.items():
+            value = getattr(self, name)
+            if value is not None or name not in OPTIONAL_NUMBERS:
+                object.__setattr__(self, name, check_number(f"training.{name}", value, allowed))
+        if not isinstance(self.step_epochs, (list, tuple)):
+            raise AffbenchError(f"training.step_epochs must be a list of epoch numbers; got {self.step_epochs!r}.")
+        object.__setattr__(self, "step_epochs", tuple(check_number("training.step_epochs", e, Range(1, integer=True))
+                                                      for e in self.step_epochs))
         check(self.optimizer in OPTIMIZERS, f"Unknown optimizer {self.optimizer!r}; valid optimizers are: {', '.join(OPTIMIZERS)}.")
         check(self.schedule in SCHEDULES, f"Unknown schedule {self.schedule!r}; valid schedules are: {', '.join(SCHEDULES)}.")
         check(self.class_weights in CLASS_WEIGHTS,
@@ -145,14 +174,6 @@ class TrainSettings:
         check(self.weight_decay_on in WEIGHT_DECAY_ON,
               f"training.weight_decay_on must be one of {', '.join(WEIGHT_DECAY_ON)}; got {self.weight_decay_on!r}.")
         check(self.selection in SELECTIONS, f"training.selection must be one of {', '.join(SELECTIONS)}; got {self.selection!r}.")
-        check(self.ccc_ddof in (0, 1), f"training.ccc_ddof must be 0 or 1; got {self.ccc_ddof!r}.")
-        check(self.edge_loss_weight >= 0, f"training.edge_loss_weight must be 0 or more; got {self.edge_loss_weight}.")
-        check(isinstance(self.cosine_steps, int) and self.cosine_steps >= 1,
-              f"training.cosine_steps must be a positive integer; got {self.cosine_steps!r}.")
-        check(self.lr > 0, f"training.lr must be positive; got {self.lr}.")
-        check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be positive; got {self.max_steps}.")
-        check(self.num_workers is None or self.num_workers >= 0, f"num_workers must be 0 or more; got {self.num_workers}.")
-        object.__setattr__(self, "step_epochs", tuple(int(e) for e in self.step_epochs))
         object.__setattr__(self, "guessed", tuple(self.guessed))
         if isinstance(self.augmentation, Mapping):
             object.__setattr__(self, "augmentation", Augmentation.from_dict(self.augmentation))
@@ -165,11 +186,6 @@ class TrainSettings:
         if unknown:
             raise AffbenchError(f"Unknown training setting {unknown[0]!r}; the settings are: {', '.join(sorted(known))}.")
         values = dict(data)
-        for name in ("lr", "weight_decay", "momentum", "step_factor", "heatmap_sigma", "edge_loss_weight"):
-            if name in values:
-                values[name] = float(values[name])
-        if "grad_clip" in values and values["grad_clip"] is not None:
-            values["grad_clip"] = float(values["grad_clip"])
         try:
             return cls(**values)
         except TypeError as exc:

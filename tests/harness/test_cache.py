@@ -182,6 +182,28 @@ def test_a_damaged_or_partial_cache_is_rebuilt(caer, damage):
     assert np.array_equal(cached.__getitems__([(0, 0), (5, 0)])["image"], shards.__getitems__([(0, 0), (5, 0)])["image"])
 
 
+def test_pixels_written_over_in_place_are_never_trained_on(caer):
+    cache = open_decoded_cache(caer, side=CROP)
+    pixels = np.load(cache.folder / "pixels.npy", mmap_mode="r+", allow_pickle=False)
+    pixels[:] = 0  # black images under the cache's own name, shapes unchanged
+    pixels.flush()
+    del pixels
+    again = open_decoded_cache(caer, side=CROP)
+    assert again.built
+    shards, cached = ShardImages(caer, CROP), DecodedImages(caer, CROP, cache=again)
+    rows = [(r, 0) for r in _image_rows(caer, "caer-s")]
+    assert np.array_equal(cached.__getitems__(rows)["image"], shards.__getitems__(rows)["image"])
+    assert cached.__getitems__(rows)["image"].any()
+
+
+def test_touched_cache_arrays_are_hashed_once_and_kept(caer):
+    cache = open_decoded_cache(caer, side=CROP)
+    os.utime(cache.folder / "pixels.npy", ns=(1, 1))  # same bytes, new time
+    again = open_decoded_cache(caer, side=CROP)
+    assert not again.built
+    assert json.loads((again.folder / "cache.json").read_text())["arrays"]["pixels.npy"]["mtime_ns"] == 1
+
+
 _CHILD = textwrap.dedent("""
     import os, sys
     import affbench.data.cache as cache

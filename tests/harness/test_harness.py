@@ -462,11 +462,21 @@ options = { input_size = 64, pretrained = "imagenet" }
 folds = [1]
 """
     suite = write_suite(tmp_path, TINY_HEAD + needs_imagenet)
-    with pytest.raises(AffbenchError, match=r"ImageNet weights ResNet50_Weights\.IMAGENET1K_V1 are not in the torch cache"):
+    cache = tmp_path / "empty-torch-cache" / "hub" / "checkpoints"
+    with pytest.raises(AffbenchError) as caught:
         run_benchmark(suite, prepared_root, tmp_path / "run", device="cpu", progress=False, log=quiet)
+    assert str(caught.value).startswith(
+        "This run needs 1 ImageNet weights file(s) that are not in the torch cache, and affbench never downloads: "
+        f"download https://download.pytorch.org/models/resnet50-0676ba61.pth and save it as {cache / 'resnet50-0676ba61.pth'}")
+    assert "sha256sum" in str(caught.value)
     # EmotiRAM-f comes first in the suite, yet nothing was trained or recorded.
     assert not (tmp_path / "run" / "jobs").exists() or not any((tmp_path / "run" / "jobs").iterdir())
     assert not (tmp_path / "run" / "results").exists()
+    # a file under the right name whose bytes are not torchvision's (an interrupted download) is named too
+    cache.mkdir(parents=True)
+    (cache / "resnet50-0676ba61.pth").write_bytes(b"half a download")
+    with pytest.raises(AffbenchError, match=r"download https://\S+ again and save it as .*resnet50-0676ba61.pth"):
+        run_benchmark(suite, prepared_root, tmp_path / "run", device="cpu", progress=False, log=quiet)
 
 
 def test_bp4d_suite_and_the_thesis_bp4d_rows(prepared_root, data_copy):

@@ -169,3 +169,54 @@ def test_records_and_csv_get_the_users_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644 and csv.stat().st_mode & 0o777 == 0o644
+
+
+def test_wide_export_leaves_a_users_own_tables_file_alone_and_replaces_its_own(tmp_path):
+    for rec in RECORDS:
+        write_record(tmp_path / "run", rec)
+    folder = tmp_path / "out-tables"
+    folder.mkdir()
+    (folder / "tables.md").write_text("# my own notes on the tables\n")
+    with pytest.raises(AffbenchError, match="tables.md exists and is not an earlier affbench export"):
+        export(tmp_path / "run", tmp_path / "out.csv", wide=True)
+    assert (folder / "tables.md").read_text() == "# my own notes on the tables\n"
+    assert not (tmp_path / "out.csv").exists()  # refused before anything was written
+    (folder / "tables.md").unlink()
+    export(tmp_path / "run", tmp_path / "out.csv", wide=True, latex=True)
+    export(tmp_path / "run", tmp_path / "out.csv", wide=True, latex=True)  # its own files are replaced
+    assert "megraph-au" in (folder / "tables.md").read_text()
+
+
+def test_an_export_whose_suite_copy_is_damaged_writes_nothing(tmp_path):
+    for rec in RECORDS:
+        write_record(tmp_path / "run", rec)
+    (tmp_path / "run" / "suites").mkdir()
+    (tmp_path / "run" / "suites" / "s.toml").write_text("[suite\nname = ")
+    with pytest.raises(AffbenchError, match="not valid TOML"):
+        export(tmp_path / "run", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_two_exports_into_one_file_at_once_are_refused(tmp_path):
+    from affbench.runtime.locks import shared_lock_path, try_lock, unlock
+
+    for rec in RECORDS:
+        write_record(tmp_path / "run", rec)
+    lock = shared_lock_path(tmp_path / "out.csv")
+    fd = try_lock(lock)  # another export writing out.csv
+    try:
+        with pytest.raises(AffbenchError, match=r"out.csv is being written by process \d+"):
+            export(tmp_path / "run", tmp_path / "out.csv")
+    finally:
+        unlock(fd, lock)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_tables_file_of_an_export_before_the_mark_is_recognised(tmp_path):
+    for rec in RECORDS:
+        write_record(tmp_path / "run", rec)
+    folder = tmp_path / "out-tables"
+    folder.mkdir()
+    (folder / "tables.md").write_text("### s · disfa · au-detection\n\n| predictor | folds |\n")
+    export(tmp_path / "run", tmp_path / "out.csv", wide=True)
+    assert (folder / "tables.md").read_text().startswith("<!-- affbench export")

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -415,3 +416,44 @@ def test_no_results_do_not_claim_that_matplotlib_is_missing(tmp_path, capsys):
     assert importlib.util.find_spec("matplotlib") is not None  # the test dependencies include it
     lines = plot_run_if_wanted(tmp_path, [], None)
     assert not any("matplotlib" in line for line in lines)
+
+
+@pytest.mark.parametrize("folds", [["a"], [1.5], [0], "1"])
+def test_folds_that_are_not_fold_numbers_are_one_sentence(folds):
+    data = {**SUITE_DATA, "experiment": [{**SUITE_DATA["experiment"][0], "folds": folds}]}
+    with pytest.raises(AffbenchError, match="folds of .* must be"):
+        parse_suite(data)
+
+
+def test_damaged_weights_of_a_finished_job_are_set_aside_and_trained_again(tmp_path, prepared_root):
+    suite, out = suite_file(tmp_path), tmp_path / "run"
+    run(suite, prepared_root, out)
+    (job,) = (out / "jobs").iterdir()
+    damaged = (job / "best.pt").read_bytes()[:1000]
+    (job / "best.pt").write_bytes(damaged)
+
+    messages: list[str] = []
+    report = run(suite, prepared_root, out, messages)
+
+    assert report.jobs_trained == 1 and report.cells_written == 1
+    assert any(m.startswith("warning:") and str(job / "best.pt") in m and "training job" in m for m in messages)
+    assert (job / "best.pt.damaged").read_bytes() == damaged
+    result = cli("export-model", job, "--out", tmp_path / "model.pt")
+    assert result.exit_code == 0, result.output
+
+
+def test_export_model_of_damaged_weights_is_one_whole_sentence(tmp_path, finished_run):
+    job = tmp_path / "job"
+    shutil.copytree(next((finished_run / "jobs").iterdir()), job)
+    (job / "best.pt").write_bytes((job / "best.pt").read_bytes()[:1000])
+    result = cli("export-model", job, "--out", tmp_path / "model.pt")
+    assert_one_sentence(result, f"The checkpoint {job / 'best.pt'} is damaged or not an affbench checkpoint "
+                                "(it is cut short: a torch.save archive without its end).")
+
+
+def test_run_benchmark_into_a_folder_of_other_files_is_refused(tmp_path, prepared_root):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("chapter 1")
+    result = cli("run-benchmark", "--suite", suite_file(tmp_path), "--data", prepared_root, "--out", tmp_path / "mine")
+    assert_one_sentence(result, f"--out {tmp_path / 'mine'} is not empty and holds no affbench run")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]

@@ -236,3 +236,31 @@ def test_excluding_fallback_crops_is_a_result_setting_that_leaves_earlier_hashes
     assert "exclude_fallback_crops" not in default.result_dict()  # records made before it keep their hash
     assert strict.result_dict()["exclude_fallback_crops"] is True
     assert default.merged({"exclude_fallback_crops": True}) == strict
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("weight_decay", float("inf"), "training.weight_decay must be a finite number of at least 0; got inf."),
+    ("lr", float("nan"), "training.lr must be a finite number above 0; got nan."),
+    ("lr", "fast", "training.lr must be a finite number above 0; got 'fast'."),
+    ("momentum", 1.5, "training.momentum must be a finite number in [0, 1); got 1.5."),
+    ("grad_clip", float("inf"), "training.grad_clip must be a finite number above 0; got inf."),
+    ("heatmap_sigma", 0.0, "training.heatmap_sigma must be a finite number above 0; got 0.0."),
+    ("step_factor", float("-inf"), "training.step_factor must be a finite number above 0; got -inf."),
+    ("edge_loss_weight", float("nan"), "training.edge_loss_weight must be a finite number of at least 0; got nan."),
+    ("epochs", 2.5, "training.epochs must be an integer of at least 1; got 2.5."),
+    ("batch_size", True, "training.batch_size must be an integer of at least 1; got True."),
+    ("seed", -1, "training.seed must be an integer of at least 0; got -1."),
+    ("eval_batch_size", 0, "training.eval_batch_size must be an integer of at least 1; got 0."),
+    ("step_epochs", [2, "x"], "training.step_epochs must be an integer of at least 1; got 'x'."),
+])
+def test_every_numeric_setting_must_be_finite_and_in_range(setting, value, message):
+    with pytest.raises(AffbenchError) as caught:
+        TrainSettings.from_dict({setting: value})
+    assert str(caught.value) == message
+
+
+def test_numeric_settings_keep_their_types_and_defaults_pass():
+    settings = TrainSettings.from_dict({"lr": 1, "weight_decay": 0, "grad_clip": 5, "step_epochs": [3, 6]})
+    assert settings.lr == 1.0 and isinstance(settings.lr, float) and isinstance(settings.weight_decay, float)
+    assert settings.grad_clip == 5.0 and settings.step_epochs == (3, 6) and settings.max_steps is None
+    assert TrainSettings().result_dict() == TrainSettings.from_dict({}).result_dict()
