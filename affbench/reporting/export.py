@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from affbench.errors import AffbenchError
-from affbench.reporting.outputs import combined_intervals
+from affbench.reporting.outputs import combined_baseline_intervals, combined_intervals, refold_intervals
 from affbench.reporting.records import _require, baseline_records, load_records, run_of
 from affbench.reporting.tables import markdown, wide_tables
 from affbench.runtime.files import atomic_write, write_text_atomic
@@ -199,7 +199,9 @@ def paper_tables_of(run_dir: str | os.PathLike, records: Sequence[Mapping[str, A
 
     references = references_for(run_dir, dict.fromkeys(r["suite"] for r in records))
     compared = reference_comparisons(run_dir, records, references) if references else {}
-    return wide_tables(records, published, combined_intervals(run_dir, records), compared)
+    return wide_tables(records, published, combined_intervals(run_dir, records), compared,
+                       baseline_intervals=combined_baseline_intervals(run_dir, records),
+                       refold_intervals=refold_intervals(run_dir, records))
 
 
 @dataclass
