@@ -394,10 +394,10 @@ class _Runner:
             path = write_outputs(self.job_folder(job).test_outputs(task.name), table)
             found["test_outputs"][task.name] = path.relative_to(self.run_dir).as_posix()
             outputs = read_outputs(path)
-            found["ci"][task.name] = interval_record(outputs_intervals([outputs]), unit)
+            found["ci"][task.name] = interval_record(outputs_intervals([outputs], self.suite.ci), unit)
             found["scoring"][task.name] = scoring_versions(task.spec, version)
             # From the file, as rescore draws them again: the same rows, the same kept constants.
-            found["baselines_ci"][task.name] = baseline_intervals(outputs)
+            found["baselines_ci"][task.name] = baseline_intervals(outputs, self.suite.ci)
         return found
 
     def common_summary(self, job: Job, tasks, splits, test, model, prepared, cache, history, seconds: float,

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weights, not architecture
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.runtime.files import check_name
+from affbench.scoring.bootstrap import BootstrapSettings
 from affbench.training.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -278,6 +279,9 @@ class Suite:
     refolds : int, default=0
         From ``[suite] refolds``: the number of reproducible random subject-exclusive partitions run
         beside the published one (partition 0), on datasets whose protocol has subject folds.
+    ci : affbench.scoring.bootstrap.BootstrapSettings, optional
+        From ``[suite] ci = { resamples = 2000, level = 0.95, seed = 0 }``: how the cells' intervals
+        are drawn (each key optional); None draws them with the defaults.
     """
 
     name: str
@@ -293,6 +297,7 @@ class Suite:
     reference: str | None = None
     seeds: tuple[int, ...] | None = None
     refolds: int = 0
+    ci: BootstrapSettings | None = None
 
     def experiment(self, experiment_id: str) -> Experiment:
         """The experiment with id ``experiment_id``.
@@ -444,7 +449,8 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     published = parse_published(declared + released_tables(data.get("experiment", []), declared),
                                 {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
-                  defaults, path, text, published, meta.get("reference"), *_replicates(meta, where))
+                  defaults, path, text, published, meta.get("reference"), *_replicates(meta, where),
+                  ci=_interval_settings(meta, where))
     if suite.reference is not None:
         suite.experiment(str(suite.reference))  # one sentence listing the experiments when it names none
     _resolve_references(suite)
@@ -453,12 +459,42 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
 
 def _suite_name(meta: Mapping[str, Any], path: Path | None, where: str) -> str:
     """The ``[suite]`` table's name (default: the file's stem), checked as a file name."""
-    _check_keys(meta, ("name", "description", "reproduces", "reference", "seeds", "refolds"), f"[suite] of {where}")
+    _check_keys(meta, ("name", "description", "reproduces", "reference", "seeds", "refolds", "ci"),
+                f"[suite] of {where}")
     name = meta.get("name") or (path.stem if path else "")
     if not name:
         raise AffbenchError(f"{where} has no [suite] name.")
     check_name("suite name", name)
     return name
+
+
+#: The keys of ``[suite] ci``.
+CI_KEYS = ("resamples", "level", "seed")
+
+
+def _interval_settings(meta: Mapping[str, Any], where: str) -> BootstrapSettings | None:
+    """``[suite] ci`` (resamples: a whole number >= 100; level: a finite number in (0, 1); seed: a
+    whole number >= 0), checked; None where the suite sets none."""
+    ci = meta.get("ci")
+    if ci is None:
+        return None
+    example = "such as ci = { resamples = 2000, level = 0.95, seed = 0 }"
+    if not isinstance(ci, Mapping) or not set(ci) <= set(CI_KEYS):
+        raise AffbenchError(f"[suite] ci of {where} must be a table of {', '.join(CI_KEYS)}, {example}; got {ci!r}.")
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    resamples, level, seed = ci.get("resamples", 2000), ci.get("level", 0.95), ci.get("seed", 0)
+    if not whole(resamples) or resamples < 100:
+        raise AffbenchError(f"[suite] ci resamples of {where} must be a whole number of at least 100; "
+                            f"got {resamples!r}.")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
+        raise AffbenchError(f"[suite] ci level of {where} must be a number strictly between 0 and 1, such as 0.95; "
+                            f"got {level!r}.")
+    if not whole(seed) or seed < 0:
+        raise AffbenchError(f"[suite] ci seed of {where} must be a whole number, 0 or more; got {seed!r}.")
+    return BootstrapSettings(resamples=resamples, level=float(level), seed=seed)
 
 
 def _replicates(meta: Mapping[str, Any], where: str) -> tuple[tuple[int, ...] | None, int]:
