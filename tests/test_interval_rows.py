@@ -150,7 +150,9 @@ def test_random_partition_rows_draw_the_shared_subjects_once_for_all_partitions(
     row = tables[("s", "d", "expression")].set_index(["row", "encoder"]).loc[("affbench-refolds", "enc")]
     assert row["runs"] == 2 and row["clusters"] == 12
     assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == (pytest.approx(low), pytest.approx(high))
-    assert f"| enc (random partitions) | 3 | 2 | 12 | {row['accuracy']:.3f} [" in markdown(tables)
+    text = markdown(tables)
+    assert f"| enc (random partitions) | 3 | 2 | 12 | {row['accuracy']:.3f} [" in text
+    assert "(random partitions): the units drawn once per resample for all partitions" in text
 
 
 def test_identical_partitions_add_no_subjects_so_they_do_not_narrow_the_interval():

@@ -215,6 +215,9 @@ def _value_cell(row: Mapping[str, Any], column: str, digits: int) -> str:
                  row.get(f"{column}_ci_high"))
 
 
+#: How a random-partition row's interval is drawn (:func:`affbench.scoring.bootstrap.partition_intervals`).
+REFOLDS_INTERVAL_NOTE = ("(random partitions): the units drawn once per resample for all partitions, each "
+                         "partition's folds averaged, then the partitions")
 #: Marks a baseline row whose value is an expected value, with no interval by nature.
 EXPECTED_MARK = "‡"
 EXPECTED_NOTE = "‡ = an expected value (label-frequency), no interval by nature"
@@ -327,6 +330,8 @@ def _footnote(tables: Mapping[TableKey, pd.DataFrame], latex: bool = False) -> s
     note = interval_note(level)
     if any(any(_is_expected_value(row) for _, row in t.iterrows()) for t in tables.values()):
         note += f"; {EXPECTED_NOTE}"
+    if any(((t["row"] == "affbench-refolds") & t["clusters"].notna()).any() for t in tables.values()):
+        note += f"; {REFOLDS_INTERVAL_NOTE}"
     if latex:
         note = _tex(note).replace("†", r"$^\dagger$").replace(EXPECTED_MARK, r"$^\ddagger$")
     note = f"{note}; otherwise {spread}"
