@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affbench.reporting.export import paper_tables_of
+from affbench.reporting.export import EXPECTED_VALUE_NOTE, long_table, paper_tables_of
 from affbench.reporting.outputs import interval_record, outputs_table, write_outputs
 from affbench.reporting.tables import latex, markdown
 from affbench.scoring.bootstrap import BootstrapSettings, fold_intervals, partition_intervals
@@ -110,6 +110,8 @@ def test_the_tables_print_the_baseline_interval_and_mark_an_expected_value(run):
     assert "| baseline: label-frequency | 3 | 1 | ‡ | 0.400 ± 0.000 |" in text
     assert "‡ = an expected value (label-frequency), no interval by nature" in text
     assert r"$^\ddagger$" in latex(tables)
+    long = long_table(records)
+    assert (long.loc[long["baseline"] == "label-frequency", "ci_note"] == EXPECTED_VALUE_NOTE).all()
 
 
 def test_a_baseline_of_outputs_kept_before_their_constants_shows_its_spread_only(run):
@@ -163,3 +165,17 @@ def test_identical_partitions_add_no_subjects_so_they_do_not_narrow_the_interval
     alone = partition_intervals([one], SETTINGS)
     twice = partition_intervals([one, one], SETTINGS)
     assert (twice.low, twice.high, twice.n_clusters) == (alone.low, alone.high, 12)
+
+
+def test_one_partition_of_one_fold_agrees_with_scipys_percentile_bootstrap():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 200)
+    predicted = np.where(rng.random(200) < 0.7, labels, (labels + 1) % 3)
+    settings = BootstrapSettings(resamples=4000, seed=2)
+    found = partition_intervals([[cluster_sums(TASK, labels, np.eye(3)[predicted], np.arange(200))]], settings)
+    reference = bootstrap(((predicted == labels).astype(float),), np.mean, n_resamples=4000, method="percentile",
+                          random_state=np.random.default_rng(4)).confidence_interval
+    assert found.low["accuracy"] == pytest.approx(reference.low, abs=0.01)
+    assert found.high["accuracy"] == pytest.approx(reference.high, abs=0.01)

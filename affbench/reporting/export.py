@@ -71,12 +71,19 @@ def _value(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+#: The long CSV's ``ci_note`` of a baseline whose value is an expectation (``label-frequency``).
+EXPECTED_VALUE_NOTE = "no interval: an expected value over random predictions, not a prediction on the test rows"
+
+
 def _interval(record: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The interval columns of one value: empty for a record made before intervals (or a baseline)."""
+    from affbench.scoring.baselines import EXPECTED_VALUES
+
     ci = record.get("ci")
     if not isinstance(ci, Mapping):
+        expected = record.get("baseline") in EXPECTED_VALUES
         return {"ci_low": None, "ci_high": None, "ci_level": None, "n_clusters": None, "ci_method": None,
-                "ci_note": None}
+                "ci_note": EXPECTED_VALUE_NOTE if expected else None}
     low, high = (ci.get("intervals") or {}).get(key) or (None, None)
     note = ci.get("note")
     if note is None and low is None:
