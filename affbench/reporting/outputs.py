@@ -4,7 +4,8 @@ A cell's numbers are then never final: :func:`score_outputs` recomputes its metr
 :func:`outputs_intervals` its confidence intervals from the file alone (``affbench rescore``,
 ``affbench compare`` and the tables' intervals over folds all read it). The file describes itself:
 its schema metadata holds the task (``TaskSpec.to_dict()``), how the model's AU output is turned
-into scores, the fold, what a cluster is and the protocol version.
+into scores, the fold, what a cluster is, the protocol version and what the fitted trivial
+baselines learnt on the training rows (``baselines``), so their intervals can be drawn again too.
 
 Columns, one row per test row of the task, in the order the cell scored them:
 

@@ -6,7 +6,9 @@ metric of the task the overall value (``f1``) and one column per label (``f1_au6
 by its spread (``f1_sd``, ``f1_au6_sd``) and its confidence interval (``f1_ci_low``,
 ``f1_ci_high``). Values are means over the folds where the value is defined; the spread is the
 sample standard deviation over folds (``ddof=1``), empty for one fold; the interval is the cluster
-bootstrap of :func:`affbench.reporting.outputs.combined_intervals`, and ``clusters`` says how many
+bootstrap of :func:`affbench.reporting.outputs.combined_intervals` (baseline rows:
+:func:`~affbench.reporting.outputs.combined_baseline_intervals`; random-partition rows:
+:func:`~affbench.reporting.outputs.refold_intervals`), and ``clusters`` says how many
 independent clusters (subjects, videos) stand behind it. Column names hold only letters, digits
 and underscores.
 
