@@ -315,9 +315,10 @@ def _interval_options(command):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_interval_options
 def rescore(run_dir: Path, resamples: int | None, level: float | None, seed: int | None) -> None:
-    """Recompute every result record of RUN_DIR (metrics, confidence intervals, the protocol and metric
-    versions) from the test outputs each cell kept, without running a model; say which records
-    changed and print the tables. Run export again to rewrite the CSV files.
+    """Recompute every result record of RUN_DIR (metrics, confidence intervals and the trivial
+    baselines' ones, the protocol and metric versions) from the test outputs each cell kept, without
+    running a model; say which records changed and print the tables. Run export again to rewrite the
+    CSV files.
     """
     from affbench.reporting.rescore import rescore as rescore_run
 

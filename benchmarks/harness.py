@@ -388,6 +388,7 @@ class _Runner:
         ``ci``, ``scoring`` and ``baselines_ci`` fields."""
         from affbench.reporting.outputs import (
             ROW_COLUMNS,
+            baseline_intervals,
             interval_record,
             outputs_intervals,
             outputs_table,
@@ -395,8 +396,7 @@ class _Runner:
             scoring_versions,
             write_outputs,
         )
-        from affbench.scoring.baselines import constant_predictions
-        from affbench.scoring.bootstrap import cluster_intervals
+        from affbench.scoring.baselines import fitted_constants
         from affbench.scoring.protocols import Protocol
 
         protocol = Protocol.from_dict(prepared.protocol_dict).repartitioned(job.partition)
@@ -410,15 +410,15 @@ class _Runner:
             clusters, unit = protocol.cluster_ids(meta)
             table = outputs_table(task.spec, meta[[c for c in ROW_COLUMNS if c in meta.columns]], clusters,
                                   task.y[rows], task.mask[rows], kept[task.name], fold=job.fold, cluster_unit=unit,
-                                  au_output=encoder_spec.au_output, protocol_version=version)
+                                  au_output=encoder_spec.au_output, protocol_version=version,
+                                  baseline_constants=fitted_constants(task.spec, task.y, task.mask, task.rows))
             path = write_outputs(self.job_folder(job).test_outputs(task.name), table)
             found["test_outputs"][task.name] = path.relative_to(self.run_dir).as_posix()
-            found["ci"][task.name] = interval_record(outputs_intervals([read_outputs(path)]), unit)
+            outputs = read_outputs(path)
+            found["ci"][task.name] = interval_record(outputs_intervals([outputs], self.suite.ci), unit)
             found["scoring"][task.name] = scoring_versions(task.spec, version)
-            found["baselines_ci"][task.name] = {
-                name: interval_record(cluster_intervals(task.spec, truth, prediction, clusters, mask=annotated), unit)
-                for name, (truth, prediction, annotated) in constant_predictions(task.spec, task.y, task.mask,
-                                                                                 task.rows).items()}
+            # From the file, as rescore draws them again: the same rows, the same kept constants.
+            found["baselines_ci"][task.name] = baseline_intervals(outputs, self.suite.ci)
         return found
 
     def common_summary(self, job: Job, tasks, splits, test, model, prepared, cache, history, seconds: float,

@@ -52,6 +52,7 @@ from affbench.encoders.registry import WEIGHT_OPTIONS  # options that carry weig
 from affbench.errors import AffbenchError, UnknownNameError
 from affbench.runtime.files import check_name
 from affbench.runtime.numbers import Range, check_number
+from affbench.scoring.bootstrap import BootstrapSettings
 from affbench.training.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -279,6 +280,9 @@ class Suite:
     refolds : int, default=0
         From ``[suite] refolds``: the number of reproducible random subject-exclusive partitions run
         beside the published one (partition 0), on datasets whose protocol has subject folds.
+    ci : affbench.scoring.bootstrap.BootstrapSettings, optional
+        From ``[suite] ci = { resamples = 2000, level = 0.95, seed = 0 }``: how the cells' intervals
+        are drawn (each key optional); None draws them with the defaults.
     """
 
     name: str
@@ -294,6 +298,7 @@ class Suite:
     reference: str | None = None
     seeds: tuple[int, ...] | None = None
     refolds: int = 0
+    ci: BootstrapSettings | None = None
 
     def experiment(self, experiment_id: str) -> Experiment:
         """The experiment with id ``experiment_id``.
@@ -445,7 +450,8 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
     published = parse_published(declared + released_tables(data.get("experiment", []), declared),
                                 {e.id: e.tasks for e in experiments}, where)
     suite = Suite(name, meta.get("description", ""), meta.get("reproduces", ""), experiments, derived, folders,
-                  defaults, path, text, published, meta.get("reference"), *_replicates(meta, where))
+                  defaults, path, text, published, meta.get("reference"), *_replicates(meta, where),
+                  ci=_interval_settings(meta, where))
     if suite.reference is not None:
         suite.experiment(str(suite.reference))  # one sentence listing the experiments when it names none
     _resolve_references(suite)
@@ -454,12 +460,33 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None, text: str 
 
 def _suite_name(meta: Mapping[str, Any], path: Path | None, where: str) -> str:
     """The ``[suite]`` table's name (default: the file's stem), checked as a file name."""
-    _check_keys(meta, ("name", "description", "reproduces", "reference", "seeds", "refolds"), f"[suite] of {where}")
+    _check_keys(meta, ("name", "description", "reproduces", "reference", "seeds", "refolds", "ci"),
+                f"[suite] of {where}")
     name = meta.get("name") or (path.stem if path else "")
     if not name:
         raise AffbenchError(f"{where} has no [suite] name.")
     check_name("suite name", name)
     return name
+
+
+#: The keys of ``[suite] ci``.
+CI_KEYS = ("resamples", "level", "seed")
+
+
+def _interval_settings(meta: Mapping[str, Any], where: str) -> BootstrapSettings | None:
+    """``[suite] ci`` (resamples: a whole number >= 100; level: a finite number in (0, 1); seed: a
+    whole number >= 0), checked; None where the suite sets none."""
+    ci = meta.get("ci")
+    if ci is None:
+        return None
+    example = "such as ci = { resamples = 2000, level = 0.95, seed = 0 }"
+    if not isinstance(ci, Mapping) or not set(ci) <= set(CI_KEYS):
+        raise AffbenchError(f"[suite] ci of {where} must be a table of {', '.join(CI_KEYS)}, {example}; got {ci!r}.")
+
+    resamples = check_number(f"[suite] ci resamples of {where}", ci.get("resamples", 2000), Range(100, integer=True))
+    level = check_number(f"[suite] ci level of {where}", ci.get("level", 0.95), Range(0, 1, open_low=True, open_high=True))
+    seed = check_number(f"[suite] ci seed of {where}", ci.get("seed", 0), Range(0, integer=True))
+    return BootstrapSettings(resamples=int(resamples), level=float(level), seed=int(seed))
 
 
 def _replicates(meta: Mapping[str, Any], where: str) -> tuple[tuple[int, ...] | None, int]:

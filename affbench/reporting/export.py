@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from affbench.errors import AffbenchError
-from affbench.reporting.outputs import combined_intervals
+from affbench.reporting.outputs import combined_baseline_intervals, combined_intervals, refold_intervals
 from affbench.reporting.records import _require, baseline_records, load_records, run_of
 from affbench.reporting.tables import markdown, wide_tables
 from affbench.runtime.files import atomic_write, write_text_atomic
@@ -73,12 +73,19 @@ def _value(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+#: The long CSV's ``ci_note`` of a baseline whose value is an expectation (``label-frequency``).
+EXPECTED_VALUE_NOTE = "no interval: an expected value over random predictions, not a prediction on the test rows"
+
+
 def _interval(record: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The interval columns of one value: empty for a record made before intervals (or a baseline)."""
+    from affbench.scoring.baselines import EXPECTED_VALUES
+
     ci = record.get("ci")
     if not isinstance(ci, Mapping):
+        expected = record.get("baseline") in EXPECTED_VALUES
         return {"ci_low": None, "ci_high": None, "ci_level": None, "n_clusters": None, "ci_method": None,
-                "ci_note": None}
+                "ci_note": EXPECTED_VALUE_NOTE if expected else None}
     low, high = (ci.get("intervals") or {}).get(key) or (None, None)
     note = ci.get("note")
     if note is None and low is None:
@@ -204,7 +211,9 @@ def paper_tables_of(run_dir: str | os.PathLike, records: Sequence[Mapping[str, A
 
     references = references_for(run_dir, dict.fromkeys(r["suite"] for r in records))
     compared = reference_comparisons(run_dir, records, references) if references else {}
-    return wide_tables(records, published, combined_intervals(run_dir, records), compared)
+    return wide_tables(records, published, combined_intervals(run_dir, records), compared,
+                       baseline_intervals=combined_baseline_intervals(run_dir, records),
+                       refold_intervals=refold_intervals(run_dir, records))
 
 
 @dataclass

@@ -4,7 +4,8 @@ A cell's numbers are then never final: :func:`score_outputs` recomputes its metr
 :func:`outputs_intervals` its confidence intervals from the file alone (``affbench rescore``,
 ``affbench compare`` and the tables' intervals over folds all read it). The file describes itself:
 its schema metadata holds the task (``TaskSpec.to_dict()``), how the model's AU output is turned
-into scores, the fold, what a cluster is and the protocol version.
+into scores, the fold, what a cluster is, the protocol version and what the fitted trivial
+baselines learnt on the training rows (``baselines``), so their intervals can be drawn again too.
 
 Columns, one row per test row of the task, in the order the cell scored them:
 
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 
 from affbench.errors import AffbenchError
 from affbench.runtime.files import atomic_write
-from affbench.scoring.bootstrap import BootstrapSettings, Intervals, fold_intervals
+from affbench.scoring.bootstrap import BootstrapSettings, Intervals, fold_intervals, partition_intervals
 from affbench.scoring.cluster_statistics import ClusterSums, Fold, SeedRuns, cluster_sums
 from affbench.scoring.protocols import TaskSpec
 from affbench.scoring.registry import get_metric
@@ -65,6 +66,9 @@ class KeptOutputs:
     y: np.ndarray
     mask: np.ndarray
     raw: np.ndarray
+    #: What the fitted constant baselines learnt on the training rows
+    #: (:func:`affbench.scoring.baselines.fitted_constants`); None in a file made before it was kept.
+    baseline_constants: dict[str, Any] | None = None
 
     @property
     def clusters(self) -> np.ndarray:
@@ -78,6 +82,15 @@ class KeptOutputs:
 
     def sums(self) -> ClusterSums:
         return cluster_sums(self.task, self.y, self.scores(), self.clusters, mask=self.mask)
+
+    def baseline_sums(self) -> dict[str, ClusterSums]:
+        """The constant baselines' cluster sums on these test rows: the AU detection ones always,
+        the fitted ones (majority class, training mean) where the file keeps what they learnt."""
+        from affbench.scoring.baselines import predictions_from_constants
+
+        predicted = predictions_from_constants(self.task, self.y, self.mask, self.baseline_constants or {})
+        return {name: cluster_sums(self.task, truth, prediction, self.clusters, mask=annotated)
+                for name, (truth, prediction, annotated) in predicted.items()}
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ def _names(task: TaskSpec) -> tuple[list[str], list[str]]:
 
 def outputs_table(task: TaskSpec, rows: pd.DataFrame, clusters: np.ndarray, y: np.ndarray, mask: np.ndarray,
                   raw: np.ndarray, *, fold: int, cluster_unit: str, au_output: str | None,
-                  protocol_version: str | None) -> pa.Table:
+                  protocol_version: str | None, baseline_constants: Mapping[str, Any] | None = None) -> pa.Table:
     """The outputs file's table for one task's test rows (see the module docstring for its columns).
 
     Parameters
@@ -111,6 +124,9 @@ def outputs_table(task: TaskSpec, rows: pd.DataFrame, clusters: np.ndarray, y: n
         The model's raw outputs on them.
     fold, cluster_unit, au_output, protocol_version
         Stored in the schema metadata.
+    baseline_constants : mapping, optional
+        What the fitted baselines learnt (:func:`affbench.scoring.baselines.fitted_constants`), stored
+        in the schema metadata so that their intervals can be drawn again from this file alone.
 
     Returns
     -------
@@ -135,7 +151,8 @@ def outputs_table(task: TaskSpec, rows: pd.DataFrame, clusters: np.ndarray, y: n
     arrays = {k: pa.array(v, type=types.get(k), from_pandas=True) for k, v in columns.items()}
     table = pa.table(arrays)
     described = {"version": OUTPUTS_VERSION, "task": task.to_dict(), "au_output": au_output, "fold": int(fold),
-                 "cluster_unit": cluster_unit, "protocol_version": protocol_version}
+                 "cluster_unit": cluster_unit, "protocol_version": protocol_version,
+                 "baselines": dict(baseline_constants or {})}
     return table.replace_schema_metadata({_META_KEY: json.dumps(described).encode()})
 
 
@@ -167,7 +184,8 @@ def read_outputs(path: str | os.PathLike) -> KeptOutputs:
         mask = np.column_stack([frame[f"annotated/{label}"].to_numpy(dtype=bool) for label in labels])
     raw = np.column_stack([frame[f"output/{name}"].to_numpy() for name in outputs])
     return KeptOutputs(task, described.get("au_output"), int(described["fold"]), described["cluster_unit"],
-                       described.get("protocol_version"), frame[[*ROW_COLUMNS, "cluster"]], y, mask, raw)
+                       described.get("protocol_version"), frame[[*ROW_COLUMNS, "cluster"]], y, mask, raw,
+                       described.get("baselines"))
 
 
 def score_outputs(outputs: KeptOutputs) -> tuple[dict[str, float], list[str]]:
@@ -200,6 +218,17 @@ def outputs_intervals(runs: Sequence[KeptOutputs], settings: BootstrapSettings |
     return fold_intervals(fold_runs(runs), settings)
 
 
+def baseline_intervals(outputs: KeptOutputs, settings: BootstrapSettings | None = None
+                       ) -> dict[str, dict[str, Any]] | None:
+    """A record's ``baselines_ci``: each constant baseline's interval on one cell's kept test rows;
+    None for a file made before the fitted baselines' constants were kept (its intervals cannot be
+    drawn again from it)."""
+    if outputs.baseline_constants is None:
+        return None
+    return {name: interval_record(fold_intervals([sums], settings), outputs.cluster_unit)
+            for name, sums in outputs.baseline_sums().items()}
+
+
 def interval_record(intervals: Intervals, cluster_unit: str) -> dict[str, Any]:
     """A record's ``ci`` entry."""
     return {**intervals.to_record(), "cluster_unit": cluster_unit}
@@ -213,31 +242,97 @@ def settings_of(ci: Mapping[str, Any] | None) -> BootstrapSettings:
                              min_clusters=int(ci.get("min_clusters", BootstrapSettings.min_clusters)))
 
 
+GroupKey = tuple[str, str, str, str]  # (suite, dataset, task, encoder or baseline)
+
+
+def _groups(records: Sequence[Mapping[str, Any]], *, published: bool) -> dict[GroupKey, list[Mapping[str, Any]]]:
+    """Records by (suite, dataset, task, encoder): of the published partition, or of the random ones."""
+    from affbench.reporting.records import run_of
+
+    groups: dict[GroupKey, list[Mapping[str, Any]]] = {}
+    for record in records:
+        if (run_of(record)[0] == 0) == published:
+            groups.setdefault((record["suite"], record["dataset"], record["task"], record["encoder"]), []).append(record)
+    return groups
+
+
+def _kept(cells: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every cell has its interval settings and its kept outputs."""
+    return all(isinstance(c.get("ci"), Mapping) and c.get("test_outputs") for c in cells)
+
+
 def combined_intervals(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]]
-                       ) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+                       ) -> dict[GroupKey, dict[str, Any]]:
     """The interval of every (suite, dataset, task, encoder) over its folds, as the tables show them.
 
     One record: its own ``ci``. Several (folds, seeds): each fold's clusters resampled within the
     fold from its kept outputs, a fold's seeds with the same clusters, the replicates averaged as the
-    tables average them. Only the published partition of subjects has intervals (random
-    partitions test other subjects in each fold). A group with a record made before outputs were
-    kept has no entry.
+    tables average them. This is the published partition of subjects; :func:`refold_intervals`
+    gives the random ones. A group with a record made before outputs were kept has no entry.
     """
-    from affbench.reporting.records import run_of
-
-    groups: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
-    for record in records:
-        if run_of(record)[0] == 0:
-            groups.setdefault((record["suite"], record["dataset"], record["task"], record["encoder"]), []).append(record)
     found = {}
-    for key, cells in groups.items():
+    for key, cells in _groups(records, published=True).items():
         if not all(isinstance(c.get("ci"), Mapping) for c in cells):
             continue
         if len(cells) == 1:
             found[key] = dict(cells[0]["ci"])
             continue
-        if not all(c.get("test_outputs") for c in cells):
+        if not _kept(cells):
             continue
         folds = [read_outputs(Path(run_dir) / c["test_outputs"]) for c in cells]
         found[key] = interval_record(outputs_intervals(folds, settings_of(cells[0]["ci"])), folds[0].cluster_unit)
+    return found
+
+
+def refold_intervals(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]]
+                     ) -> dict[GroupKey, dict[str, Any]]:
+    """The interval of every (suite, dataset, task, encoder)'s random partitions (a suite's refolds),
+    as the tables' "(random partitions)" rows show them: the mean over partitions of each
+    partition's fold mean, the subjects drawn once per resample for all partitions
+    (:func:`affbench.scoring.bootstrap.partition_intervals`). A group with a record made before
+    outputs were kept has no entry."""
+    from affbench.reporting.records import run_of
+
+    found = {}
+    for key, cells in _groups(records, published=False).items():
+        if not _kept(cells):
+            continue
+        by_partition: dict[int, list[KeptOutputs]] = {}
+        for cell in cells:
+            by_partition.setdefault(run_of(cell)[0], []).append(read_outputs(Path(run_dir) / cell["test_outputs"]))
+        partitions = [fold_runs(by_partition[p]) for p in sorted(by_partition)]
+        intervals = partition_intervals(partitions, settings_of(cells[0]["ci"]))
+        found[key] = interval_record(intervals, next(iter(by_partition.values()))[0].cluster_unit)
+    return found
+
+
+def combined_baseline_intervals(run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]]
+                                ) -> dict[GroupKey, dict[str, Any]]:
+    """The interval of every constant baseline over the folds of the published partition, keyed
+    (suite, dataset, task, baseline): each fold's test clusters resampled within the fold, the
+    folds averaged, as :func:`combined_intervals` does for an encoder. A baseline's folds are those
+    of the first record kept for each fold (every encoder of a fold is tested on the same rows). One
+    fold: its record's own ``baselines_ci``. A fitted baseline (majority class, training mean) of
+    outputs kept before their constants were has no entry; ``label-frequency`` never has one."""
+    from affbench.reporting.records import baseline_records
+
+    found: dict[GroupKey, dict[str, Any]] = {}
+    tables: dict[tuple[str, str, str], dict[int, Mapping[str, Any]]] = {}
+    for (suite, dataset, task, _), cells in _groups(records, published=True).items():
+        for cell in cells:
+            tables.setdefault((suite, dataset, task), {}).setdefault(int(cell["fold"]), cell)
+    for table, by_fold in tables.items():
+        cells = [by_fold[f] for f in sorted(by_fold)]
+        if len(cells) == 1:
+            found.update({table + (b["baseline"],): dict(b["ci"]) for b in baseline_records(cells)
+                          if isinstance(b.get("ci"), Mapping)})
+            continue
+        if not _kept(cells):
+            continue
+        settings = settings_of(cells[0]["ci"])
+        kept = [read_outputs(Path(run_dir) / c["test_outputs"]) for c in cells]
+        sums = [k.baseline_sums() for k in kept]
+        units = kept[0].cluster_unit
+        for name in [n for n in sums[0] if all(n in s for s in sums)]:
+            found[table + (name,)] = interval_record(fold_intervals([s[name] for s in sums], settings), units)
     return found

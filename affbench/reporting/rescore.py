@@ -19,6 +19,7 @@ from typing import Any
 
 from affbench.reporting.outputs import (
     KeptOutputs,
+    baseline_intervals,
     interval_record,
     outputs_intervals,
     read_outputs,
@@ -38,8 +39,9 @@ from affbench.runtime.files import json_default
 from affbench.runtime.run_folder import RunFolder
 from affbench.scoring.bootstrap import BootstrapSettings
 
-#: The record fields rescore recomputes.
-RESCORED = ("metrics", "ci", "scoring", "metric_warnings")
+#: The record fields rescore recomputes (``baselines_ci`` only from outputs that keep the fitted
+#: baselines' constants).
+RESCORED = ("metrics", "ci", "scoring", "metric_warnings", "baselines_ci")
 
 
 @dataclass
@@ -50,12 +52,15 @@ class RescoreReport:
     checked: int = 0
     changed: list[tuple[str, list[str]]] = field(default_factory=list)
     without_outputs: list[str] = field(default_factory=list)
+    baselines_kept: list[str] = field(default_factory=list)
     markdown: str = ""
 
     def lines(self) -> list[str]:
         out = [f"changed  {cell}: {', '.join(keys)}" for cell, keys in self.changed]
         out += [f"skipped  {cell}: no test outputs kept (made by an affbench before they were)"
                 for cell in self.without_outputs]
+        out += [f"kept     {cell}: baseline intervals as recorded (its outputs predate the kept baseline "
+                "constants, so they cannot be drawn again)" for cell in self.baselines_kept]
         out.append(f"{self.checked} record(s) rescored from their test outputs, {len(self.changed)} changed, "
                    f"{self.checked - len(self.changed)} reproduced exactly"
                    + (f"; {len(self.without_outputs)} without outputs" if self.without_outputs else "") + ".")
@@ -72,19 +77,24 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     found = []
     old_metrics, new_metrics = old.get("metrics") or {}, new["metrics"]
     found += [k for k in dict.fromkeys([*old_metrics, *new_metrics]) if old_metrics.get(k) != new_metrics.get(k)]
-    found += [name for name in RESCORED[1:] if old.get(name) != new[name]]
+    found += [name for name in RESCORED[1:] if name in new and old.get(name) != new[name]]
     return found
 
 
 def rescored_fields(outputs: KeptOutputs, settings: BootstrapSettings) -> dict[str, Any]:
-    """The :data:`RESCORED` fields of a record, recomputed from one cell's kept outputs."""
+    """The :data:`RESCORED` fields of a record, recomputed from one cell's kept outputs
+    (``baselines_ci`` absent where the outputs predate the kept baseline constants)."""
     metrics, warnings = score_outputs(outputs)
-    return _normal({
+    fields = {
         "metrics": metrics,
         "ci": interval_record(outputs_intervals([outputs], settings), outputs.cluster_unit),
         "scoring": scoring_versions(outputs.task, outputs.protocol_version),
         "metric_warnings": warnings,
-    })
+    }
+    baselines = baseline_intervals(outputs, settings)
+    if baselines is not None:
+        fields["baselines_ci"] = baselines
+    return _normal(fields)
 
 
 def rescore(run_dir: str | os.PathLike, *, settings: BootstrapSettings | None = None) -> RescoreReport:
@@ -117,6 +127,8 @@ def rescore(run_dir: str | os.PathLike, *, settings: BootstrapSettings | None = 
         outputs = read_outputs(run_dir / record["test_outputs"])
         new = rescored_fields(outputs, settings or settings_of(record.get("ci")))
         report.checked += 1
+        if "baselines_ci" not in new and record.get("baselines_ci"):
+            report.baselines_kept.append(str(cell))
         changed = _differences(record, new)
         if not changed:
             continue
@@ -142,7 +154,7 @@ def _update_done(run_dir: Path, record: Mapping[str, Any], new: Mapping[str, Any
     if not isinstance(summary, dict):
         return
     task = record["task"]
-    for name in RESCORED:
+    for name in (n for n in RESCORED if n in new):
         summary.setdefault(name, {})
         if isinstance(summary[name], dict):
             summary[name][task] = new[name]

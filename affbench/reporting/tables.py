@@ -6,13 +6,15 @@ metric of the task the overall value (``f1``) and one column per label (``f1_au6
 by its spread (``f1_sd``, ``f1_au6_sd``) and its confidence interval (``f1_ci_low``,
 ``f1_ci_high``). Values are means over the folds where the value is defined; the spread is the
 sample standard deviation over folds (``ddof=1``), empty for one fold; the interval is the cluster
-bootstrap of :func:`affbench.reporting.outputs.combined_intervals`, and ``clusters`` says how many
+bootstrap of :func:`affbench.reporting.outputs.combined_intervals` (baseline rows:
+:func:`~affbench.reporting.outputs.combined_baseline_intervals`; random-partition rows:
+:func:`~affbench.reporting.outputs.refold_intervals`), and ``clusters`` says how many
 independent clusters (subjects, videos) stand behind it. Column names hold only letters, digits
 and underscores.
 
 Rendered, a value reads ``0.631 [0.602, 0.659]`` where it has an interval, ``0.631 ± 0.015``
 where it has folds but no interval, and the clusters column is marked ``†`` where there were too
-few clusters for an interval.
+few clusters for an interval, ``‡`` on a baseline whose value is an expectation (no interval by nature).
 
 :func:`markdown` and :func:`latex` render the same tables; :func:`comparison_markdown` renders
 :func:`affbench.reporting.published.comparison_table`.
@@ -111,11 +113,18 @@ def _summary_row(row: str, encoder: str, name: str, cells: Sequence[Mapping[str,
 def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Sequence[Any]] | None = None,
                 intervals: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None,
                 references: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None,
+                *, baseline_intervals: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None,
+                refold_intervals: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None,
                 ) -> dict[TableKey, pd.DataFrame]:
     """The paper-style tables of ``records`` (and the suites' ``published`` values), in record order;
     ``intervals`` per (suite, dataset, task, encoder), as
     :func:`affbench.reporting.outputs.combined_intervals` makes them, and each row's difference from
-    the reference row, as :func:`affbench.reporting.compare.reference_comparisons` makes them."""
+    the reference row, as :func:`affbench.reporting.compare.reference_comparisons` makes them.
+    ``baseline_intervals`` per (suite, dataset, task, baseline) and ``refold_intervals`` per (suite,
+    dataset, task, encoder) are those of the baseline rows over folds and of the random-partition rows
+    (:func:`~affbench.reporting.outputs.combined_baseline_intervals`,
+    :func:`~affbench.reporting.outputs.refold_intervals`); a one-fold baseline row without an entry
+    shows its record's own interval."""
     from affbench.reporting.records import baseline_records, run_of
     from affbench.scoring.baselines import DESCRIPTIONS
 
@@ -137,15 +146,17 @@ def wide_tables(records: Sequence[Mapping[str, Any]], published: Mapping[str, Se
                 rows.append(_summary_row("affbench", encoder, cells[0].get("label") or encoder, published_folds, keys,
                                          (intervals or {}).get((suite, dataset, task, encoder))))
             if refolds:  # the random partitions of the subjects, beside (never instead of) the published one
-                rows.append(_summary_row("affbench-refolds", encoder, cells[0].get("label") or encoder, refolds, keys))
+                rows.append(_summary_row("affbench-refolds", encoder, cells[0].get("label") or encoder, refolds, keys,
+                                         (refold_intervals or {}).get((suite, dataset, task, encoder))))
         by_baseline: dict[str, list] = {}
         for record in baseline_records(group):
             if run_of(record)[0] == 0:
                 by_baseline.setdefault(record["baseline"], []).append(record)
         for name, cells in by_baseline.items():
-            # One record's own interval; over several folds a baseline shows its spread only.
-            rows.append(_summary_row("baseline", name, DESCRIPTIONS.get(name, name), cells, keys,
-                                     cells[0].get("ci") if len(cells) == 1 else None))
+            ci = (baseline_intervals or {}).get((suite, dataset, task, name))
+            if ci is None and len(cells) == 1:
+                ci = cells[0].get("ci")
+            rows.append(_summary_row("baseline", name, DESCRIPTIONS.get(name, name), cells, keys, ci))
         for entry in (published or {}).get(suite, ()):
             if entry.task != task:
                 continue
@@ -206,10 +217,27 @@ def _value_cell(row: Mapping[str, Any], column: str, digits: int) -> str:
                  row.get(f"{column}_ci_high"))
 
 
+#: How a random-partition row's interval is drawn (:func:`affbench.scoring.bootstrap.partition_intervals`).
+REFOLDS_INTERVAL_NOTE = ("(random partitions): the units drawn once per resample for all partitions, each "
+                         "partition's folds averaged, then the partitions")
+#: Marks a baseline row whose value is an expected value, with no interval by nature.
+EXPECTED_MARK = "‡"
+EXPECTED_NOTE = "‡ = an expected value (label-frequency), no interval by nature"
+
+
+def _is_expected_value(row: Mapping[str, Any]) -> bool:
+    from affbench.scoring.baselines import EXPECTED_VALUES
+
+    return row["row"] == "baseline" and row["encoder"] in EXPECTED_VALUES
+
+
 def _clusters(row: Mapping[str, Any]) -> str:
-    """How many clusters stand behind the row's intervals; ``†`` where too few for one."""
+    """How many clusters stand behind the row's intervals; ``†`` where too few for one, ``‡`` for
+    an expected value, which has none by nature."""
     from affbench.scoring.bootstrap import MIN_CLUSTERS
 
+    if _is_expected_value(row):
+        return EXPECTED_MARK
     if pd.isna(row.get("clusters")):
         return ""
     n = int(row["clusters"])
@@ -302,8 +330,12 @@ def _footnote(tables: Mapping[TableKey, pd.DataFrame], latex: bool = False) -> s
         return spread
     level = next((t.attrs.get("ci_level") for t in tables.values() if t.attrs.get("ci_level")), None)
     note = interval_note(level)
+    if any(any(_is_expected_value(row) for _, row in t.iterrows()) for t in tables.values()):
+        note += f"; {EXPECTED_NOTE}"
+    if any(((t["row"] == "affbench-refolds") & t["clusters"].notna()).any() for t in tables.values()):
+        note += f"; {REFOLDS_INTERVAL_NOTE}"
     if latex:
-        note = _tex(note).replace("†", r"$^\dagger$")
+        note = _tex(note).replace("†", r"$^\dagger$").replace(EXPECTED_MARK, r"$^\ddagger$")
     note = f"{note}; otherwise {spread}"
     if any(t.attrs.get("reference") for t in tables.values()):
         note += ("; vs = difference from the suite's reference row, its paired interval, and the p-value of a "
@@ -349,7 +381,8 @@ def _latex_table(table: pd.DataFrame, shown: Sequence[str], title: str, digits: 
     for _, row in table.iterrows():
         folds = "" if pd.isna(row["folds"]) else str(int(row["folds"]))
         cells = [_tex(_row_label(row)), folds, *([_count(row, "runs")] if runs else []),
-                 *([_clusters(row).replace("†", r"$^\dagger$")] if clusters else [])]
+                 *([_clusters(row).replace("†", r"$^\dagger$").replace(EXPECTED_MARK, r"$^\ddagger$")]
+                   if clusters else [])]
         cells += [_value_cell(row, c, digits).replace("±", r"$\pm$").replace("–", "--") for c in shown]
         body.append(" & ".join(cells) + r" \\")
     return "\n".join([

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -97,33 +97,60 @@ def trivial_baselines(task_spec: TaskSpec, y: np.ndarray, mask: np.ndarray, rows
     return {name: {k: _finite_or_none(v) for k, v in values.items()} for name, values in found.items()}
 
 
+#: Baselines whose value is an expectation over random predictions, not a prediction: no interval by nature.
+EXPECTED_VALUES = ("label-frequency",)
+
+
 def constant_predictions(task_spec: TaskSpec, y: np.ndarray, mask: np.ndarray, rows: Mapping[str, ArrayLike]
                          ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The baselines that predict one constant, as ``{name: (test targets, prediction, test mask)}``
     (unannotated targets zeroed), ready for score_task or a bootstrap; ``label-frequency`` is no
     prediction but an expectation, so it is not among them."""
     test = np.asarray(rows.get("test", []), dtype=np.int64)
-    train = np.asarray(rows.get("train", []), dtype=np.int64)
     if len(test) == 0:
         return {}
-    y_test, mask_test = y[test], mask[test]
-    kind = task_spec.kind
+    return predictions_from_constants(task_spec, y[test], mask[test], fitted_constants(task_spec, y, mask, rows))
+
+
+def fitted_constants(task_spec: TaskSpec, y: np.ndarray, mask: np.ndarray, rows: Mapping[str, ArrayLike]
+                     ) -> dict[str, Any]:
+    """What the fitted constant baselines learn from ``rows["train"]``: ``{"majority-class": class}``
+    or ``{"training-mean": [mean per label]}`` (empty without training rows or where none is defined).
+
+    Kept beside a cell's test outputs, these let its baselines be scored again without the training rows.
+    """
+    train = np.asarray(rows.get("train", []), dtype=np.int64)
+    if not len(train):
+        return {}
+    if task_spec.kind == "expression":
+        classes = y[train][mask[train]].astype(np.int64)
+        if classes.size:
+            return {"majority-class": int(np.bincount(classes, minlength=task_spec.n_outputs).argmax())}
+    elif task_spec.kind in ("au-intensity", "va"):
+        means = _masked_means(y[train], mask[train])
+        if not np.isnan(means).any():
+            return {"training-mean": [float(m) for m in np.atleast_1d(means)]}
+    return {}
+
+
+def predictions_from_constants(task_spec: TaskSpec, y_test: np.ndarray, mask_test: np.ndarray,
+                               constants: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The constant baselines' ``{name: (targets, prediction, mask)}`` on test targets ``y_test``,
+    with the fitted values of :func:`fitted_constants` (the AU detection ones need none)."""
+    if len(y_test) == 0:
+        return {}
     found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    if kind == "au-detection":
+    if task_spec.kind == "au-detection":
         clean = np.where(mask_test, y_test, 0)
         for name, value in (("all-present", 1.0), ("all-absent", 0.0)):
             found[name] = (clean, np.full(clean.shape, value), mask_test)
-    elif kind == "expression" and len(train):
-        classes = y[train][mask[train]].astype(np.int64)
-        if classes.size:
-            majority = int(np.bincount(classes, minlength=task_spec.n_outputs).argmax())
-            clean = np.where(mask_test, y_test, 0).astype(np.int64)
-            found["majority-class"] = (clean, np.full(clean.shape, majority), mask_test)
-    elif kind in ("au-intensity", "va") and len(train):
-        means = _masked_means(y[train], mask[train])
-        if not np.isnan(means).any():
-            clean = np.where(mask_test, y_test, 0.0)
-            found["training-mean"] = (clean, np.broadcast_to(means, clean.shape).copy(), mask_test)
+    elif task_spec.kind == "expression" and "majority-class" in constants:
+        clean = np.where(mask_test, y_test, 0).astype(np.int64)
+        found["majority-class"] = (clean, np.full(clean.shape, int(constants["majority-class"])), mask_test)
+    elif task_spec.kind in ("au-intensity", "va") and "training-mean" in constants:
+        clean = np.where(mask_test, y_test, 0.0)
+        means = np.asarray(constants["training-mean"], dtype=np.float64)
+        found["training-mean"] = (clean, np.broadcast_to(means, clean.shape).copy(), mask_test)
     return found
 
 

@@ -156,6 +156,63 @@ def fold_intervals(folds: Sequence[Fold], settings: BootstrapSettings | None = N
     return Intervals(values, low, high, n_clusters, settings)
 
 
+def _defined_mean(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The element-wise mean of several ``{key: values}`` over the parts where a value is defined
+    (NaN only where it is defined in none), on their common keys."""
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    found = {}
+    for key in keys:
+        stacked = np.array([p[key] for p in parts], dtype=np.float64)
+        defined = np.isfinite(stacked)
+        total = np.where(defined, stacked, 0.0).sum(axis=0)
+        count = defined.sum(axis=0)
+        found[key] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return found
+
+
+def partition_intervals(partitions: Sequence[Sequence[Fold]], settings: BootstrapSettings | None = None
+                        ) -> Intervals:
+    """Intervals of the mean over several partitions of the same clusters into folds (a suite's refolds).
+
+    Every partition deals the same subjects into its folds, so the partitions are not independent
+    samples: each resample draws the clusters *once*, with replacement from all of them, and every
+    partition's folds are scored on that one draw (a fold on its own clusters' counts), averaged over
+    folds within a partition and then over partitions. Drawing each partition anew would treat N
+    partitions as N independent sets of subjects and narrow the interval by about sqrt(N), though
+    no subject was added. A fold's clusters are then not resampled to a fixed number: a fold may
+    draw more or fewer of its clusters than it has, or none; a fold whose value is undefined in a
+    resample (it drew none of its clusters) is left out of that resample's mean over folds, as the
+    tables leave out a fold where a value is undefined.
+
+    Parameters
+    ----------
+    partitions : sequence of sequences of ClusterSums or SeedRuns
+        One entry per partition: its folds, as :func:`fold_intervals` takes them.
+    settings : BootstrapSettings, optional
+
+    Returns
+    -------
+    Intervals
+        ``n_clusters`` counts the distinct clusters over all partitions.
+    """
+    settings = settings or BootstrapSettings()
+    names = np.unique(np.concatenate([np.asarray(f.clusters, dtype=str) for folds in partitions for f in folds]))
+    columns = [[np.searchsorted(names, np.asarray(f.clusters, dtype=str)) for f in folds] for folds in partitions]
+
+    def mean_over_partitions(weights: np.ndarray) -> dict[str, np.ndarray]:
+        return _defined_mean([_defined_mean([f.evaluate(weights[:, cols]) for f, cols in zip(folds, fold_columns)])
+                              for folds, fold_columns in zip(partitions, columns)])
+
+    observed = mean_over_partitions(np.ones((1, len(names))))
+    values = {k: float(v[0]) for k, v in observed.items()}
+    note = _too_few(len(names), settings)
+    if note is not None:
+        return Intervals(values, {}, {}, len(names), settings, note)
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 1 << 21]))
+    low, high = _percentile(mean_over_partitions(_weights(rng, len(names), settings.resamples)), settings.level)
+    return Intervals(values, low, high, len(names), settings)
+
+
 def cluster_intervals(task: TaskSpec, y_true: ArrayLike, y_score: ArrayLike, clusters: ArrayLike, *,
                       mask: ArrayLike | None = None, settings: BootstrapSettings | None = None) -> Intervals:
     """Cluster bootstrap intervals of every metric ``score_task(task, y_true, y_score, mask=mask)`` reports.

@@ -3,6 +3,7 @@ intervals and comparisons."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
@@ -17,6 +18,7 @@ from affbench.reporting.compare import compare_cells
 from affbench.reporting.export import export
 from affbench.reporting.outputs import outputs_intervals, read_outputs
 from affbench.reporting.records import load_records
+from affbench.scoring.bootstrap import BootstrapSettings
 from affbench.scoring.protocols import CrossValidation
 
 SUITE = """
@@ -24,6 +26,7 @@ SUITE = """
 name = "reps"
 seeds = [3, 4]
 refolds = 1
+ci = { resamples = 300, level = 0.9, seed = 5 }
 
 [training]
 epochs = 1
@@ -132,9 +135,21 @@ def test_tables_aggregate_runs_and_show_the_random_partitions_beside_the_publish
 
     # The published row's interval: each fold's seeds resampled with the same clusters, averaged.
     cells = [r for r in records if r["encoder"] == "emotiram-f"]
-    expected = outputs_intervals([read_outputs(run_dir / r["test_outputs"]) for r in cells])
+    expected = outputs_intervals([read_outputs(run_dir / r["test_outputs"]) for r in cells], SUITE_CI)
     assert row["accuracy_ci_low"] == pytest.approx(expected.low["accuracy"])
     assert row["accuracy"] == pytest.approx(expected.values["accuracy"])
+
+
+SUITE_CI = BootstrapSettings(resamples=300, level=0.9, seed=5)
+
+
+def test_the_suites_interval_settings_draw_and_are_recorded_in_every_record(run_dir):
+    for record in load_records(run_dir):
+        outputs = read_outputs(run_dir / record["test_outputs"])
+        for ci in (record["ci"], *record["baselines_ci"].values()):
+            assert (ci["resamples"], ci["level"], ci["seed"]) == (300, 0.9, 5)
+        expected = outputs_intervals([outputs], SUITE_CI)
+        assert record["ci"]["intervals"] == {k: [expected.low[k], expected.high[k]] for k in expected.low}
 
 
 def test_compare_averages_each_cells_seeds(run_dir):
@@ -156,8 +171,16 @@ def test_compare_averages_each_cells_seeds(run_dir):
     ({"seeds": []}, "seeds of the suite must be a list of distinct integers"),
     ({"seeds": [1, 1]}, "seeds of the suite must be a list of distinct integers"),
     ({"refolds": -1}, "refolds of the suite must be a whole number"),
+    ({"ci": {"resamples": 50}}, "ci resamples of the suite must be an integer of at least 100; got 50"),
+    ({"ci": {"resamples": 2000.5}}, "ci resamples of the suite must be an integer of at least 100"),
+    ({"ci": {"level": 1.0}}, "ci level of the suite must be a finite number in (0, 1); got 1.0"),
+    ({"ci": {"level": float("nan")}}, "ci level of the suite must be a finite number in (0, 1)"),
+    ({"ci": {"level": "95%"}}, "ci level of the suite must be a finite number in (0, 1)"),
+    ({"ci": {"seed": -1}}, "ci seed of the suite must be an integer of at least 0"),
+    ({"ci": {"levels": 0.9}}, "ci of the suite must be a table of resamples, level, seed"),
+    ({"ci": 0.95}, "ci of the suite must be a table of resamples, level, seed"),
 ])
-def test_bad_seeds_or_refolds_are_one_sentence(meta, message):
-    with pytest.raises(AffbenchError, match=message):
+def test_bad_seeds_refolds_or_interval_settings_are_one_sentence(meta, message):
+    with pytest.raises(AffbenchError, match=re.escape(message)):
         parse_suite({"suite": {"name": "x", **meta}, "experiment": [
             {"id": "a", "dataset": "caer-s", "tasks": ["expression"], "encoder": "emotiram-f"}]})

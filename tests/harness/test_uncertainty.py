@@ -136,10 +136,52 @@ def test_rescore_reproduces_the_records_exactly_then_finds_a_changed_one(run_dir
     # Other interval settings are drawn and recorded.
     report = rescore(run_dir, settings=__import__("affbench.scoring.bootstrap", fromlist=["x"]).BootstrapSettings(
         resamples=500, seed=3))
-    assert all(keys == ["ci"] for _, keys in report.changed if "disfa" not in _)
+    assert all(keys == ["ci", "baselines_ci"] for _, keys in report.changed if "disfa" not in _)
     assert json.loads(path.read_text())["ci"]["resamples"] == 500
     rescore(run_dir, settings=__import__("affbench.scoring.bootstrap", fromlist=["x"]).BootstrapSettings())
     assert path.read_bytes() == before[path]
+
+
+def without_baseline_constants(path):
+    """Rewrite a kept outputs file as an affbench before the baseline constants were kept wrote it."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    described = json.loads(table.schema.metadata[b"affbench_outputs"])
+    del described["baselines"]
+    pq.write_table(table.replace_schema_metadata({b"affbench_outputs": json.dumps(described).encode()}), path)
+
+
+def test_rescore_draws_the_baselines_intervals_again_from_the_kept_outputs(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = next((copy / "results").rglob("caer-s__expression__emotiram-f-a__*.json"))
+    record = json.loads(path.read_text())
+    outputs = read_outputs(copy / record["test_outputs"])
+    # The majority class learnt on the training rows is kept; predicting it scores as recorded.
+    majority = outputs.baseline_constants["majority-class"]
+    assert set(outputs.baseline_constants) == {"majority-class"}
+    assert record["baselines"]["majority-class"]["accuracy"] == pytest.approx(np.mean(outputs.y == majority))
+    assert record["baselines_ci"]["majority-class"]["n_clusters"] == 21
+
+    before = path.read_bytes()
+    edited = json.loads(before)
+    edited["baselines_ci"]["majority-class"]["intervals"]["accuracy"] = [0.0, 1.0]
+    path.write_text(json.dumps(edited))
+    report = rescore(copy)
+    assert report.changed == [("ci/caer-s/expression/emotiram-f-a/fold1", ["baselines_ci"])]
+    assert path.read_bytes() == before and report.baselines_kept == []
+
+    # Outputs kept before the constants were: the recorded baseline intervals stay, and rescore says so.
+    without_baseline_constants(copy / record["test_outputs"])
+    path.write_text(json.dumps(edited))
+    report = rescore(copy)
+    assert report.changed == [] and json.loads(path.read_text()) == edited
+    assert report.baselines_kept == ["ci/caer-s/expression/emotiram-f-a/fold1"]
+    assert any(line.startswith("kept     ci/caer-s/expression/emotiram-f-a/fold1: baseline intervals as recorded")
+               for line in report.lines())
 
 
 def test_compare_two_cells_and_refuse_cells_on_other_rows(run_dir, tmp_path):
