@@ -73,7 +73,7 @@ class TrackerSettings:
     """
 
     tracking: bool = True
-    detect_max_side: int = 384
+    detect_max_side: int = 640
     refine_passes: int = 2
     refine_tolerance: float = 0.03
     redetect_every: int = 16
