@@ -68,6 +68,9 @@ class TrackerSettings:
     ``refine_tolerance`` of its side. ``redetect_every``: an anchor (full cascade) at least every N
     frames (0: only at the end of each batch). ``anchor_tolerance``: the largest distance between a
     frame's forward and backward landmarks, as a fraction of the eye distance, that confirms them.
+    ``detection_tolerance``: a detected frame takes the landmarks of O-Net re-run on the cascade's
+    box (the kind a tracked frame has) only where they lie within this fraction of the eye distance
+    of the cascade's own; else it keeps the cascade's own.
     ``max_size_change`` and ``max_roll_change``: the geometry check of every tracked frame against
     the last full detection (0 switches a check off).
     """
@@ -78,12 +81,13 @@ class TrackerSettings:
     refine_tolerance: float = 0.03
     redetect_every: int = 16
     anchor_tolerance: float = 0.1
+    detection_tolerance: float = 0.1
     max_size_change: float = 0.2
     max_roll_change: float = 12.0
 
     def __post_init__(self) -> None:
         numbers = (self.detect_max_side, self.refine_tolerance, self.redetect_every, self.anchor_tolerance,
-                   self.max_size_change, self.max_roll_change)
+                   self.detection_tolerance, self.max_size_change, self.max_roll_change)
         if self.refine_passes < 1 or any(v < 0 for v in numbers):
             raise ValueError(f"invalid tracker settings {self}")
 
@@ -242,9 +246,17 @@ class FaceTracker:
             if consecutive and chosen:
                 before = next((c for c in reversed(chosen) if c is not None), previous[0])
             chosen.append(select_face(faces, previous=before, image_shape=frames[len(chosen)].shape))
-        # The cascade's own landmarks, never O-Net re-run on the cascade's output box: O-Net was
-        # trained on R-Net's looser proposals, and on its own tight box it moves the landmarks of an
-        # occluded face by a fifth of the eye distance and more (issue 22).
+        # O-Net re-run on the cascade's own output box gives landmarks of the same kind as a tracked
+        # frame's (so the crop does not jump where tracking and detection take turns), but O-Net
+        # learned from R-Net's looser proposals: on its own tight box it can move the landmarks of
+        # an occluded face by a fifth of the eye distance (issue 22). So the re-run is kept only
+        # where it agrees with the cascade's own landmarks within detection_tolerance.
+        which = [(i, face) for i, face in enumerate(chosen) if face is not None]
+        refined = self._refine([frames[i] for i, _ in which], [face.box for _, face in which])
+        for (i, own), again in zip(which, refined):
+            if (self._accept(again, frames[i].shape)
+                    and landmark_disagreement(again, own) <= self.settings.detection_tolerance):
+                chosen[i] = again
         return [TrackedFace(face, "detected" if face is not None else "none", len(faces))
                 for face, faces in zip(chosen, found)]
 
