@@ -87,6 +87,26 @@ def prepare() -> None:
     """
 
 
+class _WorkerCount(click.ParamType):
+    """``auto`` or a whole number from 1 to 256."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if not 1 <= number <= 256:
+            self.fail(f"{value!r} is not 'auto' or a whole number from 1 to 256.", param, ctx)
+        return number
+
+
+_WORKERS = _WorkerCount()
+
+
 def _common_prepare_options(spec: DatasetSpec) -> list:
     options = [
         click.argument("root", type=click.Path(path_type=Path)),
@@ -98,8 +118,10 @@ def _common_prepare_options(spec: DatasetSpec) -> list:
                      help=spec.codec_help),
         click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100),
                      help="JPEG/WebP quality; ignored for PNG."),
-        click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
-                     help="Parallel worker processes (joblib), one unit of work each."),
+        click.option("--workers", default="auto", show_default=True, type=_WORKERS,
+                     help="Parallel worker processes (joblib), one unit of work each; auto: one per CPU core "
+                          "(with CUDA, no more than the GPU's free memory holds). The number used is printed "
+                          "and recorded in manifest.json."),
         click.option("--scheduler", default=None, metavar="ADDRESS",
                      help="Run each unit as a task on the Dask cluster of this scheduler (tcp://host:8786) "
                           "instead of --workers; ROOT and --out must be at the same paths on every worker. "
@@ -128,7 +150,7 @@ def _dataset_option(option: OptionSpec):
 
 
 def _prepare_command(spec: DatasetSpec) -> click.Command:
-    def command(root: Path, out: Path, workers: int, scheduler: str | None, quiet: bool, **options: Any) -> None:
+    def command(root: Path, out: Path, workers: int | str, scheduler: str | None, quiet: bool, **options: Any) -> None:
         from affbench.pipelines import prepare_dataset
 
         if not spec.uses_device:

@@ -12,7 +12,8 @@ Every pipeline module has the same surface:
   each prepared folder's manifest;
 * ``PrepareSettings``: everything that decides the content of its shards, with
   ``PrepareSettings.from_options(**options)`` taking the command line's option names;
-* ``prepare(root, out, settings=None, *, workers=1, progress=True, backend=None, scheduler=None)``;
+* ``prepare(root, out, settings=None, *, workers=1, progress=True, backend=None, scheduler=None)``
+  (``workers`` a number or ``"auto"``);
 * ``summary_notes(manifest)``: dataset-specific lines for the end of a prepare run.
 """
 
@@ -86,7 +87,7 @@ DATASETS: dict[str, DatasetSpec] = {
     found gets a fallback crop from its neighbours in time (face_found=false, landmark_source
     interpolated or carried). Videos that cannot be read or are truncated are listed in manifest.json's
     failures and make the command exit non-zero once the other videos are done. Each video runs
-    in one process with one PyTorch thread: use --workers N to keep N cores busy.
+    in one process with one PyTorch thread; --workers auto (the default) runs one per core.
     """,
             options=(
                 OptionSpec("camera", "left", "Which camera's videos to prepare (right-camera sample ids carry "
@@ -106,7 +107,7 @@ DATASETS: dict[str, DatasetSpec] = {
     AUCoding/AU_INT/AU06/<subject>_<task>_AU06.csv (AU6, 10, 12, 14, 17). One row per coded frame
     with the 12 protocol AUs (9 = unknown stored as -1); frames without codes are counted, not
     stored. A missing or unreadable coded image keeps its row without a face and is listed in the
-    manifest's failures. One (subject, task) per process: use --workers N to keep N cores busy.
+    manifest's failures. One (subject, task) per process; --workers auto (the default) runs one per core.
     """,
         ),
         DatasetSpec(
@@ -181,7 +182,7 @@ def protocol_for(dataset: str, *, validation_fraction: float | None = None,
 
 
 def prepare_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
-                    options: Mapping[str, Any] | None = None, *, workers: int = 1, progress: bool = True,
+                    options: Mapping[str, Any] | None = None, *, workers: int | str = "auto", progress: bool = True,
                     scheduler: Any = None) -> PrepareReport:
     """Prepare dataset ``name`` from ``root`` into ``out`` with the command line's ``options``.
 

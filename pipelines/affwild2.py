@@ -453,7 +453,7 @@ def prepare(
     out: str | os.PathLike,
     settings: PrepareSettings | None = None,
     *,
-    workers: int = 1,
+    workers: int | str = 1,
     progress: bool = True,
     backend: str | None = None,
     scheduler: Any = None,

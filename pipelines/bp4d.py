@@ -424,7 +424,7 @@ def prepare(
     out: str | os.PathLike,
     settings: PrepareSettings | None = None,
     *,
-    workers: int = 1,
+    workers: int | str = 1,
     progress: bool = True,
     backend: str | None = None,
     scheduler: Any = None,
@@ -455,7 +455,7 @@ def prepare(
     ) as writer:  # holds the folder: one process at a time
         process = functools.partial(prepare_task, out_dir=str(Path(out).resolve()), settings=settings)
         return run_units(writer, sized, process, workers=workers, progress=progress, item="frames",
-                         backend=backend, scheduler=scheduler)
+                         backend=backend, scheduler=scheduler, device=device)
 
 
 def uncoded_frames(manifest: dict) -> int:

@@ -284,7 +284,7 @@ def prepare(
     out: str | os.PathLike,
     settings: PrepareSettings | None = None,
     *,
-    workers: int = 1,
+    workers: int | str = 1,
     progress: bool = True,
     backend: str | None = None,
     scheduler: Any = None,
@@ -341,7 +341,7 @@ def prepare(
     ) as writer:  # holds the folder: one process at a time
         process = functools.partial(process_folder, settings)
         return run_units(writer, units, process, workers=workers, progress=progress, item="images",
-                         backend=backend, scheduler=scheduler)
+                         backend=backend, scheduler=scheduler, device=settings.device)
 
 # ----------------------------------------------------------------------------------------- protocol
 

@@ -380,7 +380,7 @@ def prepare(
     out: str | Path,
     settings: PrepareSettings | None = None,
     *,
-    workers: int = 1,
+    workers: int | str = 1,
     progress: bool = True,
     backend: str | None = None,
     scheduler: Any = None,
@@ -410,7 +410,7 @@ def prepare(
         # Absolute paths: a worker elsewhere (Dask, Ray) does not share this process's directory.
         process = functools.partial(prepare_video, out_dir=str(Path(out).resolve()), settings=settings)
         return run_units(writer, units, process, workers=workers, progress=progress, item="frames",
-                         backend=backend, scheduler=scheduler)
+                         backend=backend, scheduler=scheduler, device=device)
 
 
 def length_mismatches(manifest: dict) -> list[str]:

@@ -328,7 +328,8 @@ def test_a_full_disk_stops_prepare_with_one_sentence_and_the_rerun_completes(roo
 
     out = tmp_path / "out"
     monkeypatch.setattr(ShardWriter, "_flush", full)
-    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out)])
+    # --workers 1: the full disk is simulated in this process, which worker processes would not share
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(root), "--out", str(out), "--workers", "1"])
     assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
     assert "(No space left on device) while preparing video7; free some space" in result.output
     units = json.loads((out / "manifest.json").read_text())["units"]

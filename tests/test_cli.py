@@ -110,3 +110,19 @@ def test_more_user_mistakes_are_one_sentence(tmp_path, args, message):
     result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 1 and "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert message.format(tmp=tmp_path) in result.output
+
+
+@pytest.mark.parametrize("dataset", ["disfa", "bp4d", "caer-s", "affwild2"])
+def test_prepare_uses_every_core_by_default(dataset):
+    command = app.commands["prepare"].commands[dataset]
+    workers = next(p for p in command.params if p.name == "workers")
+    assert workers.default == "auto"
+    assert workers.type.convert("auto", workers, None) == "auto" and workers.type.convert("3", workers, None) == 3
+
+
+@pytest.mark.parametrize("value", ["0", "lots", "1.5", "257"])
+def test_a_bad_worker_count_is_refused_before_any_work(tmp_path, value):
+    result = CliRunner().invoke(app, ["prepare", "affwild2", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--workers", value])
+    assert result.exit_code == 2 and "is not 'auto' or a whole number from 1 to 256" in result.output
+    assert not (tmp_path / "o").exists()

@@ -261,3 +261,72 @@ def test_workers_end_soon_after_their_parent_is_killed(tmp_path, sig):
     for pid in left:  # do not leave them running if the test fails
         os.kill(pid, signal.SIGKILL)
     assert not left, "worker processes outlived their parent"
+
+
+# ----------------------------------------------------------------------------------------- how many workers
+
+
+def _write_one_row(unit, tick, *, out: str):
+    with ShardWriter(out, unit.key, make_schema(), rows_per_shard=3) as writer:
+        writer.write(make_row(unit.key, 0))
+    return UnitOutcome(unit.key, writer.shards)
+
+
+def test_auto_workers_use_every_core_of_this_process_and_say_so(tmp_path):
+    import functools
+
+    import cloudpickle  # what loky sends functions with (installed with the test extra, through dask)
+
+    # pytest imports this file under a name the workers cannot import: send its code by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out = tmp_path / "prepared"
+    cores = len(os.sched_getaffinity(0))
+    units = [Unit(f"u{i}", size=1) for i in range(cores + 1)]
+    with open_writer(out) as writer:
+        summary = run_units(writer, units, functools.partial(_write_one_row, out=str(out)), workers="auto",
+                            progress=False)
+    assert summary.ok and summary.workers == cores
+    assert json.loads((out / "manifest.json").read_text())["info"]["workers"] == cores
+    worded = "1 worker process" if cores == 1 else f"{cores} worker processes"
+    assert any(worded in line for line in summary.lines())
+
+
+def test_no_more_workers_than_units_and_a_finished_folder_is_left_as_it_was(tmp_path):
+    import functools
+
+    out = tmp_path / "prepared"
+    process = functools.partial(_write_one_row, out=str(out))
+    with open_writer(out) as writer:
+        assert run_units(writer, [Unit("only", size=1)], process, workers=8, progress=False).workers == 1
+    before = (out / "manifest.json").read_bytes()
+    with open_writer(out) as writer:
+        run_units(writer, [Unit("only", size=1)], process, workers="auto", progress=False)
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_auto_workers_follow_the_affinity_mask_a_scheduler_sets():
+    # Slurm, taskset and containers narrow the cores a process may use; os.cpu_count() ignores that.
+    script = ("import os; from affbench.runtime.devices import resolve_workers; "
+              "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(resolve_workers('auto'))")
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "1"
+
+
+def test_auto_workers_on_cuda_fit_in_the_gpus_free_memory(monkeypatch):
+    import torch
+
+    from affbench.runtime import devices
+
+    monkeypatch.setattr(devices, "available_cores", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(3.5 * 2**30), 80 * 2**30))
+    assert devices.resolve_workers("auto", "cuda") == 3  # 3 whole GiB free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**29, 80 * 2**30))
+    assert devices.resolve_workers("auto", "cuda:0") == 1  # always at least one
+    assert devices.resolve_workers("auto", "cpu") == 16
+
+
+@pytest.mark.parametrize("workers", [0, -2, "many", 2.5, True])
+def test_a_worker_count_that_is_not_a_number_or_auto_is_one_sentence(workers):
+    from affbench.runtime.devices import resolve_workers
+
+    with pytest.raises(AffbenchError, match="--workers must be a whole number of at least 1 or 'auto'"):
+        resolve_workers(workers)

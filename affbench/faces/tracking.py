@@ -61,40 +61,46 @@ class TrackerSettings:
     ``tracking``: False runs the full cascade on every frame (batched) instead of tracking.
     ``detect_max_side``: full detections run on a copy of the frame downscaled so that its longer
     side is at most this many pixels (0: full size); ``DetectorSettings.min_face_size`` is then
-    counted in that copy's pixels. The landmarks always come from O-Net on full-resolution crops.
+    counted in that copy's pixels. A detected frame keeps the cascade's own landmarks (scaled back);
+    a tracked frame's come from O-Net on a full-resolution crop at the previous frame's box.
     ``refine_passes``: at most this many O-Net passes per frame, each starting from the box the
     pass before regressed; another pass runs only while the box still moves by more than
     ``refine_tolerance`` of its side. ``redetect_every``: an anchor (full cascade) at least every N
     frames (0: only at the end of each batch). ``anchor_tolerance``: the largest distance between a
     frame's forward and backward landmarks, as a fraction of the eye distance, that confirms them.
+    ``detection_tolerance``: a detected frame takes the landmarks of O-Net re-run on the cascade's
+    box (the kind a tracked frame has) only where they lie within this fraction of the eye distance
+    of the cascade's own; else it keeps the cascade's own.
     ``max_size_change`` and ``max_roll_change``: the geometry check of every tracked frame against
     the last full detection (0 switches a check off).
     """
 
     tracking: bool = True
-    detect_max_side: int = 384
+    detect_max_side: int = 640
     refine_passes: int = 2
     refine_tolerance: float = 0.03
     redetect_every: int = 16
     anchor_tolerance: float = 0.1
+    detection_tolerance: float = 0.1
     max_size_change: float = 0.2
     max_roll_change: float = 12.0
 
     def __post_init__(self) -> None:
         numbers = (self.detect_max_side, self.refine_tolerance, self.redetect_every, self.anchor_tolerance,
-                   self.max_size_change, self.max_roll_change)
+                   self.detection_tolerance, self.max_size_change, self.max_roll_change)
         if self.refine_passes < 1 or any(v < 0 for v in numbers):
             raise ValueError(f"invalid tracker settings {self}")
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about the tracker: the method in words and every setting."""
         if not self.tracking:
-            method = "full MTCNN cascade (on a downscaled frame) on every frame, then O-Net at full resolution"
+            method = "full MTCNN cascade (on a downscaled frame) on every frame, its own landmarks"
         else:
             method = ("track with MTCNN O-Net on full-resolution crops at the previous face box; each tracked "
                       "frame is checked against the last full detection (eye distance, eye-mouth distance, "
                       "roll) and confirmed by tracking backwards from the next full detection (every "
-                      "redetect_every frames and at each batch end); frames that fail get the full cascade")
+                      "redetect_every frames and at each batch end); frames that fail get the full cascade, "
+                      "whose own landmarks they keep")
         return {"method": method, **asdict(self)}
 
 
@@ -227,7 +233,7 @@ class FaceTracker:
     def _detect(self, frames: Sequence[np.ndarray], previous: Sequence[Face | None],
                 consecutive: bool = False) -> list[TrackedFace]:
         """The full cascade on downscaled copies (one batch), the face nearest ``previous[i]``
-        chosen in each frame (the largest without one), refined by O-Net at full resolution.
+        chosen in each frame (the largest without one), with the cascade's own landmarks.
         ``consecutive``: the frames follow each other, so each one's choice follows the frame
         before's (``previous[0]`` for the first)."""
         if not frames:
@@ -240,13 +246,19 @@ class FaceTracker:
             if consecutive and chosen:
                 before = next((c for c in reversed(chosen) if c is not None), previous[0])
             chosen.append(select_face(faces, previous=before, image_shape=frames[len(chosen)].shape))
+        # O-Net re-run on the cascade's own output box gives landmarks of the same kind as a tracked
+        # frame's (so the crop does not jump where tracking and detection take turns), but O-Net
+        # learned from R-Net's looser proposals: on its own tight box it can move the landmarks of
+        # an occluded face by a fifth of the eye distance (issue 22). So the re-run is kept only
+        # where it agrees with the cascade's own landmarks within detection_tolerance.
         which = [(i, face) for i, face in enumerate(chosen) if face is not None]
         refined = self._refine([frames[i] for i, _ in which], [face.box for _, face in which])
-        results = [TrackedFace(None, "none", len(faces)) for faces in found]
-        for (i, first), face in zip(which, refined):
-            best = face if self._accept(face, frames[i].shape) else first
-            results[i] = TrackedFace(best, "detected", len(found[i]))
-        return results
+        for (i, own), again in zip(which, refined):
+            if (self._accept(again, frames[i].shape)
+                    and landmark_disagreement(again, own) <= self.settings.detection_tolerance):
+                chosen[i] = again
+        return [TrackedFace(face, "detected" if face is not None else "none", len(faces))
+                for face, faces in zip(chosen, found)]
 
     def _adopt(self, result: TrackedFace) -> None:
         """Make a full detection the seed and the geometry reference."""

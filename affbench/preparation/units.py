@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from affbench.errors import AffbenchError
+from affbench.runtime.devices import resolve_workers
 from affbench.runtime.files import atomic_write, file_sha256
 from affbench.runtime.processes import exit_with_parent
 from affbench.runtime.progress import ProgressBar, progress_bar
@@ -166,6 +167,7 @@ class RunSummary:
     seconds: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
+    workers: int | None = None  # local worker processes used; None on a cluster
 
     @property
     def ok(self) -> bool:
@@ -187,7 +189,8 @@ class RunSummary:
         lines = [
             f"units: {self.units_total} ({self.units_skipped} already done, {self.units_done} processed, "
             f"{self.units_failed} failed)",
-            f"{item}: {self.rows} written in {self.seconds:.1f} s ({rate:.1f} {item}/s)",
+            f"{item}: {self.rows} written in {self.seconds:.1f} s ({rate:.1f} {item}/s)"
+            + (f" by {self.workers} worker process{'es' if self.workers != 1 else ''}" if self.workers else ""),
         ]
         for units, why in ((self.units_changed, "their input files changed"),
                            (self.units_retried, "they had failed items")):
@@ -207,11 +210,12 @@ def run_units(
     units: Sequence[U],
     process: Callable[[U, Tick], UnitOutcome],
     *,
-    workers: int = 1,
+    workers: int | str = 1,
     progress: bool = True,
     item: str = "frames",
     backend: str | None = None,
     scheduler: Any = None,
+    device: str = "cpu",
 ) -> RunSummary:
     """Process every unfinished unit and record each outcome in ``writer``'s manifest.
 
@@ -225,8 +229,10 @@ def run_units(
         Must be picklable when ``workers > 1`` (a module-level function or a
         :func:`functools.partial` of one). It writes the unit's shards itself (with
         :class:`~affbench.shards.writer.ShardWriter`) and may call ``tick(n)`` as rows are done.
-    workers : int
-        1 runs in this process; more runs units on joblib workers, one unit per task.
+    workers : int or "auto"
+        1 runs in this process; more runs units on joblib workers, one unit per task; ``"auto"``
+        one worker per CPU core (:func:`~affbench.runtime.devices.resolve_workers`). The number used
+        is recorded in the manifest's ``info`` and stated in the progress line and the summary.
     backend : str, optional
         A joblib backend name (``"loky"`` by default, ``"ray"`` once registered); ``"dask"`` means
         the Dask ``Client`` this process made last, as ``scheduler`` does.
@@ -234,6 +240,9 @@ def run_units(
         A Dask scheduler address (``tcp://host:8786``) or ``Client``: every unit becomes one task
         on that cluster (``workers`` is then not used). The workers must see ``process``'s input
         and output folders at the same paths (a shared file system).
+    device : str
+        The resolved device the units' detectors run on: with CUDA, ``"auto"`` workers are also
+        limited by the GPU's free memory.
     """
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):
@@ -241,6 +250,11 @@ def run_units(
     inputs = {u.key: getattr(u, "inputs", None) for u in units}
     pending = [u for u in units if not writer.is_done(u.key, inputs[u.key])]
     summary = RunSummary(units_total=len(units), units_skipped=len(units) - len(pending))
+    on_cluster = scheduler is not None or backend == "dask"
+    if not on_cluster:
+        summary.workers = min(resolve_workers(workers, device), max(len(pending), 1))
+        if pending:  # a finished folder's manifest stays byte for byte as it was
+            writer.info["workers"] = summary.workers
     for unit in pending:
         record = writer.units.get(unit.key)
         if writer.inputs_changed(unit.key, inputs[unit.key]):
@@ -251,11 +265,12 @@ def run_units(
 
     start = time.perf_counter()
     total = sum(max(u.size, 0) for u in pending)
+    where = "cluster" if on_cluster else f"{summary.workers} worker{'s' if summary.workers != 1 else ''}"
     with progress_bar(total=total, unit=item[:-1] if item.endswith("s") else item, enabled=progress,
-                      desc=writer.dataset) as bar:
-        if scheduler is not None or backend == "dask":
+                      desc=f"{writer.dataset} ({where})") as bar:
+        if on_cluster:
             _run_on_cluster(writer, summary, pending, process, inputs, bar, scheduler=scheduler, progress=progress)
-        elif workers <= 1 or len(pending) <= 1:
+        elif summary.workers == 1:
             for unit in pending:
                 before = bar.n
                 outcome = _run_one(process, unit, bar.update)
@@ -264,7 +279,7 @@ def run_units(
         else:
             from joblib import Parallel, delayed
 
-            jobs = Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered")
+            jobs = Parallel(n_jobs=summary.workers, backend=backend, return_as="generator_unordered")
             sizes = {u.key: u.size for u in pending}
             with _ProgressBoard(writer.out_dir, bar, sizes, enabled=progress) as board:
                 owner = os.getpid()

