@@ -165,7 +165,9 @@ def variants(name: str, frames: list[np.ndarray], path: Path) -> dict[str, list[
         return canvas
 
     def recompressed(rgb: np.ndarray) -> np.ndarray:
-        return cv2.imdecode(cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 25])[1], cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 25])[1], cv2.IMREAD_UNCHANGED)
+        assert decoded is not None  # OpenCV decodes the JPEG it has just encoded
+        return decoded
 
     astronaut = sd.astronaut_face()
 

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "--workers 1": run_prepare(long_root, args.work / "out-long-1w", 1)}
     if args.tracking_off:
         commands["--tracking off"] = run_prepare(long_root, args.work / "out-long-off", tracking="off")
-    result = {
+    result: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "workload": {"videos": len(videos), "frames_per_video": args.frames, "real_footage": str(args.real_video or "")},
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {os.cpu_count()} cores, load average before {result['load_average_before']}, "
           f"after {result['load_average_after']}")
     print(f"baseline (per-frame MTCNN.detect on full frames, 1 process): {base['fps']:.2f} frames/s "
-          f"over {base['frames']} frames (torch threads: frames/s {result['baseline']['fps_by_threads']})")
+          f"over {base['frames']} frames (torch threads: frames/s {[(t['threads'], round(t['fps'], 2)) for t in tries]})")
     for name, run in commands.items():
         print(f"affbench prepare disfa {name}: {run['workers']} workers, {run['fps']:.2f} frames/s end to end "
               f"({run['frames']} frames in {run['seconds']:.1f} s), {run['in_run_fps']:.2f} frames/s in the run, "
