@@ -51,7 +51,7 @@ def check_output(path: str | os.PathLike, ours: Recogniser, *, what: str, option
     --------
     >>> import tempfile, pathlib
     >>> table = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
-    >>> _ = table.write_text("source,frame\n")
+    >>> _ = table.write_text("source,frame\\n")
     >>> check_output(table, lambda p: first_line_starts(p, ("source,",)), what="table") == table
     True
     """
