@@ -330,3 +330,30 @@ def test_a_worker_count_that_is_not_a_number_or_auto_is_one_sentence(workers):
 
     with pytest.raises(AffbenchError, match="--workers must be a whole number of at least 1 or 'auto'"):
         resolve_workers(workers)
+
+
+def _note_pixel_limit(unit, tick, *, out: str):
+    from affbench.runtime.pixels import max_pixels
+
+    Path(out, f"{unit.key}.limit").write_text(str(max_pixels()))
+    return UnitOutcome(unit.key)
+
+
+def test_worker_processes_use_the_pixel_limit_of_the_run_even_when_reused(tmp_path, monkeypatch):
+    # loky keeps its worker processes between runs, so a limit set after they started must travel
+    # with the work rather than through the environment they were started with.
+    import functools
+
+    import cloudpickle
+
+    from affbench.runtime.pixels import ENV_VAR, set_max_pixels
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setenv(ENV_VAR, "")
+    for limit, name in ((5_000, "first"), (7_000, "second")):
+        set_max_pixels(limit)
+        out = tmp_path / name
+        with open_writer(out) as writer:
+            run_units(writer, [Unit("a", size=1), Unit("b", size=1)],
+                      functools.partial(_note_pixel_limit, out=str(out)), workers=2, progress=False)
+        assert {p.read_text() for p in out.glob("*.limit")} == {str(limit)}

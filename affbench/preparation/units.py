@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 from affbench.errors import AffbenchError
 from affbench.runtime.devices import resolve_workers
 from affbench.runtime.files import atomic_write, file_sha256
+from affbench.runtime.pixels import max_pixels, set_max_pixels
 from affbench.runtime.processes import exit_with_parent
 from affbench.runtime.progress import ProgressBar, progress_bar
 from affbench.shards.manifest import DatasetWriter
@@ -104,14 +105,18 @@ _OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _run_one(process: Callable[[U, Tick], UnitOutcome], unit: U, tick: Tick = _no_tick,
-             owner: int | None = None) -> UnitOutcome:
+             owner: int | None = None, pixel_limit: int | None = None) -> UnitOutcome:
     """Call ``process`` so that one unit's crash becomes that unit's failure, not the run's.
 
     ``owner`` is the pid of the process that runs the whole job; a worker process it started
-    ends itself when that process is gone (see :func:`_end_with_owner`).
+    ends itself when that process is gone (see :func:`_end_with_owner`). ``pixel_limit`` is the
+    run's pixel limit, set here because a worker may have started before it was (loky reuses its
+    worker processes; a Dask worker has an environment of its own).
     """
     if owner is not None:
         _end_with_owner(owner)
+    if pixel_limit is not None:
+        set_max_pixels(pixel_limit)
     start = time.perf_counter()
     try:
         outcome = process(unit, tick)
@@ -283,7 +288,8 @@ def run_units(
             sizes = {u.key: u.size for u in pending}
             with _ProgressBoard(writer.out_dir, bar, sizes, enabled=progress) as board:
                 owner = os.getpid()
-                calls = (delayed(_run_one)(process, unit, board.tick_for(unit.key), owner) for unit in pending)
+                calls = (delayed(_run_one)(process, unit, board.tick_for(unit.key), owner, max_pixels())
+                         for unit in pending)
                 for outcome in jobs(calls):
                     board.finished(outcome.key)
                     _record(writer, summary, outcome, inputs)
@@ -308,15 +314,16 @@ def _run_on_cluster(writer: DatasetWriter, summary: RunSummary, pending: Sequenc
     client = cluster.default_client() if scheduler is None else scheduler
     sizes = {u.key: u.size for u in pending}
     with cluster.session(client) as client, _ProgressBoard(writer.out_dir, bar, sizes, enabled=progress) as board:
-        run = functools.partial(_run_with_tick, process, {u.key: board.tick_for(u.key) for u in pending})
+        run = functools.partial(_run_with_tick, process, {u.key: board.tick_for(u.key) for u in pending}, max_pixels())
         for _, outcome in cluster.completed(client, run, pending, name=lambda unit: unit.key):
             board.finished(outcome.key)
             _record(writer, summary, outcome, inputs)
 
 
-def _run_with_tick(process: Callable[[U, Tick], UnitOutcome], ticks: Mapping[str, Tick], unit: U) -> UnitOutcome:
+def _run_with_tick(process: Callable[[U, Tick], UnitOutcome], ticks: Mapping[str, Tick], pixel_limit: int,
+                   unit: U) -> UnitOutcome:
     # No owner pid: Dask's workers are not this process's children and outlive it by design.
-    return _run_one(process, unit, ticks[unit.key])
+    return _run_one(process, unit, ticks[unit.key], pixel_limit=pixel_limit)
 
 
 class _FileTick:
