@@ -466,7 +466,6 @@ class _Runner:
     def evaluate_job(self, job: Job, report: RunReport) -> None:
         from affbench.encoders.registry import create_encoder
         from affbench.training.checkpoints import load_model_state
-        from affbench.training.evaluation import evaluate_tasks
         from affbench.training.tasks import check_compatible
 
         started = time.perf_counter()
@@ -484,34 +483,22 @@ class _Runner:
         model.load_state_dict(load_model_state(self.source_weights(job)))
         images, cache = self.images_for(prepared, model.spec, source_job.experiment.training.augmentation)
         self.log(f"evaluate {source_job.key} on {experiment.dataset} {'+'.join(experiment.tasks)}, fold {job.fold}")
-        notes: dict[str, list[str]] = {}
-        kept: dict[str, np.ndarray] = {}
-        test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
-                              num_workers=self.num_workers, progress=self.progress, notes=notes,
-                              distribution=self.dist, kept=kept)
-        if not self.dist.is_main:
-            return
-        tracker = open_tracker(self.run_dir, job.key)
-        if tracker is not None:
-            tracker.log_test(test, source.selected_epoch or 0)
-            tracker.close()
-        summary = JobSummary(
-            **self.common_summary(job, tasks, splits, test, model, prepared, cache, [],
-                                  time.perf_counter() - started, notes),
-            **self.keep_outputs(job, tasks, prepared, model.spec, kept),
-            mode="evaluate", validation_split={t.name: splits[t.name].get("derived") for t in tasks},
-            **_evaluation_summary(job, tasks, source),
-        )
-        self.job_folder(job).path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.job_folder(job).done, summary.to_dict())
-        self.write_records(job, summary, report)
+
+        def log_test(test: dict[str, Any]) -> None:
+            tracker = open_tracker(self.run_dir, job.key)
+            if tracker is not None:
+                tracker.log_test(test, source.selected_epoch or 0)
+                tracker.close()
+
+        self.test_untrained(job, report, model, tasks, splits, prepared, images, cache, started,
+                            validation_split={t.name: splits[t.name].get("derived") for t in tasks},
+                            specific=_evaluation_summary(job, tasks, source), on_test=log_test)
 
     def score_released(self, job: Job, report: RunReport) -> None:
         """Score the released file of ``job``'s fold on its test rows, as a trained cell is scored."""
         from affbench.data.augment import Augmentation
         from affbench.encoders.published import get_published
         from affbench.encoders.registry import create_encoder
-        from affbench.training.evaluation import evaluate_tasks
         from affbench.training.tasks import check_compatible
 
         summary = self.dist.decide(lambda: self.read_done(job))
@@ -530,6 +517,17 @@ class _Runner:
         images, cache = self.images_for(prepared, model.spec, Augmentation(eval_crop=published.eval_crop))
         self.log(f"score {released['tag']} ({released['name']}) on {job.experiment.dataset} "
                  f"{'+'.join(job.experiment.tasks)}, fold {job.fold}")
+        self.test_untrained(job, report, model, tasks, splits, prepared, images, cache, started,
+                            validation_split={t.name: None for t in tasks},
+                            specific=_released_summary(tasks, model, released))
+
+    def test_untrained(self, job: Job, report: RunReport, model, tasks, splits, prepared, images, cache,
+                       started: float, *, validation_split: dict[str, Any], specific: dict[str, Any],
+                       on_test: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Score weights that were not trained here (another job's, a released file) on the job's
+        test rows, keep the outputs and write done.json and the records, as a trained job does."""
+        from affbench.training.evaluation import evaluate_tasks
+
         notes: dict[str, list[str]] = {}
         kept: dict[str, np.ndarray] = {}
         test = evaluate_tasks(model, tasks, images, role="test", device=self.device,
@@ -537,12 +535,13 @@ class _Runner:
                               distribution=self.dist, kept=kept)
         if not self.dist.is_main:
             return
+        if on_test is not None:
+            on_test(test)
         summary = JobSummary(
             **self.common_summary(job, tasks, splits, test, model, prepared, cache, [],
                                   time.perf_counter() - started, notes),
             **self.keep_outputs(job, tasks, prepared, model.spec, kept),
-            mode="evaluate", validation_split={t.name: None for t in tasks},
-            **_released_summary(tasks, model, released),
+            mode="evaluate", validation_split=validation_split, **specific,
         )
         self.job_folder(job).path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.job_folder(job).done, summary.to_dict())

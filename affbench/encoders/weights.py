@@ -188,7 +188,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(exc)):
             reason = f"it names {found[1]}, which is neither a tensor nor a plain container and is never run"
-        elif "weights_only" in str(exc):  # torch's advice to load it with weights_only=False, which affbench never does
+        elif "weights_only" in str(exc):  # torch's advice to unpickle the whole file, which affbench never does
             reason = "it holds objects other than tensors and plain containers, which affbench never unpickles"
         raise AffbenchError(
             f"Could not read checkpoint {path} as tensors only (torch.load weights_only=True): {reason}; "

@@ -62,7 +62,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> Any:
 
 def _damage(path: Path, exc: Exception) -> str:
     """What is wrong with a file torch cannot read, as a clause (torch's own messages run to pages,
-    advise ``weights_only=False``, which affbench never does, or are a bare ``KeyError: 101``)."""
+    advise unpickling the whole file, which affbench never does, or are a bare ``KeyError: 101``)."""
     import zipfile
 
     if path.stat().st_size == 0:
