@@ -257,7 +257,8 @@ ROW_NOTES = {
     "(from the one side with a face), none (the video has no face at all)",
     "face_found": "true for detected and tracked rows; interpolated and carried rows have a fallback crop but "
     "face_found false and no det_score",
-    "n_faces": "faces the full cascade saw in the frame; null where it did not run (tracked frames between anchors)",
+    "n_faces": "faces the full cascade saw in the whole frame; null where it did not search the whole frame "
+    "(tracked frames, and full detections around the face followed)",
     "fallback_crops": "counted per video in units.<video>.stats (interpolated, carried)",
 }
 
