@@ -21,10 +21,8 @@ pass two checks:
   landmarks for its own frame and as the next seed (the detection only becomes the geometry
   reference): switching to the cascade's landmarks there would jump the crop every
   ``redetect_every`` frames by the small offset between the two estimates, which is frame-to-frame
-  jitter on steady footage. By the same rule, a frame sent through the cascade keeps its tracked
-  landmarks where they agree with its own detection within ``anchor_tolerance``. So no tracked
-  frame leaves the tracker unless a full detection of its own frame agrees with it, or the next
-  full detection agrees with the track and a track from it agrees with the frame.
+  jitter on steady footage. So no tracked frame leaves the tracker
+  unless the next full detection agrees with the track, and a track from it agrees with the frame.
 
 ``tracking=False`` runs the full cascade (batched) on every frame instead: the reference behaviour.
 Each result says how its landmarks were obtained (``detected``, ``tracked``, ``none``) and how
@@ -343,12 +341,7 @@ class FaceTracker:
         if suspect:
             redone = self._detect([frames[i] for i in suspect], [results[i].face for i in suspect])
             for i, result in zip(suspect, redone):
-                tracked = results[i].face
-                if tracked is not None and result.face is not None and not self._disagrees(tracked, result.face):
-                    # confirmed by a detection in its own frame: kept, as an agreeing anchor keeps its track
-                    results[i] = TrackedFace(tracked, "tracked", result.n_faces)
-                else:
-                    results[i] = result
+                results[i] = result
         return results
 
     def _disagrees(self, tracked: Face, detected: Face) -> bool:
