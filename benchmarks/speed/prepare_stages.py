@@ -110,7 +110,7 @@ def profile_video(root: Path, video: str, out: Path) -> dict[str, Any]:
     unit = next(u for u in disfa.find_videos(root) if u.video == video)
     clock = StageClock()
     reader_iter = VideoReader.__iter__
-    targets = {
+    targets: dict[tuple[type, str], str | Callable[[list[str]], str]] = {
         (FaceDetector, "detect"): "cascade, whole frame",
         (FaceDetector, "detect_near"): "cascade, around the face",
         (FaceDetector, "refine"): _onet_stage,
