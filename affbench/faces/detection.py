@@ -162,8 +162,8 @@ class FaceDetector:
                     f"({self.settings.min_face_size} pixels)")
         return f"{type(exc).__name__}: {exc}"
 
-    def detect_near(self, image: np.ndarray, box: np.ndarray, *, margin: float = 2.5,
-                    smallest: float = 0.5) -> tuple[list[Face], np.ndarray]:
+    def detect_near(self, image: np.ndarray, box: np.ndarray, *, margin: float = 2.5, smallest: float = 0.5,
+                    face_side: int = 96) -> tuple[list[Face], np.ndarray]:
         """The faces the full cascade finds in the region around ``box``, at full resolution.
 
         A video's face moves little between frames, so the cascade need not search the whole frame
@@ -172,7 +172,10 @@ class FaceDetector:
         that side up. The pyramid keeps the scales the whole-image cascade would use (the same
         ``min_face_size`` and ``factor``), only those too fine for such faces are left out, so a
         face found here is found as :meth:`detect` finds it on the whole image; the cost no longer
-        grows with the frame's size.
+        grows with the frame's size. A face larger than ``face_side`` pixels is searched in a copy
+        of the region shrunk by a power of ``factor`` (so that the pyramid's scales stay the same),
+        to no less than ``face_side`` (O-Net sees 48): every resampling of a candidate box then
+        starts from a few hundred pixels, not a million.
 
         Returns the faces (in the image's pixels) and the region searched, ``(x1, y1, x2, y2)``;
         a face whose box reaches the region's edge inside the image may have been cut by it.
@@ -193,11 +196,8 @@ class FaceDetector:
         scale = 12.0 / self.settings.min_face_size
         while scale * factor * smallest * side >= 12.0:
             scale *= factor
-        # A large face is first shrunk by a power of the pyramid's factor, so that its pyramid keeps
-        # the same absolute scales, to no less than LOCAL_FACE_SIDE pixels (O-Net sees 48): every
-        # resampling of a candidate box then starts from a few hundred pixels, not a million.
-        shrink = 1.0
-        while shrink * factor * side >= LOCAL_FACE_SIDE and shrink * factor >= scale:
+        shrink = 1.0  # a power of factor, no finer than the pyramid's first scale
+        while shrink * factor * side >= face_side and shrink * factor >= scale:
             shrink *= factor
         crop = image[top:bottom, left:right]
         if shrink < 1.0:
@@ -273,11 +273,6 @@ class FaceDetector:
             results[i] = Face(box=box, score=float(prob[k]), landmarks=marks)
             k += 1
         return results
-
-
-#: :meth:`FaceDetector.detect_near` shrinks the region around a face whose side is larger, to
-#: no less than this (twice O-Net's input).
-LOCAL_FACE_SIDE = 96
 
 
 def _scaled_xy(face: Face, fx: float, fy: float, offset: Sequence[float]) -> Face:

@@ -74,10 +74,11 @@ class TrackerSettings:
     of the cascade's own; else it keeps the cascade's own.
     ``max_size_change`` and ``max_roll_change``: the geometry check of every tracked frame against
     the last full detection (0 switches a check off).
-    ``local_margin`` and ``local_smallest``: where the face of a nearby frame is known (anchors,
-    frames that failed a check), the full cascade searches only the square of ``local_margin``
-    times that face's box around it, at full resolution, for faces of at least ``local_smallest``
-    times its side (:meth:`~affbench.faces.detection.FaceDetector.detect_near`); the whole frame
+    ``local_margin``, ``local_smallest`` and ``local_face_side``: where the face of a nearby frame
+    is known (anchors, frames that failed a check), the full cascade searches only the square of
+    ``local_margin`` times that face's box around it, at full resolution (a face larger than
+    ``local_face_side`` pixels shrunk to about that), for faces of at least ``local_smallest`` times
+    its side (:meth:`~affbench.faces.detection.FaceDetector.detect_near`); the whole frame
     (downscaled) only where there is no such face, or the region holds none or cuts it
     (``local_margin`` 0: always the whole frame).
     """
@@ -93,11 +94,12 @@ class TrackerSettings:
     max_roll_change: float = 12.0
     local_margin: float = 2.5
     local_smallest: float = 0.5
+    local_face_side: int = 96
 
     def __post_init__(self) -> None:
         numbers = (self.detect_max_side, self.refine_tolerance, self.redetect_every, self.anchor_tolerance,
                    self.detection_tolerance, self.max_size_change, self.max_roll_change, self.local_margin,
-                   self.local_smallest)
+                   self.local_smallest, self.local_face_side)
         if self.refine_passes < 1 or any(v < 0 for v in numbers):
             raise ValueError(f"invalid tracker settings {self}")
 
@@ -269,7 +271,8 @@ class FaceTracker:
             if not counted[i]:
                 assert before is not None  # counted otherwise
                 found[i], region = self.detector.detect_near(frame, before.box, margin=self.settings.local_margin,
-                                                             smallest=self.settings.local_smallest)
+                                                             smallest=self.settings.local_smallest,
+                                                             face_side=self.settings.local_face_side)
                 nearest = select_face(found[i], previous=before)
                 counted[i] = nearest is None or _cut(nearest.box, region, frame.shape)
         whole = [i for i, c in enumerate(counted) if c]
