@@ -89,7 +89,7 @@ class TrackerSettings:
     refine_tolerance: float = 0.03
     redetect_every: int = 16
     anchor_tolerance: float = 0.1
-    detection_tolerance: float = 0.05
+    detection_tolerance: float = 0.1
     max_size_change: float = 0.2
     max_roll_change: float = 12.0
     local_margin: float = 2.5
