@@ -257,7 +257,8 @@ ROW_NOTES = {
     "(from the one side with a face), none (the video has no face at all)",
     "face_found": "true for detected and tracked rows; interpolated and carried rows have a fallback crop but "
     "face_found false and no det_score",
-    "n_faces": "faces the full cascade saw in the frame; null where it did not run (tracked frames between anchors)",
+    "n_faces": "faces the full cascade saw in the whole frame; null where it did not search the whole frame "
+    "(tracked frames, and full detections around the face followed)",
     "fallback_crops": "counted per video in units.<video>.stats (interpolated, carried)",
 }
 
@@ -342,7 +343,9 @@ def prepare_video(unit: DisfaVideo, tick: Tick, *, out_dir: str, settings: Prepa
                 **{c: int(label_row[j]) if label_row is not None else MISSING for j, c in enumerate(AU_COLUMNS)}}
 
     try:
-        with VideoReader(root / unit.video, prefetch=8) as video, ShardWriter(
+        # the tracker takes the frames a batch at a time: two batches decoded ahead keep it from waiting
+        prefetch = 2 * settings.detector.batch_size
+        with VideoReader(root / unit.video, prefetch=prefetch) as video, ShardWriter(
             out_dir, unit.key, label_schema(), rows_per_shard=settings.rows_per_shard
         ) as writer:
             counts = write_tracked_sequence(video, tracker, writer, row_for, size=settings.size,

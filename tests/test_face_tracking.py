@@ -50,29 +50,63 @@ def test_a_confident_but_drifted_track_is_caught_and_redetected(detector, jump):
     assert results[3].method == "detected"  # the geometry check sent it to the full cascade
     for result, reference in zip(results, truth):
         assert landmark_disagreement(result.face, reference) < 0.1
-    assert [r.n_faces for r in results][3] == 1
+    assert results[0].n_faces == 1  # the first frame searched the whole frame; frame 3 only around the face
 
 
-def test_every_tracked_frame_is_confirmed_by_a_later_full_detection(detector):
+def searched_near(detector, monkeypatch) -> list[int]:
+    """The frames (their ids) around whose face the tracker will run the cascade."""
+    seen: list[int] = []
+    original = detector.detect_near
+
+    def spy(image, box, **options):
+        seen.append(id(image))
+        return original(image, box, **options)
+
+    monkeypatch.setattr(detector, "detect_near", spy)
+    return seen
+
+
+def test_every_tracked_frame_is_confirmed_by_a_later_full_detection(detector, monkeypatch):
     # the sample motion at DISFA's pace (a cycle in 240 frames); frame 5 of the sample has no face
     frames = [sd.disfa_frame(0, "left", i, 240) for i in range(5)]
+    searched = searched_near(detector, monkeypatch)
     results = FaceTracker(detector, TrackerSettings(redetect_every=0)).track(frames)
-    # the batch's last frame is always an anchor: the cascade ran there (a face count) and agreed
+    # the batch's last frame is always an anchor: the cascade ran around the face there and agreed;
+    # only the first frame, with nothing to follow yet, searched the whole frame (a face count)
     assert [r.method for r in results] == ["detected"] + ["tracked"] * 4
-    assert [r.n_faces for r in results] == [1, None, None, None, 1]
+    assert searched == [id(frames[4])]
+    assert [r.n_faces for r in results] == [1, None, None, None, None]
 
 
-def test_an_agreeing_anchor_keeps_the_tracked_landmarks(detector):
+def test_an_agreeing_anchor_keeps_the_tracked_landmarks(detector, monkeypatch):
     """Switching to the cascade's landmarks at every anchor would jump the crop by the offset
     between the two estimates (frame-to-frame jitter on steady footage)."""
     frames = [sd.disfa_frame(0, "left", i, 240) for i in range(5)]
     settings = TrackerSettings(redetect_every=0)
+    searched = searched_near(detector, monkeypatch)
     anchored = FaceTracker(detector, settings).track(frames)  # frame 4 is the batch's anchor
-    running = FaceTracker(detector, settings).track(frames + [frames[4]])  # frame 4 is tracked through
-    assert anchored[4].n_faces == 1 and running[4].n_faces is None
+    assert searched == [id(frames[4])]
+    running = FaceTracker(detector, settings).track(frames + [frames[4].copy()])  # frame 4 is tracked through
+    assert searched[1:] == [searched[1]] and searched[1] != id(frames[4])
     np.testing.assert_array_equal(anchored[4].face.landmarks, running[4].face.landmarks)
     cascade = detector.detect([frames[4]])[0][0]
     assert np.abs(cascade.landmarks - anchored[4].face.landmarks).max() > 0.3  # the two estimates do differ
+
+
+def test_a_face_that_leaves_the_region_is_found_on_the_whole_frame(detector, monkeypatch):
+    # The face jumps across the frame between two frames (a cut): the track is lost, the region
+    # around the last face holds none, so the cascade searches the whole frame and counts faces.
+    frames = []
+    for x in (250, 250, 800):
+        canvas = sd.scene(768, 1024, seed=9)
+        sd.paste_face(canvas, sd.astronaut_face(), (x, 400), 0, 300)
+        frames.append(canvas)
+    searched = searched_near(detector, monkeypatch)
+    results = FaceTracker(detector).track(frames)
+    # frame 1 is detected too: the lost track at frame 2 left it unconfirmed (see the module docstring)
+    assert [r.method for r in results] == ["detected", "detected", "detected"]
+    assert searched == [id(frames[2]), id(frames[1])] and [r.n_faces for r in results] == [1, None, 1]
+    assert abs(results[2].face.centre[0] - 800) < 30
 
 
 def test_tracking_off_runs_the_full_cascade_on_every_frame(detector, jump):
@@ -135,12 +169,17 @@ def eye_error(face: Face, true_eyes: np.ndarray) -> float:
 def test_a_hand_over_a_rolled_face_keeps_the_eyes_where_the_cascade_puts_them(detector, tracking):
     # Issue 22: re-running O-Net on the cascade's own output box (a framing O-Net was not trained
     # on) put the eyes of every one of these frames 0.16-0.18 of the eye distance off (0.17 on
-    # average); the cascade's own landmarks are 0.06-0.19 off, 0.13 on average.
+    # average). The plain detector (MTCNN on each whole full-resolution frame) is 0.06-0.15 off,
+    # 0.10 on average; the cascade's landmarks on an occluded face move by a few hundredths from
+    # one framing of the frame to the next, so the tracker (0.11 on average, around the face at
+    # full resolution) and --tracking off (0.13, the whole frame downscaled) are held to the plain
+    # detector's average within 0.03.
     frames, truth = hand_over_a_rolled_face()
     results = FaceTracker(detector, TrackerSettings(tracking=tracking)).track(frames)
     assert all(r.face is not None for r in results)
     errors = [eye_error(r.face, eyes) for r, eyes in zip(results, truth)]
-    assert np.mean(errors) < 0.14 and max(errors) < 0.2, errors
+    plain = [eye_error(max(faces, key=lambda f: f.area), eyes) for faces, eyes in zip(detector.detect(frames), truth)]
+    assert np.mean(errors) < min(np.mean(plain) + 0.03, 0.14), (errors, plain)
 
 
 def test_an_unoccluded_detection_takes_the_landmarks_a_track_would_have(detector):

@@ -68,12 +68,14 @@ def test_tracker_follows_the_face_with_cascade_quality_landmarks(detector, refer
     frames, faces = reference
     tracker = FaceTracker(detector, TrackerSettings(redetect_every=0))
     results = tracker.track(frames[:3]) + tracker.track(frames[3:])  # state carries across batches
-    # Each batch ends with a full detection (an anchor: a face count), which agrees with the track
-    # at frames 2 and 7, so their tracked landmarks stay; frames 3-4 cannot be confirmed by
-    # tracking back from faceless frame 5, so they get the full cascade.
+    # Each batch ends with a full detection (an anchor), which agrees with the track at frames 2
+    # and 7, so their tracked landmarks stay; frames 3-4 cannot be confirmed by tracking back from
+    # faceless frame 5, so they get the full cascade.
     assert [r.method for r in results] == ["detected", "tracked", "tracked", "detected", "detected", "none",
                                            "tracked", "tracked"]
-    assert [r.n_faces for r in results] == [1, None, 1, 1, 1, 0, None, 1]
+    # The cascade searched the whole frame (a face count) only with nothing to follow (frame 0) and
+    # where the region around the face held none (frame 5); elsewhere it searched around the face.
+    assert [r.n_faces for r in results] == [1, None, None, None, None, 0, None, None]
     # The sample moves fast (a full cycle in 24 frames); even so the tracked crops put the eyes
     # within a few pixels of the full cascade's crops (measured against the known motion, the
     # tracker's eyes are as close to the truth as the cascade's; see benchmarks/speed).
@@ -97,13 +99,44 @@ def two_face_frames(n: int):
 
 def test_of_several_faces_the_one_of_the_previous_frame_is_kept(detector):
     frames = two_face_frames(4)
-    # Re-detecting on every frame makes the cascade find both faces each time.
-    tracker = FaceTracker(detector, TrackerSettings(redetect_every=1))
-    results = tracker.track(frames)
+    # Re-detecting on every whole frame (local_margin 0) makes the cascade find both faces each time.
+    settings = TrackerSettings(redetect_every=1, local_margin=0)
+    results = FaceTracker(detector, settings).track(frames)
     assert [r.n_faces for r in results] == [1, 2, 2, 2]
     assert all(r.face.centre[0] < 400 for r in results)  # the astronaut throughout
-    fresh = FaceTracker(detector, TrackerSettings(redetect_every=1)).track(frames[1:2])[0]
+    # around the face followed, the larger face beside it is never a candidate
+    assert all(r.face.centre[0] < 400 for r in FaceTracker(detector, TrackerSettings(redetect_every=1)).track(frames))
+    fresh = FaceTracker(detector, settings).track(frames[1:2])[0]
     assert fresh.n_faces == 2 and fresh.face.centre[0] > 400  # no history: the largest face
+
+
+def iod(face) -> float:
+    return float(np.linalg.norm(face.landmarks[1] - face.landmarks[0]))
+
+
+@pytest.mark.parametrize("height", [260, 520], ids=["small-face", "large-face-shrunk"])
+def test_the_cascade_around_a_face_finds_it_as_on_the_whole_frame(detector, height):
+    canvas = sd.scene(768, 1024, seed=5)
+    sd.paste_face(canvas, sd.astronaut_face(), (420, 400), 8, height)
+    sd.paste_face(canvas, sd.lfw_face(sd.RELIABLE_LFW[0], size=220), (880, 300), 0, 300)  # outside the region
+    whole = detector.detect([canvas])[0]
+    face = min(whole, key=lambda f: f.centre[0])
+    assert len(whole) == 2
+    near, region = detector.detect_near(canvas, face.box)
+    side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    assert region[2] - region[0] == pytest.approx(2.5 * side, abs=2) or region[0] == 0 or region[2] == 1024
+    assert len(near) == 1  # the other face lies outside the region searched
+    # the same face as the whole-frame cascade's, in the frame's pixels, within a few hundredths of
+    # the eye distance (the large face was searched at (0.709)^k of its size: a resampled copy)
+    assert np.linalg.norm(near[0].landmarks - face.landmarks, axis=1).max() < 0.06 * iod(face)
+    assert near[0].score > 0.99
+
+
+def test_the_cascade_around_a_face_is_not_fooled_by_an_empty_region(detector):
+    canvas = sd.scene(480, 640, seed=5)
+    near, region = detector.detect_near(canvas, np.array([100.0, 100.0, 200.0, 220.0]))
+    assert near == [] and region.tolist() == [0.0, 10.0, 300.0, 310.0]
+    assert detector.detect_near(canvas, np.array([700.0, 500.0, 720.0, 520.0]))[0] == []  # outside the frame
 
 
 def test_full_detections_run_on_a_downscaled_copy(detector):

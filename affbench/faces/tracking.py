@@ -26,8 +26,9 @@ pass two checks:
 
 ``tracking=False`` runs the full cascade (batched) on every frame instead: the reference behaviour.
 Each result says how its landmarks were obtained (``detected``, ``tracked``, ``none``) and how
-many faces the full cascade saw in that frame (``n_faces``, None where it did not run: a tracked
-frame has a count only where it was an anchor).
+many faces the full cascade saw in that frame (``n_faces``), counted only where it searched the
+whole frame: the first frame of a video, and wherever the region around the face followed held no
+face (None elsewhere: tracked frames, and detections around the face followed).
 
 :func:`fill_gaps` then gives every frame without a face the landmarks of its nearest good
 neighbours in time (``interpolated`` between the two sides, ``carried`` from the one side there is),
@@ -73,6 +74,13 @@ class TrackerSettings:
     of the cascade's own; else it keeps the cascade's own.
     ``max_size_change`` and ``max_roll_change``: the geometry check of every tracked frame against
     the last full detection (0 switches a check off).
+    ``local_margin``, ``local_smallest`` and ``local_face_side``: where the face of a nearby frame
+    is known (anchors, frames that failed a check), the full cascade searches only the square of
+    ``local_margin`` times that face's box around it, at full resolution (a face larger than
+    ``local_face_side`` pixels shrunk to about that), for faces of at least ``local_smallest`` times
+    its side (:meth:`~affbench.faces.detection.FaceDetector.detect_near`); the whole frame
+    (downscaled) only where there is no such face, or the region holds none or cuts it
+    (``local_margin`` 0: always the whole frame).
     """
 
     tracking: bool = True
@@ -84,10 +92,14 @@ class TrackerSettings:
     detection_tolerance: float = 0.1
     max_size_change: float = 0.2
     max_roll_change: float = 12.0
+    local_margin: float = 2.5
+    local_smallest: float = 0.5
+    local_face_side: int = 96
 
     def __post_init__(self) -> None:
         numbers = (self.detect_max_side, self.refine_tolerance, self.redetect_every, self.anchor_tolerance,
-                   self.detection_tolerance, self.max_size_change, self.max_roll_change)
+                   self.detection_tolerance, self.max_size_change, self.max_roll_change, self.local_margin,
+                   self.local_smallest, self.local_face_side)
         if self.refine_passes < 1 or any(v < 0 for v in numbers):
             raise ValueError(f"invalid tracker settings {self}")
 
@@ -100,15 +112,17 @@ class TrackerSettings:
                       "frame is checked against the last full detection (eye distance, eye-mouth distance, "
                       "roll) and confirmed by tracking backwards from the next full detection (every "
                       "redetect_every frames and at each batch end); frames that fail get the full cascade, "
-                      "whose own landmarks they keep")
+                      "whose own landmarks they keep; full detections search the region around the face "
+                      "followed at full resolution (local_margin), the whole downscaled frame where there is "
+                      "none or it holds no face")
         return {"method": method, **asdict(self)}
 
 
 @dataclass(frozen=True)
 class TrackedFace:
     """The face chosen in one frame and how its landmarks were obtained (``method``, one of
-    :data:`LANDMARK_SOURCES`); ``n_faces``: faces the full cascade saw in this frame, None where
-    it did not run (a tracked frame other than an anchor)."""
+    :data:`LANDMARK_SOURCES`); ``n_faces``: faces the full cascade saw in this whole frame, None
+    where it did not search the whole frame."""
 
     face: Face | None
     method: str
@@ -138,6 +152,16 @@ def landmark_disagreement(a: Face, b: Face) -> float:
     eye distance."""
     scale = max(FaceGeometry.of(b.landmarks).eye_distance, 1e-6)
     return float(np.linalg.norm(np.asarray(a.landmarks) - np.asarray(b.landmarks), axis=1).max()) / scale
+
+
+def _cut(box: np.ndarray, region: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether a face box reaches an edge of the searched region that is not the image's edge
+    (the region may have cut the face there)."""
+    height, width = shape[:2]
+    x1, y1, x2, y2 = np.asarray(box)[:4]
+    left, top, right, bottom = region
+    return bool((left > 0 and x1 <= left) or (top > 0 and y1 <= top)
+                or (right < width and x2 >= right) or (bottom < height and y2 >= bottom))
 
 
 def _moved(before: np.ndarray, after: np.ndarray) -> float:
@@ -232,15 +256,29 @@ class FaceTracker:
 
     def _detect(self, frames: Sequence[np.ndarray], previous: Sequence[Face | None],
                 consecutive: bool = False) -> list[TrackedFace]:
-        """The full cascade on downscaled copies (one batch), the face nearest ``previous[i]``
-        chosen in each frame (the largest without one), with the cascade's own landmarks.
-        ``consecutive``: the frames follow each other, so each one's choice follows the frame
-        before's (``previous[0]`` for the first)."""
+        """The full cascade, the face nearest ``previous[i]`` chosen in each frame (the largest
+        without one), with the cascade's own landmarks. Where ``previous[i]`` is known and the
+        frames are not ``consecutive``, the cascade searches only the region around it, at full
+        resolution (:meth:`~affbench.faces.detection.FaceDetector.detect_near`); elsewhere, and
+        where the region holds no face or cuts the one it holds, the whole frame, downscaled (one
+        batch; ``n_faces`` is counted only there). ``consecutive``: the frames follow each other, so
+        each one's choice follows the frame before's (``previous[0]`` for the first)."""
         if not frames:
             return []
-        scaled = [self._downscale(frame) for frame in frames]
-        found = self.detector.detect([small for small, _ in scaled])
-        found = [[f.scaled(1.0 / scale) for f in faces] for (_, scale), faces in zip(scaled, found)]
+        found: list[list[Face]] = [[] for _ in frames]
+        counted = [consecutive or before is None or self.settings.local_margin <= 0 for before in previous]
+        for i, (frame, before) in enumerate(zip(frames, previous)):
+            if not counted[i]:
+                assert before is not None  # counted otherwise
+                found[i], region = self.detector.detect_near(frame, before.box, margin=self.settings.local_margin,
+                                                             smallest=self.settings.local_smallest,
+                                                             face_side=self.settings.local_face_side)
+                nearest = select_face(found[i], previous=before)
+                counted[i] = nearest is None or _cut(nearest.box, region, frame.shape)
+        whole = [i for i, c in enumerate(counted) if c]
+        scaled = [self._downscale(frames[i]) for i in whole]
+        for i, (_, scale), faces in zip(whole, scaled, self.detector.detect([small for small, _ in scaled])):
+            found[i] = [f.scaled(1.0 / scale) for f in faces]
         chosen: list[Face | None] = []
         for faces, before in zip(found, previous):
             if consecutive and chosen:
@@ -257,8 +295,8 @@ class FaceTracker:
             if (self._accept(again, frames[i].shape)
                     and landmark_disagreement(again, own) <= self.settings.detection_tolerance):
                 chosen[i] = again
-        return [TrackedFace(face, "detected" if face is not None else "none", len(faces))
-                for face, faces in zip(chosen, found)]
+        return [TrackedFace(face, "detected" if face is not None else "none", len(faces) if whole_frame else None)
+                for face, faces, whole_frame in zip(chosen, found, counted)]
 
     def _adopt(self, result: TrackedFace) -> None:
         """Make a full detection the seed and the geometry reference."""

@@ -5,13 +5,27 @@ and how many worker processes keep the machine busy (``--workers auto``).
 from __future__ import annotations
 
 import os
+import sys
+
+#: Device nodes of the GPU drivers PyTorch's CUDA (and ROCm) builds use on Linux: NVIDIA's, WSL2's
+#: and AMD's. Where none exists, no GPU can be usable.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def gpu_impossible() -> bool:
+    """Whether this machine surely has no usable GPU: Linux without any GPU driver's device node.
+    Then ``auto`` needs no PyTorch import (a second or two, paid by every prepare command) to say
+    ``cpu``; elsewhere PyTorch decides."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(node) for node in GPU_DEVICE_NODES)
 
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; a clear error for a missing GPU."""
-    import torch
-
     from affbench.errors import AffbenchError
+
+    if device == "cpu" or (device == "auto" and gpu_impossible()):
+        return "cpu"
+    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import accuracy_score, f1_score
 
 if TYPE_CHECKING:  # torch is imported lazily: listing metrics must not pay for it
     import torch
@@ -166,6 +164,8 @@ def accuracy(
     >>> accuracy([[1, 0], [0, 0]], [[0.9, 0.2], [0.7, 0.4]], per_label=True)
     array([0.5, 1. ])
     """
+    from sklearn.metrics import accuracy_score  # where used: see _sklearn_f1
+
     y_true, y_pred = _pair(y_true, y_pred)
     if y_true.ndim == 1:
         if y_true.size == 0:
@@ -203,6 +203,11 @@ def _binary_f1(truth: np.ndarray, decided: np.ndarray, zero_division: float, whe
 
 def _sklearn_f1(truth: np.ndarray, predicted: np.ndarray, **options: Any) -> float | np.ndarray:
     """scikit-learn's ``f1_score``, without its UndefinedMetricWarning (affbench warns for itself)."""
+    # imported here, not with the module: every prepare process reads the protocols (and so this
+    # module) but never scores, and scikit-learn costs each of them a second to import
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import f1_score
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         value = f1_score(truth, predicted, **options)
