@@ -266,18 +266,18 @@ class FaceTracker:
         if not frames:
             return []
         found: list[list[Face]] = [[] for _ in frames]
-        counted = [consecutive or before is None or self.settings.local_margin <= 0 for before in previous]
+        whole_frame = [consecutive or before is None or self.settings.local_margin <= 0 for before in previous]
         for i, (frame, before) in enumerate(zip(frames, previous)):
-            if not counted[i]:
-                assert before is not None  # counted otherwise
+            if not whole_frame[i]:
+                assert before is not None  # whole_frame otherwise
                 found[i], region = self.detector.detect_near(frame, before.box, margin=self.settings.local_margin,
                                                              smallest=self.settings.local_smallest,
                                                              face_side=self.settings.local_face_side)
                 nearest = select_face(found[i], previous=before)
-                counted[i] = nearest is None or _cut(nearest.box, region, frame.shape)
-        whole = [i for i, c in enumerate(counted) if c]
-        scaled = [self._downscale(frames[i]) for i in whole]
-        for i, (_, scale), faces in zip(whole, scaled, self.detector.detect([small for small, _ in scaled])):
+                whole_frame[i] = nearest is None or _cut(nearest.box, region, frame.shape)
+        searched = [i for i, whole in enumerate(whole_frame) if whole]
+        scaled = [self._downscale(frames[i]) for i in searched]
+        for i, (_, scale), faces in zip(searched, scaled, self.detector.detect([small for small, _ in scaled])):
             found[i] = [f.scaled(1.0 / scale) for f in faces]
         chosen: list[Face | None] = []
         for faces, before in zip(found, previous):
@@ -295,8 +295,8 @@ class FaceTracker:
             if (self._accept(again, frames[i].shape)
                     and landmark_disagreement(again, own) <= self.settings.detection_tolerance):
                 chosen[i] = again
-        return [TrackedFace(face, "detected" if face is not None else "none", len(faces) if whole_frame else None)
-                for face, faces, whole_frame in zip(chosen, found, counted)]
+        return [TrackedFace(face, "detected" if face is not None else "none", len(faces) if whole else None)
+                for face, faces, whole in zip(chosen, found, whole_frame)]
 
     def _adopt(self, result: TrackedFace) -> None:
         """Make a full detection the seed and the geometry reference."""
