@@ -12,7 +12,7 @@ from affbench.faces.alignment import (
     transform_points,
 )
 from affbench.faces.detection import SIZE_MARGIN, DetectorSettings, Face, select_face, shared_detector
-from affbench.faces.tracking import FaceTracker, TrackerSettings
+from affbench.faces.tracking import FaceGeometry, FaceTracker, TrackerSettings
 from affbench.pipelines import sample_data as sd
 from affbench.shards.codec import decode_image
 from affbench.shards.rows import face_crop_columns
@@ -110,10 +110,6 @@ def test_of_several_faces_the_one_of_the_previous_frame_is_kept(detector):
     assert fresh.n_faces == 2 and fresh.face.centre[0] > 400  # no history: the largest face
 
 
-def iod(face) -> float:
-    return float(np.linalg.norm(face.landmarks[1] - face.landmarks[0]))
-
-
 @pytest.mark.parametrize("height", [260, 520], ids=["small-face", "large-face-shrunk"])
 def test_the_cascade_around_a_face_finds_it_as_on_the_whole_frame(detector, height):
     canvas = sd.scene(768, 1024, seed=5)
@@ -128,7 +124,8 @@ def test_the_cascade_around_a_face_finds_it_as_on_the_whole_frame(detector, heig
     assert len(near) == 1  # the other face lies outside the region searched
     # the same face as the whole-frame cascade's, in the frame's pixels, within a few hundredths of
     # the eye distance (the large face was searched at (0.709)^k of its size: a resampled copy)
-    assert np.linalg.norm(near[0].landmarks - face.landmarks, axis=1).max() < 0.06 * iod(face)
+    eye_distance = FaceGeometry.of(face.landmarks).eye_distance
+    assert np.linalg.norm(near[0].landmarks - face.landmarks, axis=1).max() < 0.06 * eye_distance
     assert near[0].score > 0.99
 
 

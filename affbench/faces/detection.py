@@ -42,13 +42,15 @@ class Face:
         """The box's centre ``(x, y)``."""
         return np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2])
 
-    def scaled(self, factor: float, offset: Sequence[float] = (0.0, 0.0)) -> Face:
-        """The same face in other coordinates: ``p * factor + offset``."""
+    def scaled(self, factor: float | Sequence[float], offset: Sequence[float] = (0.0, 0.0)) -> Face:
+        """The same face in other coordinates: ``p * factor + offset``; ``factor`` is one number
+        or one per axis, ``(x, y)`` (a crop resized to another aspect)."""
+        xy = np.broadcast_to(np.asarray(factor, dtype=np.float64), (2,))
         off = np.asarray(offset, dtype=np.float64)
         return Face(
-            box=self.box * factor + np.tile(off, 2),
+            box=self.box * np.tile(xy, 2) + np.tile(off, 2),
             score=self.score,
-            landmarks=self.landmarks * factor + off,
+            landmarks=self.landmarks * xy + off,
         )
 
 
@@ -205,8 +207,8 @@ class FaceDetector:
             size = (max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink)))
             crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
         faces = self._detect_batch(np.ascontiguousarray(crop)[None], min_face_size=12.0 * shrink / scale)[0]
-        fx, fy = (right - left) / crop.shape[1], (bottom - top) / crop.shape[0]
-        return [_scaled_xy(face, fx, fy, (left, top)) for face in faces], region
+        back = ((right - left) / crop.shape[1], (bottom - top) / crop.shape[0])
+        return [face.scaled(back, (left, top)) for face in faces], region
 
     def _detect_batch(self, batch: np.ndarray, min_face_size: float | None = None) -> list[list[Face]]:
         import torch
@@ -274,13 +276,6 @@ class FaceDetector:
             results[i] = Face(box=box, score=float(prob[k]), landmarks=marks)
             k += 1
         return results
-
-
-def _scaled_xy(face: Face, fx: float, fy: float, offset: Sequence[float]) -> Face:
-    """A face found in a resized crop, in the pixels of the image the crop came from."""
-    factors = np.array([fx, fy])
-    return Face(box=face.box * np.tile(factors, 2) + np.tile(offset, 2), score=face.score,
-                landmarks=face.landmarks * factors + np.asarray(offset, dtype=np.float64))
 
 
 def _square(box: np.ndarray) -> np.ndarray:

@@ -156,20 +156,6 @@ def fold_intervals(folds: Sequence[Fold], settings: BootstrapSettings | None = N
     return Intervals(values, low, high, n_clusters, settings)
 
 
-def _defined_mean(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The element-wise mean of several ``{key: values}`` over the parts where a value is defined
-    (NaN only where it is defined in none), on their common keys."""
-    keys = [k for k in parts[0] if all(k in p for p in parts)]
-    found = {}
-    for key in keys:
-        stacked = np.array([p[key] for p in parts], dtype=np.float64)
-        defined = np.isfinite(stacked)
-        total = np.where(defined, stacked, 0.0).sum(axis=0)
-        count = defined.sum(axis=0)
-        found[key] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return found
-
-
 def partition_intervals(partitions: Sequence[Sequence[Fold]], settings: BootstrapSettings | None = None
                         ) -> Intervals:
     """Intervals of the mean over several partitions of the same clusters into folds (a suite's refolds).
@@ -200,8 +186,9 @@ def partition_intervals(partitions: Sequence[Sequence[Fold]], settings: Bootstra
     columns = [[np.searchsorted(names, np.asarray(f.clusters, dtype=str)) for f in folds] for folds in partitions]
 
     def mean_over_partitions(weights: np.ndarray) -> dict[str, np.ndarray]:
-        return _defined_mean([_defined_mean([f.evaluate(weights[:, cols]) for f, cols in zip(folds, fold_columns)])
-                              for folds, fold_columns in zip(partitions, columns)])
+        return mean_of([mean_of([f.evaluate(weights[:, cols]) for f, cols in zip(folds, fold_columns)],
+                                defined_only=True)
+                        for folds, fold_columns in zip(partitions, columns)], defined_only=True)
 
     observed = mean_over_partitions(np.ones((1, len(names))))
     values = {k: float(v[0]) for k, v in observed.items()}

@@ -376,7 +376,19 @@ def cluster_sums(task: TaskSpec, y_true: ArrayLike, y_score: ArrayLike, clusters
     return found
 
 
-def mean_of(per_fold: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The element-wise mean of several ``{key: values}`` (folds, or seeds' runs), on their common keys."""
+def mean_of(per_fold: Sequence[Mapping[str, np.ndarray]], *, defined_only: bool = False) -> dict[str, np.ndarray]:
+    """The element-wise mean of several ``{key: values}`` (folds, or seeds' runs), on their common keys.
+
+    ``defined_only``: average each element over the parts where it is finite (NaN only where it is
+    finite in none), instead of letting one undefined part make the mean undefined."""
     keys = [k for k in per_fold[0] if all(k in f for f in per_fold)]
-    return {k: np.mean([f[k] for f in per_fold], axis=0) for k in keys}
+    if not defined_only:
+        return {k: np.mean([f[k] for f in per_fold], axis=0) for k in keys}
+    found = {}
+    for key in keys:
+        stacked = np.array([f[key] for f in per_fold], dtype=np.float64)
+        defined = np.isfinite(stacked)
+        total = np.where(defined, stacked, 0.0).sum(axis=0)
+        count = defined.sum(axis=0)
+        found[key] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return found
